@@ -1,0 +1,61 @@
+"""How the model and batch are split across processes, and the checks that go with it."""
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the flag and what to do."""
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    # Layers per virtual pipeline chunk (interleaved 1F1B); None means plain 1F1B.
+    num_layers_per_virtual_pipeline_stage: int | None = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (
+            self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
+        )
+
+    def virtual_pipeline_size(self, num_layers: int) -> int | None:
+        if self.num_layers_per_virtual_pipeline_stage is None:
+            return None
+        return num_layers // (self.pipeline_model_parallel_size * self.num_layers_per_virtual_pipeline_stage)
+
+    def validate(self, world_size: int, num_layers: int, num_attention_heads: int,
+                 padded_vocab_size: int) -> None:
+        tp, pp, cp = (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+                      self.context_parallel_size)
+        if min(tp, pp, cp) < 1:
+            raise ConfigError("--tensor-model-parallel-size, --pipeline-model-parallel-size and "
+                              "--context-parallel-size must be at least 1")
+        if world_size % (tp * pp * cp) != 0:
+            raise ConfigError(
+                f"world size {world_size} is not a multiple of TP x PP x CP = {tp}x{pp}x{cp} = {tp * pp * cp}; "
+                "launch a multiple of that many processes or change the parallel sizes")
+        if num_attention_heads % tp != 0:
+            raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide the "
+                              f"{num_attention_heads} attention heads; pick a divisor of {num_attention_heads}")
+        if padded_vocab_size % tp != 0:
+            raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide the padded vocabulary "
+                              f"({padded_vocab_size} rows); pick a power of two")
+        if num_layers % pp != 0:
+            raise ConfigError(f"--pipeline-model-parallel-size {pp} does not divide the {num_layers} layers")
+        vp_layers = self.num_layers_per_virtual_pipeline_stage
+        if vp_layers is not None:
+            if pp < 2:
+                raise ConfigError("--num-layers-per-virtual-pipeline-stage needs "
+                                  "--pipeline-model-parallel-size of at least 2")
+            if vp_layers < 1 or (num_layers // pp) % vp_layers != 0:
+                raise ConfigError(
+                    f"--num-layers-per-virtual-pipeline-stage {vp_layers} does not divide the "
+                    f"{num_layers // pp} layers of each pipeline stage")
+        if self.sequence_parallel and tp == 1:
+            raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size of at least 2")

@@ -1,0 +1,135 @@
+"""Build the Qwen model chunks this rank holds, and wrap them for data parallelism.
+
+Pipeline parallelism is decided here (which layers, whether this chunk has the embedding or
+the output layer); tensor parallelism lives inside megatron-core's layers; data parallelism is
+the DDP wrapper at the end. Nothing else in the package splits the model.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.module import Float16Module
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_qwen.config.model import QwenModelConfig
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.model.init import initialize_weights
+from megatron_qwen.model.spec import qwen_block_spec
+
+
+@dataclass(frozen=True)
+class ModelBuildOptions:
+    backend: str = "local"  # see model/spec.py
+    precision: str = "fp32"  # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
+    seq_length: int = 2048
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    recompute_granularity: str | None = None  # None, "full" or "selective"
+    recompute_num_layers: int = 1
+    seed: int = 1234
+
+
+def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: ModelBuildOptions,
+                       on_gpu: bool) -> TransformerConfig:
+    bf16 = opts.precision == "bf16"
+    recompute = {}
+    if opts.recompute_granularity == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=opts.recompute_num_layers)
+    elif opts.recompute_granularity == "selective":
+        recompute = dict(recompute_granularity="selective")
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_epsilon,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        hidden_dropout=opts.hidden_dropout,
+        attention_dropout=opts.attention_dropout,
+        init_method_std=model.init_method_std,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(model.num_layers),
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        bf16=bf16,
+        # megatron-core initializes each local shard (and, only then, tags weights with their
+        # tensor-parallel attributes); model/init.py then overwrites the values with draws that
+        # do not depend on the layout.
+        perform_initialization=True,
+        use_cpu_initialization=False,
+        # Fusions are CUDA kernels; on the CPU the unfused paths compute the same thing.
+        bias_activation_fusion=on_gpu,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
+        # p2p pairs sends and receives in posting order: activations and gradients swap
+        # silently (Megatron-LM issue 750). Unbatched exchange is exact at every layout.
+        batch_p2p_comm=False,
+        calculate_per_token_loss=True,
+        **recompute,
+    )
+
+
+def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions) -> list[GPTModel]:
+    """One GPTModel per virtual pipeline stage held by this rank (one without interleaving)."""
+    vp_size = tcfg.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp_stage in range(vp_size or 1):
+        stage = vp_stage if vp_size else None
+        chunk = GPTModel(
+            config=tcfg,
+            transformer_layer_spec=qwen_block_spec(opts.backend, get_num_layers_to_build(tcfg, vp_stage=stage)),
+            vocab_size=model.padded_vocab_size,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            share_embeddings_and_output_weights=False,  # Qwen's embedding and output are untied
+            position_embedding_type="rope",
+            rotary_percent=1.0,
+            rotary_base=model.rotary_base,
+            vp_stage=stage,
+        )
+        chunks.append(chunk)
+    initialize_weights(chunks, model, opts.seed)
+    return chunks
+
+
+def wrap_for_training(chunks: list[GPTModel], tcfg: TransformerConfig, parallel: ParallelConfig,
+                      on_gpu: bool) -> list[DistributedDataParallel]:
+    """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP."""
+    if on_gpu:
+        chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
+    if tcfg.bf16:
+        chunks = [Float16Module(tcfg, c) for c in chunks]
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+    )
+    return [
+        DistributedDataParallel(
+            config=tcfg, ddp_config=ddp_config, module=c,
+            # Only the first chunk starts reducing early; the others overlap with compute.
+            disable_bucketing=(i > 0),
+        )
+        for i, c in enumerate(chunks)
+    ]

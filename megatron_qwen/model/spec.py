@@ -1,0 +1,102 @@
+"""The Qwen layer, expressed as megatron-core ModuleSpecs.
+
+Qwen differs from megatron-core's stock GPT layer only in its choice of components, which the
+TransformerConfig (RMSNorm, SwiGLU, bias on QKV only) and the specs below select: no subclass
+of any megatron-core module is needed.
+
+Three back ends, chosen once at build time:
+- ``te``: transformer-engine's fused modules (GPU with transformer-engine installed);
+- ``flash``: megatron-core's local modules with flash-attn core attention (GPU without TE);
+- ``local``: megatron-core's local modules with its torch attention (CPU, tests).
+"""
+
+import importlib.util
+
+import torch
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megatron_qwen.model.attention import FlashSelfAttention
+from megatron_qwen.model.norm import QwenRMSNorm
+
+BACKENDS = ("te", "flash", "local")
+
+
+def available_backend() -> str:
+    """The fastest back end this machine can run."""
+    if not torch.cuda.is_available():
+        return "local"
+    if importlib.util.find_spec("transformer_engine") is not None:
+        return "te"
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash"
+    return "local"
+
+
+def _local_layer_spec(core_attention: type) -> ModuleSpec:
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=QwenRMSNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=core_attention,
+                    linear_proj=RowParallelLinear,
+                    q_layernorm=IdentityOp,
+                    k_layernorm=IdentityOp,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=QwenRMSNorm,
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
+            ),
+            mlp_bda=get_bias_dropout_add,
+            # Same checkpoint keys as the transformer-engine layer, where the norms are fused
+            # into the following linear layers: checkpoints move between back ends.
+            sharded_state_dict_keys_map={
+                "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+            },
+        ),
+    )
+
+
+def qwen_layer_spec(backend: str) -> ModuleSpec:
+    if backend == "te":
+        return get_gpt_layer_with_transformer_engine_spec()
+    if backend == "flash":
+        return _local_layer_spec(FlashSelfAttention)
+    if backend == "local":
+        return _local_layer_spec(DotProductAttention)
+    raise ValueError(f"unknown --transformer-impl {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def qwen_block_spec(backend: str, num_layers_in_chunk: int) -> ModuleSpec:
+    """The decoder block of one pipeline chunk: its layers and, on the last stage, the final norm."""
+    if backend == "te":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    else:
+        final_norm = QwenRMSNorm
+    return ModuleSpec(
+        module=TransformerBlock,
+        submodules=TransformerBlockSubmodules(
+            layer_specs=[qwen_layer_spec(backend)] * num_layers_in_chunk, layer_norm=final_norm
+        ),
+    )

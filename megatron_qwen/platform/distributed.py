@@ -1,0 +1,70 @@
+"""Process groups: torch.distributed (nccl on GPU, gloo on CPU) and megatron-core's TP/PP/CP/DP groups."""
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state, tensor_parallel
+
+from megatron_qwen.platform import cpu_shim
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def init_distributed(tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
+                     virtual_pipeline_size: int | None, context_parallel_size: int, seed: int,
+                     timeout_minutes: int = 30) -> None:
+    """Join the job launched by torchrun (or run as a single process) and build the groups."""
+    cpu_shim.install_if_needed()
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()) if world == 1 else "29500")
+        if on_gpu():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend="nccl" if on_gpu() else "gloo", rank=rank, world_size=world,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tensor_model_parallel_size,
+            pipeline_model_parallel_size=pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=virtual_pipeline_size,
+            context_parallel_size=context_parallel_size,
+            distributed_timeout_minutes=timeout_minutes,
+        )
+    seed_everything(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python-side RNGs and megatron-core's tracker (dropout inside TP regions differs per
+    TP rank, outside it is shared), offset by pipeline stage as Megatron-LM does."""
+    import random
+
+    import numpy as np
+
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+
+
+def destroy_distributed() -> None:
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

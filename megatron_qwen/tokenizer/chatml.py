@@ -1,0 +1,65 @@
+"""ChatML conversations -> token ids plus the loss mask of Qwen's public finetune script.
+
+Each turn is `<|im_start|>{role}\\n{content}<|im_end|>\\n` (role, newline and content encoded
+separately, content as ordinary text). The mask is aligned with the ids, 1 = "this token is a
+training target" (the HF-label convention; a dataset predicting ids[1:] uses mask[1:]):
+
+    system / user turn:  <|im_start|>=1  role=0 \\n=0  content=0  <|im_end|>=1 \\n=1
+    assistant turn:      <|im_start|>=1  role=0 \\n=0  content=1  <|im_end|>=1 \\n=1
+
+That is exactly Qwen's finetune.py: system and user content masked, but their <|im_start|>,
+<|im_end|> and trailing newline still trained; for assistant turns only the role header is masked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from megatron_qwen.tokenizer.qwen import QwenTokenizer
+
+ROLES = ("system", "user", "assistant")
+
+
+class ChatFormatError(ValueError):
+    """A conversation that is not a ChatML message list; the message is a one-line reason."""
+
+
+def validate_messages(messages: Any, require_assistant: bool = True) -> list[tuple[str, str]]:
+    """Return [(role, content)], or raise ChatFormatError naming the first problem."""
+    if not isinstance(messages, list) or not messages:
+        raise ChatFormatError('"messages" must be a non-empty list of {"role", "content"} objects')
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ChatFormatError(f"message {i} is not an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ChatFormatError(f"message {i}: role {role!r} is not one of {', '.join(ROLES)}")
+        if role == "system" and i != 0:
+            raise ChatFormatError(f"message {i}: a system message may only come first")
+        if not isinstance(content, str):
+            raise ChatFormatError(f"message {i}: content is {type(content).__name__}, not a string")
+        turns.append((role, content))
+    if require_assistant and not any(role == "assistant" for role, _ in turns):
+        raise ChatFormatError("no assistant message, so nothing to train on")
+    return turns
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The ChatML text of a conversation (for display and prompting)."""
+    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in validate_messages(messages, require_assistant=False))
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def encode_chat(messages: list[dict], tokenizer: "QwenTokenizer") -> tuple[list[int], list[int]]:
+    """(ids, loss_mask) of one conversation, mask as described in the module docstring."""
+    newline = tokenizer.tokenize("\n")
+    ids: list[int] = []
+    mask: list[int] = []
+    for role, content in validate_messages(messages):
+        header = tokenizer.tokenize(role) + newline
+        body = tokenizer.tokenize(content)
+        ids += [tokenizer.im_start_id, *header, *body, tokenizer.im_end_id, *newline]
+        mask += [1] + [0] * len(header) + [int(role == "assistant")] * len(body) + [1] * (1 + len(newline))
+    return ids, mask

@@ -1,0 +1,72 @@
+"""AdamW (megatron-core's optimizer, distributed or not) and the learning-rate schedule."""
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    lr_warmup_iters: int = 0
+    lr_decay_iters: int | None = None  # None: decay over the whole run
+    lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
+
+
+def build_optimizer(model_chunks, settings: OptimizerSettings, bf16: bool, use_distributed_optimizer: bool):
+    config = OptimizerConfig(
+        optimizer="adam",  # megatron-core's adam is AdamW (decoupled weight decay)
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        clip_grad=settings.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(config, model_chunks)
+    _connect_to_schedules(model_chunks, optimizer)
+    return optimizer
+
+
+def _connect_to_schedules(model_chunks, optimizer) -> None:
+    """The hooks megatron-core's pipeline schedules call around the backward passes."""
+    config = model_chunks[0].config
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    if model_chunks[0].ddp_config.overlap_grad_reduce:
+        no_sync = [c.no_sync for c in model_chunks]
+        config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+        sync = [c.start_grad_sync for c in model_chunks]
+        config.grad_sync_func = sync[0] if len(sync) == 1 else sync
+
+
+def build_scheduler(optimizer, settings: OptimizerSettings, train_iters: int, global_batch_size: int):
+    """Warmup then decay; steps are counted in samples, as Megatron-LM counts them."""
+    decay_iters = settings.lr_decay_iters or train_iters
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=settings.lr,
+        min_lr=settings.min_lr,
+        lr_warmup_steps=settings.lr_warmup_iters * global_batch_size,
+        lr_decay_steps=decay_iters * global_batch_size,
+        lr_decay_style=settings.lr_decay_style,
+        start_wd=settings.weight_decay,
+        end_wd=settings.weight_decay,
+        wd_incr_steps=train_iters * global_batch_size,
+        wd_incr_style="constant",
+    )

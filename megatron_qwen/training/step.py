@@ -1,0 +1,85 @@
+"""One optimizer step: micro-batches through megatron-core's pipeline schedule, then the update.
+
+The loss is the mean over every unmasked token of the global batch (sum of token losses,
+divided once by the global token count in megatron-core's grad finalization), so it is the
+same number whatever the data-, pipeline- or tensor-parallel split of the batch.
+"""
+
+from functools import partial
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+_BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
+_BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
+
+
+def _stage_batch(batch: dict, first: bool, last: bool, device) -> dict:
+    """Only the tensors this pipeline stage reads, on its device."""
+    keys = (_BATCH_KEYS_FIRST_STAGE if first else ()) + (_BATCH_KEYS_LAST_STAGE if last else ())
+    return {k: batch[k].to(device, non_blocking=True) if batch.get(k) is not None else None for k in keys}
+
+
+def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """(sum of masked token losses, token count, report) in megatron-core's per-token form."""
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.float().view(-1)
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def forward_step(data_iterator: Iterator[dict], model, device):
+    chunk = model.module if hasattr(model, "module") else model
+    while hasattr(chunk, "module"):  # DDP -> Float16Module -> GPTModel
+        chunk = chunk.module
+    batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
+    output = model(
+        batch.get("tokens"), batch.get("position_ids"), batch.get("attention_mask"),
+        labels=batch.get("labels"),
+    )
+    return output, partial(masked_token_loss, batch.get("loss_mask"))
+
+
+def reduce_loss(losses_reduced: list[dict]) -> float | None:
+    """Token-weighted loss over the global batch, known on the last pipeline stage (else None)."""
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    total = torch.stack([x["lm loss"] for x in losses_reduced]).sum(0)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
+                     micro_batch_size: int, device, forward_only: bool = False) -> float | None:
+    """Forward (and backward unless forward_only) over one global batch; returns the loss."""
+    forward_backward = get_forward_backward_func()
+    losses = forward_backward(
+        forward_step_func=partial(forward_step, device=device),
+        data_iterator=data_iterators if len(model_chunks) > 1 else data_iterators[0],
+        model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    return reduce_loss(losses)
+
+
+def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
+               seq_length: int, micro_batch_size: int, global_batch_size: int, device):
+    """One optimizer step. Returns (loss, grad_norm, update_successful)."""
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    loss = run_microbatches(model_chunks, data_iterators, num_microbatches, seq_length,
+                            micro_batch_size, device)
+    update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=global_batch_size)
+    return loss, grad_norm, update_successful
