@@ -54,10 +54,15 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> st
 
 def encode_chat(messages: list[dict], tokenizer: "QwenTokenizer") -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of one conversation, mask as described in the module docstring."""
+    return encode_turns(validate_messages(messages), tokenizer)
+
+
+def encode_turns(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer") -> tuple[list[int], list[int]]:
+    """encode_chat of turns already checked by validate_messages."""
     newline = tokenizer.tokenize("\n")
     ids: list[int] = []
     mask: list[int] = []
-    for role, content in validate_messages(messages):
+    for role, content in turns:
         header = tokenizer.tokenize(role) + newline
         body = tokenizer.tokenize(content)
         ids += [tokenizer.im_start_id, *header, *body, tokenizer.im_end_id, *newline]

@@ -1,0 +1,102 @@
+"""Tokenize raw corpora into Megatron indexed datasets (.bin/.idx) with the Qwen tokenizer.
+
+    python tools/preprocess_data.py --input corpus/ --output-prefix data/web --append-eod --workers 4
+
+One input file -> `PREFIX_text_document.{bin,idx}` (Megatron-LM's naming). Several files -> one
+shard per file, `PREFIX_<file>_text_document.{bin,idx}`; join them with tools/merge_datasets.py or
+list them in --data-path. Complete shards are skipped on rerun. See docs/data.md.
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+
+from megatron_qwen.data.preprocess import Options, plan_shards, run_shards, shard_outputs  # noqa: E402
+from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs  # noqa: E402
+from megatron_qwen.tokenizer import TokenizerFileError, load_tokenizer  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), directories or globs")
+    p.add_argument("--output-prefix", required=True, help="output path prefix, e.g. data/web")
+    p.add_argument("--json-keys", nargs="+", default=None,
+                   help="keys to tokenize, one dataset each (default: text; with --chatml: messages)")
+    p.add_argument("--append-eod", action="store_true", help="append <|endoftext|> to every document (pretraining)")
+    p.add_argument("--chatml", action="store_true",
+                   help='SFT: records are {"messages": [{"role", "content"}]}; also writes the loss mask')
+    p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each encoding whole shards (default 1)")
+    p.add_argument("--encode-threads", type=int, default=None,
+                   help="tokenizer threads per worker (default: CPUs / workers)")
+    p.add_argument("--shard-index", type=int, default=0, help="this task's slice of the file list (slurm array)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of slices of the file list (slurm array size)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines (0: none)")
+    return p
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: must be at least 1")
+    if args.encode_threads is not None and args.encode_threads < 1:
+        parser.error(f"--encode-threads {args.encode_threads}: must be at least 1")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"--shard-index {args.shard_index} --num-shards {args.num_shards}: need 0 <= index < num-shards")
+    if args.chatml and args.append_eod:
+        parser.error("--append-eod does not apply to --chatml (each turn already ends with <|im_end|>)")
+    if args.chatml and args.json_keys and len(args.json_keys) != 1:
+        parser.error("--chatml takes one --json-keys entry (the messages list)")
+
+
+def print_summary(result, elapsed: float, tasks, opts: Options) -> None:
+    s = result.stats
+    print(f"shards: {result.done} written, {result.skipped} already complete (skipped), {len(result.failed)} failed")
+    print(f"documents {s.documents:,} | tokens {s.tokens:,} | input {s.input_bytes / 1e6:,.1f} MB | "
+          f"{elapsed:.1f} s: {s.documents / elapsed:,.0f} docs/s, {s.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
+          f"{s.tokens / elapsed / 1e6:,.2f}M tokens/s")
+    if s.bad:
+        print(f"skipped records: {sum(s.bad.values()):,} (" + ", ".join(f"{r} {n:,}" for r, n in s.bad.most_common()) + ")")
+        for example in s.examples[:20]:
+            print(f"  {example}")
+    for failure in result.failed:
+        print(f"failed: {failure}")
+    if len(tasks) == 1:
+        print("output: " + ", ".join(f"{p}.bin/.idx" for p in shard_outputs(tasks[0], opts)))
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    keys = tuple(args.json_keys or (["messages"] if args.chatml else ["text"]))
+    workers = args.workers
+    threads = args.encode_threads or max(1, (os.cpu_count() or 1) // workers)
+    opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict, threads=threads)
+    start = time.monotonic()
+    try:
+        files = expand_inputs(args.input)
+        tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards)
+        tokenizer = load_tokenizer(args.tokenizer_model)
+        result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)
+    except (InputError, BadRecordError, TokenizerFileError) as e:
+        print(f"preprocess_data: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"preprocess_data: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("preprocess_data: interrupted; unfinished shards were not renamed and will be redone", file=sys.stderr)
+        return 130
+    print_summary(result, max(time.monotonic() - start, 1e-9), tasks, opts)
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
