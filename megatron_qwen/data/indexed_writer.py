@@ -87,10 +87,12 @@ class IndexedShardWriter:
 
 
 def read_index_counts(prefix: str) -> tuple[int, int]:
-    """(documents, tokens) of a finished dataset; ValueError if .idx/.bin are missing or disagree."""
+    """(documents, tokens) of a finished dataset; ValueError if .idx/.bin are missing or disagree.
+
+    Reads only the header and the last length and pointer, so it is instant on any size."""
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     if not (os.path.isfile(idx_path) and os.path.isfile(bin_path)):
-        raise ValueError(f"{prefix}: .idx or .bin missing")
+        raise ValueError(f"{prefix}: no {os.path.basename(prefix)}.bin/.idx pair")
     with open(idx_path, "rb") as f:
         raw = f.read(_HEADER.size)
         if len(raw) != _HEADER.size:
@@ -98,13 +100,22 @@ def read_index_counts(prefix: str) -> tuple[int, int]:
         magic, version, code, num_seq, num_docs = _HEADER.unpack(raw)
         if magic != _INDEX_MAGIC or version != 1:
             raise ValueError(f"{idx_path}: not a Megatron index (bad magic/version)")
-        lengths = np.fromfile(f, dtype=np.int32, count=num_seq)
-    if len(lengths) != num_seq:
+        itemsize = DType.size(DType.dtype_from_code(code))
+        end_bytes = 0
+        if num_seq:
+            f.seek(_HEADER.size + 4 * (num_seq - 1))
+            last_length = np.frombuffer(f.read(4), dtype=np.int32)
+            f.seek(_HEADER.size + 4 * num_seq + 8 * (num_seq - 1))
+            last_pointer = np.frombuffer(f.read(8), dtype=np.int64)
+            if len(last_length) != 1 or len(last_pointer) != 1:
+                raise ValueError(f"{idx_path}: truncated")
+            end_bytes = int(last_pointer[0]) + int(last_length[0]) * itemsize
+    expected_size = _HEADER.size + num_seq * 12 + num_docs * 8
+    if os.path.getsize(idx_path) < expected_size:
         raise ValueError(f"{idx_path}: truncated")
-    num_tokens = int(lengths.sum(dtype=np.int64))
-    if os.path.getsize(bin_path) != num_tokens * DType.size(DType.dtype_from_code(code)):
-        raise ValueError(f"{bin_path}: size does not match {idx_path}")
-    return num_docs - 1, num_tokens
+    if os.path.getsize(bin_path) != end_bytes:
+        raise ValueError(f"{bin_path}: size does not match {idx_path} (an interrupted write?)")
+    return num_docs - 1, end_bytes // itemsize
 
 
 def is_complete(prefix: str) -> bool:

@@ -1,0 +1,58 @@
+"""Pretraining datasets: megatron-core's GPTDataset (or a blend of them) over our shards.
+
+Documents are shuffled, concatenated (the shards carry the EOD between documents when written
+with --append-eod) and cut into seq_length samples, by megatron-core itself; samples are its dicts
+(tokens, labels, loss_mask, attention_mask, position_ids).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+from megatron_qwen.data.blend import check_split, parse_data_path
+
+
+def build_pretrain_datasets(
+    data_path: list[str] | None,
+    split: str,
+    seq_length: int,
+    seed: int,
+    num_samples: tuple[int, int, int],
+    tokenizer,
+    mock: bool = False,
+    cache_path: str | None = None,
+):
+    """(train, valid, test); a split with weight 0 in `split` is None.
+
+    `data_path` is Megatron's list (`web code` or `0.7 web 0.3 code`); `mock` uses megatron-core's
+    MockGPTDataset and ignores `data_path`. Works with torch.distributed uninitialized or
+    initialized (every rank builds; megatron-core lets rank 0 write the index cache first, then
+    the other ranks read it after a barrier). `cache_path` is where those index files go
+    (default: a `cache/` folder next to each dataset)."""
+    if mock:
+        blend, cls = None, MockGPTDataset
+    else:
+        if not data_path:
+            raise ValueError("--data-path is required unless --mock-data is set")
+        blend, cls = parse_data_path(data_path), GPTDataset
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=blend,
+        split=check_split(split) if not mock else None,
+        path_to_cache=cache_path,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=True,
+    )
+    with warnings.catch_warnings():
+        # pad == eod (151643) by Qwen's design; megatron-core then rightly keeps EOD in the loss
+        # and warns about the collision on every dataset it builds.
+        warnings.filterwarnings("ignore", message="The pad token id in the tokenizer collides")
+        train, valid, test = BlendedMegatronDatasetBuilder(cls, list(num_samples), lambda: True, config).build()
+    return train, valid, test

@@ -1,0 +1,148 @@
+"""SFT datasets over ChatML shards (tokens + `_loss_mask` companion, written by --chatml).
+
+A sample is a dict like megatron-core's GPT samples: tokens, labels, loss_mask, position_ids and
+a boolean attention_mask [1, s, s] where True means "masked out". Within a conversation of n
+tokens, tokens = ids[:-1], labels = ids[1:], loss_mask = stored mask[1:] (the stored mask marks
+training targets). Conversations longer than seq_length + 1 tokens are truncated.
+
+- padded (pack=False): one conversation per sample, the rest filled with EOD at loss mask 0.
+- packed (pack=True): consecutive conversations (in shuffled order) fill a sample while they
+  fit; attention is block-diagonal causal, position_ids restart at 0 for each conversation, and
+  no label crosses from one conversation into the next. Padding at the end is its own block.
+Every rank builds the same datasets deterministically from the seed; no files are written.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+from megatron.core.datasets import helpers
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix,
+    parse_and_normalize_split,
+)
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path
+from megatron_qwen.data.preprocess import LOSS_MASK_SUFFIX
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """`num_samples` samples from documents [begin, end) of one SFT dataset, reshuffled each epoch."""
+
+    def __init__(self, prefix: str, begin: int, end: int, seq_length: int, num_samples: int, seed: int,
+                 pack: bool, eod: int):
+        self.tokens = IndexedDataset(prefix)
+        self.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
+        if not np.array_equal(self.tokens.sequence_lengths, self.masks.sequence_lengths):
+            raise DataPathError(f"{prefix}: tokens and {LOSS_MASK_SUFFIX} datasets have different documents")
+        if end <= begin:
+            raise DataPathError(f"{prefix}: the split gives this dataset no documents")
+        self.seq_length, self.pack, self.eod = seq_length, pack, eod
+        # Each conversation of n tokens fills n - 1 input positions (at most seq_length).
+        fill = np.minimum(self.tokens.sequence_lengths.astype(np.int64), seq_length + 1) - 1
+        if not (fill[begin:end] > 0).any():
+            raise DataPathError(f"{prefix}: every document in this split has a single token; nothing to train on")
+        rng = np.random.default_rng(seed)
+        samples: list[np.ndarray] = []  # each: the document ids of one sample
+        order: deque = deque()
+        while len(samples) < num_samples:
+            if not order:
+                order.extend(rng.permutation(np.arange(begin, end)).tolist())
+            if not pack:
+                samples.append(np.array([order.popleft()]))
+                continue
+            used, docs = 0, []
+            while order and (not docs or used + fill[order[0]] <= seq_length):
+                doc = order.popleft()
+                if fill[doc] <= 0:
+                    continue  # a one-token document predicts nothing
+                used += fill[doc]
+                docs.append(doc)
+            if docs:
+                samples.append(np.array(docs))
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        s = self.seq_length
+        tokens = np.full(s, self.eod, dtype=np.int64)
+        labels = np.full(s, self.eod, dtype=np.int64)
+        loss_mask = np.zeros(s, dtype=np.float32)
+        position_ids = np.zeros(s, dtype=np.int64)
+        segment = np.full(s, -1, dtype=np.int64)  # -1: padding, its own attention block
+        start = 0
+        for k, doc in enumerate(self.samples[idx]):
+            ids = self.tokens[doc][: s + 1]
+            mask = self.masks[doc][: s + 1]
+            n = len(ids) - 1
+            tokens[start:start + n] = ids[:-1]
+            labels[start:start + n] = ids[1:]
+            loss_mask[start:start + n] = mask[1:]
+            position_ids[start:start + n] = np.arange(n)
+            segment[start:start + n] = k
+            start += n
+        position_ids[start:] = np.arange(s - start)
+        causal = np.tril(np.ones((s, s), dtype=bool))
+        attend = causal & (segment[:, None] == segment[None, :])
+        return {
+            "tokens": torch.from_numpy(tokens),
+            "labels": torch.from_numpy(labels),
+            "loss_mask": torch.from_numpy(loss_mask),
+            "position_ids": torch.from_numpy(position_ids),
+            "attention_mask": torch.from_numpy(~attend).unsqueeze(0),
+        }
+
+
+class BlendedSFTDataset(torch.utils.data.Dataset):
+    """`size` samples drawn from several datasets in proportion to `weights` (megatron-core's
+    error-minimizing blending index, as in its BlendedDataset)."""
+
+    def __init__(self, datasets: list[SFTDataset], weights: list[float], size: int):
+        self.datasets = datasets
+        self.dataset_index = np.zeros(size, dtype=np.int16)
+        self.dataset_sample_index = np.zeros(size, dtype=np.int64)
+        helpers.build_blending_indices(self.dataset_index, self.dataset_sample_index,
+                                       np.asarray(weights, dtype=np.float64), len(datasets), size, False)
+
+    def __len__(self) -> int:
+        return len(self.dataset_index)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return self.datasets[self.dataset_index[idx]][self.dataset_sample_index[idx]]
+
+
+def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
+                       num_samples: tuple[int, int, int], tokenizer, pack: bool):
+    """(train, valid, test) over SFT shards; a split with weight 0 or 0 samples is None.
+
+    `data_path` is like --data-path for pretraining (prefixes of the token datasets, optionally
+    as WEIGHT PREFIX pairs; unweighted prefixes are weighted by their document counts)."""
+    prefixes, weights = parse_data_path(data_path)
+    for prefix in prefixes:
+        parse_data_path([prefix + LOSS_MASK_SUFFIX])  # clear error if the mask companion is missing
+    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(check_split(split)))
+    doc_counts = [len(IndexedDataset(p).document_indices) - 1 for p in prefixes]
+    if weights is None:
+        weights = [float(n) for n in doc_counts]
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    out = []
+    for split_index, bounds in enumerate(split_matrix):
+        size = num_samples[split_index]
+        if bounds is None or not size:
+            out.append(None)
+            continue
+        split_seed = seed + 1000 * split_index
+        parts = []
+        for i, (prefix, n_docs) in enumerate(zip(prefixes, doc_counts)):
+            begin, end = int(round(bounds[0] * n_docs)), int(round(bounds[1] * n_docs))
+            # A little surplus, as megatron-core does, since blending may take one sample more.
+            need = int(np.ceil(weights[i] * size * 1.005)) + 1 if len(prefixes) > 1 else size
+            parts.append(SFTDataset(prefix, begin, end, seq_length, need, split_seed + i, pack, tokenizer.eod))
+        out.append(parts[0] if len(parts) == 1 else BlendedSFTDataset(parts, weights, size))
+    return tuple(out)
