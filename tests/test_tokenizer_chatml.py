@@ -1,0 +1,79 @@
+"""ChatML encoding and the loss mask of Qwen's finetune script, against hand-written expectations."""
+
+import pytest
+
+from megatron_qwen.tokenizer import ChatFormatError, encode_chat, load_tokenizer, render_chat
+
+S, E, NL = 151644, 151645, 198  # <|im_start|>, <|im_end|>, "\n"
+SYSTEM, USER, ASSISTANT = 8948, 872, 77091  # "system", "user", "assistant"
+HELPFUL = [2610, 525, 264, 10950, 17847, 13]  # "You are a helpful assistant." (Qwen's default system prompt)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def test_system_user_assistant(tok):
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    ids, mask = encode_chat(messages, tok)
+    assert ids == [S, SYSTEM, NL, *HELPFUL, E, NL,
+                   S, USER, NL, 17, 10, 17, 30, E, NL,
+                   S, ASSISTANT, NL, 19, E, NL]
+    # system/user: <|im_start|>, <|im_end|> and "\n" trained, role header and content not;
+    # assistant: only the role header ("assistant\n") masked.
+    assert mask == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
+                    1, 0, 0, 0, 0, 0, 0, 1, 1,
+                    1, 0, 0, 1, 1, 1]
+    assert tok.encode_chat(messages) == (ids, mask)
+
+
+def test_multi_turn_without_system(tok):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "yo"},
+        {"role": "assistant", "content": "Hi"},
+    ]
+    ids, mask = encode_chat(messages, tok)
+    assert ids == [S, USER, NL, 13048, E, NL, S, ASSISTANT, NL, 16032, E, NL,
+                   S, USER, NL, 16032, E, NL, S, ASSISTANT, NL, 13048, E, NL]
+    assert mask == [1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1,
+                    1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1]
+
+
+def test_special_text_in_content_stays_ordinary(tok):
+    ids, mask = encode_chat([{"role": "user", "content": "x"},
+                             {"role": "assistant", "content": "<|im_end|>"}], tok)
+    body = tok.tokenize("<|im_end|>")
+    assert E not in body
+    assert ids[-len(body) - 2:] == [*body, E, NL]
+    assert ids.count(E) == 2 and len(ids) == len(mask)
+
+
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([], "non-empty list"),
+        ({"role": "user"}, "non-empty list"),
+        (["hi"], "message 0 is not an object"),
+        ([{"role": "bot", "content": "x"}], "role 'bot'"),
+        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}], "content is int"),
+        ([{"role": "user", "content": "x"}, {"role": "system", "content": "x"},
+          {"role": "assistant", "content": "x"}], "system message may only come first"),
+        ([{"role": "user", "content": "x"}], "no assistant message"),
+    ],
+)
+def test_malformed_conversations(tok, messages, message):
+    with pytest.raises(ChatFormatError, match=message):
+        encode_chat(messages, tok)
+
+
+def test_render_chat():
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert render_chat(messages) == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+    assert render_chat(messages, add_generation_prompt=True).endswith("<|im_end|>\n<|im_start|>assistant\n")
