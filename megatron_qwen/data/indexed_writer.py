@@ -92,7 +92,7 @@ def read_index_counts(prefix: str) -> tuple[int, int]:
     Reads only the header and the last length and pointer, so it is instant on any size."""
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     if not (os.path.isfile(idx_path) and os.path.isfile(bin_path)):
-        raise ValueError(f"{prefix}: no {os.path.basename(prefix)}.bin/.idx pair")
+        raise ValueError(f"no {os.path.basename(prefix)}.bin/.idx pair")
     with open(idx_path, "rb") as f:
         raw = f.read(_HEADER.size)
         if len(raw) != _HEADER.size:

@@ -8,11 +8,28 @@ with --append-eod) and cut into seq_length samples, by megatron-core itself; sam
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
+import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
 from megatron_qwen.data.blend import check_split, parse_data_path
+
+
+@contextmanager
+def _lone_process_is_rank_zero():
+    """megatron-core 0.16.1's BlendedDataset calls torch.distributed.get_rank() on a cache miss
+    without checking is_initialized() (GPTDataset does check); a lone process is rank 0."""
+    if torch.distributed.is_initialized():
+        yield
+        return
+    original = torch.distributed.get_rank
+    torch.distributed.get_rank = lambda group=None: 0
+    try:
+        yield
+    finally:
+        torch.distributed.get_rank = original
 
 
 def build_pretrain_datasets(
@@ -50,7 +67,7 @@ def build_pretrain_datasets(
         eod_mask_loss=False,
         create_attention_mask=True,
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _lone_process_is_rank_zero():
         # pad == eod (151643) by Qwen's design; megatron-core then rightly keeps EOD in the loss
         # and warns about the collision on every dataset it builds.
         warnings.filterwarnings("ignore", message="The pad token id in the tokenizer collides")

@@ -49,20 +49,19 @@ class SFTDataset(torch.utils.data.Dataset):
         samples: list[np.ndarray] = []  # each: the document ids of one sample
         order: deque = deque()
         while len(samples) < num_samples:
-            if not order:
-                order.extend(rng.permutation(np.arange(begin, end)).tolist())
-            if not pack:
-                samples.append(np.array([order.popleft()]))
-                continue
-            used, docs = 0, []
-            while order and (not docs or used + fill[order[0]] <= seq_length):
-                doc = order.popleft()
-                if fill[doc] <= 0:
-                    continue  # a one-token document predicts nothing
-                used += fill[doc]
+            docs, used = [], 0
+            while True:
+                if not order:  # next epoch, reshuffled; packing runs on across the boundary
+                    order.extend(rng.permutation(np.arange(begin, end)).tolist())
+                doc = order[0]
+                if docs and (not pack or used + fill[doc] > seq_length):
+                    break
+                order.popleft()
+                if pack and fill[doc] <= 0:
+                    continue  # a one-token conversation predicts nothing
                 docs.append(doc)
-            if docs:
-                samples.append(np.array(docs))
+                used += fill[doc]
+            samples.append(np.array(docs))
         self.samples = samples
 
     def __len__(self) -> int:

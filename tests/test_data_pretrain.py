@@ -1,0 +1,116 @@
+"""--data-path parsing and the megatron-core pretraining datasets over our shards."""
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_qwen.data import DataPathError, build_pretrain_datasets, parse_data_path
+from megatron_qwen.data.indexed_writer import IndexedShardWriter
+from megatron_qwen.tokenizer import load_tokenizer
+
+EOD = 151643
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def _write_source(prefix: str, source: int, num_docs: int, seed: int) -> list[int]:
+    """Documents of consecutive ids (source*10000 + 100*j, +1, ...) then EOD; returns their first ids."""
+    rng = np.random.default_rng(seed)
+    docs, starts = [], []
+    for j in range(num_docs):
+        start = source * 10000 + 100 * j
+        docs.append(np.append(np.arange(start, start + rng.integers(3, 60)), EOD).astype(np.int32))
+        starts.append(start)
+    with IndexedShardWriter(prefix) as writer:
+        writer.add_documents(np.concatenate(docs), [len(d) for d in docs])
+    return starts
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    starts = {}
+    for source, name in enumerate(["web", "code", "books"], start=1):
+        starts[name] = _write_source(str(root / name), source, 90, seed=source)
+    return root, starts
+
+
+def test_parse_data_path(sources):
+    root, _ = sources
+    web, code = str(root / "web"), str(root / "code")
+    assert parse_data_path([web, code]) == ([web, code], None)
+    assert parse_data_path(["0.7", web, "0.3", code]) == ([web, code], [0.7, 0.3])
+    assert parse_data_path([f"0.7 {web} 0.3 {code}"]) == ([web, code], [0.7, 0.3])
+    for bad, message in [
+        (["0.7", web, "0.3"], "odd count"),
+        (["0.7", web, "heavy", code], r"entry 3 \('heavy'\) is not a number"),
+        (["-1", web, "2", code], "negative"),
+        (["0.5", web, "0.5", str(root / "nope")], f"--data-path {root / 'nope'}: no nope.bin/.idx pair"),
+        ([], "empty"),
+    ]:
+        with pytest.raises(DataPathError, match=message):
+            parse_data_path(bad)
+
+
+def _check_concatenated_documents(sample: dict, doc_starts: set[int]) -> list[int]:
+    """Each sample is a window over shuffled, EOD-separated whole documents; returns documents begun."""
+    text = torch.cat([sample["tokens"], sample["labels"][-1:]]).tolist()
+    assert sample["labels"][:-1].tolist() == text[1:-1]
+    begun = []
+    for prev, cur in zip(text, text[1:]):
+        if prev == EOD:
+            assert cur in doc_starts, "after EOD a new document must start"
+            begun.append(cur)
+        else:
+            assert cur in (prev + 1, EOD), "a document must not be cut or mixed inside a sample"
+    return begun
+
+
+def test_samples_are_shuffled_whole_documents_with_eod(sources, tok):
+    root, starts = sources
+    train, valid, test = build_pretrain_datasets([str(root / "web")], "80,20,0", SEQ, 1234, (200, 20, 0), tok,
+                                                 cache_path=str(root / "cache"))
+    assert test is None and len(train) >= 200 and len(valid) >= 20
+    sample = train[0]
+    assert set(sample) == {"tokens", "labels", "loss_mask", "attention_mask", "position_ids"}
+    assert sample["tokens"].shape == (SEQ,) and sample["attention_mask"].shape == (1, SEQ, SEQ)
+    assert sample["attention_mask"].dtype == torch.bool and sample["attention_mask"][0, 0, 1].item()  # True = masked
+    assert torch.equal(sample["loss_mask"], torch.ones(SEQ))  # EOD is trained: pad == eod is not masked
+    doc_starts = set(starts["web"])
+    train_docs = [d for i in range(len(train)) for d in _check_concatenated_documents(train[i], doc_starts)]
+    valid_docs = [d for i in range(len(valid)) for d in _check_concatenated_documents(valid[i], doc_starts)]
+    assert train_docs != sorted(train_docs)  # shuffled
+    assert not set(train_docs) & set(valid_docs)  # the split is by document
+
+
+def test_blend_proportions_follow_weights(sources, tok):
+    root, _ = sources
+    weights = {"web": 0.7, "code": 0.2, "books": 0.1}
+    data_path = [x for name, w in weights.items() for x in (str(w), str(root / name))]
+    train, _, _ = build_pretrain_datasets(data_path, "100,0,0", SEQ, 7, (3000, 0, 0), tok,
+                                          cache_path=str(root / "cache"))
+    # Which source each sample came from, read off its token ids (source * 10000 + ...).
+    sources_seen = [int(t[t != EOD][0]) // 10000 for t in (train[i]["tokens"] for i in range(3000))]
+    counts = np.bincount(sources_seen, minlength=4)[1:] / 3000
+    assert np.allclose(counts, list(weights.values()), atol=0.01), counts
+
+
+def test_mock_data(tok):
+    train, valid, test = build_pretrain_datasets(None, "1,1,1", SEQ, 1, (8, 4, 4), tok, mock=True)
+    assert len(train) >= 8 and train[0]["tokens"].shape == (SEQ,)
+    assert int(train[0]["tokens"].max()) < tok.vocab_size
+
+
+def test_builds_with_torch_distributed_initialized(sources, tok, tmp_path):
+    root, _ = sources
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        train, _, _ = build_pretrain_datasets([str(root / "code")], "100,0,0", SEQ, 3, (50, 0, 0), tok,
+                                              cache_path=str(tmp_path / "cache"))
+        assert len(train) >= 50 and train[49]["tokens"].shape == (SEQ,)
+    finally:
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,144 @@
+"""SFT datasets: padded and packed samples against hand-written expectations."""
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_qwen.data import DataPathError, SFTDataset, build_sft_datasets
+from megatron_qwen.data.indexed_writer import IndexedShardWriter
+from megatron_qwen.data.preprocess import LOSS_MASK_SUFFIX
+
+E = 151643
+SEQ = 8
+# Three conversations: ids and the stored target mask (1 = token is a training target).
+DOCS = {
+    "A": ([1, 2, 3, 4, 5], [1, 0, 0, 1, 1]),
+    "B": ([10, 11, 12], [1, 1, 1]),
+    "C": ([20, 21, 22, 23], [0, 0, 1, 1]),
+}
+# Hand-derived per-conversation pieces: tokens = ids[:-1], labels = ids[1:], loss = mask[1:].
+PIECES = {
+    "A": ([1, 2, 3, 4], [2, 3, 4, 5], [0, 0, 1, 1]),
+    "B": ([10, 11], [11, 12], [1, 1]),
+    "C": ([20, 21, 22], [21, 22, 23], [0, 1, 1]),
+}
+NAMES = {1: "A", 10: "B", 20: "C"}
+
+
+class Tok:
+    eod = E
+
+
+def _write_sft(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:
+    lengths = [len(ids) for ids, _ in docs]
+    with IndexedShardWriter(prefix) as w:
+        w.add_documents(np.concatenate([ids for ids, _ in docs]), lengths)
+    with IndexedShardWriter(prefix + LOSS_MASK_SUFFIX, np.uint8) as w:
+        w.add_documents(np.concatenate([m for _, m in docs]), lengths)
+
+
+@pytest.fixture
+def abc(tmp_path):
+    prefix = str(tmp_path / "sft_messages_document")
+    _write_sft(prefix, list(DOCS.values()))
+    return prefix
+
+
+def _expected_mask(segment_lengths: list[int]) -> torch.Tensor:
+    """Block-diagonal causal mask written out by loops; True = masked out."""
+    masked = torch.ones(SEQ, SEQ, dtype=torch.bool)
+    start = 0
+    for n in segment_lengths:
+        for i in range(start, start + n):
+            for j in range(start, i + 1):
+                masked[i, j] = False
+        start += n
+    return masked.unsqueeze(0)
+
+
+def test_padded_samples(abc):
+    ds = SFTDataset(abc, 0, 3, SEQ, num_samples=3, seed=0, pack=False, eod=E)
+    for i in range(3):
+        sample = ds[i]
+        name = NAMES[int(sample["tokens"][0])]
+        tokens, labels, loss = PIECES[name]
+        pad = SEQ - len(tokens)
+        assert sample["tokens"].tolist() == tokens + [E] * pad
+        assert sample["labels"].tolist() == labels + [E] * pad
+        assert sample["loss_mask"].tolist() == loss + [0] * pad
+        assert sample["position_ids"].tolist() == list(range(len(tokens))) + list(range(pad))
+        assert torch.equal(sample["attention_mask"], _expected_mask([len(tokens), pad]))
+    assert sorted(NAMES[int(ds[i]["tokens"][0])] for i in range(3)) == ["A", "B", "C"]  # one epoch, each once
+
+
+def test_packed_samples_do_not_cross_conversations(abc):
+    ds = SFTDataset(abc, 0, 3, SEQ, num_samples=4, seed=0, pack=True, eod=E)
+    for i in range(4):
+        sample = ds[i]
+        names = [NAMES[int(d)] for d in (ds.tokens[doc][0] for doc in ds.samples[i])]
+        tokens = [t for n in names for t in PIECES[n][0]]
+        labels = [t for n in names for t in PIECES[n][1]]
+        loss = [t for n in names for t in PIECES[n][2]]
+        lengths = [len(PIECES[n][0]) for n in names]
+        pad = SEQ - len(tokens)
+        assert sum(lengths) <= SEQ
+        assert sample["tokens"].tolist() == tokens + [E] * pad
+        assert sample["labels"].tolist() == labels + [E] * pad  # each label is from its own conversation
+        assert sample["loss_mask"].tolist() == loss + [0] * pad
+        assert sample["position_ids"].tolist() == [p for n in lengths for p in range(n)] + list(range(pad))
+        assert torch.equal(sample["attention_mask"], _expected_mask(lengths + ([pad] if pad else [])))
+    # Fills: A=4, B=2, C=3 positions; greedy packing never leaves room for the next conversation.
+    for i in range(3):
+        used = sum(len(ds.tokens[d]) - 1 for d in ds.samples[i])
+        nxt = len(ds.tokens[ds.samples[i + 1][0]]) - 1
+        assert used + nxt > SEQ
+
+
+def test_packed_example_written_out(tmp_path):
+    # One fixed case in full: A (4 positions) then B (2 positions) packed, 2 padding positions.
+    prefix = str(tmp_path / "ab")
+    _write_sft(prefix, [DOCS["A"], DOCS["B"]])
+    ds = SFTDataset(prefix, 0, 2, SEQ, num_samples=1, seed=0, pack=True, eod=E)
+    order = [int(ds.tokens[d][0]) for d in ds.samples[0]]
+    sample = ds[0]
+    if order == [1, 10]:
+        assert sample["tokens"].tolist() == [1, 2, 3, 4, 10, 11, E, E]
+        assert sample["labels"].tolist() == [2, 3, 4, 5, 11, 12, E, E]
+        assert sample["loss_mask"].tolist() == [0, 0, 1, 1, 1, 1, 0, 0]
+        assert sample["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 0, 1]
+    else:
+        assert sample["tokens"].tolist() == [10, 11, 1, 2, 3, 4, E, E]
+        assert sample["labels"].tolist() == [11, 12, 2, 3, 4, 5, E, E]
+        assert sample["loss_mask"].tolist() == [1, 1, 0, 0, 1, 1, 0, 0]
+        assert sample["position_ids"].tolist() == [0, 1, 0, 1, 2, 3, 0, 1]
+    first = 4 if order == [1, 10] else 2
+    m = sample["attention_mask"][0]
+    assert m[first, first - 1].item() and not m[first, first].item()  # no attention across the boundary
+
+
+def test_long_conversation_is_truncated(tmp_path):
+    prefix = str(tmp_path / "long")
+    _write_sft(prefix, [(list(range(1, 21)), [1] * 20)])
+    sample = SFTDataset(prefix, 0, 1, SEQ, num_samples=1, seed=0, pack=False, eod=E)[0]
+    assert sample["tokens"].tolist() == list(range(1, 9)) and sample["labels"].tolist() == list(range(2, 10))
+
+
+def test_build_splits_and_blend(tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _write_sft(one, [([1, 2, 3], [1, 1, 1])] * 50)
+    _write_sft(two, [([7, 8, 9, 6], [1, 1, 1, 1])] * 50)
+    train, valid, test = build_sft_datasets(["0.75", one, "0.25", two], "90,10,0", SEQ, 5, (2000, 40, 0), Tok(),
+                                            pack=False)
+    assert test is None and len(train) == 2000 and len(valid) == 40
+    first_tokens = np.array([int(train[i]["tokens"][0]) for i in range(2000)])
+    assert abs((first_tokens == 1).mean() - 0.75) < 0.01 and abs((first_tokens == 7).mean() - 0.25) < 0.01
+    single, _, _ = build_sft_datasets([one], "100,0,0", SEQ, 5, (10, 0, 0), Tok(), pack=True)
+    assert len(single) == 10 and single[0]["tokens"].tolist()[:4] == [1, 2, 1, 2]
+
+
+def test_missing_loss_mask_is_a_clear_error(tmp_path):
+    prefix = str(tmp_path / "tokens_only")
+    with IndexedShardWriter(prefix) as w:
+        w.add_documents(np.array([1, 2, 3], dtype=np.int32), [3])
+    with pytest.raises(DataPathError, match="tokens_only_loss_mask.bin/.idx"):
+        build_sft_datasets([prefix], "1,0,0", SEQ, 0, (1, 0, 0), Tok(), pack=False)
