@@ -11,6 +11,7 @@ nothing. Nothing else in the package knows about it.
 """
 
 import contextlib
+import logging
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -80,6 +81,10 @@ def install() -> None:
     mcore_random._get_cuda_rng_state = _cpu_rng_state
     mcore_random._set_cuda_rng_state = _set_cpu_rng_state
     torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    # The tracker warns when the CPU generator moves inside a CUDA-RNG region; here the two
+    # generators are one, so the warning would fire on every dropout and mean nothing.
+    logging.getLogger(mcore_random.__name__).addFilter(
+        lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage())
     # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly.
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(seed)
     torch.cuda.manual_seed_all = lambda seed: None

@@ -1,0 +1,273 @@
+"""Command-line flags (Megatron-LM's names) resolved over a recipe into a typed RunConfig."""
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+from megatron_qwen.config.model import QwenModelConfig, model_preset
+from megatron_qwen.config.parallel import ConfigError, ParallelConfig
+from megatron_qwen.config.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    train_iters: int
+    micro_batch_size: int
+    global_batch_size: int
+    seq_length: int
+    lr: float
+    min_lr: float
+    lr_decay_style: str
+    lr_warmup_iters: int
+    lr_decay_iters: int | None
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    clip_grad: float
+    hidden_dropout: float
+    attention_dropout: float
+    precision: str  # "fp32" or "bf16"
+    seed: int
+    transformer_impl: str  # "te", "flash" or "local"
+    recompute_granularity: str | None
+    recompute_num_layers: int
+    distributed_timeout_minutes: int
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    data_format: str  # "pretrain" or "chatml"
+    mock_data: bool
+    data_path: tuple[str, ...]
+    split: str
+    tokenizer_model: str | None
+    data_cache_path: str | None
+    pack_sft: bool
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    log_interval: int
+    eval_interval: int
+    eval_iters: int
+    metrics_file: str | None
+    tensorboard_dir: str | None
+    wandb_project: str | None
+    wandb_exp_name: str | None
+    wandb_save_dir: str | None
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    save: str | None
+    load: str | None
+    save_interval: int | None
+    no_load_optim: bool
+    no_load_rng: bool
+    finetune: bool
+    async_save: bool
+    override_data_state: bool
+    exit_interval: int | None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    recipe: str
+    model_size: str
+    model: QwenModelConfig
+    parallel: ParallelConfig
+    train: TrainSettings
+    data: DataSettings
+    log: LogSettings
+    checkpoint: CheckpointSettings
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self, world_size: int) -> None:
+        """Refuse a configuration that cannot run, before any work starts."""
+        m, p, t = self.model, self.parallel, self.train
+        if m.hidden_size % m.num_attention_heads != 0:
+            raise ConfigError(f"--hidden-size {m.hidden_size} is not a multiple of "
+                              f"--num-attention-heads {m.num_attention_heads}")
+        p.validate(world_size, m.num_layers, m.num_attention_heads, m.padded_vocab_size)
+        dp = p.data_parallel_size(world_size)
+        if t.global_batch_size % (t.micro_batch_size * dp) != 0:
+            raise ConfigError(
+                f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+                f"{t.micro_batch_size} x data-parallel size {dp}; make it a multiple of "
+                f"{t.micro_batch_size * dp}")
+        if t.seq_length > m.max_position_embeddings:
+            raise ConfigError(f"--seq-length {t.seq_length} exceeds --max-position-embeddings "
+                              f"{m.max_position_embeddings}; raise --max-position-embeddings or shorten --seq-length")
+        if t.seq_length % (2 * p.context_parallel_size) != 0 and p.context_parallel_size > 1:
+            raise ConfigError(f"--seq-length {t.seq_length} must be a multiple of 2 x --context-parallel-size")
+        if p.sequence_parallel and t.seq_length % p.tensor_model_parallel_size != 0:
+            raise ConfigError(f"--sequence-parallel needs --seq-length divisible by "
+                              f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
+        if not self.data.mock_data and not self.data.data_path:
+            raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
+        if t.train_iters < 1:
+            raise ConfigError("--train-iters must be at least 1")
+
+    def num_microbatches(self, world_size: int) -> int:
+        dp = self.parallel.data_parallel_size(world_size)
+        return self.train.global_batch_size // (self.train.micro_batch_size * dp)
+
+
+def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m megatron_qwen.{recipe.name}",
+        description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model-size", default="tiny", help="preset: tiny, tiny-qwen-vocab, 1.8b, 7b, 14b, 72b")
+    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size",
+                 "--max-position-embeddings", "--vocab-size"):
+        g.add_argument(flag, type=int, default=None, help="override the preset")
+    g.add_argument("--transformer-impl", default="auto", choices=["auto", "transformer_engine", "local", "flash"],
+                   help="layer back end; auto picks transformer_engine, then flash-attn, then local")
+    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
+    g.add_argument("--hidden-dropout", type=float, default=recipe.hidden_dropout)
+    g.add_argument("--attention-dropout", type=float, default=recipe.attention_dropout)
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--use-cpu-initialization", action="store_true",
+                   help="accepted for Megatron-LM compatibility: weights are always drawn on the CPU, "
+                        "layout-independently")
+
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true", help="ZeRO-1: shard optimizer state over DP")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=30)
+
+    g = p.add_argument_group("training")
+    g.add_argument("--train-iters", type=int, default=recipe.train_iters)
+    g.add_argument("--micro-batch-size", type=int, default=recipe.micro_batch_size)
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help=f"sequences per step (recipe: {recipe.global_batch_size}, or its per-size value)")
+    g.add_argument("--seq-length", type=int, default=recipe.seq_length)
+    g.add_argument("--lr", type=float, default=None, help=f"peak LR (recipe: {recipe.lr})")
+    g.add_argument("--min-lr", type=float, default=None,
+                   help=f"final LR (recipe: {recipe.min_lr_ratio:g} x peak)")
+    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default=recipe.lr_decay_style)
+    g.add_argument("--lr-warmup-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None)
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=recipe.weight_decay)
+    g.add_argument("--adam-beta1", type=float, default=recipe.adam_beta1)
+    g.add_argument("--adam-beta2", type=float, default=recipe.adam_beta2)
+    g.add_argument("--adam-eps", type=float, default=recipe.adam_eps)
+    g.add_argument("--clip-grad", type=float, default=recipe.clip_grad)
+
+    g = p.add_argument_group("data")
+    g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic GPT data, no files needed")
+    g.add_argument("--data-path", nargs="+", default=[],
+                   help="shard prefixes, optionally weighted: --data-path 0.7 web 0.3 code")
+    g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
+    g.add_argument("--tokenizer-model", default=None, help="path to qwen.tiktoken (default: the fetched copy)")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--no-pack-sft", action="store_true", help="pad SFT samples instead of packing them")
+    g.add_argument("--num-workers", type=int, default=0)
+
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-interval", type=int, default=1)
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--metrics-file", default=None, help="append one JSON object per iteration")
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--wandb-project", default=None, help="log to wandb (offline unless an API key is configured)")
+    g.add_argument("--wandb-exp-name", default=None)
+    g.add_argument("--wandb-save-dir", default=None)
+
+    g = p.add_argument_group("checkpointing")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true", default=recipe.finetune,
+                   help="load weights only: fresh optimizer, iteration and data position")
+    g.add_argument("--no-finetune", dest="finetune", action="store_false")
+    g.add_argument("--async-save", action="store_true")
+    g.add_argument("--override-data-state", action="store_true",
+                   help="resume even if the global batch size or the data blend changed")
+    g.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration (for tests)")
+    return p
+
+
+def _resolve_backend(flag: str) -> str:
+    from megatron_qwen.model.spec import available_backend
+
+    return {"auto": available_backend(), "transformer_engine": "te", "local": "local", "flash": "flash"}[flag]
+
+
+def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
+    args = build_parser(recipe).parse_args(argv)
+    try:
+        base = model_preset(args.model_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model = base.with_overrides(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size,
+        max_position_embeddings=args.max_position_embeddings, vocab_size=args.vocab_size,
+    )
+    size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
+    lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
+    gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
+    warmup_fraction = args.lr_warmup_fraction if args.lr_warmup_fraction is not None else (
+        None if args.lr_warmup_iters is not None else recipe.lr_warmup_fraction)
+    if warmup_fraction is not None:
+        warmup = int(round(warmup_fraction * args.train_iters))
+    else:
+        warmup = args.lr_warmup_iters if args.lr_warmup_iters is not None else recipe.lr_warmup_iters
+    warmup = min(warmup, args.train_iters)
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage,
+        context_parallel_size=args.context_parallel_size,
+        sequence_parallel=args.sequence_parallel,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_grad_reduce=args.overlap_grad_reduce,
+        overlap_param_gather=args.overlap_param_gather,
+    )
+    train = TrainSettings(
+        train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
+        seq_length=args.seq_length, lr=lr,
+        min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
+        lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
+        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps, clip_grad=args.clip_grad, hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout, precision="bf16" if args.bf16 else "fp32",
+        seed=args.seed, transformer_impl=_resolve_backend(args.transformer_impl),
+        recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
+    )
+    data = DataSettings(
+        data_format=recipe.data_format, mock_data=args.mock_data, data_path=tuple(args.data_path),
+        split=args.split, tokenizer_model=args.tokenizer_model, data_cache_path=args.data_cache_path,
+        pack_sft=not args.no_pack_sft, num_workers=args.num_workers,
+    )
+    log = LogSettings(
+        log_interval=args.log_interval, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+        metrics_file=args.metrics_file, tensorboard_dir=args.tensorboard_dir,
+        wandb_project=args.wandb_project, wandb_exp_name=args.wandb_exp_name, wandb_save_dir=args.wandb_save_dir,
+    )
+    ckpt = CheckpointSettings(
+        save=args.save, load=args.load, save_interval=args.save_interval, no_load_optim=args.no_load_optim,
+        no_load_rng=args.no_load_rng, finetune=args.finetune, async_save=args.async_save,
+        override_data_state=args.override_data_state, exit_interval=args.exit_interval,
+    )
+    return RunConfig(recipe=recipe.name, model_size=args.model_size, model=model, parallel=parallel,
+                     train=train, data=data, log=log, checkpoint=ckpt)

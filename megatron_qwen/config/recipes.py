@@ -1,0 +1,92 @@
+"""Training recipes: the defaults of each job, taken from the Qwen report (SPEC.md 3-6).
+
+A recipe only sets defaults; every field can be overridden by its Megatron-style flag.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    seq_length: int
+    lr: float
+    min_lr_ratio: float  # min LR as a fraction of the peak LR
+    lr_decay_style: str  # "cosine", "linear" or "constant"
+    lr_warmup_iters: int = 0
+    lr_warmup_fraction: float | None = None  # overrides lr_warmup_iters when set
+    train_iters: int = 1000
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    data_format: str = "pretrain"  # "pretrain" (GPT shards) or "chatml" (SFT shards with loss masks)
+    # Continued pretraining / SFT start from a checkpoint's weights with a fresh optimizer.
+    finetune: bool = False
+    # Per model size: {size: {field: value}} applied before flags (Table 1, SPEC.md 5).
+    per_size: dict = field(default_factory=dict)
+
+
+PRETRAIN = Recipe(
+    name="pretrain",
+    description="Qwen base pretraining from scratch (report section 2, Table 1)",
+    seq_length=2048,
+    lr=3e-4,
+    min_lr_ratio=0.1,  # cosine decay to 10% of the peak
+    lr_decay_style="cosine",
+    lr_warmup_iters=2000,
+    # 4M tokens per batch at 2048 context = 2048 sequences.
+    per_size={s: {"global_batch_size": 2048} for s in ("1.8b", "7b", "14b", "72b")},
+)
+
+PRETRAIN_CODE = Recipe(
+    name="pretrain_code",
+    description="Code-Qwen continued pretraining from a base checkpoint (report section 4.1)",
+    seq_length=8192,
+    lr=3e-5,
+    min_lr_ratio=1.0,
+    lr_decay_style="constant",  # 3% warmup, then no decay
+    lr_warmup_fraction=0.03,
+    finetune=True,
+    per_size={"7b": {"lr": 3e-5}, "14b": {"lr": 6e-5}},
+)
+
+SFT = Recipe(
+    name="sft",
+    description="Chat SFT on ChatML conversations (report section 3.1)",
+    seq_length=2048,
+    lr=2e-6,
+    min_lr_ratio=1.0,
+    lr_decay_style="constant",
+    lr_warmup_iters=1430,
+    train_iters=4000,
+    global_batch_size=128,
+    hidden_dropout=0.1,
+    attention_dropout=0.1,
+    data_format="chatml",
+    finetune=True,
+)
+
+SFT_MATH = Recipe(
+    name="sft_math",
+    description="Math-Qwen SFT on math instructions (report section 4.2)",
+    seq_length=1024,
+    lr=2e-5,
+    min_lr_ratio=1.0,
+    lr_decay_style="constant",
+    lr_warmup_iters=1430,
+    train_iters=50_000,
+    global_batch_size=128,
+    hidden_dropout=0.1,
+    attention_dropout=0.1,
+    data_format="chatml",
+    finetune=True,
+)
+
+RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH)}

@@ -1,0 +1,206 @@
+"""Checkpoints with megatron-core's distributed checkpointing.
+
+Layout of ``--save DIR`` (Megatron-LM's):
+    DIR/iter_0000100/                     one checkpoint (sharded tensors + common.pt)
+    DIR/latest_checkpointed_iteration.txt the last *complete* checkpoint
+
+Every tensor is saved under its global (layout-independent) key, so a checkpoint written at
+one TP/PP/DP layout loads at another. The tracker file is replaced atomically only after every
+rank has finished writing: a crash mid-save leaves the previous checkpoint as the latest.
+"""
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_qwen.config.arguments import CheckpointSettings, RunConfig
+from megatron_qwen.config.parallel import ConfigError
+
+TRACKER = "latest_checkpointed_iteration.txt"
+# Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout.
+_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
+             "chained_optim_avoid_prefix": True}
+_async_queue = None
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> int | None:
+    path = os.path.join(root, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise ConfigError(f"{path}: expected an iteration number, found {text[:40]!r}; "
+                          "fix or delete the file, or point --load at another directory")
+    return int(text)
+
+
+def check_paths(settings: CheckpointSettings) -> None:
+    """Fail before any work if --load names something that is not a checkpoint directory."""
+    if settings.load and os.path.exists(settings.load) and not os.path.isdir(settings.load):
+        raise ConfigError(f"--load {settings.load} is a file; pass the directory given to --save")
+    if settings.load and os.path.isdir(settings.load):
+        it = latest_iteration(settings.load)
+        if it is not None and not os.path.isdir(iteration_dir(settings.load, it)):
+            raise ConfigError(f"--load {settings.load}: {TRACKER} names iteration {it} but "
+                              f"{iteration_dir(settings.load, it)} is missing")
+
+
+def due(settings: CheckpointSettings, iteration: int, train_iters: int) -> bool:
+    if not settings.save:
+        return False
+    if iteration == train_iters:
+        return True
+    if settings.exit_interval and iteration % settings.exit_interval == 0:
+        return True
+    return bool(settings.save_interval) and iteration % settings.save_interval == 0
+
+
+def _layout() -> dict:
+    return {
+        "tp": parallel_state.get_tensor_model_parallel_world_size(),
+        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+        "dp": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+def _rng_state() -> ShardedObject:
+    """This rank's RNG states, as one object per (pp, tp, dp) rank."""
+    state = {
+        "random": random.getstate(), "np": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
+    dp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    lay = _layout()
+    return ShardedObject("rng_state", state, (lay["pp"], lay["tp"], lay["dp"]), (pp, tp, dp), replica_id=0)
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _model_keys(model) -> list[str]:
+    return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+
+
+def _model_state(model) -> dict:
+    # The DDP wrapper has no sharded state of its own: ask the module it wraps.
+    return {key: chunk.module.sharded_state_dict(metadata=_METADATA)
+            for key, chunk in zip(_model_keys(model), model)}
+
+
+def _data_state(cfg: RunConfig) -> dict:
+    """What must not change silently between a checkpoint and its resume."""
+    return {"global_batch_size": cfg.train.global_batch_size, "data_path": list(cfg.data.data_path),
+            "seq_length": cfg.train.seq_length, "mock_data": cfg.data.mock_data}
+
+
+def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
+    global _async_queue
+    root = cfg.checkpoint.save
+    ckpt_dir = iteration_dir(root, state["iteration"])
+    if dist.get_rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a leftover of an interrupted save
+        os.makedirs(ckpt_dir)
+    dist.barrier()
+    sharded = _model_state(model)
+    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=False, metadata=_METADATA)
+    sharded["scheduler"] = scheduler.state_dict()
+    sharded["rng_state"] = _rng_state()
+    sharded["train_state"] = dict(state)
+    sharded["data_state"] = _data_state(cfg)
+    sharded["layout"] = _layout()
+    sharded["run_config"] = cfg.to_dict()
+
+    def finalize():
+        if dist.get_rank() == 0:
+            tmp = os.path.join(root, TRACKER + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(str(state["iteration"]))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(root, TRACKER))
+            print(f" saved checkpoint at iteration {state['iteration']} to {ckpt_dir}", flush=True)
+
+    if cfg.checkpoint.async_save:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        request = dist_checkpointing.save(sharded, ckpt_dir, async_sharded_save=True)
+        request.add_finalize_fn(finalize)
+        _async_queue = _async_queue or AsyncCallsQueue()
+        _async_queue.schedule_async_request(request)
+    else:
+        dist_checkpointing.save(sharded, ckpt_dir)
+        dist.barrier()
+        finalize()
+        dist.barrier()
+
+
+def finish_pending_saves(blocking: bool) -> None:
+    """Complete async saves (their tracker update runs only once all ranks have written)."""
+    if _async_queue is not None:
+        _async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+
+def load(cfg: RunConfig, model, optimizer, scheduler) -> dict:
+    """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
+    fresh = {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0}
+    s = cfg.checkpoint
+    if not s.load:
+        return fresh
+    iteration = latest_iteration(s.load)
+    if iteration is None:
+        if dist.get_rank() == 0:
+            print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
+        return fresh
+    ckpt_dir = iteration_dir(s.load, iteration)
+    common = dist_checkpointing.load_common_state_dict(ckpt_dir)
+    if not s.finetune and not s.override_data_state and common["data_state"] != _data_state(cfg):
+        raise ConfigError(
+            f"--load {ckpt_dir} was saved with data settings {common['data_state']} but this run has "
+            f"{_data_state(cfg)}; resuming would not continue the same data stream. Pass "
+            "--override-data-state to resume anyway, or --finetune to start a new run from its weights")
+
+    sharded = _model_state(model)
+    load_optim = not (s.finetune or s.no_load_optim)
+    same_layout = common["layout"] == _layout()
+    if load_optim:
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=_METADATA)
+    if not s.finetune and not s.no_load_rng and same_layout:
+        sharded["rng_state"] = _rng_state()
+    loaded = dist_checkpointing.load(sharded, ckpt_dir)
+
+    for key, chunk in zip(_model_keys(model), model):
+        chunk.module.load_state_dict(loaded[key])
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if s.finetune:
+        state = fresh
+    else:
+        scheduler.load_state_dict(common["scheduler"])
+        state = dict(common["train_state"])
+        if "rng_state" in loaded:
+            _set_rng_state(loaded["rng_state"])
+    if dist.get_rank() == 0:
+        what = "weights only" if s.finetune else ("model" if not load_optim else "model and optimizer")
+        print(f" loaded {what} from {ckpt_dir} (saved at layout {common['layout']}, "
+              f"now {_layout()}); continuing at iteration {state['iteration']}", flush=True)
+    return state

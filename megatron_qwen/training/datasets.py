@@ -1,0 +1,49 @@
+"""The datasets a run trains and validates on, chosen from its config (the data layer builds them)."""
+
+from dataclasses import dataclass
+
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.parallel import ConfigError
+
+
+@dataclass(frozen=True)
+class MockVocab:
+    """What megatron-core's mock dataset needs of a tokenizer, sized to the model's vocabulary."""
+
+    vocab_size: int
+    eod: int
+
+    @property
+    def unique_identifiers(self) -> dict:  # megatron-core names cached dataset indices by these
+        return {"class": "MockVocab", "vocab_size": self.vocab_size, "eod": self.eod}
+
+
+def num_samples(cfg: RunConfig) -> tuple[int, int, int]:
+    t, log = cfg.train, cfg.log
+    evals = t.train_iters // log.eval_interval + 1
+    return (t.train_iters * t.global_batch_size,
+            evals * log.eval_iters * t.global_batch_size,
+            log.eval_iters * t.global_batch_size)
+
+
+def build_datasets(cfg: RunConfig):
+    """(train, valid, test); valid and test may be None when the split gives them no documents."""
+    from megatron_qwen import data
+
+    d, t = cfg.data, cfg.train
+    if d.mock_data:
+        vocab = MockVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
+        return data.build_pretrain_datasets(None, d.split, t.seq_length, t.seed, num_samples(cfg), vocab,
+                                            mock=True, cache_path=d.data_cache_path)
+    from megatron_qwen.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(d.tokenizer_model)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
+            f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
+    if d.data_format == "chatml":
+        return data.build_sft_datasets(list(d.data_path), d.split, t.seq_length, t.seed, num_samples(cfg),
+                                       tokenizer, pack=d.pack_sft)
+    return data.build_pretrain_datasets(list(d.data_path), d.split, t.seq_length, t.seed, num_samples(cfg),
+                                        tokenizer, mock=False, cache_path=d.data_cache_path)
