@@ -1,0 +1,42 @@
+"""Shared test helpers: launching torchrun jobs on this machine over gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quiet_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    env.update(extra)
+    return env
+
+
+def torchrun(nproc: int, target: list[str], timeout: int = 600, extra_torchrun: list[str] | None = None,
+             env: dict | None = None) -> str:
+    """Run ``torchrun --nproc_per_node nproc <target>``; returns stdout+stderr, fails the test on error.
+    ``target`` is a script path with its arguments, or ``["-m", module, ...]``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *(extra_torchrun or []), *target]
+    proc = subprocess.run(cmd, cwd=REPO, env=env or quiet_env(), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{out[-6000:]}")
+    return out
+
+
+def run_module(module: str, args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a single process; returns the completed process."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or quiet_env(),
+                          capture_output=True, text=True, timeout=timeout)

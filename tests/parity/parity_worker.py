@@ -1,0 +1,135 @@
+"""One parallel layout of the parity suite, launched by torchrun (or alone for the reference).
+
+Trains the tiny Qwen for a few optimizer steps on a fixed global batch stream and writes:
+  weights.pt  the initial weights, each rank's TP slices by global name (DP rank 0 only)
+  grads.pt    the gradients of the first step, likewise
+  losses.json the loss of every step (written by the reporting rank)
+  logits.pt   the reference's initial logits on the first micro-batch (single process only)
+The test merges the slices with megatron_qwen.model.layout and compares layouts.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+
+from megatron_qwen.config.model import model_preset
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config, wrap_for_training
+from megatron_qwen.model.layout import global_param_names
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.batches import collate, microbatch_indices
+from megatron_qwen.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
+from megatron_qwen.training.step import run_microbatches, train_step
+
+GLOBAL_BATCH, MICRO_BATCH, SEQ, STEPS, SEED = 8, 2, 32, 5, 1234
+
+
+def sample(i: int, vocab: int) -> dict:
+    """Sample i of a fixed stream: random tokens and a loss mask with holes (so token-weighted
+    averaging over micro-batches is exercised)."""
+    g = torch.Generator().manual_seed(10_000 + i)
+    seq = torch.randint(0, vocab, (SEQ + 1,), generator=g)
+    mask = (torch.rand(SEQ, generator=g) > 0.3).float()
+    return {"tokens": seq[:-1], "labels": seq[1:], "loss_mask": mask,
+            "position_ids": torch.arange(SEQ), "attention_mask": None}
+
+
+def local_slices(model) -> dict:
+    """{global name: (tp rank, partition dim or None, weight, grad)} for this rank's chunks."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    out = {}
+    for chunk in model:
+        inner = chunk.module
+        for name, gname in global_param_names(inner).items():
+            p = dict(inner.named_parameters())[name]
+            dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
+            grad = p.main_grad.detach().clone() if getattr(p, "main_grad", None) is not None else None
+            out[gname] = (tp_rank, dim, p.detach().clone(), grad)
+    return out
+
+
+def gather_reduce_scattered_grads(model) -> None:
+    """With the distributed optimizer each DP rank holds only its shard of the reduced grads;
+    all-gather the shards so every rank sees full gradients (test-only inspection)."""
+    for chunk in model:
+        for group in chunk.bucket_groups:
+            pg = group.intra_distributed_optimizer_instance_group
+            size, rank = pg.size(), pg.rank()
+            for bucket in group.buckets:
+                shard = bucket.grad_data.numel() // size
+                mine = bucket.grad_data[rank * shard:(rank + 1) * shard].clone()
+                dist.all_gather_into_tensor(bucket.grad_data, mine, group=pg)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--vp-layers", type=int, default=None)
+    ap.add_argument("--sp", action="store_true")
+    ap.add_argument("--distopt", action="store_true")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    cfg = model_preset("tiny")
+    par = ParallelConfig(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
+                         num_layers_per_virtual_pipeline_stage=a.vp_layers, sequence_parallel=a.sp,
+                         use_distributed_optimizer=a.distopt)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    par.validate(world, cfg.num_layers, cfg.num_attention_heads, cfg.padded_vocab_size)
+    init_distributed(a.tp, a.pp, par.virtual_pipeline_size(cfg.num_layers), 1, SEED)
+    opts = ModelBuildOptions(seq_length=SEQ, seed=SEED)
+    tcfg = transformer_config(cfg, par, opts, on_gpu=False)
+    model = wrap_for_training(build_model_chunks(cfg, tcfg, opts), tcfg, par, on_gpu=False)
+    settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
+    optimizer = build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
+    scheduler = build_scheduler(optimizer, settings, STEPS, GLOBAL_BATCH)
+
+    dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    num_mb = GLOBAL_BATCH // (MICRO_BATCH * dp)
+    cpu = torch.device("cpu")
+
+    def batches(step):
+        idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
+        return [collate([sample(i, cfg.vocab_size) for i in mb]) for mb in idx]
+
+    os.makedirs(a.out, exist_ok=True)
+    rank = dist.get_rank()
+    initial = local_slices(model)
+    if world == 1:  # logits of the initial weights, for the transformers comparison
+        with torch.no_grad():
+            x = batches(0)[0]
+            logits = model[0].module(x["tokens"], x["position_ids"], None)
+        torch.save({"tokens": x["tokens"], "logits": logits}, f"{a.out}/logits.pt")
+    # Step 1 by hand, to read the gradients between backward and update.
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    b = batches(0)
+    losses = [run_microbatches(model, [iter(b) for _ in model], num_mb, SEQ, MICRO_BATCH, cpu)]
+    if a.distopt:
+        gather_reduce_scattered_grads(model)
+    first = local_slices(model)
+    if dp_rank == 0:
+        torch.save({k: (v[0], v[1], initial[k][2]) for k, v in first.items()}, f"{a.out}/weights_rank{rank}.pt")
+        torch.save({k: (v[0], v[1], v[3]) for k, v in first.items()}, f"{a.out}/grads_rank{rank}.pt")
+    optimizer.step()
+    scheduler.step(increment=GLOBAL_BATCH)
+    for step in range(1, STEPS):
+        b = batches(step)
+        loss, _, _ = train_step(model, optimizer, scheduler, [iter(b) for _ in model], num_mb, SEQ,
+                                MICRO_BATCH, GLOBAL_BATCH, cpu)
+        losses.append(loss)
+    if losses[0] is not None and parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0:
+        with open(f"{a.out}/losses.json", "w") as f:
+            json.dump(losses, f)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
