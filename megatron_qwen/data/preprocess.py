@@ -104,6 +104,11 @@ def _encode_texts(tokenizer: QwenTokenizer, texts: list[str], append_eod: bool) 
     return (np.concatenate(arrays) if arrays else np.zeros(0, np.int32)), lengths
 
 
+def _encode_text_records(tokenizer: QwenTokenizer, records: list[tuple[str, ...]], append_eod: bool) -> list:
+    """One (tokens, lengths) per json key."""
+    return [_encode_texts(tokenizer, [r[k] for r in records], append_eod) for k in range(len(records[0]))]
+
+
 def _encode_chats(tokenizer: QwenTokenizer, conversations: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids: list[int] = []
     mask: list[int] = []
@@ -199,10 +204,7 @@ def preprocess_shard(
             if opts.chatml:
                 futures = [pool.submit(_encode_chats, tokenizer, g) for g in groups]
             else:
-                futures = [
-                    pool.submit(lambda g: [_encode_texts(tokenizer, [r[k] for r in g], opts.append_eod) for k in range(len(opts.keys))], g)
-                    for g in groups
-                ]
+                futures = [pool.submit(_encode_text_records, tokenizer, g, opts.append_eod) for g in groups]
             pending.append((futures, len(batch.records), batch.input_bytes, batch.position - last_position))
             last_position = batch.position
             if len(pending) > 2:  # two blocks in flight keep every encoding thread busy
