@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Qwen-14B base pretraining (report Table 1: 3.0T tokens, 4M-token batches, peak LR 3e-4).
+#   one 8-GPU node:  DATA_PATH=... CHECKPOINT_DIR=... bash examples/pretrain/qwen_14b.sh
+#   slurm:           DATA_PATH=... CHECKPOINT_DIR=... sbatch --nodes=32 examples/pretrain/qwen_14b.sh
+#SBATCH --job-name=qwen14b-pretrain
+#SBATCH --nodes=32
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=48:00:00
+#SBATCH --output=%x-%j.out
+# Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
+# in the directory the job was submitted from.
+for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
+
+FLAGS=(
+    --model-size 14b
+    # TP4 inside a node (Megatron-LM's layout for its 16B): 40 heads split 10 per GPU, 3.5B
+    # parameters per GPU; data parallel = 2 per node. Alternative with less TP traffic:
+    # --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 (20 layers per stage).
+    --tensor-model-parallel-size 4 --pipeline-model-parallel-size 1 --sequence-parallel
+    # 4M tokens per step = 2048 sequences of 2048, micro-batch 1 per GPU.
+    --seq-length 2048 --micro-batch-size 1 --global-batch-size 2048
+    # 3.0T tokens / 4M per step.
+    --train-iters 715000
+)
+launch megatron_qwen.pretrain "${FLAGS[@]}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Code-Qwen-7B: continued pretraining of the base model on code (report 4.1: ~90B tokens,
+# context 8192, LR 3e-5, 3% warmup and no decay -- the recipe's defaults for 7b).
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<code shards> CHECKPOINT_DIR=... \
+#       bash examples/pretrain_code/qwen_7b.sh                 (one node)
+#       sbatch --nodes=8 examples/pretrain_code/qwen_7b.sh     (slurm)
+#SBATCH --job-name=qwen7b-code
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=48:00:00
+#SBATCH --output=%x-%j.out
+# Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
+# in the directory the job was submitted from.
+for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
+
+FLAGS=(
+    --model-size 7b
+    # 4x the base context: context parallel 2 gives each GPU 4096 tokens of every sequence, and
+    # TP2 with sequence parallel splits the activations once more. TP2 x CP2 = 4 GPUs per model
+    # replica, data parallel = 2 per node. Short of memory: EXTRA_ARGS="--recompute-granularity full".
+    --tensor-model-parallel-size 2 --context-parallel-size 2 --sequence-parallel
+    # Still 4M tokens per step: 512 sequences of 8192.
+    --seq-length 8192 --micro-batch-size 1 --global-batch-size 512
+    # 90B tokens / 4M per step.
+    --train-iters 21500
+)
+launch megatron_qwen.pretrain_code "${FLAGS[@]}"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Qwen-14B-Chat SFT on ChatML conversations (report 3.1: sequence 2048, batch 128, 4000 steps,
+# warmup 1430 to 2e-6, dropout 0.1 -- the recipe's defaults).
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
+#   CHECKPOINT_DIR=... bash examples/sft/qwen_14b.sh            (one node)
+#                      sbatch --nodes=2 examples/sft/qwen_14b.sh       (slurm)
+#SBATCH --job-name=qwen14b-sft
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=24:00:00
+#SBATCH --output=%x-%j.out
+# Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
+# in the directory the job was submitted from.
+for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
+
+FLAGS=(
+    --model-size 14b
+    # Same TP4 layout as pretraining; data parallel = 2 per node.
+    --tensor-model-parallel-size 4 --sequence-parallel
+    # 128 packed sequences of 2048 per step, micro-batch 2; up to 16 nodes.
+    --seq-length 2048 --micro-batch-size 2 --global-batch-size 128
+)
+launch megatron_qwen.sft "${FLAGS[@]}"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Math-Qwen-7B: SFT of the base model on math instructions (report 4.2: sequence 1024, batch 128,
+# peak LR 2e-5, 50,000 steps; system and user turns masked out of the loss -- the recipe's defaults).
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
+#   CHECKPOINT_DIR=... bash examples/sft_math/qwen_7b.sh        (one node)
+#                      sbatch --nodes=2 examples/sft_math/qwen_7b.sh   (slurm)
+#SBATCH --job-name=qwen7b-math-sft
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=48:00:00
+#SBATCH --output=%x-%j.out
+# Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
+# in the directory the job was submitted from.
+for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
+
+FLAGS=(
+    --model-size 7b
+    # Same TP2 layout as pretraining; data parallel = 4 per node.
+    --tensor-model-parallel-size 2 --sequence-parallel
+    # 128 packed sequences of 1024 per step; micro-batch 4 (short sequences leave room).
+    # Up to 8 nodes: 128 must be a multiple of 4 x data parallel.
+    --seq-length 1024 --micro-batch-size 4 --global-batch-size 128
+)
+launch megatron_qwen.sft_math "${FLAGS[@]}"
