@@ -231,3 +231,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as exit_info:
             preprocess.main(["--input", "x.jsonl", "--output-prefix", "x", *args])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_shard_names_are_stable_and_unique():
+    from megatron_qwen.data.sources import InputError, shard_names
+
+    assert shard_names(["/d/a.jsonl", "/d/web/2023/b.parquet", "/d/c.jsonl.zst"]) == ["a", "web-2023-b", "c"]
+    with pytest.raises(InputError, match="would both become shard 'a'"):
+        shard_names(["/d/a.jsonl", "/d/a.jsonl.gz"])

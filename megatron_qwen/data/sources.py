@@ -69,6 +69,11 @@ def shard_names(files: list[str]) -> list[str]:
                 rel = rel[: -len(suffix)]
                 break
         names.append(rel.replace(os.sep, "-"))
+    seen: dict[str, str] = {}
+    for f, name in zip(files, names):
+        if name in seen:
+            raise InputError(f"--input {seen[name]} and {f} would both become shard {name!r}; rename one")
+        seen[name] = f
     return names
 
 
