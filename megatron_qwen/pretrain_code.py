@@ -1,7 +1,7 @@
 """Code-Qwen continued pretraining from a base checkpoint (report section 4.1)."""
 
 from megatron_qwen.config.recipes import PRETRAIN_CODE
-from megatron_qwen.training.loop import main
+from megatron_qwen.training.entry import main
 
 if __name__ == "__main__":
     main(PRETRAIN_CODE)

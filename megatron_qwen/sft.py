@@ -1,7 +1,7 @@
 """Chat SFT on ChatML conversations (report section 3.1)."""
 
 from megatron_qwen.config.recipes import SFT
-from megatron_qwen.training.loop import main
+from megatron_qwen.training.entry import main
 
 if __name__ == "__main__":
     main(SFT)

@@ -1,7 +1,7 @@
 """Math-Qwen SFT on math instructions (report section 4.2)."""
 
 from megatron_qwen.config.recipes import SFT_MATH
-from megatron_qwen.training.loop import main
+from megatron_qwen.training.entry import main
 
 if __name__ == "__main__":
     main(SFT_MATH)

@@ -116,8 +116,15 @@ class RunConfig:
         return self.train.global_batch_size // (self.train.micro_batch_size * dp)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Flag errors as one line on stderr (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrorParser(
         prog=f"python -m megatron_qwen.{recipe.name}",
         description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -206,7 +213,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
 
 def _resolve_backend(flag: str) -> str:
-    from megatron_qwen.model.spec import available_backend
+    from megatron_qwen.platform.backends import available_backend
 
     return {"auto": available_backend(), "transformer_engine": "te", "local": "local", "flash": "flash"}[flag]
 

@@ -8,7 +8,7 @@ from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.config.parallel import ConfigError, ParallelConfig
 from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
-from megatron_qwen.training.checkpoint import iteration_dir, latest_iteration
+from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
 
 
 def load_model_for_inference(checkpoint_root: str):

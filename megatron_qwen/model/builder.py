@@ -5,6 +5,7 @@ the output layer); tensor parallelism lives inside megatron-core's layers; data 
 the DDP wrapper at the end. Nothing else in the package splits the model.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +89,8 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: M
     )
 
 
-def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions) -> list[GPTModel]:
+def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions,
+                       initialize: bool = True) -> list[GPTModel]:
     """One GPTModel per virtual pipeline stage held by this rank (one without interleaving)."""
     vp_size = tcfg.virtual_pipeline_model_parallel_size
     chunks = []
@@ -108,8 +110,17 @@ def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: Mo
             vp_stage=stage,
         )
         chunks.append(chunk)
-    initialize_weights(chunks, model, opts.seed)
+    if initialize:
+        initialize_weights(chunks, model, opts.seed)
     return chunks
+
+
+def build_on_meta(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions) -> list[GPTModel]:
+    """This rank's chunks with shapes but no storage: parameter counts and memory plans of
+    models far larger than the machine."""
+    shape_only = dataclasses.replace(tcfg, use_cpu_initialization=True, perform_initialization=False)
+    with torch.device("meta"):
+        return build_model_chunks(model, shape_only, opts, initialize=False)
 
 
 def wrap_for_training(chunks: list[GPTModel], tcfg: TransformerConfig, parallel: ParallelConfig,

@@ -10,10 +10,6 @@ Three back ends, chosen once at build time:
 - ``local``: megatron-core's local modules with its torch attention (CPU, tests).
 """
 
-import importlib.util
-
-import torch
-
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -28,20 +24,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from megatron_qwen.model.attention import FlashSelfAttention
 from megatron_qwen.model.norm import QwenRMSNorm
-
-BACKENDS = ("te", "flash", "local")
-
-
-def available_backend() -> str:
-    """The fastest back end this machine can run."""
-    if not torch.cuda.is_available():
-        return "local"
-    if importlib.util.find_spec("transformer_engine") is not None:
-        return "te"
-    if importlib.util.find_spec("flash_attn") is not None:
-        return "flash"
-    return "local"
-
+from megatron_qwen.platform.backends import BACKENDS
 
 def _local_layer_spec(core_attention: type) -> ModuleSpec:
     return ModuleSpec(

@@ -1,8 +1,4 @@
-"""Checkpoints with megatron-core's distributed checkpointing.
-
-Layout of ``--save DIR`` (Megatron-LM's):
-    DIR/iter_0000100/                     one checkpoint (sharded tensors + common.pt)
-    DIR/latest_checkpointed_iteration.txt the last *complete* checkpoint
+"""Checkpoints with megatron-core's distributed checkpointing (directory layout: checkpoint_dirs.py).
 
 Every tensor is saved under its global (layout-independent) key, so a checkpoint written at
 one TP/PP/DP layout loads at another. The tracker file is replaced atomically only after every
@@ -22,38 +18,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_qwen.config.arguments import CheckpointSettings, RunConfig
 from megatron_qwen.config.parallel import ConfigError
+from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
 
-TRACKER = "latest_checkpointed_iteration.txt"
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout.
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
              "chained_optim_avoid_prefix": True}
 _async_queue = None
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def latest_iteration(root: str) -> int | None:
-    path = os.path.join(root, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise ConfigError(f"{path}: expected an iteration number, found {text[:40]!r}; "
-                          "fix or delete the file, or point --load at another directory")
-    return int(text)
-
-
-def check_paths(settings: CheckpointSettings) -> None:
-    """Fail before any work if --load names something that is not a checkpoint directory."""
-    if settings.load and os.path.exists(settings.load) and not os.path.isdir(settings.load):
-        raise ConfigError(f"--load {settings.load} is a file; pass the directory given to --save")
-    if settings.load and os.path.isdir(settings.load):
-        it = latest_iteration(settings.load)
-        if it is not None and not os.path.isdir(iteration_dir(settings.load, it)):
-            raise ConfigError(f"--load {settings.load}: {TRACKER} names iteration {it} but "
-                              f"{iteration_dir(settings.load, it)} is missing")
 
 
 def due(settings: CheckpointSettings, iteration: int, train_iters: int) -> bool:

@@ -1,10 +1,5 @@
-"""The training job, top to bottom: config -> processes -> model -> data -> steps -> checkpoints.
+"""The training job, top to bottom: processes -> model -> data -> steps -> checkpoints."""
 
-Every entry point (pretrain, pretrain_code, sft, sft_math) is a recipe handed to ``main``.
-"""
-
-import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -12,12 +7,10 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
-from megatron_qwen.config.parallel import ConfigError
-from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config, wrap_for_training
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed, on_gpu
+from megatron_qwen.platform.distributed import init_distributed, on_gpu
 from megatron_qwen.training import checkpoint
 from megatron_qwen.training.batches import microbatch_loader, next_global_batch
 from megatron_qwen.training.datasets import build_datasets
@@ -31,21 +24,6 @@ class TrainState:
     iteration: int = 0
     consumed_samples: int = 0
     skipped_iterations: int = 0
-
-
-def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
-    """Run a job; returns the last logged figures (for tests and the demo)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    try:
-        cfg = parse_run_config(recipe, argv)
-        cfg.validate(world_size)
-        checkpoint.check_paths(cfg.checkpoint)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    try:
-        return train(cfg, world_size)
-    finally:
-        destroy_distributed()
 
 
 def train(cfg: RunConfig, world_size: int) -> dict:
@@ -96,21 +74,18 @@ def train(cfg: RunConfig, world_size: int) -> dict:
         state.iteration += 1
         state.consumed_samples += t.global_batch_size
         state.skipped_iterations += 0 if ok else 1
-        meter.tick()
-        if state.iteration % cfg.log.log_interval == 0 or state.iteration == t.train_iters:
-            per_iter, tps, tps_gpu, tflops, mfu = meter.figures(tokens_per_iter)
-            if is_reporter:
-                rec = StepRecord(
-                    iteration=state.iteration, train_iters=t.train_iters,
-                    consumed_samples=state.consumed_samples,
-                    consumed_tokens=state.consumed_samples * t.seq_length, lm_loss=loss,
-                    lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
-                    skipped_iterations=state.skipped_iterations, elapsed_s=per_iter, tokens_per_sec=tps,
-                    tokens_per_sec_per_gpu=tps_gpu, tflops_per_gpu=tflops, mfu=mfu,
-                    peak_memory_gb=peak_memory_gb(),
-                )
-                sink.log_step(rec)
-                last = rec.json()
+        per_iter, tps, tps_gpu, tflops, mfu = meter.lap(tokens_per_iter)
+        if is_reporter:
+            rec = StepRecord(
+                iteration=state.iteration, train_iters=t.train_iters, consumed_samples=state.consumed_samples,
+                consumed_tokens=state.consumed_samples * t.seq_length, lm_loss=loss,
+                lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                skipped_iterations=state.skipped_iterations, elapsed_s=per_iter, tokens_per_sec=tps,
+                tokens_per_sec_per_gpu=tps_gpu, tflops_per_gpu=tflops, mfu=mfu, peak_memory_gb=peak_memory_gb(),
+            )
+            console = state.iteration % cfg.log.log_interval == 0 or state.iteration == t.train_iters
+            sink.log_step(rec, console)
+            last = rec.json()
         if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
             val = evaluate(cfg, model, valid_ds, num_mb, dp_rank, dp_size, device)
             if is_reporter:
@@ -121,6 +96,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
             checkpoint.save(cfg, state.__dict__, model, optimizer, scheduler)
         if cfg.checkpoint.exit_interval and state.iteration % cfg.checkpoint.exit_interval == 0:
             break
+        meter.restart()
     checkpoint.finish_pending_saves(blocking=True)
     sink.close()
     return last

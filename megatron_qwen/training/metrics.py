@@ -23,7 +23,7 @@ class StepRecord:
     lr: float
     grad_norm: float | None
     skipped_iterations: int
-    elapsed_s: float  # wall time per iteration, averaged over the log interval
+    elapsed_s: float  # wall time of this iteration
     tokens_per_sec: float  # whole job
     tokens_per_sec_per_gpu: float
     tflops_per_gpu: float
@@ -83,10 +83,13 @@ class MetricsSink:
         if settings.wandb_project:
             self.wandb_run = _start_wandb(settings, run_config)
 
-    def log_step(self, rec: StepRecord) -> None:
+    def log_step(self, rec: StepRecord, console: bool) -> None:
+        """Every iteration goes to the metrics file and dashboards; the console gets every
+        --log-interval-th."""
         if not self.is_reporter:
             return
-        print(rec.line(), flush=True)
+        if console:
+            print(rec.line(), flush=True)
         if self.metrics_file:
             self.metrics_file.write(json.dumps(rec.json()) + "\n")
         scalars = {
@@ -142,28 +145,27 @@ def _start_wandb(settings: LogSettings, run_config: dict):
 
 
 class ThroughputMeter:
-    """Wall time per iteration over the log interval and the figures derived from it."""
+    """Wall time of each iteration and the throughput figures derived from it."""
 
     def __init__(self, flops_per_token: float, world_size: int, peak_tflops: float | None):
         self.flops_per_token = flops_per_token
         self.world_size = world_size
         self.peak_tflops = peak_tflops
         self._t0 = time.perf_counter()
-        self._iters = 0
 
-    def tick(self) -> None:
-        self._iters += 1
-
-    def figures(self, tokens_per_iteration: int) -> tuple[float, float, float, float, float | None]:
-        """(seconds per iteration, tokens/s, tokens/s/GPU, TFLOP/s/GPU, MFU), then reset."""
+    def lap(self, tokens_per_iteration: int) -> tuple[float, float, float, float, float | None]:
+        """(seconds since the last lap, tokens/s, tokens/s/GPU, TFLOP/s/GPU, MFU)."""
         now = time.perf_counter()
-        per_iter = (now - self._t0) / max(self._iters, 1)
-        self._t0, self._iters = now, 0
-        tps = tokens_per_iteration / per_iter
+        seconds, self._t0 = now - self._t0, now
+        tps = tokens_per_iteration / seconds
         tps_gpu = tps / self.world_size
         tflops = tps_gpu * self.flops_per_token / 1e12
         mfu = tflops / self.peak_tflops if self.peak_tflops else None
-        return per_iter, tps, tps_gpu, tflops, mfu
+        return seconds, tps, tps_gpu, tflops, mfu
+
+    def restart(self) -> None:
+        """Leave evaluation and checkpoint time out of the next iteration's figures."""
+        self._t0 = time.perf_counter()
 
 
 def peak_memory_gb() -> float | None:
