@@ -5,10 +5,12 @@
 Builds a deterministic mixed corpus (Python stdlib source as code, generated English prose,
 generated Chinese prose) as jsonl, then measures on it, in this one process and run:
   raw:  tiktoken encode_ordinary_batch(1000 texts, num_threads), over the texts already in memory
-  tool: megatron_qwen's preprocessing (read, orjson parse, encode, write .bin/.idx), tokenizer loaded
+  tool: megatron_qwen's preprocessing (read, orjson parse, encode, write .bin/.idx), tokenizer loaded;
+        also on the corpus cut into 2 x threads files, as `threads` processes of one thread each
   peer: Megatron-LM's scheme, multiprocessing.Pool(threads) doing json.loads + encode per line,
         written with IndexedDatasetBuilder.add_document (on the first --peer-mb MB, it is slow)
-Prints tokens/s and the ratios; never fails on timing.
+Raw and tool alternate for --rounds rounds; prints every round, the median tool/raw ratio and
+the peer figure. Never fails on timing.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import json
 import multiprocessing
 import os
 import random
+import statistics
 import sys
 import sysconfig
 import tempfile
@@ -122,11 +125,35 @@ def run_peer(corpus: str, out_prefix: str, workers: int, megabytes: float, token
     return tokens, time.perf_counter() - start - (init_done - start)
 
 
+def split_corpus(corpus: str, parts: int) -> list[str]:
+    """The corpus cut into `parts` jsonl files of whole lines (written once, next to it)."""
+    paths = [f"{corpus[:-len('.jsonl')]}_part{i}.jsonl" for i in range(parts)]
+    if not all(os.path.exists(p) for p in paths):
+        with open(corpus, "rb") as f:
+            lines = f.readlines()
+        step = -(-len(lines) // parts)
+        for i, path in enumerate(paths):
+            with open(path, "wb") as out:
+                out.writelines(lines[i * step:(i + 1) * step])
+    return paths
+
+
+def raw_encode(tokenizer, texts: list[str], threads: int) -> tuple[int, float]:
+    """Tokens and seconds of tiktoken's encode_ordinary_batch over `texts`, 1000 at a time
+    (holding every token of 100 MB as a Python int at once would dominate the time)."""
+    start = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(texts), 1000):
+        tokens += sum(map(len, tokenizer.encoding.encode_ordinary_batch(texts[i:i + 1000], num_threads=threads)))
+    return tokens, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=100, help="corpus size in MB")
     parser.add_argument("--peer-mb", type=float, default=20, help="MB of the corpus given to the Megatron-style peer (0: skip)")
     parser.add_argument("--threads", type=int, default=2, help="tokenizer threads (and peer processes)")
+    parser.add_argument("--rounds", type=int, default=3, help="raw-then-tool rounds; the median ratio is reported")
     parser.add_argument("--tokenizer-model", default=None)
     parser.add_argument("--workdir", default=None, help="keep the corpus and outputs here")
     args = parser.parse_args()
@@ -143,39 +170,54 @@ def main() -> None:
     print(f"corpus: {corpus}: {size_mb:.1f} MB, {len(texts):,} documents; {os.cpu_count()} CPUs, {args.threads} threads")
 
     tokenizer.encoding.encode_ordinary_batch(texts[:200], num_threads=args.threads)  # warm-up
-    start = time.perf_counter()
-    raw_tokens = 0
-    for i in range(0, len(texts), 1000):  # in batches: holding every token as a Python int would dominate
-        raw_tokens += sum(map(len, tokenizer.encoding.encode_ordinary_batch(texts[i:i + 1000], num_threads=args.threads)))
-    raw_s = time.perf_counter() - start
-    raw_rate = raw_tokens / raw_s
-    del texts
-    print(f"raw tokenizer  : {raw_tokens:,} tokens in {raw_s:.2f} s = {raw_rate / 1e6:.2f}M tokens/s")
-
     opts = Options(keys=("text",), append_eod=True, threads=args.threads)
     tasks = plan_shards([corpus], os.path.join(workdir, "out", "bench"), opts)
-    for prefix in tasks[0].prefixes:
+    ratios, tool_rates = [], []
+    # Rounds of raw-then-tool, so each ratio compares runs seconds apart (a shared machine drifts).
+    for round_ in range(1, args.rounds + 1):
+        raw_tokens, raw_s = raw_encode(tokenizer, texts, args.threads)
+        raw_rate = raw_tokens / raw_s
+        for prefix in tasks[0].prefixes:
+            for ext in (".bin", ".idx"):
+                if os.path.exists(prefix + ext):
+                    os.remove(prefix + ext)
+        start = time.perf_counter()
+        result = run_shards(tasks, opts, tokenizer, workers=1, log_interval=0)
+        tool_s = time.perf_counter() - start
+        tool_tokens = result.stats.tokens - result.stats.documents  # without the appended EODs
+        tool_rate = tool_tokens / tool_s
+        ratios.append(tool_rate / raw_rate)
+        tool_rates.append(tool_rate)
+        print(f"round {round_}: raw {raw_rate / 1e6:.2f}M tokens/s ({raw_s:.2f} s) | tool {tool_rate / 1e6:.2f}M tokens/s "
+              f"({tool_s:.2f} s, {size_mb / tool_s:.1f} MB/s, {result.stats.documents / tool_s:,.0f} docs/s) | "
+              f"tool/raw {tool_rate / raw_rate:.3f}")
+        if tool_tokens != raw_tokens:
+            print(f"WARNING: tool wrote {tool_tokens:,} tokens, raw encoding gave {raw_tokens:,}")
+    # The same corpus as several files: one shard each, `threads` processes of one encoding thread.
+    parts = split_corpus(corpus, 2 * args.threads)
+    part_tasks = plan_shards(parts, os.path.join(workdir, "out", "parts", "bench"), opts)
+    for task in part_tasks:
         for ext in (".bin", ".idx"):
-            if os.path.exists(prefix + ext):
-                os.remove(prefix + ext)
+            if os.path.exists(task.prefixes[0] + ext):
+                os.remove(task.prefixes[0] + ext)
     start = time.perf_counter()
-    result = run_shards(tasks, opts, tokenizer, workers=1, log_interval=0)
-    tool_s = time.perf_counter() - start
-    tool_tokens = result.stats.tokens - result.stats.documents  # without the appended EODs
-    tool_rate = tool_tokens / tool_s
-    print(f"tool           : {tool_tokens:,} tokens in {tool_s:.2f} s = {tool_rate / 1e6:.2f}M tokens/s, "
-          f"{size_mb / tool_s:.1f} MB/s, {result.stats.documents / tool_s:,.0f} docs/s")
-    print(f"tool / raw     : {tool_rate / raw_rate:.3f}  (target >= 0.85)")
-    if tool_tokens != raw_tokens:
-        print(f"WARNING: tool wrote {tool_tokens:,} tokens, raw encoding gave {raw_tokens:,}")
+    part_result = run_shards(part_tasks, Options(keys=("text",), append_eod=True, threads=1), tokenizer,
+                             workers=args.threads, log_interval=0)
+    part_s = time.perf_counter() - start
+    print(f"tool, {len(parts)} files, {args.threads} processes x 1 thread: "
+          f"{(part_result.stats.tokens - part_result.stats.documents) / part_s / 1e6:.2f}M tokens/s ({part_s:.2f} s)")
+    print(f"tokens: {raw_tokens:,}; tool / raw median {statistics.median(ratios):.3f} (target >= 0.85), "
+          f"median tool {statistics.median(tool_rates) / 1e6:.2f}M tokens/s")
+    del texts
+    tool_rate = statistics.median(tool_rates)
 
     if args.peer_mb > 0:
         peer_tokens, peer_s = run_peer(corpus, os.path.join(workdir, "out", "peer"), args.threads,
                                        args.peer_mb, args.tokenizer_model)
-        peer_rate = (peer_tokens) / peer_s
+        peer_rate = peer_tokens / peer_s
         print(f"megatron-style : {peer_tokens:,} tokens in {peer_s:.2f} s = {peer_rate / 1e6:.2f}M tokens/s "
               f"({args.threads} processes, first {args.peer_mb:g} MB)")
-        print(f"tool / peer    : {tool_rate / peer_rate:.2f}x")
+        print(f"tool (median) / peer: {tool_rate / peer_rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tokenize a pretraining corpus on one machine: one shard per input file, all cores busy.
-# Usage: examples/preprocess_pretrain.sh INPUT_DIR OUTPUT_PREFIX [WORKERS]
+# Usage: examples/preprocess_pretrain.sh INPUT_DIR OUTPUT_PREFIX [WORKERS (default: one per CPU)]
 #   INPUT_DIR      folder (searched recursively) of .jsonl / .jsonl.gz / .jsonl.zst / .parquet files
 #   OUTPUT_PREFIX  e.g. data/web -> data/web_<file>_text_document.{bin,idx}
 # Rerunning skips finished shards. Train on the shards directly (list them in --data-path) or

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chatml", action="store_true",
                    help='SFT: records are {"messages": [{"role", "content"}]}; also writes the loss mask')
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
-    p.add_argument("--workers", type=int, default=1, help="processes, each encoding whole shards (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes, each encoding whole shards (default: one per CPU, at most one per shard)")
     p.add_argument("--encode-threads", type=int, default=None,
                    help="tokenizer threads per worker (default: CPUs / workers)")
     p.add_argument("--shard-index", type=int, default=0, help="this task's slice of the file list (slurm array)")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         parser.error(f"--workers {args.workers}: must be at least 1")
     if args.encode_threads is not None and args.encode_threads < 1:
         parser.error(f"--encode-threads {args.encode_threads}: must be at least 1")
@@ -76,12 +77,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     keys = tuple(args.json_keys or (["messages"] if args.chatml else ["text"]))
-    workers = args.workers
-    threads = args.encode_threads or max(1, (os.cpu_count() or 1) // workers)
-    opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict, threads=threads)
     start = time.monotonic()
     try:
         files = expand_inputs(args.input)
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (slurm, taskset)
+        # Processes before threads: threads of one process hand the GIL to each other at every
+        # document, which a busy machine makes slow; separate processes never wait on each other.
+        workers = args.workers or max(1, min(cpus, len(files[args.shard_index::args.num_shards])))
+        threads = args.encode_threads or max(1, cpus // workers)
+        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict, threads=threads)
         tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards)
         tokenizer = load_tokenizer(args.tokenizer_model)
         result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)

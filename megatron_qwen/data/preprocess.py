@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -127,6 +127,21 @@ def _split(items: list, parts: int) -> list[list]:
 
 
 # --- one shard ---------------------------------------------------------------------------------
+class InlineExecutor(Executor):
+    """Runs work at once in the calling thread. With one encoding thread per process this avoids
+    every GIL handoff between threads, which on a busy machine (every handoff waits for the OS to
+    reschedule a thread) costs more than the overlap wins: use processes (--workers) instead."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def make_encode_pool(threads: int) -> Executor:
+    return ThreadPoolExecutor(threads) if threads > 1 else InlineExecutor()
+
+
 def _background(iterator: Iterator[Batch], depth: int = 4) -> Iterator[Batch]:
     """Run `iterator` (reading + parsing) in a thread, so it overlaps with encoding."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -163,7 +178,7 @@ def preprocess_shard(
     task: ShardTask,
     tokenizer: QwenTokenizer,
     opts: Options,
-    pool: ThreadPoolExecutor,
+    pool: Executor,
     report: Callable[[int, int, int, int], None] = lambda *_: None,
 ) -> ShardStats:
     """Encode one input file into its dataset(s); `report(docs, tokens, bytes, position)` gets increments."""
@@ -193,7 +208,8 @@ def preprocess_shard(
             stats.input_bytes += n_bytes
             report(n_docs, tokens, n_bytes, position)
 
-        for batch in _background(read_batches(task.input_path, list(opts.keys), check)):
+        batches = read_batches(task.input_path, list(opts.keys), check)
+        for batch in _background(batches) if opts.threads > 1 else batches:
             for lineno, reason in batch.bad:
                 if opts.strict:
                     raise BadRecordError(f"{task.input_path}:{lineno}: {reason} (--strict stops at the first bad record)")
@@ -226,7 +242,7 @@ _worker: dict = {}  # per-process state; "tokenizer" is set before forking so wo
 
 
 def _init_worker(threads: int, progress_queue) -> None:
-    _worker["pool"] = ThreadPoolExecutor(threads)
+    _worker["pool"] = make_encode_pool(threads)
     _worker["queue"] = progress_queue
 
 
@@ -267,7 +283,7 @@ def run_shards(tasks: list[ShardTask], opts: Options, tokenizer: QwenTokenizer, 
             result.failed.append(error)
 
     if workers <= 1 or len(todo) <= 1:
-        with ThreadPoolExecutor(opts.threads) as pool:
+        with make_encode_pool(opts.threads) as pool:
             for task in todo:
                 try:
                     finished(task, preprocess_shard(task, tokenizer, opts, pool, progress.update), None)
