@@ -110,6 +110,9 @@ class RunConfig:
             raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
         if t.train_iters < 1:
             raise ConfigError("--train-iters must be at least 1")
+        if self.checkpoint.finetune and not self.checkpoint.load:
+            raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
+                              "(or --no-finetune to train from scratch)")
 
     def num_microbatches(self, world_size: int) -> int:
         dp = self.parallel.data_parallel_size(world_size)
@@ -232,13 +235,17 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
     lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
     gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
-    warmup_fraction = args.lr_warmup_fraction if args.lr_warmup_fraction is not None else (
-        None if args.lr_warmup_iters is not None else recipe.lr_warmup_fraction)
-    if warmup_fraction is not None:
-        warmup = int(round(warmup_fraction * args.train_iters))
-    else:
-        warmup = args.lr_warmup_iters if args.lr_warmup_iters is not None else recipe.lr_warmup_iters
-    warmup = min(warmup, args.train_iters)
+    decay_iters = args.lr_decay_iters or args.train_iters
+    if args.lr_warmup_iters is not None or args.lr_warmup_fraction is not None:
+        warmup = (args.lr_warmup_iters if args.lr_warmup_iters is not None
+                  else int(round(args.lr_warmup_fraction * args.train_iters)))
+        if warmup >= decay_iters:
+            raise ConfigError(f"LR warmup of {warmup} iterations does not end before the decay horizon "
+                              f"({decay_iters} iterations); lower --lr-warmup-iters/--lr-warmup-fraction")
+    else:  # the recipe's warmup, shortened for runs shorter than it
+        warmup = (int(round(recipe.lr_warmup_fraction * args.train_iters)) if recipe.lr_warmup_fraction
+                  else recipe.lr_warmup_iters)
+        warmup = min(warmup, decay_iters - 1)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,

@@ -5,6 +5,7 @@ one TP/PP/DP layout loads at another. The tracker file is replaced atomically on
 rank has finished writing: a crash mid-save leaves the previous checkpoint as the latest.
 """
 
+import dataclasses
 import os
 import random
 import shutil
@@ -134,15 +135,25 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> dict:
     """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
     fresh = {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0}
     s = cfg.checkpoint
+    if s.finetune and s.save and latest_iteration(s.save) is not None:
+        # A fine-tuning run that already saved: resume it, rather than restart from the base model.
+        s = dataclasses.replace(s, load=s.save, finetune=False)
     if not s.load:
         return fresh
     iteration = latest_iteration(s.load)
     if iteration is None:
+        if s.finetune:
+            raise ConfigError(f"--load {s.load} holds no checkpoint ({TRACKER} is missing) to start from")
         if dist.get_rank() == 0:
             print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
         return fresh
     ckpt_dir = iteration_dir(s.load, iteration)
     common = dist_checkpointing.load_common_state_dict(ckpt_dir)
+    saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]
+    if saved_model != model_now:
+        diff = {k: (saved_model.get(k), v) for k, v in model_now.items() if saved_model.get(k) != v}
+        raise ConfigError(f"--load {ckpt_dir} holds a different model; (saved, now) per field: {diff}; "
+                          "pass the same --model-size and shape flags as the saved run")
     if not s.finetune and not s.override_data_state and common["data_state"] != _data_state(cfg):
         raise ConfigError(
             f"--load {ckpt_dir} was saved with data settings {common['data_state']} but this run has "
