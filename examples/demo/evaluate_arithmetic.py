@@ -29,7 +29,9 @@ def prompt_ids(question: str, tokenizer) -> list[int]:
 
     ids, _ = encode_chat([{"role": "user", "content": question}, {"role": "assistant", "content": ""}], tokenizer)
     closing = [tokenizer.im_end_id, *tokenizer.tokenize("\n")]
-    assert ids[-len(closing):] == closing, "unexpected ChatML layout"
+    if ids[-len(closing):] != closing:
+        raise RuntimeError(f"encode_chat no longer ends a turn with <|im_end|>\\n ({ids[-len(closing):]}); "
+                           "update prompt_ids to the new ChatML layout")
     return ids[:-len(closing)]
 
 

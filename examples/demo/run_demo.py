@@ -48,8 +48,8 @@ class DemoSize:
 
 FULL = DemoSize(code_chars=3_000_000, heldout_problems=150, seq_length=128, global_batch_size=8,
                 pretrain_iters=200, code_iters=40, sft_iters=120, eval_interval=20, eval_iters=2, log_interval=5)
-QUICK = DemoSize(code_chars=200_000, heldout_problems=8, seq_length=64, global_batch_size=4,
-                 pretrain_iters=4, code_iters=2, sft_iters=2, eval_interval=2, eval_iters=1, log_interval=1)
+QUICK = DemoSize(code_chars=200_000, heldout_problems=8, seq_length=32, global_batch_size=2,
+                 pretrain_iters=2, code_iters=1, sft_iters=2, eval_interval=1, eval_iters=1, log_interval=1)
 
 # A tiny Qwen with the real 151,851-token vocabulary: the output layer is most of the compute.
 MODEL_FLAGS = ["--model-size", "tiny-qwen-vocab", "--hidden-size", "64", "--ffn-hidden-size", "176"]
