@@ -122,7 +122,9 @@ def test_flags_are_accepted_and_layout_is_valid(script, tmp_path):
     recipe = RECIPES[mod.removeprefix("megatron_qwen.")]
     _, unknown = build_parser(recipe).parse_known_args(args)
     assert not unknown, f"{script.name}: flags unknown to python -m {module}: {unknown}"
-    cfg = parse_run_config(recipe, args)
+    # Validate as on the GPU nodes the layouts are for, where "auto" picks transformer-engine
+    # (context parallelism needs it); on this CPU machine "auto" would pick the local back end.
+    cfg = parse_run_config(recipe, args + ["--transformer-impl", "transformer_engine"])
     sbatch_nodes = int(next(line.split("=")[1] for line in script.read_text().splitlines()
                             if line.startswith("#SBATCH --nodes=")))
     for nodes in (1, sbatch_nodes):
