@@ -20,6 +20,9 @@ CASES = {
     "bad_flag_value": (1, ["--micro-batch-size", "two"], "--micro-batch-size"),
     "unknown_model": (1, ["--model-size", "3b"], "--model-size"),
     "sp_without_tp": (1, ["--sequence-parallel"], "--sequence-parallel"),
+    "context_parallel_without_te": (2, ["--context-parallel-size", "2"], "--context-parallel-size"),
+    "warmup_past_horizon": (1, ["--lr-warmup-iters", "5"], "--lr-warmup-iters"),
+    "finetune_without_load": (1, ["--finetune"], "--load"),
 }
 
 

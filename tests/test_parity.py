@@ -28,6 +28,8 @@ LAYOUTS = {
     "dp2_distopt": (2, ["--distopt"]),
     "pp2_vp2": (2, ["--pp", "2", "--vp-layers", "1"]),
     "tp2_pp2_vp2_sp": (4, ["--tp", "2", "--pp", "2", "--vp-layers", "1", "--sp"]),
+    "recompute_full": (1, ["--recompute", "full"]),
+    "tp2_recompute_selective": (2, ["--tp", "2", "--recompute", "selective"]),
 }
 
 

@@ -103,6 +103,10 @@ class RunConfig:
                               f"{m.max_position_embeddings}; raise --max-position-embeddings or shorten --seq-length")
         if t.seq_length % (2 * p.context_parallel_size) != 0 and p.context_parallel_size > 1:
             raise ConfigError(f"--seq-length {t.seq_length} must be a multiple of 2 x --context-parallel-size")
+        if p.context_parallel_size > 1 and t.transformer_impl != "te":
+            raise ConfigError("--context-parallel-size > 1 needs transformer-engine attention (a GPU with "
+                              "transformer-engine installed, --transformer-impl transformer_engine); "
+                              f"this run uses the {t.transformer_impl!r} back end")
         if p.sequence_parallel and t.seq_length % p.tensor_model_parallel_size != 0:
             raise ConfigError(f"--sequence-parallel needs --seq-length divisible by "
                               f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")

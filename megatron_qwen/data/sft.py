@@ -117,7 +117,7 @@ class BlendedSFTDataset(torch.utils.data.Dataset):
 
 def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
                        num_samples: tuple[int, int, int], tokenizer, pack: bool):
-    """(train, valid, test) over SFT shards; a split with weight 0 or 0 samples is None.
+    """(train, valid, test) over SFT shards; a split with weight 0, 0 samples or no documents is None.
 
     `data_path` is like --data-path for pretraining (prefixes of the token datasets, optionally
     as WEIGHT PREFIX pairs; unweighted prefixes are weighted by their document counts)."""
@@ -137,11 +137,22 @@ def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: 
             out.append(None)
             continue
         split_seed = seed + 1000 * split_index
-        parts = []
+        parts, part_weights = [], []
         for i, (prefix, n_docs) in enumerate(zip(prefixes, doc_counts)):
             begin, end = int(round(bounds[0] * n_docs)), int(round(bounds[1] * n_docs))
+            if end > begin:  # a small dataset may give a small split no document at all
+                parts.append((i, prefix, begin, end))
+                part_weights.append(weights[i])
+        if not parts:
+            out.append(None)
+            continue
+        part_weights = [w / sum(part_weights) for w in part_weights]
+        datasets = [
             # A little surplus, as megatron-core does, since blending may take one sample more.
-            need = int(np.ceil(weights[i] * size * 1.005)) + 1 if len(prefixes) > 1 else size
-            parts.append(SFTDataset(prefix, begin, end, seq_length, need, split_seed + i, pack, tokenizer.eod))
-        out.append(parts[0] if len(parts) == 1 else BlendedSFTDataset(parts, weights, size))
+            SFTDataset(prefix, begin, end, seq_length,
+                       size if len(parts) == 1 else int(np.ceil(w * size * 1.005)) + 1,
+                       split_seed + i, pack, tokenizer.eod)
+            for (i, prefix, begin, end), w in zip(parts, part_weights)
+        ]
+        out.append(datasets[0] if len(datasets) == 1 else BlendedSFTDataset(datasets, part_weights, size))
     return tuple(out)

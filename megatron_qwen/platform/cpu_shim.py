@@ -88,6 +88,16 @@ def install() -> None:
     # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly.
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(seed)
     torch.cuda.manual_seed_all = lambda seed: None
+    # Activation recompute re-runs forward code inside backward. torch runs a mode's handler
+    # with the mode popped, so during torch.autograd.backward the remapping is off: turn it
+    # back on for the recomputed forward.
+    recompute_backward = mcore_random.CheckpointFunction.backward
+
+    def backward_with_remapping(ctx, *grads):
+        with _CudaToCpuMode():
+            return recompute_backward(ctx, *grads)
+
+    mcore_random.CheckpointFunction.backward = staticmethod(backward_with_remapping)
     # Entered once for the life of the process.
     _CudaToCpuMode().__enter__()
     _installed = True
