@@ -47,7 +47,7 @@ class DemoSize:
 
 
 FULL = DemoSize(code_chars=3_000_000, heldout_problems=150, seq_length=128, global_batch_size=8,
-                pretrain_iters=200, code_iters=40, sft_iters=120, eval_interval=20, eval_iters=2, log_interval=5)
+                pretrain_iters=200, code_iters=40, sft_iters=160, eval_interval=20, eval_iters=2, log_interval=5)
 QUICK = DemoSize(code_chars=200_000, heldout_problems=8, seq_length=32, global_batch_size=2,
                  pretrain_iters=2, code_iters=1, sft_iters=2, eval_interval=1, eval_iters=1, log_interval=1)
 
@@ -77,6 +77,7 @@ class Demo:
 
     def start(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.logs / f"{name}.log"
+        # One thread per process (2 processes on 2 cores); no warnings about missing GPU libraries.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         with open(log, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
@@ -124,7 +125,8 @@ class Demo:
                  for name, args in jobs.items()}
         for name, (proc, log) in procs.items():
             self.check(f"preprocess_{name}", proc, log)
-            print(f"  {name}: " + next(line for line in log.read_text().splitlines() if line.startswith("documents")))
+            counts = [line for line in log.read_text().splitlines() if line.startswith("documents")]
+            print(f"  {name}: {counts[0] if counts else 'done'} (log: {log})")
 
     def train(self, name: str, module: str, global_batch_size: int, flags: list[str]) -> list[dict]:
         """torchrun, 2 processes, TP2 over gloo (so data parallel 1: one micro-batch per step);
@@ -142,8 +144,8 @@ class Demo:
         seen = 0
         while proc.poll() is None:
             time.sleep(1)
-            seen = _print_new_records(name, metrics, seen)
-        _print_new_records(name, metrics, seen)
+            seen = _print_new_records(name, metrics, seen, s.log_interval)
+        _print_new_records(name, metrics, seen, s.log_interval)
         self.check(name, proc, log)
         return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
 
@@ -166,15 +168,17 @@ class Demo:
         return png
 
 
-def _print_new_records(name: str, metrics: Path, seen: int) -> int:
+def _print_new_records(name: str, metrics: Path, seen: int, every: int) -> int:
+    """Print the records after the first ``seen``: each evaluation, and every ``every``-th step
+    (the metrics file has one record per step). Returns the number of records now seen."""
     if not metrics.exists():
         return seen
-    lines = metrics.read_text().splitlines()
+    lines = metrics.read_text().split("\n")[:-1]  # complete lines only: the run may be mid-write
     for line in lines[seen:]:
         r = json.loads(line)
         if "validation_loss" in r:
             print(f"  [{name}] iteration {r['iteration']:4d}  validation loss {r['validation_loss']:.3f}", flush=True)
-        else:
+        elif r["iteration"] % every == 0:
             print(f"  [{name}] iteration {r['iteration']:4d}  lm loss {r['lm_loss']:.3f}  lr {r['lr']:.2e}  "
                   f"{r['tokens_per_sec_per_gpu']:.0f} tokens/s/GPU", flush=True)
     return len(lines)
@@ -221,8 +225,10 @@ def run_demo(workdir: Path, size: DemoSize) -> dict:
     sft = demo.stage("Math SFT (megatron_qwen.sft_math)", demo.train, "sft", "megatron_qwen.sft_math",
                      s.global_batch_size, [
         "--load", str(ckpt / "code"), "--data-path", str(data / "math_messages_document"), "--split", "98,2,0",
+        # A tiny model: a high LR decayed to 10%, and no dropout (the recipe's 0.1 suits 7B).
         "--seq-length", str(s.seq_length), "--train-iters", str(s.sft_iters), "--lr", "2e-3",
-        "--lr-warmup-iters", str(max(1, s.sft_iters // 10)), "--hidden-dropout", "0", "--attention-dropout", "0"])
+        "--lr-decay-style", "cosine", "--min-lr", "2e-4", "--lr-warmup-iters", str(max(1, s.sft_iters // 10)),
+        "--hidden-dropout", "0", "--attention-dropout", "0"])
     after = demo.stage("held-out arithmetic after SFT", demo.evaluate, "after_sft", str(ckpt / "sft"))
     png = demo.stage("plot (tools/plot_metrics.py)", demo.plot)
 
