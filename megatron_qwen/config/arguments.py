@@ -190,7 +190,8 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
     g.add_argument("--tokenizer-model", default=None, help="path to qwen.tiktoken (default: the fetched copy)")
     g.add_argument("--data-cache-path", default=None)
-    g.add_argument("--no-pack-sft", action="store_true", help="pad SFT samples instead of packing them")
+    g.add_argument("--no-pack-sft", action="store_true",
+                   help="pad SFT samples instead of packing them (GPU back ends always pad)")
     g.add_argument("--num-workers", type=int, default=0)
 
     g = p.add_argument_group("logging")
@@ -275,7 +276,9 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     data = DataSettings(
         data_format=recipe.data_format, mock_data=args.mock_data, data_path=tuple(args.data_path),
         split=args.split, tokenizer_model=args.tokenizer_model, data_cache_path=args.data_cache_path,
-        pack_sft=not args.no_pack_sft, num_workers=args.num_workers,
+        # Packed samples carry block-diagonal attention masks, which megatron-core's local attention
+        # honours; the fused GPU kernels run plain causal attention, so there each sample is padded.
+        pack_sft=not args.no_pack_sft and train.transformer_impl == "local", num_workers=args.num_workers,
     )
     log = LogSettings(
         log_interval=args.log_interval, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
