@@ -26,6 +26,7 @@ LAYOUTS = {
     "tp2_pp2": (4, ["--tp", "2", "--pp", "2"]),
     "pp2_dp2": (4, ["--pp", "2"]),
     "dp2_distopt": (2, ["--distopt"]),
+    "dp2_distopt_overlap": (2, ["--distopt", "--overlap"]),
     "pp2_vp2": (2, ["--pp", "2", "--vp-layers", "1"]),
     "tp2_pp2_vp2_sp": (4, ["--tp", "2", "--pp", "2", "--vp-layers", "1", "--sp"]),
     "recompute_full": (1, ["--recompute", "full"]),

@@ -85,6 +85,16 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """Every resolved setting, one per line, as printed at start (and saved in checkpoints)."""
+        lines = []
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                lines += [f"  {section}.{k} {'.' * max(2, 40 - len(section) - len(k))} {v}" for k, v in values.items()]
+            else:
+                lines.append(f"  {section} {'.' * max(2, 41 - len(section))} {values}")
+        return "\n".join(["-------------------- resolved configuration --------------------", *lines])
+
     def validate(self, world_size: int) -> None:
         """Refuse a configuration that cannot run, before any work starts."""
         m, p, t = self.model, self.parallel, self.train

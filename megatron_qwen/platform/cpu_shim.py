@@ -10,7 +10,6 @@ It is applied only when CUDA is absent (``install_if_needed``); on a GPU machine
 nothing. Nothing else in the package knows about it.
 """
 
-import contextlib
 import logging
 
 import torch
@@ -109,19 +108,3 @@ def install_if_needed() -> bool:
         return False
     install()
     return True
-
-
-def is_active() -> bool:
-    return _installed
-
-
-@contextlib.contextmanager
-def suspended():
-    """Run a block without the device remapping (for code that must see the real devices)."""
-    if not _installed:
-        yield
-        return
-    from torch.overrides import _pop_mode_temporarily
-
-    with _pop_mode_temporarily():
-        yield

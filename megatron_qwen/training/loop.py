@@ -37,6 +37,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
         print(f"megatron-qwen {cfg.recipe}: {world_size} processes, TP{p.tensor_model_parallel_size} "
               f"PP{p.pipeline_model_parallel_size} DP{p.data_parallel_size(world_size)}, "
               f"back end {t.transformer_impl}, {t.precision}", flush=True)
+        print(cfg.describe(), flush=True)
 
     # Model, optimizer, schedule.
     opts = ModelBuildOptions(backend=t.transformer_impl, precision=t.precision, seq_length=t.seq_length,

@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--vp-layers", type=int, default=None)
     ap.add_argument("--sp", action="store_true")
     ap.add_argument("--distopt", action="store_true")
+    ap.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather with --distopt)")
     ap.add_argument("--recompute", choices=["full", "selective"], default=None)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -80,7 +81,8 @@ def main():
     cfg = model_preset("tiny")
     par = ParallelConfig(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
                          num_layers_per_virtual_pipeline_stage=a.vp_layers, sequence_parallel=a.sp,
-                         use_distributed_optimizer=a.distopt)
+                         use_distributed_optimizer=a.distopt, overlap_grad_reduce=a.overlap,
+                         overlap_param_gather=a.overlap and a.distopt)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     par.validate(world, cfg.num_layers, cfg.num_attention_heads, cfg.padded_vocab_size)
     init_distributed(a.tp, a.pp, par.virtual_pipeline_size(cfg.num_layers), 1, SEED)
