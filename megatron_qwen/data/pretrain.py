@@ -14,7 +14,10 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
-from megatron_qwen.data.blend import check_split, parse_data_path
+from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path
+from megatron_qwen.data.indexed_writer import read_index_counts
+
+SPLIT_NAMES = ("train", "valid", "test")
 
 
 @contextmanager
@@ -30,6 +33,21 @@ def _lone_process_is_rank_zero():
         yield
     finally:
         torch.distributed.get_rank = original
+
+
+def _drop_splits_without_documents(config: GPTDatasetConfig, prefixes: list[str], num_samples) -> None:
+    """A split that gets no document would make megatron-core's GPTDataset loop forever looking
+    for tokens; a split empty in every dataset becomes None, one empty in some datasets is an error."""
+    doc_counts = [read_index_counts(p)[0] for p in prefixes]
+    for i, bounds in enumerate(config.split_matrix):
+        if bounds is None or not num_samples[i]:
+            continue
+        empty = [p for p, n in zip(prefixes, doc_counts) if round(bounds[0] * n) == round(bounds[1] * n)]
+        if len(empty) == len(prefixes):
+            config.split_matrix[i] = None
+        elif empty:
+            raise DataPathError(f"--split {config.split}: the {SPLIT_NAMES[i]} split gets no document of {empty[0]}; "
+                                f"change --split or give that dataset more documents")
 
 
 def build_pretrain_datasets(
@@ -67,6 +85,8 @@ def build_pretrain_datasets(
         eod_mask_loss=False,
         create_attention_mask=True,
     )
+    if not mock:
+        _drop_splits_without_documents(config, blend[0], num_samples)
     with warnings.catch_warnings(), _lone_process_is_rank_zero():
         # pad == eod (151643) by Qwen's design; megatron-core then rightly keeps EOD in the loss
         # and warns about the collision on every dataset it builds.

@@ -6,6 +6,7 @@ the DDP wrapper at the end. Nothing else in the package splits the model.
 """
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -78,8 +79,9 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: M
         bias_activation_fusion=on_gpu,
         bias_dropout_fusion=on_gpu,
         masked_softmax_fusion=on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        apply_rope_fusion=on_gpu and opts.backend == "te",
+        # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
+        gradient_accumulation_fusion=on_gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
         # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
         # p2p pairs sends and receives in posting order: activations and gradients swap
         # silently (Megatron-LM issue 750). Unbatched exchange is exact at every layout.

@@ -6,6 +6,7 @@ cluster allocation.
 
 import os
 import sys
+import warnings
 
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.parallel import ConfigError
@@ -23,6 +24,9 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
+    # megatron-core warns on import when the optional GPU kernels are missing; the back end
+    # choice is printed at start instead.
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
     from megatron_qwen.data import DataPathError
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.loop import train
