@@ -27,6 +27,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     # megatron-core warns on import when the optional GPU kernels are missing; the back end
     # choice is printed at start instead.
     warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
+    warnings.filterwarnings("ignore", message="full scope is deprecated")  # megatron-core's own default
     from megatron_qwen.data import DataPathError
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.loop import train
