@@ -114,3 +114,15 @@ def test_builds_with_torch_distributed_initialized(sources, tok, tmp_path):
         assert len(train) >= 50 and train[49]["tokens"].shape == (SEQ,)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_splits_without_documents(sources, tok, tmp_path):
+    # megatron-core's GPTDataset would loop forever on a split with no document.
+    root, _ = sources
+    train, valid, test = build_pretrain_datasets([str(root / "web")], "969,30,1", SEQ, 1, (10, 10, 10), tok,
+                                                 cache_path=str(tmp_path / "cache"))
+    assert len(train) >= 10 and len(valid) >= 10 and test is None  # 0.1% of 90 documents is none
+    _write_source(str(tmp_path / "tiny"), 4, 10, seed=4)
+    with pytest.raises(DataPathError, match=f"the test split gets no document of {tmp_path / 'tiny'}"):
+        build_pretrain_datasets(["0.5", str(root / "web"), "0.5", str(tmp_path / "tiny")], "90,5,5", SEQ, 1,
+                                (10, 10, 10), tok, cache_path=str(tmp_path / "cache"))

@@ -142,3 +142,10 @@ def test_missing_loss_mask_is_a_clear_error(tmp_path):
         w.add_documents(np.array([1, 2, 3], dtype=np.int32), [3])
     with pytest.raises(DataPathError, match="tokens_only_loss_mask.bin/.idx"):
         build_sft_datasets([prefix], "1,0,0", SEQ, 0, (1, 0, 0), Tok(), pack=False)
+
+
+def test_split_without_documents_is_none(tmp_path):
+    prefix = str(tmp_path / "small")
+    _write_sft(prefix, [([1, 2, 3], [1, 1, 1])] * 20)
+    train, valid, test = build_sft_datasets([prefix], "969,30,1", SEQ, 0, (4, 2, 2), Tok(), pack=True)
+    assert len(train) == 4 and len(valid) == 2 and test is None  # 0.1% of 20 documents is none
