@@ -76,9 +76,9 @@ def test_samples_are_shuffled_whole_documents_with_eod(sources, tok):
                                                  cache_path=str(root / "cache"))
     assert test is None and len(train) >= 200 and len(valid) >= 20
     sample = train[0]
-    assert set(sample) == {"tokens", "labels", "loss_mask", "attention_mask", "position_ids"}
-    assert sample["tokens"].shape == (SEQ,) and sample["attention_mask"].shape == (1, SEQ, SEQ)
-    assert sample["attention_mask"].dtype == torch.bool and sample["attention_mask"][0, 0, 1].item()  # True = masked
+    # No per-sample [s, s] mask: pretraining attention is causal, applied by the kernels.
+    assert set(sample) == {"tokens", "labels", "loss_mask", "position_ids"}
+    assert sample["tokens"].shape == (SEQ,)
     assert torch.equal(sample["loss_mask"], torch.ones(SEQ))  # EOD is trained: pad == eod is not masked
     doc_starts = set(starts["web"])
     train_docs = [d for i in range(len(train)) for d in _check_concatenated_documents(train[i], doc_starts)]

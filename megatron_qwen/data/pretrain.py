@@ -2,7 +2,8 @@
 
 Documents are shuffled, concatenated (the shards carry the EOD between documents when written
 with --append-eod) and cut into seq_length samples, by megatron-core itself; samples are its dicts
-(tokens, labels, loss_mask, attention_mask, position_ids).
+(tokens, labels, loss_mask, position_ids). Pretraining attention is plain causal, which the
+attention kernels apply themselves, so no [s, s] mask is built per sample.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def build_pretrain_datasets(
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
-        create_attention_mask=True,
+        create_attention_mask=False,
     )
     if not mock:
         _drop_splits_without_documents(config, blend[0], num_samples)
