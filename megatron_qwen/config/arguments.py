@@ -4,6 +4,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 
 from megatron_qwen.config.model import QwenModelConfig, model_preset
+from megatron_qwen.config.optimizer import OptimizerSettings
 from megatron_qwen.config.parallel import ConfigError, ParallelConfig
 from megatron_qwen.config.recipes import Recipe
 
@@ -14,16 +15,7 @@ class TrainSettings:
     micro_batch_size: int
     global_batch_size: int
     seq_length: int
-    lr: float
-    min_lr: float
-    lr_decay_style: str
-    lr_warmup_iters: int
-    lr_decay_iters: int | None
-    weight_decay: float
-    adam_beta1: float
-    adam_beta2: float
-    adam_eps: float
-    clip_grad: float
+    optim: OptimizerSettings
     hidden_dropout: float
     attention_dropout: float
     precision: str  # "fp32" or "bf16"
@@ -273,11 +265,14 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     )
     train = TrainSettings(
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
-        seq_length=args.seq_length, lr=lr,
-        min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
-        lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
-        weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps, clip_grad=args.clip_grad, hidden_dropout=args.hidden_dropout,
+        seq_length=args.seq_length,
+        optim=OptimizerSettings(
+            lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
+            lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
+            weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps, clip_grad=args.clip_grad,
+        ),
+        hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout, precision="bf16" if args.bf16 else "fp32",
         seed=args.seed, transformer_impl=_resolve_backend(args.transformer_impl),
         recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,

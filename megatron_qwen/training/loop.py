@@ -15,7 +15,7 @@ from megatron_qwen.training import checkpoint
 from megatron_qwen.training.batches import microbatch_loader, next_global_batch
 from megatron_qwen.training.datasets import build_datasets
 from megatron_qwen.training.metrics import MetricsSink, StepRecord, ThroughputMeter, peak_memory_gb
-from megatron_qwen.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
+from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
 from megatron_qwen.training.step import run_microbatches, train_step
 
 
@@ -46,13 +46,9 @@ def train(cfg: RunConfig, world_size: int) -> dict:
                              recompute_num_layers=t.recompute_num_layers, seed=t.seed)
     tcfg = transformer_config(cfg.model, p, opts, on_gpu=on_gpu())
     model = wrap_for_training(build_model_chunks(cfg.model, tcfg, opts), tcfg, p, on_gpu=on_gpu())
-    optim = OptimizerSettings(lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
-                              adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
-                              lr_warmup_iters=t.lr_warmup_iters, lr_decay_iters=t.lr_decay_iters,
-                              lr_decay_style=t.lr_decay_style)
-    optimizer = build_optimizer(model, optim, bf16=t.precision == "bf16",
+    optimizer = build_optimizer(model, t.optim, bf16=t.precision == "bf16",
                                 use_distributed_optimizer=p.use_distributed_optimizer)
-    scheduler = build_scheduler(optimizer, optim, t.train_iters, t.global_batch_size)
+    scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
     state = TrainState(**checkpoint.load(cfg, model, optimizer, scheduler))
 
     # Data: every rank reads its own micro-batches; no broadcast needed.

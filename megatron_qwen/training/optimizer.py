@@ -1,26 +1,12 @@
 """AdamW (megatron-core's optimizer, distributed or not) and the learning-rate schedule."""
 
-from dataclasses import dataclass
-
 import torch
 
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    lr_warmup_iters: int = 0
-    lr_decay_iters: int | None = None  # None: decay over the whole run
-    lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
+from megatron_qwen.config.optimizer import OptimizerSettings
 
 
 def build_optimizer(model_chunks, settings: OptimizerSettings, bf16: bool, use_distributed_optimizer: bool):

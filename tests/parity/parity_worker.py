@@ -23,7 +23,8 @@ from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, t
 from megatron_qwen.model.layout import global_param_names
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.batches import collate, microbatch_indices
-from megatron_qwen.training.optimizer import OptimizerSettings, build_optimizer, build_scheduler
+from megatron_qwen.config.optimizer import OptimizerSettings
+from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
 from megatron_qwen.training.step import run_microbatches, train_step
 
 GLOBAL_BATCH, MICRO_BATCH, SEQ, STEPS, SEED = 8, 2, 32, 5, 1234
