@@ -79,13 +79,16 @@ class RunConfig:
 
     def describe(self) -> str:
         """Every resolved setting, one per line, as printed at start (and saved in checkpoints)."""
-        lines = []
-        for section, values in self.to_dict().items():
-            if isinstance(values, dict):
-                lines += [f"  {section}.{k} {'.' * max(2, 40 - len(section) - len(k))} {v}" for k, v in values.items()]
+
+        def flatten(prefix: str, value):
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    yield from flatten(f"{prefix}.{k}" if prefix else k, v)
             else:
-                lines.append(f"  {section} {'.' * max(2, 41 - len(section))} {values}")
-        return "\n".join(["-------------------- resolved configuration --------------------", *lines])
+                yield f"  {prefix} {'.' * max(2, 44 - len(prefix))} {value}"
+
+        return "\n".join(["-------------------- resolved configuration --------------------",
+                          *flatten("", self.to_dict())])
 
     def validate(self, world_size: int) -> None:
         """Refuse a configuration that cannot run, before any work starts."""
