@@ -88,3 +88,35 @@ def test_two_node_launch_matches_single_node(uninterrupted, tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     assert_same(losses(metrics), ref, range(1, 7))
+
+
+def test_resume_with_another_global_batch_is_refused(uninterrupted):
+    tmp, _ = uninterrupted
+    ckpt = tmp / "ckpt_resume"
+    if not (ckpt / "latest_checkpointed_iteration.txt").exists():
+        pretrain(4, tmp, "part1", *TP2_DP2, "--save", str(ckpt), "--exit-interval", "3")
+    args = [a if a != "8" else "16" for a in COMMON]  # --global-batch-size 16
+    proc = subprocess.run([sys.executable, "-m", "megatron_qwen.pretrain", *args, "--load", str(ckpt)],
+                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--override-data-state" in last and "global_batch_size" in last
+
+
+def test_tensorboard_and_offline_wandb(tmp_path):
+    env = quiet_env(WANDB_API_KEY="", HOME=str(tmp_path))  # no key, no ~/.netrc: offline
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_qwen.pretrain", *COMMON, "--train-iters", "3",
+         "--global-batch-size", "4", "--tensorboard-dir", str(tmp_path / "tb"),
+         "--wandb-project", "megatron-qwen-test", "--wandb-save-dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/lm_loss")] == [1, 2, 3]
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
