@@ -44,6 +44,7 @@ class StepRecord:
             f"tokens/s/GPU: {self.tokens_per_sec_per_gpu:.1f}",
             f"TFLOP/s/GPU: {self.tflops_per_gpu:.2f}",
             f"MFU: {self.mfu * 100:.1f}%" if self.mfu is not None else "MFU: n/a",
+            f"ETA: {_duration(self.elapsed_s * (self.train_iters - self.iteration))}",
         ]
         if self.loss_scale is not None:
             parts.append(f"loss scale: {self.loss_scale:.1f}")
@@ -60,6 +61,11 @@ class StepRecord:
             "consumed_tokens": self.consumed_tokens, "skipped_iterations": self.skipped_iterations,
             "elapsed_ms": self.elapsed_s * 1e3, "time": time.time(),
         }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class MetricsSink:
