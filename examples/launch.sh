@@ -53,8 +53,8 @@ common_flags() {  # MODULE
         --save "$CHECKPOINT_DIR" --save-interval "${SAVE_INTERVAL:-1000}"
         --log-interval 10 --eval-interval 1000 --eval-iters 10
         --metrics-file "$log_dir/metrics.jsonl" --tensorboard-dir "$log_dir/tensorboard"
-        # bf16 with fp32 master weights, and optimizer state sharded over data parallel (ZeRO-1):
-        # on every layout here it is what makes the optimizer state fit.
+        # bf16 with fp32 master weights; the fp32 optimizer state (12 bytes per parameter, ~93 GB
+        # for 7B) sharded over the data-parallel ranks (ZeRO-1) so that it fits beside the model.
         --bf16 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather
     )
     [[ -n "${TOKENIZER_MODEL:-}" ]] && COMMON+=(--tokenizer-model "$TOKENIZER_MODEL")
