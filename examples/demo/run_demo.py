@@ -1,6 +1,6 @@
 """The built-in demo: the whole path on one CPU machine, no download but the tokenizer.
 
-    python examples/demo/run_demo.py                 # ~10 minutes on 2 cores
+    python examples/demo/run_demo.py                 # ~7 minutes on 2 idle CPU cores
     python examples/demo/run_demo.py --quick         # a smoke run (tests)
 
 Stages: fetch the tokenizer -> build a corpus from text already on the machine (corpus.py) and
@@ -32,7 +32,8 @@ MARKER = ".megatron_qwen_demo"  # only a directory carrying this is ever wiped
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much of everything; FULL is tuned to finish in about 10 minutes on 2 CPU cores."""
+    """How much of everything. FULL measured 427 s on 2 idle CPU cores (666 s with other jobs
+    running), inside the 15-minute budget."""
 
     code_chars: int  # characters of standard-library code in the corpus
     heldout_problems: int
