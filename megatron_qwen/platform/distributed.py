@@ -21,16 +21,15 @@ def init_distributed(tensor_model_parallel_size: int, pipeline_model_parallel_si
     """Join the job launched by torchrun (or run as a single process) and build the groups."""
     cpu_shim.install_if_needed()
     if not dist.is_initialized():
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()) if world == 1 else "29500")
         if on_gpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(
-            backend="nccl" if on_gpu() else "gloo", rank=rank, world_size=world,
-            timeout=timedelta(minutes=timeout_minutes),
-        )
+        backend = "nccl" if on_gpu() else "gloo"
+        timeout = timedelta(minutes=timeout_minutes)
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # launched by torchrun/srun
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:  # a lone process: a private rendezvous, leaving the environment untouched
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1, timeout=timeout)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor_model_parallel_size,
