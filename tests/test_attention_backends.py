@@ -47,3 +47,24 @@ def test_flash_backend_matches_local(single_process):
     changed = tokens.clone()
     changed[:, -1] = (changed[:, -1] + 1) % 1000
     assert torch.allclose(logits("flash", changed)[:, :-1], flash[:, :-1], atol=1e-6)
+
+
+def test_packed_samples_do_not_attend_across_boundaries(single_process):
+    """A packed SFT sample (block-diagonal causal mask, positions restarting per conversation)
+    gives each conversation the logits it has alone."""
+    cfg = model_preset("tiny")
+    opts = ModelBuildOptions(seq_length=24, seed=5)
+    (model,) = build_model_chunks(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 1000, (1, 10), generator=g), torch.randint(0, 1000, (1, 14), generator=g)
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(10), torch.arange(14)]).unsqueeze(0)
+    allowed = torch.zeros(24, 24, dtype=torch.bool)
+    allowed[:10, :10] = torch.tril(torch.ones(10, 10, dtype=torch.bool))
+    allowed[10:, 10:] = torch.tril(torch.ones(14, 14, dtype=torch.bool))
+    with torch.no_grad():
+        together = model(packed, positions, ~allowed.view(1, 1, 24, 24))  # True = masked out
+        alone_a = model(a, torch.arange(10).unsqueeze(0), None)
+        alone_b = model(b, torch.arange(14).unsqueeze(0), None)
+    assert torch.allclose(together[:, :10], alone_a, atol=1e-5)
+    assert torch.allclose(together[:, 10:], alone_b, atol=1e-5)
