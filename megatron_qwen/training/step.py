@@ -13,15 +13,18 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_batch_on_this_cp_rank
 
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
 
 
 def _stage_batch(batch: dict, first: bool, last: bool, device) -> dict:
-    """Only the tensors this pipeline stage reads, on its device."""
+    """Only the tensors this pipeline stage reads, on its device, and with context parallelism
+    only this rank's two chunks of the sequence (megatron-core's load-balanced split)."""
     keys = (_BATCH_KEYS_FIRST_STAGE if first else ()) + (_BATCH_KEYS_LAST_STAGE if last else ())
-    return {k: batch[k].to(device, non_blocking=True) if batch.get(k) is not None else None for k in keys}
+    staged = {k: batch[k].to(device, non_blocking=True) if batch.get(k) is not None else None for k in keys}
+    return get_batch_on_this_cp_rank(staged)
 
 
 def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
