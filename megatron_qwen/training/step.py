@@ -38,7 +38,7 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 def forward_step(data_iterator: Iterator[dict], model, device):
-    chunk = model.module if hasattr(model, "module") else model
+    chunk = model
     while hasattr(chunk, "module"):  # DDP -> Float16Module -> GPTModel
         chunk = chunk.module
     batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
