@@ -86,11 +86,14 @@ def _data_state(cfg: RunConfig) -> dict:
 def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
     global _async_queue
     root = cfg.checkpoint.save
-    ckpt_dir = iteration_dir(root, state["iteration"])
+    iteration = state["iteration"]  # the caller's state moves on while an async save completes
+    ckpt_dir = iteration_dir(root, iteration)
+    # Written under a staging name and renamed once whole: iter_* directories are only ever complete.
+    staging = ckpt_dir + ".partial"
     if dist.get_rank() == 0:
         os.makedirs(root, exist_ok=True)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a leftover of an interrupted save
-        os.makedirs(ckpt_dir)
+        shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted save
+        os.makedirs(staging)
     dist.barrier()
     sharded = _model_state(model)
     sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=False, metadata=_METADATA)
@@ -103,23 +106,28 @@ def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
 
     def finalize():
         if dist.get_rank() == 0:
+            if os.path.isdir(ckpt_dir):  # the same iteration saved before: replace it
+                shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
+                os.rename(ckpt_dir, ckpt_dir + ".old")
+            os.rename(staging, ckpt_dir)
+            shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
             tmp = os.path.join(root, TRACKER + ".tmp")
             with open(tmp, "w") as f:
-                f.write(str(state["iteration"]))
+                f.write(str(iteration))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, os.path.join(root, TRACKER))
-            print(f" saved checkpoint at iteration {state['iteration']} to {ckpt_dir}", flush=True)
+            print(f" saved checkpoint at iteration {iteration} to {ckpt_dir}", flush=True)
 
     if cfg.checkpoint.async_save:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
-        request = dist_checkpointing.save(sharded, ckpt_dir, async_sharded_save=True)
+        request = dist_checkpointing.save(sharded, staging, async_sharded_save=True)
         request.add_finalize_fn(finalize)
         _async_queue = _async_queue or AsyncCallsQueue()
         _async_queue.schedule_async_request(request)
     else:
-        dist_checkpointing.save(sharded, ckpt_dir)
+        dist_checkpointing.save(sharded, staging)
         dist.barrier()
         finalize()
         dist.barrier()
