@@ -20,7 +20,7 @@ FLAGS=(
     --model-size 14b
     # Same TP4 layout as pretraining; data parallel = 2 per node.
     --tensor-model-parallel-size 4 --sequence-parallel
-    # 128 packed sequences of 2048 per step, micro-batch 2; up to 16 nodes.
+    # 128 conversations per step, each padded to 2048 (GPU back ends pad SFT samples), micro-batch 2; up to 16 nodes.
     --seq-length 2048 --micro-batch-size 2 --global-batch-size 128
 )
 launch megatron_qwen.sft "${FLAGS[@]}"

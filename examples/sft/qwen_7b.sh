@@ -20,7 +20,7 @@ FLAGS=(
     --model-size 7b
     # Same TP2 layout as pretraining; data parallel = 4 per node.
     --tensor-model-parallel-size 2 --sequence-parallel
-    # 128 packed sequences of 2048 per step, micro-batch 2; up to 8 nodes.
+    # 128 conversations per step, each padded to 2048 (GPU back ends pad SFT samples), micro-batch 2; up to 8 nodes.
     --seq-length 2048 --micro-batch-size 2 --global-batch-size 128
 )
 launch megatron_qwen.sft "${FLAGS[@]}"

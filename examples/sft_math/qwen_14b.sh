@@ -20,7 +20,7 @@ FLAGS=(
     --model-size 14b
     # Same TP4 layout as pretraining; data parallel = 2 per node.
     --tensor-model-parallel-size 4 --sequence-parallel
-    # 128 packed sequences of 1024 per step, micro-batch 4; up to 16 nodes.
+    # 128 conversations per step, each padded to 1024 (GPU back ends pad SFT samples), micro-batch 4; up to 16 nodes.
     --seq-length 1024 --micro-batch-size 4 --global-batch-size 128
 )
 launch megatron_qwen.sft_math "${FLAGS[@]}"

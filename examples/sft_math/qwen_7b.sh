@@ -20,7 +20,7 @@ FLAGS=(
     --model-size 7b
     # Same TP2 layout as pretraining; data parallel = 4 per node.
     --tensor-model-parallel-size 2 --sequence-parallel
-    # 128 packed sequences of 1024 per step; micro-batch 4 (short sequences leave room).
+    # 128 conversations per step, each padded to 1024 (GPU back ends pad SFT samples); micro-batch 4 (short sequences leave room).
     # Up to 8 nodes: 128 must be a multiple of 4 x data parallel.
     --seq-length 1024 --micro-batch-size 4 --global-batch-size 128
 )
