@@ -32,7 +32,7 @@ def single_process(monkeypatch):
 
 def logits(backend: str, tokens: torch.Tensor) -> torch.Tensor:
     cfg = model_preset("tiny")
-    opts = ModelBuildOptions(backend=backend, seq_length=tokens.shape[1], seed=5)
+    opts = ModelBuildOptions(backend=backend, seed=5)
     (model,) = build_model_chunks(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_packed_samples_do_not_attend_across_boundaries(single_process):
     """A packed SFT sample (block-diagonal causal mask, positions restarting per conversation)
     gives each conversation the logits it has alone."""
     cfg = model_preset("tiny")
-    opts = ModelBuildOptions(seq_length=24, seed=5)
+    opts = ModelBuildOptions(seed=5)
     (model,) = build_model_chunks(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
     g = torch.Generator().manual_seed(1)
     a, b = torch.randint(0, 1000, (1, 10), generator=g), torch.randint(0, 1000, (1, 14), generator=g)

@@ -22,7 +22,7 @@ def single_process():
 def test_parameter_count_matches_report(single_process, size):
     cfg = model_preset(size)
     assert cfg.padded_vocab_size == QWEN_PADDED_VOCAB_SIZE
-    opts = ModelBuildOptions(seq_length=2048)
+    opts = ModelBuildOptions()
     (model,) = build_on_meta(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
     assert all(p.is_meta for p in model.parameters())
     count = sum(p.numel() for p in model.parameters())
@@ -32,7 +32,7 @@ def test_parameter_count_matches_report(single_process, size):
 def test_qwen_architecture_choices(single_process):
     """Untied embeddings, bias on QKV only, RMSNorm weights, SwiGLU fc1 of 2 x FFN rows."""
     cfg = model_preset("7b")
-    opts = ModelBuildOptions(seq_length=2048)
+    opts = ModelBuildOptions()
     (model,) = build_on_meta(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
     params = dict(model.named_parameters())
     assert params["embedding.word_embeddings.weight"] is not params["output_layer.weight"]
@@ -45,7 +45,7 @@ def test_qwen_architecture_choices(single_process):
 
 def test_rotary_frequencies_stay_fp32_in_bf16(single_process):
     cfg = model_preset("tiny")
-    opts = ModelBuildOptions(seq_length=64, precision="bf16")
+    opts = ModelBuildOptions(precision="bf16")
     tcfg = transformer_config(cfg, ParallelConfig(), opts, on_gpu=False)
     (model,) = build_on_meta(cfg, tcfg, opts)
     model.bfloat16()

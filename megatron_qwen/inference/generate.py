@@ -21,7 +21,7 @@ def load_model_for_inference(checkpoint_root: str):
     common = dist_checkpointing.load_common_state_dict(ckpt_dir)
     model_cfg = QwenModelConfig(**common["run_config"]["model"])
     init_distributed(1, 1, None, 1, seed=0)
-    opts = ModelBuildOptions(seq_length=model_cfg.max_position_embeddings)
+    opts = ModelBuildOptions()
     tcfg = transformer_config(model_cfg, ParallelConfig(), opts, on_gpu=on_gpu())
     (model,) = build_model_chunks(model_cfg, tcfg, opts)
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, ckpt_dir)

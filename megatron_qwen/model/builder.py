@@ -29,7 +29,6 @@ from megatron_qwen.model.spec import qwen_block_spec
 class ModelBuildOptions:
     backend: str = "local"  # see model/spec.py
     precision: str = "fp32"  # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
-    seq_length: int = 2048
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     recompute_granularity: str | None = None  # None, "full" or "selective"

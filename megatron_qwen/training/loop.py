@@ -40,7 +40,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
         print(cfg.describe(), flush=True)
 
     # Model, optimizer, schedule.
-    opts = ModelBuildOptions(backend=t.transformer_impl, precision=t.precision, seq_length=t.seq_length,
+    opts = ModelBuildOptions(backend=t.transformer_impl, precision=t.precision,
                              hidden_dropout=t.hidden_dropout, attention_dropout=t.attention_dropout,
                              recompute_granularity=t.recompute_granularity,
                              recompute_num_layers=t.recompute_num_layers, seed=t.seed)

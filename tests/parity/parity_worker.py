@@ -87,7 +87,7 @@ def main():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     par.validate(world, cfg.num_layers, cfg.num_attention_heads, cfg.padded_vocab_size)
     init_distributed(a.tp, a.pp, par.virtual_pipeline_size(cfg.num_layers), 1, SEED)
-    opts = ModelBuildOptions(seq_length=SEQ, seed=SEED, recompute_granularity=a.recompute)
+    opts = ModelBuildOptions(seed=SEED, recompute_granularity=a.recompute)
     tcfg = transformer_config(cfg, par, opts, on_gpu=False)
     model = wrap_for_training(build_model_chunks(cfg, tcfg, opts), tcfg, par, on_gpu=False)
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
