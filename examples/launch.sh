@@ -56,6 +56,8 @@ common_flags() {  # MODULE
         # bf16 with fp32 master weights; the fp32 optimizer state (12 bytes per parameter, ~93 GB
         # for 7B) sharded over the data-parallel ranks (ZeRO-1) so that it fits beside the model.
         --bf16 --use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather
+        # slurm sends SIGTERM before a time limit or preemption: save, exit, resume on requeue.
+        --exit-signal-handler
     )
     [[ -n "${TOKENIZER_MODEL:-}" ]] && COMMON+=(--tokenizer-model "$TOKENIZER_MODEL")
     [[ -n "${WANDB_PROJECT:-}" ]] && COMMON+=(--wandb-project "$WANDB_PROJECT" --wandb-save-dir "$log_dir")

@@ -121,3 +121,34 @@ def test_tensorboard_and_offline_wandb(tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/lm_loss")] == [1, 2, 3]
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
+
+
+def test_sigterm_saves_and_the_resumed_run_loses_no_step(tmp_path):
+    """Preemption: SIGTERM mid-run saves at the next iteration boundary and exits cleanly; the
+    resumed run's losses equal an uninterrupted run's."""
+    import signal
+
+    single = [*COMMON, "--global-batch-size", "4", "--train-iters", "30"]
+    ref = tmp_path / "ref.jsonl"
+    done = subprocess.run([sys.executable, "-m", "megatron_qwen.pretrain", *single, "--metrics-file", str(ref)],
+                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt, metrics = tmp_path / "ckpt", tmp_path / "run.jsonl"
+    args = [sys.executable, "-m", "megatron_qwen.pretrain", *single, "--metrics-file", str(metrics),
+            "--save", str(ckpt), "--load", str(ckpt), "--exit-signal-handler"]
+    proc = subprocess.Popen(args, cwd=REPO, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith(" iteration        3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "exit signal received" in out
+    stopped_at = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+    assert 3 <= stopped_at < 30
+    resumed = subprocess.run(args, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = losses(metrics)
+    assert sorted(got) == list(range(1, 31))
+    assert_same(got, losses(ref), range(1, 31))

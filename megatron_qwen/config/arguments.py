@@ -61,6 +61,7 @@ class CheckpointSettings:
     async_save: bool
     override_data_state: bool
     exit_interval: int | None
+    exit_signal_handler: bool
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--async-save", action="store_true")
     g.add_argument("--override-data-state", action="store_true",
                    help="resume even if the global batch size or the data blend changed")
-    g.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration (for tests)")
+    g.add_argument("--exit-interval", type=int, default=None, help="save and stop every this many iterations")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM (preemption, time limit) save a checkpoint at the next iteration and exit")
     return p
 
 
@@ -297,6 +300,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         save=args.save, load=args.load, save_interval=args.save_interval, no_load_optim=args.no_load_optim,
         no_load_rng=args.no_load_rng, finetune=args.finetune, async_save=args.async_save,
         override_data_state=args.override_data_state, exit_interval=args.exit_interval,
+        exit_signal_handler=args.exit_signal_handler,
     )
     return RunConfig(recipe=recipe.name, model_size=args.model_size, model=model, parallel=parallel,
                      train=train, data=data, log=log, checkpoint=ckpt)

@@ -16,6 +16,7 @@ from megatron_qwen.training.batches import microbatch_loader, next_global_batch
 from megatron_qwen.training.datasets import build_datasets
 from megatron_qwen.training.metrics import MetricsSink, StepRecord, ThroughputMeter, peak_memory_gb
 from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.training.signals import ExitSignal
 from megatron_qwen.training.step import run_microbatches, train_step
 
 
@@ -63,6 +64,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     device_name = torch.cuda.get_device_name() if on_gpu() else "cpu"
     meter = ThroughputMeter(training_flops_per_token(cfg.model, t.seq_length), world_size, peak_tflops(device_name))
     tokens_per_iter = t.global_batch_size * t.seq_length
+    exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler)
     last = {}
     while state.iteration < t.train_iters:
         batches = next_global_batch(loader, num_mb)
@@ -89,8 +91,13 @@ def train(cfg: RunConfig, world_size: int) -> dict:
                 sink.log_eval(state.iteration, val)
                 last["validation_loss"] = val
         checkpoint.finish_pending_saves(blocking=False)
-        if checkpoint.due(cfg.checkpoint, state.iteration, t.train_iters):
+        stop = exit_signal.received()
+        if checkpoint.due(cfg.checkpoint, state.iteration, t.train_iters) or (stop and cfg.checkpoint.save):
             checkpoint.save(cfg, state.__dict__, model, optimizer, scheduler)
+        if stop:
+            if dist.get_rank() == 0:
+                print(f" exit signal received: stopping after iteration {state.iteration}", flush=True)
+            break
         if cfg.checkpoint.exit_interval and state.iteration % cfg.checkpoint.exit_interval == 0:
             break
         meter.restart()
