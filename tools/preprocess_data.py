@@ -3,11 +3,14 @@
     python tools/preprocess_data.py --input corpus/ --output-prefix data/web --append-eod --workers 4
 
 One input file -> `PREFIX_text_document.{bin,idx}` (Megatron-LM's naming). Several files -> one
-shard per file, `PREFIX_<file>_text_document.{bin,idx}`; join them with tools/merge_datasets.py or
-list them in --data-path. Complete shards are skipped on rerun. See docs/data.md.
+shard per file, `PREFIX_<file>_text_document.{bin,idx}`; with --max-shard-bytes a large plain
+.jsonl -> byte-range shards `PREFIX_<file>_partNNNNN_text_document.{bin,idx}`. Join them with
+tools/merge_datasets.py or list them in --data-path. Complete shards are skipped on rerun. See
+docs/data.md.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -19,6 +22,17 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not
 from megatron_qwen.data.preprocess import Options, plan_shards, run_shards, shard_outputs  # noqa: E402
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs  # noqa: E402
 from megatron_qwen.tokenizer import TokenizerFileError, load_tokenizer  # noqa: E402
+
+
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: digits with an optional binary suffix K, M, G or T (`512M`, `4G`)."""
+    number, suffix = (text[:-1], text[-1:].upper()) if text[-1:].isalpha() else (text, "")
+    if not number.isdigit() or suffix not in SIZE_SUFFIXES or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive byte count such as 1000000, 512M or 4G")
+    return int(number) * SIZE_SUFFIXES[suffix]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='SFT: records are {"messages": [{"role", "content"}]}; also writes the loss mask')
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes, each encoding whole shards (default: one per CPU, at most one per shard)")
+                   help="processes, each encoding whole shards (default: one per CPU, at most one per shard of this task)")
     p.add_argument("--encode-threads", type=int, default=None,
                    help="tokenizer threads per worker (default: CPUs / workers)")
-    p.add_argument("--shard-index", type=int, default=0, help="this task's slice of the file list (slurm array)")
-    p.add_argument("--num-shards", type=int, default=1, help="number of slices of the file list (slurm array size)")
+    p.add_argument("--max-shard-bytes", type=parse_size, default=None, metavar="SIZE",
+                   help="split each plain .jsonl larger than SIZE (e.g. 512M, 4G) into byte-range shards of at most "
+                        "SIZE; .jsonl.gz, .jsonl.zst and .parquet files stay one shard each (default: one shard per file)")
+    p.add_argument("--shard-index", type=int, default=0, help="this task's slice of the shard list (slurm array)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of slices of the shard list (slurm array size)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     p.add_argument("--log-interval", type=float, default=10.0, help="seconds between progress lines (0: none)")
     return p
@@ -83,10 +100,10 @@ def main(argv=None) -> int:
         cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (slurm, taskset)
         # Processes before threads: threads of one process hand the GIL to each other at every
         # document, which a busy machine makes slow; separate processes never wait on each other.
-        workers = args.workers or max(1, min(cpus, len(files[args.shard_index::args.num_shards])))
-        threads = args.encode_threads or max(1, cpus // workers)
-        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict, threads=threads)
-        tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards)
+        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict)
+        tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards, args.max_shard_bytes)
+        workers = args.workers or max(1, min(cpus, len(tasks)))
+        opts = dataclasses.replace(opts, threads=args.encode_threads or max(1, cpus // workers))
         tokenizer = load_tokenizer(args.tokenizer_model)
         result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)
     except (InputError, BadRecordError, TokenizerFileError) as e:

@@ -1,9 +1,10 @@
-"""Raw corpora -> Megatron indexed shards: one shard per input file, resumable and atomic.
+"""Raw corpora -> Megatron indexed shards: one shard per input file (or per byte range of a large
+plain .jsonl), resumable and atomic.
 
 Per process the work is a pipeline: a reader thread reads, decompresses and parses blocks of
 input (orjson) while a pool of threads encodes the previous blocks (tiktoken releases the GIL)
 straight into int32 arrays, and the main thread writes each block's tokens with one write. Several
-processes (`workers`) take whole shards each; several machines take slices of the file list.
+processes (`workers`) take whole shards each; several machines take slices of the shard list.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from megatron_qwen.data.sources import (
     chat_record_checker,
     read_batches,
     shard_names,
+    splittable,
     text_record_checker,
 )
 from megatron_qwen.tokenizer import QwenTokenizer
@@ -47,6 +49,8 @@ class ShardTask:
     input_path: str
     prefixes: tuple[str, ...]  # text mode: one per key; chat mode: (tokens prefix,)
     input_size: int
+    start: int = 0  # byte range [start, end) of a split plain .jsonl; end None: the whole file
+    end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,14 +78,25 @@ class ShardStats:
         self.examples += other.examples
 
 
-def plan_shards(files: list[str], output_prefix: str, opts: Options, shard_index: int = 0, num_shards: int = 1) -> list[ShardTask]:
-    """The shards of this task's slice (files[shard_index::num_shards]) of the sorted file list."""
-    names = shard_names(files) if len(files) > 1 else [None]
+def plan_shards(files: list[str], output_prefix: str, opts: Options, shard_index: int = 0, num_shards: int = 1,
+                max_shard_bytes: int | None = None) -> list[ShardTask]:
+    """The shards of this task's slice (shards[shard_index::num_shards]) of the sorted file list's shards.
+
+    A file is one shard, except that a plain .jsonl over `max_shard_bytes` becomes ceil(size / max)
+    byte ranges, shards `{name}_part00000`, ... Only file sizes decide, so every node plans alike."""
+    names = shard_names(files)
     tasks = []
-    for path, name in list(zip(files, names))[shard_index::num_shards]:
-        prefixes = tuple(dataset_prefix(output_prefix, key, name) for key in opts.keys)
-        tasks.append(ShardTask(path, prefixes, os.path.getsize(path)))
-    return tasks
+    for path, name in zip(files, names):
+        size = os.path.getsize(path)
+        if max_shard_bytes and size > max_shard_bytes and splittable(path):
+            for part, start in enumerate(range(0, size, max_shard_bytes)):
+                end = min(start + max_shard_bytes, size)
+                prefixes = tuple(dataset_prefix(output_prefix, key, f"{name}_part{part:05d}") for key in opts.keys)
+                tasks.append(ShardTask(path, prefixes, end - start, start, end))
+        else:
+            shard = name if len(files) > 1 else None  # one file keeps Megatron's plain naming
+            tasks.append(ShardTask(path, tuple(dataset_prefix(output_prefix, key, shard) for key in opts.keys), size))
+    return tasks[shard_index::num_shards]
 
 
 def shard_outputs(task: ShardTask, opts: Options) -> list[str]:
@@ -181,7 +196,7 @@ def preprocess_shard(
     pool: Executor,
     report: Callable[[int, int, int, int], None] = lambda *_: None,
 ) -> ShardStats:
-    """Encode one input file into its dataset(s); `report(docs, tokens, bytes, position)` gets increments."""
+    """Encode one input file (range) into its dataset(s); `report(docs, tokens, bytes, position)` gets increments."""
     check = chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys))
     stats = ShardStats()
     writers = [IndexedShardWriter(p, np.uint8 if p.endswith(LOSS_MASK_SUFFIX) else np.int32) for p in shard_outputs(task, opts)]
@@ -208,14 +223,14 @@ def preprocess_shard(
             stats.input_bytes += n_bytes
             report(n_docs, tokens, n_bytes, position)
 
-        batches = read_batches(task.input_path, list(opts.keys), check)
+        batches = read_batches(task.input_path, list(opts.keys), check, task.start, task.end)
         for batch in _background(batches) if opts.threads > 1 else batches:
-            for lineno, reason in batch.bad:
+            for where, reason in batch.bad:
                 if opts.strict:
-                    raise BadRecordError(f"{task.input_path}:{lineno}: {reason} (--strict stops at the first bad record)")
+                    raise BadRecordError(f"{task.input_path}:{where}: {reason} (--strict stops at the first bad record)")
                 stats.bad[reason.split(":")[0]] += 1
                 if len(stats.examples) < MAX_EXAMPLES:
-                    stats.examples.append(f"{task.input_path}:{lineno}: {reason}")
+                    stats.examples.append(f"{task.input_path}:{where}: {reason}")
             groups = _split(batch.records, opts.threads)
             if opts.chatml:
                 futures = [pool.submit(_encode_chats, tokenizer, g) for g in groups]

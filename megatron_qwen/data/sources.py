@@ -2,7 +2,8 @@
 
 Records are checked where they are read; a bad one (malformed JSON, missing key, non-string
 value, invalid UTF-8, empty text, malformed conversation) is dropped and reported with its file
-and line (parquet: row) number, and the rest of the file is still read.
+and line number (parquet: row number; a byte range of a plain .jsonl: the line's byte offset, as
+its line numbers are unknown without reading the file up to it), and the rest is still read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from megatron_qwen.tokenizer.chatml import ChatFormatError, validate_messages
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 BLOCK_BYTES = 1 << 20  # bytes of (decompressed) input per batch (~250k tokens): short pipeline fill/drain per shard
+
+
+def splittable(path: str) -> bool:
+    """Only plain .jsonl can be read from any byte offset; compressed streams and parquet cannot."""
+    return path.endswith(".jsonl")
 
 
 class InputError(ValueError):
@@ -79,12 +85,13 @@ def shard_names(files: list[str]) -> list[str]:
 
 @dataclass
 class Batch:
-    """Good records of one block of input, and the bad ones as (record number, reason)."""
+    """Good records of one block of input, and the bad ones as (location, reason): the line (parquet:
+    row) number, or "byte N" (the line's offset) in a byte range, whose line numbers are unknown."""
 
     records: list[Any] = field(default_factory=list)
-    bad: list[tuple[int, str]] = field(default_factory=list)
+    bad: list[tuple[int | str, str]] = field(default_factory=list)
     input_bytes: int = 0  # uncompressed bytes of this block
-    position: int = 0  # bytes of the (compressed) file consumed so far, for ETA
+    position: int = 0  # bytes of the (compressed) file (range) consumed so far, for ETA
 
 
 # --- checking one decoded record ------------------------------------------------------------------
@@ -136,42 +143,68 @@ def _open_stream(path: str, raw: io.BufferedReader) -> io.RawIOBase:
     return raw
 
 
-def _jsonl_batches(path: str, check: Callable[[Any], Any]) -> Iterator[Batch]:
+def _jsonl_batches(path: str, check: Callable[[Any], Any], start: int = 0, end: int | None = None) -> Iterator[Batch]:
+    """The whole file, or (end given; plain .jsonl only) the lines whose first byte lies in [start, end)."""
+    ranged = end is not None
     with open(path, "rb") as raw:
         stream = _open_stream(path, raw)
+        offset = 0  # file offset of the next line (of `tail`)
+        if start:
+            # The line holding byte start-1 belongs to an earlier range; skip past its newline, so a
+            # line beginning exactly at `start` is kept.
+            raw.seek(start - 1)
+            offset = start - 1 + len(raw.readline())
         tail = b""
         lineno = 0
         while True:
             try:
                 block = stream.read(BLOCK_BYTES)
             except Exception as e:  # corrupt/truncated gzip or zstd: each library raises its own type
-                raise InputError(f"{path}: cannot read after line {lineno} ({type(e).__name__}: {e})") from None
+                where = f"byte {offset}" if ranged else f"line {lineno}"
+                raise InputError(f"{path}: cannot read after {where} ({type(e).__name__}: {e})") from None
             if not block and not tail:
                 return
             lines = (tail + block).split(b"\n")
             # The last piece may be a partial line; at end of file it is the last line.
             tail = lines.pop() if block else b""
-            batch = Batch(input_bytes=sum(map(len, lines)) + len(lines), position=raw.tell())
+            last = not block
+            if ranged and offset + sum(map(len, lines)) + len(lines) > end:
+                lines = _lines_before(lines, end - offset)  # the range ends within this block
+                last = True
+            batch = Batch(input_bytes=sum(map(len, lines)) + len(lines),
+                          position=min(raw.tell(), end) - start if ranged else raw.tell())
             for line in lines:
                 lineno += 1
+                line_start = offset
+                offset += len(line) + 1
                 if not line.strip():
                     continue  # blank lines separate nothing in jsonl; not an error
                 try:
-                    obj = orjson.loads(line)
+                    result = check(orjson.loads(line))
                 except orjson.JSONDecodeError:
                     try:
                         line.decode("utf-8")
-                        reason = "malformed JSON"
+                        result = "malformed JSON"
                     except UnicodeDecodeError:
-                        reason = "invalid UTF-8"
-                    batch.bad.append((lineno, reason))
-                    continue
-                result = check(obj)
+                        result = "invalid UTF-8"
                 if isinstance(result, str):
-                    batch.bad.append((lineno, result))
+                    batch.bad.append((f"byte {line_start}" if ranged else lineno, result))
                 else:
                     batch.records.append(result)
             yield batch
+            if last:
+                return
+
+
+def _lines_before(lines: list[bytes], limit: int) -> list[bytes]:
+    """The leading lines that start before `limit` bytes from the first line's start."""
+    kept, pos = [], 0
+    for line in lines:
+        if pos >= limit:
+            break
+        kept.append(line)
+        pos += len(line) + 1
+    return kept
 
 
 def _parquet_batches(path: str, keys: list[str], check: Callable[[Any], Any]) -> Iterator[Batch]:
@@ -200,8 +233,10 @@ def _parquet_batches(path: str, keys: list[str], check: Callable[[Any], Any]) ->
         yield batch
 
 
-def read_batches(path: str, keys: list[str], check: Callable[[Any], Any]) -> Iterator[Batch]:
-    """Batches of checked records of one input file."""
+def read_batches(path: str, keys: list[str], check: Callable[[Any], Any], start: int = 0,
+                 end: int | None = None) -> Iterator[Batch]:
+    """Batches of checked records of one input file, or of its byte range [start, end) (see
+    `splittable`): the lines whose first byte lies in the range."""
     if path.endswith(".parquet"):
         return _parquet_batches(path, keys, check)
-    return _jsonl_batches(path, check)
+    return _jsonl_batches(path, check, start, end)
