@@ -41,6 +41,8 @@ def sources(tmp_path_factory):
 
 def test_parse_data_path(sources):
     root, _ = sources
+    with IndexedShardWriter(str(root / "empty")):  # a shard whose every record was bad
+        pass
     web, code = str(root / "web"), str(root / "code")
     assert parse_data_path([web, code]) == ([web, code], None)
     assert parse_data_path(["0.7", web, "0.3", code]) == ([web, code], [0.7, 0.3])
@@ -51,6 +53,7 @@ def test_parse_data_path(sources):
         (["-1", web, "2", code], "negative"),
         (["0.5", web, "0.5", str(root / "nope")], f"--data-path {root / 'nope'}: no nope.bin/.idx pair"),
         ([], "empty"),
+        ([str(root / "empty")], "holds no documents"),
     ]:
         with pytest.raises(DataPathError, match=message):
             parse_data_path(bad)

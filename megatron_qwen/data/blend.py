@@ -50,9 +50,11 @@ def parse_data_path(data_path: list[str], check_files: bool = True) -> tuple[lis
     if check_files:
         for prefix in prefixes:
             try:
-                read_index_counts(prefix)
+                documents, _ = read_index_counts(prefix)
             except ValueError as e:
                 raise DataPathError(f"--data-path {prefix}: {e}; create it with tools/preprocess_data.py") from None
+            if documents == 0:  # megatron-core cannot map an empty .bin
+                raise DataPathError(f"--data-path {prefix} holds no documents (an empty shard); leave it out")
     return prefixes, weights
 
 
