@@ -33,6 +33,15 @@ def uninterrupted(tmp_path_factory):
     return tmp, pretrain(4, tmp, "uninterrupted", *TP2_DP2)
 
 
+@pytest.fixture(scope="module")
+def checkpoint_at_3(uninterrupted):
+    """A TP2 x DP2 checkpoint saved at iteration 3 of the uninterrupted run's configuration."""
+    tmp, _ = uninterrupted
+    ckpt = tmp / "ckpt_tp2_dp2"
+    pretrain(4, tmp, "save_tp2_dp2", *TP2_DP2, "--save", str(ckpt), "--exit-interval", "3")
+    return ckpt
+
+
 def assert_same(got: dict, want: dict, iterations, rel=1e-6):
     for it in iterations:
         assert abs(got[it] - want[it]) <= rel * abs(want[it]), f"iteration {it}: {got[it]} vs {want[it]}"
@@ -62,11 +71,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(uninterrupted):
 
 @pytest.mark.parametrize("layout", [["--pipeline-model-parallel-size", "4"],
                                     ["--tensor-model-parallel-size", "4"]], ids=["tp1_pp4", "tp4_pp1"])
-def test_checkpoint_loads_at_another_layout(uninterrupted, layout):
+def test_checkpoint_loads_at_another_layout(uninterrupted, checkpoint_at_3, layout):
     tmp, ref = uninterrupted
-    ckpt = tmp / "ckpt_tp2_dp2"
-    if not (ckpt / "latest_checkpointed_iteration.txt").exists():
-        pretrain(4, tmp, "save_tp2_dp2", *TP2_DP2, "--save", str(ckpt), "--exit-interval", "3")
+    ckpt = checkpoint_at_3
     # Same global batch, new layout: the next iteration must see the same weights, optimizer
     # state and data, hence the same loss.
     resumed = pretrain(4, tmp, f"load_{'_'.join(layout)}", *layout, "--load", str(ckpt), "--exit-interval", "4")
@@ -91,11 +98,8 @@ def test_two_node_launch_matches_single_node(uninterrupted, tmp_path):
     assert_same(losses(metrics), ref, range(1, 7))
 
 
-def test_resume_with_another_global_batch_is_refused(uninterrupted):
-    tmp, _ = uninterrupted
-    ckpt = tmp / "ckpt_resume"
-    if not (ckpt / "latest_checkpointed_iteration.txt").exists():
-        pretrain(4, tmp, "part1", *TP2_DP2, "--save", str(ckpt), "--exit-interval", "3")
+def test_resume_with_another_global_batch_is_refused(checkpoint_at_3):
+    ckpt = checkpoint_at_3
     args = [a if a != "8" else "16" for a in COMMON]  # --global-batch-size 16
     proc = subprocess.run([sys.executable, "-m", "megatron_qwen.pretrain", *args, "--load", str(ckpt)],
                           cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
