@@ -7,7 +7,7 @@
 Runs `torchrun -m megatron_qwen.pretrain --mock-data` for --iters iterations, drops the first
 --warmup ones (compilation, allocator growth), and prints the median tokens/s per GPU, TFLOP/s per
 GPU and MFU (model FLOPs: megatron_qwen/model/flops.py) with their ratio to Megatron-LM's
-published H100 MFU (SPEC.md section 9). Never fails on a timing.
+published H100 MFU (docs/qwen.md section 9). Never fails on a timing.
 """
 
 import argparse
@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Megatron-LM on H100, bf16, seq 4096 (SPEC.md section 9): MFU by model size.
+# Megatron-LM on H100, bf16, seq 4096 (docs/qwen.md section 9): MFU by model size.
 MEGATRON_LM_MFU = {"1.8b": 0.41, "7b": 0.47, "14b": 0.49}
 
 

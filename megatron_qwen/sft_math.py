@@ -1,4 +1,4 @@
-"""Math-Qwen SFT on math instructions (report section 4.2)."""
+"""Math-Qwen SFT on math instructions (report section 5.1)."""
 
 from megatron_qwen.config.recipes import SFT_MATH
 from megatron_qwen.training.entry import main

@@ -37,7 +37,8 @@ def torchrun(nproc: int, target: list[str], timeout: int = 600, extra_torchrun: 
     return out
 
 
-def run_module(module: str, args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(module: str, args: list[str], timeout: int = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` as a single process; returns the completed process."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or quiet_env(),
                           capture_output=True, text=True, timeout=timeout)

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_qwen.config.model import model_preset
+from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model import attention
-from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config
+from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 
@@ -25,15 +26,18 @@ def sdpa_as_flash_attn(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False)
 @pytest.fixture
 def single_process(monkeypatch):
     monkeypatch.setattr(attention, "flash_attn_func", sdpa_as_flash_attn)
-    init_distributed(1, 1, None, 1, seed=0)
+    init_distributed(ParallelConfig(), 1, seed=0)
     yield
     destroy_distributed()
 
 
+def tiny(backend: str):
+    return parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--seed", "5",
+                                       "--transformer-impl", backend])
+
+
 def logits(backend: str, tokens: torch.Tensor) -> torch.Tensor:
-    cfg = model_preset("tiny")
-    opts = ModelBuildOptions(backend=backend, seed=5)
-    (model,) = build_model_chunks(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
+    (model,) = build_model(tiny(backend))
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
         return model(tokens, positions, None)
@@ -52,9 +56,7 @@ def test_flash_backend_matches_local(single_process):
 def test_packed_samples_do_not_attend_across_boundaries(single_process):
     """A packed SFT sample (block-diagonal causal mask, positions restarting per conversation)
     gives each conversation the logits it has alone."""
-    cfg = model_preset("tiny")
-    opts = ModelBuildOptions(seed=5)
-    (model,) = build_model_chunks(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
+    (model,) = build_model(tiny("local"))
     g = torch.Generator().manual_seed(1)
     a, b = torch.randint(0, 1000, (1, 10), generator=g), torch.randint(0, 1000, (1, 14), generator=g)
     packed = torch.cat([a, b], dim=1)

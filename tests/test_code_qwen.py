@@ -33,7 +33,7 @@ def loss():
     return float((per_token.float() * mask).sum() / mask.sum())
 
 print("REFERENCE_LOSS", loss())
-initialize_weights([model], cfg.model, cfg.train.seed)  # the untrained model, for contrast
+initialize_weights([model], cfg.model, cfg.build.seed)  # the untrained model, for contrast
 print("UNTRAINED_LOSS", loss())
 """
 

@@ -1,7 +1,6 @@
 """Impossible configurations stop before any work with one clear line naming the flag."""
 
 import pytest
-
 from conftest import quiet_env, run_module
 
 BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "1", "--seq-length", "32",
@@ -37,3 +36,75 @@ def test_bad_config_is_one_clear_line(case, tmp_path):
     assert len(err) == 1 and err[0].startswith("error: "), proc.stderr[-2000:]
     assert needle in err[0]
     assert "Traceback" not in proc.stderr
+
+
+# --- checks on files, made before any process group exists -------------------------------------
+# The environment below is a torchrun rank 0 of a 2-process job whose peer never comes: creating
+# a process group would block until the timeout, so a prompt exit proves none was created.
+
+def _lone_rank_env():
+    from conftest import free_port
+
+    return quiet_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+
+
+def _write_shard(prefix, documents):
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.int32)
+    for doc in documents:
+        builder.add_document(np.array(doc, dtype=np.int32), [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+def _run_before_any_work(args, tmp_path):
+    base = ["--model-size", "tiny-qwen-vocab", "--num-layers", "2", "--train-iters", "1", "--seq-length", "32",
+            "--micro-batch-size", "1", "--global-batch-size", "2"]
+    proc = run_module("megatron_qwen.pretrain", base + args, timeout=60, env=_lone_rank_env())
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: "), proc.stderr[-2000:]
+    assert "megatron-qwen pretrain:" not in proc.stdout  # the banner printed once groups exist
+    return err[0]
+
+
+def test_missing_shard_is_found_before_any_work(tmp_path):
+    line = _run_before_any_work(["--data-path", str(tmp_path / "nowhere_text_document")], tmp_path)
+    assert "nowhere_text_document" in line
+
+
+def test_empty_shard_is_found_before_any_work(tmp_path):
+    good = _write_shard(tmp_path / "good", [[1, 2, 3, 4]] * 8)
+    empty = _write_shard(tmp_path / "empty", [])
+    line = _run_before_any_work(["--data-path", good, empty], tmp_path)
+    assert "empty" in line and str(tmp_path / "good") not in line
+
+
+def test_unreadable_index_is_found_before_any_work(tmp_path):
+    prefix = _write_shard(tmp_path / "bad", [[1, 2, 3]] * 4)
+    with open(f"{prefix}.idx", "r+b") as f:
+        f.write(b"NOTANIDX")
+    line = _run_before_any_work(["--data-path", prefix], tmp_path)
+    assert "bad.idx" in line or prefix in line
+
+
+def test_tokenizer_larger_than_model_vocabulary_is_found_before_any_work(tmp_path):
+    good = _write_shard(tmp_path / "good", [[1, 2, 3, 4]] * 8)
+    line = _run_before_any_work(["--data-path", good, "--vocab-size", "1000"], tmp_path)
+    assert "--vocab-size" in line and "151851" in line
+
+
+def test_mistyped_load_directory_is_refused_before_any_work(tmp_path):
+    line = _run_before_any_work(["--mock-data", "--load", str(tmp_path / "chekpoints"),
+                                 "--save", str(tmp_path / "checkpoints")], tmp_path)
+    assert "--load" in line and "chekpoints" in line and "does not exist" in line
+
+
+def test_own_save_directory_without_checkpoint_is_a_first_start(tmp_path):
+    """--load = --save (a job restarted with the same command) starts from scratch with one line."""
+    ckpt = str(tmp_path / "ckpt")
+    proc = run_module("megatron_qwen.pretrain", BASE + ["--save", ckpt, "--load", ckpt], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"no checkpoint in {ckpt} yet: starting from scratch" in proc.stdout

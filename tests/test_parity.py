@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, quiet_env, torchrun
+
 from megatron_qwen.model.layout import unshard
 
 WORKER = os.path.join(REPO, "tests", "parity", "parity_worker.py")

@@ -3,27 +3,33 @@
 import pytest
 import torch
 
-from megatron_qwen.config.model import QWEN_PADDED_VOCAB_SIZE, model_preset
+from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.model.builder import ModelBuildOptions, build_on_meta, transformer_config
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.model.builder import build_on_meta
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 PUBLISHED = {"1.8b": 1.84e9, "7b": 7.72e9, "14b": 14.17e9, "72b": 72.3e9}  # Qwen report, Table 1
+# vocab_size of the published checkpoints' config.json (Qwen/Qwen-1_8B ... Qwen/Qwen-72B)
+PUBLISHED_VOCAB_ROWS = {"1.8b": 151_936, "7b": 151_936, "14b": 152_064, "72b": 152_064}
 
 
 @pytest.fixture(scope="module")
 def single_process():
-    init_distributed(1, 1, None, 1, seed=0)
+    init_distributed(ParallelConfig(), 1, seed=0)
     yield
     destroy_distributed()
 
 
+def run_config(size: str, *flags: str):
+    return parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size, *flags])
+
+
 @pytest.mark.parametrize("size", list(PUBLISHED))
 def test_parameter_count_matches_report(single_process, size):
-    cfg = model_preset(size)
-    assert cfg.padded_vocab_size == QWEN_PADDED_VOCAB_SIZE
-    opts = ModelBuildOptions()
-    (model,) = build_on_meta(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
+    cfg = run_config(size)
+    assert cfg.model.padded_vocab_size == PUBLISHED_VOCAB_ROWS[size]
+    (model,) = build_on_meta(cfg)
     assert all(p.is_meta for p in model.parameters())
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - PUBLISHED[size]) / PUBLISHED[size] < 0.005, (size, count)
@@ -31,9 +37,7 @@ def test_parameter_count_matches_report(single_process, size):
 
 def test_qwen_architecture_choices(single_process):
     """Untied embeddings, bias on QKV only, RMSNorm weights, SwiGLU fc1 of 2 x FFN rows."""
-    cfg = model_preset("7b")
-    opts = ModelBuildOptions()
-    (model,) = build_on_meta(cfg, transformer_config(cfg, ParallelConfig(), opts, on_gpu=False), opts)
+    (model,) = build_on_meta(run_config("7b"))
     params = dict(model.named_parameters())
     assert params["embedding.word_embeddings.weight"] is not params["output_layer.weight"]
     biases = [n for n in params if n.endswith(".bias")]
@@ -44,11 +48,22 @@ def test_qwen_architecture_choices(single_process):
 
 
 def test_rotary_frequencies_stay_fp32_in_bf16(single_process):
-    cfg = model_preset("tiny")
-    opts = ModelBuildOptions(precision="bf16")
-    tcfg = transformer_config(cfg, ParallelConfig(), opts, on_gpu=False)
-    (model,) = build_on_meta(cfg, tcfg, opts)
+    cfg = run_config("tiny", "--bf16")
+    (model,) = build_on_meta(cfg)
     model.bfloat16()
     assert model.rotary_pos_emb.inv_freq.dtype == torch.float32
-    expected = 1.0 / 10000 ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    head_dim = cfg.model.head_dim
+    expected = 1.0 / 10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     assert torch.allclose(model.rotary_pos_emb.inv_freq.double(), expected, rtol=1e-6)
+
+
+def test_72b_rotary_base_and_context_follow_its_published_config(single_process):
+    """Qwen-72B's config.json: rotary_emb_base 1,000,000, seq_length 32768; --rotary-base overrides."""
+    (model,) = build_on_meta(run_config("72b"))
+    head_dim = 128
+    expected = 1.0 / 1_000_000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    assert torch.allclose(model.rotary_pos_emb.inv_freq.double(), expected, rtol=1e-6)
+    assert run_config("72b").model.max_position_embeddings == 32768
+    (small,) = build_on_meta(run_config("tiny", "--rotary-base", "500"))
+    assert torch.allclose(small.rotary_pos_emb.inv_freq.double(),
+                          1.0 / 500 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16), rtol=1e-6)

@@ -1,13 +1,10 @@
 """The training jobs end to end on CPU: resume, layout changes, multi-node launch, Code-Qwen start."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-import torch
-
 from conftest import REPO, free_port, quiet_env, torchrun
 
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",

@@ -62,7 +62,8 @@ def code_documents(max_chars: int, seed: int) -> list[Document]:
         text = path.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
             continue
-        docs += [Document(piece, f"python-stdlib:{rel.as_posix()}") for piece in split_paragraphs(text, 2 * CHUNK_CHARS)]
+        source = f"python-stdlib:{rel.as_posix()}"
+        docs += [Document(piece, source) for piece in split_paragraphs(text, 2 * CHUNK_CHARS)]
         total += len(text)
         if total >= max_chars:
             break

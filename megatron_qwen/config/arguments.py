@@ -1,11 +1,12 @@
 """Command-line flags (Megatron-LM's names) resolved over a recipe into a typed RunConfig."""
 
 import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from megatron_qwen.config.model import QwenModelConfig, model_preset
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.model import BuildSettings, QwenModelConfig, model_preset
 from megatron_qwen.config.optimizer import OptimizerSettings
-from megatron_qwen.config.parallel import ConfigError, ParallelConfig
+from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
 
 
@@ -16,14 +17,6 @@ class TrainSettings:
     global_batch_size: int
     seq_length: int
     optim: OptimizerSettings
-    hidden_dropout: float
-    attention_dropout: float
-    precision: str  # "fp32" or "bf16"
-    seed: int
-    transformer_impl: str  # "te", "flash" or "local"
-    recompute_granularity: str | None
-    recompute_num_layers: int
-    distributed_timeout_minutes: int
 
 
 @dataclass(frozen=True)
@@ -69,6 +62,7 @@ class RunConfig:
     recipe: str
     model_size: str
     model: QwenModelConfig
+    build: BuildSettings
     parallel: ParallelConfig
     train: TrainSettings
     data: DataSettings
@@ -77,6 +71,17 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """The inverse of to_dict: a run's configuration as a checkpoint stores it."""
+        return cls(
+            recipe=d["recipe"], model_size=d["model_size"], model=QwenModelConfig(**d["model"]),
+            build=BuildSettings(**d["build"]), parallel=ParallelConfig(**d["parallel"]),
+            train=TrainSettings(**{**d["train"], "optim": OptimizerSettings(**d["train"]["optim"])}),
+            data=DataSettings(**{**d["data"], "data_path": tuple(d["data"]["data_path"])}),
+            log=LogSettings(**d["log"]), checkpoint=CheckpointSettings(**d["checkpoint"]),
+        )
 
     def describe(self) -> str:
         """Every resolved setting, one per line, as printed at start (and saved in checkpoints)."""
@@ -92,11 +97,14 @@ class RunConfig:
                           *flatten("", self.to_dict())])
 
     def validate(self, world_size: int) -> None:
-        """Refuse a configuration that cannot run, before any work starts."""
-        m, p, t = self.model, self.parallel, self.train
-        if m.hidden_size % m.num_attention_heads != 0:
+        """Refuse a configuration that cannot run: the rules between flags (files: training/preflight.py)."""
+        m, b, p, t = self.model, self.build, self.parallel, self.train
+        if m.kv_channels is None and m.hidden_size % m.num_attention_heads != 0:
             raise ConfigError(f"--hidden-size {m.hidden_size} is not a multiple of "
-                              f"--num-attention-heads {m.num_attention_heads}")
+                              f"--num-attention-heads {m.num_attention_heads}; pass --kv-channels")
+        if m.padded_vocab_size < m.vocab_size:
+            raise ConfigError(f"the model has {m.padded_vocab_size} vocabulary rows, fewer than --vocab-size "
+                              f"{m.vocab_size}; raise --make-vocab-size-divisible-by or --vocab-size")
         p.validate(world_size, m.num_layers, m.num_attention_heads, m.padded_vocab_size)
         dp = p.data_parallel_size(world_size)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
@@ -109,10 +117,10 @@ class RunConfig:
                               f"{m.max_position_embeddings}; raise --max-position-embeddings or shorten --seq-length")
         if t.seq_length % (2 * p.context_parallel_size) != 0 and p.context_parallel_size > 1:
             raise ConfigError(f"--seq-length {t.seq_length} must be a multiple of 2 x --context-parallel-size")
-        if p.context_parallel_size > 1 and t.transformer_impl != "te":
+        if p.context_parallel_size > 1 and b.transformer_impl != "te":
             raise ConfigError("--context-parallel-size > 1 needs transformer-engine attention (a GPU with "
                               "transformer-engine installed, --transformer-impl transformer_engine); "
-                              f"this run uses the {t.transformer_impl!r} back end")
+                              f"this run uses the {b.transformer_impl!r} back end")
         if p.sequence_parallel and t.seq_length % p.tensor_model_parallel_size != 0:
             raise ConfigError(f"--sequence-parallel needs --seq-length divisible by "
                               f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
@@ -144,9 +152,12 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model")
     g.add_argument("--model-size", default="tiny", help="preset: tiny, tiny-qwen-vocab, 1.8b, 7b, 14b, 72b")
-    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size",
-                 "--max-position-embeddings", "--vocab-size"):
+    for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--kv-channels",
+                 "--max-position-embeddings", "--vocab-size", "--rotary-base"):
         g.add_argument(flag, type=int, default=None, help="override the preset")
+    g.add_argument("--norm-epsilon", type=float, default=None, help="override the preset")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="with --vocab-size: pad the embedding rows to a multiple of this (the same at every TP)")
     g.add_argument("--transformer-impl", default="auto", choices=["auto", "transformer_engine", "local", "flash"],
                    help="layer back end; auto picks transformer_engine, then flash-attn, then local")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
@@ -154,7 +165,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--attention-dropout", type=float, default=recipe.attention_dropout)
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     g.add_argument("--recompute-num-layers", type=int, default=1)
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=int, default=BuildSettings.seed)
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="accepted for Megatron-LM compatibility: weights are always drawn on the CPU, "
                         "layout-independently")
@@ -168,7 +179,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--use-distributed-optimizer", action="store_true", help="ZeRO-1: shard optimizer state over DP")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true")
-    g.add_argument("--distributed-timeout-minutes", type=int, default=30)
+    g.add_argument("--distributed-timeout-minutes", type=int, default=ParallelConfig.distributed_timeout_minutes)
 
     g = p.add_argument_group("training")
     g.add_argument("--train-iters", type=int, default=recipe.train_iters)
@@ -183,11 +194,8 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--lr-warmup-iters", type=int, default=None)
     g.add_argument("--lr-warmup-fraction", type=float, default=None)
     g.add_argument("--lr-decay-iters", type=int, default=None)
-    g.add_argument("--weight-decay", type=float, default=recipe.weight_decay)
-    g.add_argument("--adam-beta1", type=float, default=recipe.adam_beta1)
-    g.add_argument("--adam-beta2", type=float, default=recipe.adam_beta2)
-    g.add_argument("--adam-eps", type=float, default=recipe.adam_eps)
-    g.add_argument("--clip-grad", type=float, default=recipe.clip_grad)
+    for name in ("weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
+        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name))
 
     g = p.add_argument_group("data")
     g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic GPT data, no files needed")
@@ -243,7 +251,9 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     model = base.with_overrides(
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads, ffn_hidden_size=args.ffn_hidden_size,
-        max_position_embeddings=args.max_position_embeddings, vocab_size=args.vocab_size,
+        kv_channels=args.kv_channels, max_position_embeddings=args.max_position_embeddings,
+        rotary_base=args.rotary_base, norm_epsilon=args.norm_epsilon, vocab_size=args.vocab_size,
+        padded_vocab_size=_padded_rows(args.vocab_size, args.make_vocab_size_divisible_by),
     )
     size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
     lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
@@ -268,6 +278,13 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         use_distributed_optimizer=args.use_distributed_optimizer,
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
+    )
+    build = BuildSettings(
+        transformer_impl=_resolve_backend(args.transformer_impl), precision="bf16" if args.bf16 else "fp32",
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,
+        seed=args.seed,
     )
     train = TrainSettings(
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
@@ -278,18 +295,13 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
             weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
             adam_eps=args.adam_eps, clip_grad=args.clip_grad,
         ),
-        hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout, precision="bf16" if args.bf16 else "fp32",
-        seed=args.seed, transformer_impl=_resolve_backend(args.transformer_impl),
-        recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,
-        distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     data = DataSettings(
         data_format=recipe.data_format, mock_data=args.mock_data, data_path=tuple(args.data_path),
         split=args.split, tokenizer_model=args.tokenizer_model, data_cache_path=args.data_cache_path,
         # Packed samples carry block-diagonal attention masks, which megatron-core's local attention
         # honours; the fused GPU kernels run plain causal attention, so there each sample is padded.
-        pack_sft=not args.no_pack_sft and train.transformer_impl == "local", num_workers=args.num_workers,
+        pack_sft=not args.no_pack_sft and build.transformer_impl == "local", num_workers=args.num_workers,
     )
     log = LogSettings(
         log_interval=args.log_interval, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
@@ -302,5 +314,14 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         override_data_state=args.override_data_state, exit_interval=args.exit_interval,
         exit_signal_handler=args.exit_signal_handler,
     )
-    return RunConfig(recipe=recipe.name, model_size=args.model_size, model=model, parallel=parallel,
-                     train=train, data=data, log=log, checkpoint=ckpt)
+    return RunConfig(recipe=recipe.name, model_size=args.model_size, model=model, build=build,
+                     parallel=parallel, train=train, data=data, log=log, checkpoint=ckpt)
+
+
+def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:
+    """Embedding rows for an explicit --vocab-size (None: the preset's rows)."""
+    if vocab_size is None:
+        return None
+    if divisible_by < 1:
+        raise ConfigError("--make-vocab-size-divisible-by must be at least 1")
+    return -(-vocab_size // divisible_by) * divisible_by

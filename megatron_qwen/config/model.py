@@ -1,12 +1,13 @@
-"""Qwen (v1) model shapes: the published sizes and tiny ones for tests.
+"""Qwen (v1) model shapes and how a model is built: the published sizes and tiny ones for tests.
 
-Every size shares the architecture in SPEC.md section 1; only the numbers below change.
+Every size shares the architecture of docs/qwen.md section 1; only the numbers below change.
 """
 
 from dataclasses import dataclass, replace
 
 QWEN_VOCAB_SIZE = 151_851  # 151,643 BPE ranks + 208 special tokens
-QWEN_PADDED_VOCAB_SIZE = 151_936  # row count of the published checkpoints
+QWEN_PADDED_VOCAB_SIZE = 151_936  # rows of the published Qwen-1.8B and Qwen-7B
+QWEN_LARGE_PADDED_VOCAB_SIZE = 152_064  # rows of the published Qwen-14B and Qwen-72B
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,12 @@ class QwenModelConfig:
     num_layers: int
     num_attention_heads: int
     ffn_hidden_size: int
-    vocab_size: int = QWEN_VOCAB_SIZE
-    # Rows of the embedding and output matrices. Kept the same at every tensor-parallel size
-    # (Megatron pads to 128 x TP instead, which changes the shapes with the layout).
-    make_vocab_size_divisible_by: int = 128
+    vocab_size: int = QWEN_VOCAB_SIZE  # ids the tokenizer can produce
+    # Rows of the embedding and output matrices, as the published checkpoints have them. The same
+    # at every tensor-parallel size (Megatron pads to 128 x TP instead, which changes the shapes
+    # with the layout and breaks checkpoint conversion).
+    padded_vocab_size: int = QWEN_PADDED_VOCAB_SIZE
+    kv_channels: int | None = None  # None: hidden_size // num_attention_heads
     max_position_embeddings: int = 8192
     rotary_base: int = 10000
     norm_epsilon: float = 1e-6
@@ -26,15 +29,24 @@ class QwenModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def padded_vocab_size(self) -> int:
-        m = self.make_vocab_size_divisible_by
-        return -(-self.vocab_size // m) * m
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     def with_overrides(self, **overrides) -> "QwenModelConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the model is built and run, beyond its shape: the same for training, inference and
+    conversion, so a model rebuilt from a checkpoint's stored configuration is the trained one."""
+
+    transformer_impl: str = "local"  # "te", "flash" or "local" (model/spec.py)
+    precision: str = "fp32"  # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    recompute_granularity: str | None = None  # None, "full" or "selective"
+    recompute_num_layers: int = 1
+    seed: int = 1234  # initial weights (layout-independent) and dropout
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {
@@ -42,7 +54,7 @@ MODEL_PRESETS: dict[str, QwenModelConfig] = {
     # the real tokenizer's vocab is used whenever real text is trained on.
     "tiny": QwenModelConfig(
         hidden_size=64, num_layers=4, num_attention_heads=4, ffn_hidden_size=176,
-        vocab_size=1024, max_position_embeddings=512,
+        vocab_size=1024, padded_vocab_size=1024, max_position_embeddings=512,
     ),
     "tiny-qwen-vocab": QwenModelConfig(
         hidden_size=128, num_layers=4, num_attention_heads=4, ffn_hidden_size=352,
@@ -50,8 +62,11 @@ MODEL_PRESETS: dict[str, QwenModelConfig] = {
     ),
     "1.8b": QwenModelConfig(hidden_size=2048, num_layers=24, num_attention_heads=16, ffn_hidden_size=5504),
     "7b": QwenModelConfig(hidden_size=4096, num_layers=32, num_attention_heads=32, ffn_hidden_size=11008),
-    "14b": QwenModelConfig(hidden_size=5120, num_layers=40, num_attention_heads=40, ffn_hidden_size=13696),
-    "72b": QwenModelConfig(hidden_size=8192, num_layers=80, num_attention_heads=64, ffn_hidden_size=24576),
+    "14b": QwenModelConfig(hidden_size=5120, num_layers=40, num_attention_heads=40, ffn_hidden_size=13696,
+                           padded_vocab_size=QWEN_LARGE_PADDED_VOCAB_SIZE),
+    "72b": QwenModelConfig(hidden_size=8192, num_layers=80, num_attention_heads=64, ffn_hidden_size=24576,
+                           padded_vocab_size=QWEN_LARGE_PADDED_VOCAB_SIZE, rotary_base=1_000_000,
+                           max_position_embeddings=32768),
 }
 
 

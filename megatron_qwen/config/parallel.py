@@ -2,9 +2,7 @@
 
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the flag and what to do."""
+from megatron_qwen.config.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -18,6 +16,7 @@ class ParallelConfig:
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
+    distributed_timeout_minutes: int = 30
 
     def data_parallel_size(self, world_size: int) -> int:
         return world_size // (

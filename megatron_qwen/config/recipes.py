@@ -1,9 +1,10 @@
-"""Training recipes: the defaults of each job, taken from the Qwen report (SPEC.md 3-6).
+"""Training recipes: the defaults of each job, taken from the Qwen report (docs/qwen.md sections 3-6).
 
-A recipe only sets defaults; every field can be overridden by its Megatron-style flag.
+A recipe only sets defaults; every field can be overridden by its Megatron-style flag. AdamW's
+betas, epsilon, weight decay and clipping are the same in every job: config/optimizer.py.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -19,17 +20,12 @@ class Recipe:
     train_iters: int = 1000
     global_batch_size: int = 8
     micro_batch_size: int = 1
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     data_format: str = "pretrain"  # "pretrain" (GPT shards) or "chatml" (SFT shards with loss masks)
     # Continued pretraining / SFT start from a checkpoint's weights with a fresh optimizer.
     finetune: bool = False
-    # Per model size: {size: {field: value}} applied before flags (Table 1, SPEC.md 5).
+    # Per model size: {size: {field: value}} applied before flags (Table 1, docs/qwen.md section 3).
     per_size: dict = field(default_factory=dict)
 
 
@@ -73,20 +69,14 @@ SFT = Recipe(
     finetune=True,
 )
 
-SFT_MATH = Recipe(
+# Math-Qwen SFT is chat SFT with a shorter sequence, a higher LR and a longer run.
+SFT_MATH = replace(
+    SFT,
     name="sft_math",
-    description="Math-Qwen SFT on math instructions (report section 4.2)",
+    description="Math-Qwen SFT on math instructions (report section 5.1)",
     seq_length=1024,
     lr=2e-5,
-    min_lr_ratio=1.0,
-    lr_decay_style="constant",
-    lr_warmup_iters=1430,
     train_iters=50_000,
-    global_batch_size=128,
-    hidden_dropout=0.1,
-    attention_dropout=0.1,
-    data_format="chatml",
-    finetune=True,
 )
 
 RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH)}

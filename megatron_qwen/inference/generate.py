@@ -1,13 +1,17 @@
 """Load a training checkpoint (saved at any layout) into one process and decode greedily."""
 
+import dataclasses
+
 import torch
 
 from megatron.core import dist_checkpointing
 
-from megatron_qwen.config.model import QwenModelConfig
-from megatron_qwen.config.parallel import ConfigError, ParallelConfig
-from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
+from megatron_qwen.training.checkpoint import load_weights
 from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
 
 
@@ -18,16 +22,13 @@ def load_model_for_inference(checkpoint_root: str):
     if iteration is None:
         raise ConfigError(f"{checkpoint_root}: no latest_checkpointed_iteration.txt; pass a --save directory")
     ckpt_dir = iteration_dir(checkpoint_root, iteration)
-    common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    model_cfg = QwenModelConfig(**common["run_config"]["model"])
-    init_distributed(1, 1, None, 1, seed=0)
-    opts = ModelBuildOptions()
-    tcfg = transformer_config(model_cfg, ParallelConfig(), opts, on_gpu=on_gpu())
-    (model,) = build_model_chunks(model_cfg, tcfg, opts)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, ckpt_dir)
-    model.load_state_dict(loaded["model"])
+    trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+    cfg = dataclasses.replace(trained, parallel=ParallelConfig())  # the same model in one process
+    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
+    (model,) = build_model(cfg, initialize=False)
+    load_weights(ckpt_dir, [model])
     model.eval()
-    model.vocab_size_unpadded = model_cfg.vocab_size
+    model.vocab_size_unpadded = cfg.model.vocab_size
     return model.cuda() if on_gpu() else model
 
 

@@ -7,8 +7,6 @@ contract as ``DotProductAttention``, so the layer spec can swap one for the othe
 
 from typing import Optional
 
-import torch
-
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig

@@ -7,11 +7,9 @@ the DDP wrapper at the end. Nothing else in the package splits the model.
 
 import dataclasses
 import importlib.util
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.models.gpt import GPTModel
@@ -19,25 +17,33 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_qwen.config.model import QwenModelConfig
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.spec import qwen_block_spec
+from megatron_qwen.platform.distributed import on_gpu
 
 
-@dataclass(frozen=True)
-class ModelBuildOptions:
-    backend: str = "local"  # see model/spec.py
-    precision: str = "fp32"  # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    recompute_granularity: str | None = None  # None, "full" or "selective"
-    recompute_num_layers: int = 1
-    seed: int = 1234
+def build_model(cfg: RunConfig, initialize: bool = True) -> list[GPTModel]:
+    """This rank's chunks of the model ``cfg`` describes (one per virtual pipeline stage), with
+    layout-independent initial weights. Training, inference and checkpoint conversion all build
+    through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
+    Needs the process groups (platform/distributed.py)."""
+    tcfg = transformer_config(cfg.model, cfg.parallel, cfg.build)
+    return _build_chunks(cfg.model, tcfg, cfg.build, initialize)
 
 
-def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: ModelBuildOptions,
-                       on_gpu: bool) -> TransformerConfig:
+def build_on_meta(cfg: RunConfig) -> list[GPTModel]:
+    """This rank's chunks with shapes but no storage: parameter counts and memory plans of
+    models far larger than the machine."""
+    tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build),
+                               use_cpu_initialization=True, perform_initialization=False)
+    with torch.device("meta"):
+        return _build_chunks(cfg.model, tcfg, cfg.build, initialize=False)
+
+
+def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings) -> TransformerConfig:
     bf16 = opts.precision == "bf16"
     recompute = {}
     if opts.recompute_granularity == "full":
@@ -45,6 +51,7 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: M
                          recompute_num_layers=opts.recompute_num_layers)
     elif opts.recompute_granularity == "selective":
         recompute = dict(recompute_granularity="selective")
+    gpu = on_gpu()
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -75,12 +82,12 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: M
         perform_initialization=True,
         use_cpu_initialization=False,
         # Fusions are CUDA kernels; on the CPU the unfused paths compute the same thing.
-        bias_activation_fusion=on_gpu,
-        bias_dropout_fusion=on_gpu,
-        masked_softmax_fusion=on_gpu,
-        apply_rope_fusion=on_gpu and opts.backend == "te",
+        bias_activation_fusion=gpu,
+        bias_dropout_fusion=gpu,
+        masked_softmax_fusion=gpu,
+        apply_rope_fusion=gpu and opts.transformer_impl == "te",
         # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
-        gradient_accumulation_fusion=on_gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
+        gradient_accumulation_fusion=gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
         # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
         # p2p pairs sends and receives in posting order: activations and gradients swap
         # silently (Megatron-LM issue 750). Unbatched exchange is exact at every layout.
@@ -90,16 +97,16 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: M
     )
 
 
-def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions,
-                       initialize: bool = True) -> list[GPTModel]:
-    """One GPTModel per virtual pipeline stage held by this rank (one without interleaving)."""
+def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSettings,
+                  initialize: bool) -> list[GPTModel]:
     vp_size = tcfg.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None
         chunk = GPTModel(
             config=tcfg,
-            transformer_layer_spec=qwen_block_spec(opts.backend, get_num_layers_to_build(tcfg, vp_stage=stage)),
+            transformer_layer_spec=qwen_block_spec(opts.transformer_impl,
+                                                   get_num_layers_to_build(tcfg, vp_stage=stage)),
             vocab_size=model.padded_vocab_size,
             max_sequence_length=model.max_position_embeddings,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
@@ -116,18 +123,10 @@ def build_model_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: Mo
     return chunks
 
 
-def build_on_meta(model: QwenModelConfig, tcfg: TransformerConfig, opts: ModelBuildOptions) -> list[GPTModel]:
-    """This rank's chunks with shapes but no storage: parameter counts and memory plans of
-    models far larger than the machine."""
-    shape_only = dataclasses.replace(tcfg, use_cpu_initialization=True, perform_initialization=False)
-    with torch.device("meta"):
-        return build_model_chunks(model, shape_only, opts, initialize=False)
-
-
-def wrap_for_training(chunks: list[GPTModel], tcfg: TransformerConfig, parallel: ParallelConfig,
-                      on_gpu: bool) -> list[DistributedDataParallel]:
+def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig) -> list[DistributedDataParallel]:
     """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP."""
-    if on_gpu:
+    tcfg = chunks[0].config
+    if on_gpu():
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     if tcfg.bf16:
         chunks = [Float16Module(tcfg, c) for c in chunks]
@@ -145,3 +144,10 @@ def wrap_for_training(chunks: list[GPTModel], tcfg: TransformerConfig, parallel:
         )
         for i, c in enumerate(chunks)
     ]
+
+
+def unwrap(chunk) -> GPTModel:
+    """The GPTModel inside the wrappers of wrap_for_training (DDP, Float16Module)."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk

@@ -8,7 +8,7 @@ The output layer adds h*V. Backward costs twice the forward, so training = 3 x f
 
   FLOPs/token = 3 * 2 * [ L * (4h^2 + 3hf + 2sh) + hV ]
 
-For Qwen-7B at s=2048 this gives 45.8 GFLOP/token (SPEC.md section 9: about 46).
+For Qwen-7B at s=2048 this gives 45.8 GFLOP/token (docs/qwen.md section 9: about 46).
 Recompute is not counted: this is model FLOPs (MFU), not hardware FLOPs.
 """
 

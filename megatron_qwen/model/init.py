@@ -11,11 +11,10 @@ import math
 import zlib
 
 import torch
-
 from megatron.core import parallel_state
 
 from megatron_qwen.config.model import QwenModelConfig
-from megatron_qwen.model.layout import global_param_names, shard
+from megatron_qwen.model.layout import global_param_names, is_norm, shard
 
 _RESIDUAL_OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
@@ -28,7 +27,7 @@ def _full_shape(param, global_name: str, tp_size: int) -> list[int]:
 
 
 def _draw_full(global_name: str, shape: list[int], cfg: QwenModelConfig, seed: int) -> torch.Tensor:
-    if "layernorm" in global_name or "layer_norm" in global_name:
+    if is_norm(global_name):
         return torch.ones(shape)
     if global_name.endswith(".bias"):
         return torch.zeros(shape)

@@ -12,12 +12,25 @@ import re
 
 import torch
 
-# transformer-engine fuses the pre-attention and pre-MLP norms into the next linear layer.
-_TE_NORM_NAMES = {
-    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
-    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+# transformer-engine fuses the pre-attention and pre-MLP norms into the next linear layer; the
+# local spec keeps them as modules. The one table of both spellings: local prefix -> TE prefix.
+TE_NORM_PREFIXES = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
 }
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
+LAYER_NAME = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")  # (layer index, name inside the layer)
+
+
+def is_norm(global_name: str) -> bool:
+    """RMSNorm weights: input_layernorm, pre_mlp_layernorm and the final layernorm."""
+    return global_name.endswith("layernorm.weight")
+
+
+def _local_spelling(name_in_layer: str) -> str:
+    for local, te in TE_NORM_PREFIXES.items():
+        if name_in_layer.startswith(te):
+            return local + name_in_layer.removeprefix(te)
+    return name_in_layer
 
 
 def global_param_names(model_chunk) -> dict[str, str]:
@@ -27,12 +40,11 @@ def global_param_names(model_chunk) -> dict[str, str]:
     }
     names = {}
     for name, _ in model_chunk.named_parameters():
-        m = _LAYER.match(name)
+        m = LAYER_NAME.match(name)
         if m is None:
             names[name] = name
             continue
-        rest = _TE_NORM_NAMES.get(m.group(2), m.group(2))
-        names[name] = f"decoder.layers.{local_to_global_layer[int(m.group(1))]}.{rest}"
+        names[name] = f"decoder.layers.{local_to_global_layer[int(m.group(1))]}.{_local_spelling(m.group(2))}"
     return names
 
 

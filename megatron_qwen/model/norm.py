@@ -1,7 +1,6 @@
 """RMSNorm that works with sequence parallelism without apex or transformer-engine."""
 
 import torch
-
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 

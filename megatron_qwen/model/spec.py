@@ -23,8 +23,10 @@ from megatron.core.transformer.transformer_block import TransformerBlock, Transf
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_qwen.model.attention import FlashSelfAttention
+from megatron_qwen.model.layout import TE_NORM_PREFIXES
 from megatron_qwen.model.norm import QwenRMSNorm
 from megatron_qwen.platform.backends import BACKENDS
+
 
 def _local_layer_spec(core_attention: type) -> ModuleSpec:
     return ModuleSpec(
@@ -51,10 +53,7 @@ def _local_layer_spec(core_attention: type) -> ModuleSpec:
             mlp_bda=get_bias_dropout_add,
             # Same checkpoint keys as the transformer-engine layer, where the norms are fused
             # into the following linear layers: checkpoints move between back ends.
-            sharded_state_dict_keys_map={
-                "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
-                "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
-            },
+            sharded_state_dict_keys_map=dict(TE_NORM_PREFIXES),
         ),
     )
 

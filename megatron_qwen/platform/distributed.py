@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.platform import cpu_shim
 
 
@@ -15,16 +15,14 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def init_distributed(tensor_model_parallel_size: int, pipeline_model_parallel_size: int,
-                     virtual_pipeline_size: int | None, context_parallel_size: int, seed: int,
-                     timeout_minutes: int = 30) -> None:
+def init_distributed(parallel: ParallelConfig, num_layers: int, seed: int) -> None:
     """Join the job launched by torchrun (or run as a single process) and build the groups."""
     cpu_shim.install_if_needed()
     if not dist.is_initialized():
         if on_gpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         backend = "nccl" if on_gpu() else "gloo"
-        timeout = timedelta(minutes=timeout_minutes)
+        timeout = timedelta(minutes=parallel.distributed_timeout_minutes)
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # launched by torchrun/srun
             dist.init_process_group(backend=backend, timeout=timeout)
         else:  # a lone process: a private rendezvous, leaving the environment untouched
@@ -32,11 +30,11 @@ def init_distributed(tensor_model_parallel_size: int, pipeline_model_parallel_si
                                     rank=0, world_size=1, timeout=timeout)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tensor_model_parallel_size,
-            pipeline_model_parallel_size=pipeline_model_parallel_size,
-            virtual_pipeline_model_parallel_size=virtual_pipeline_size,
-            context_parallel_size=context_parallel_size,
-            distributed_timeout_minutes=timeout_minutes,
+            tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_size(num_layers),
+            context_parallel_size=parallel.context_parallel_size,
+            distributed_timeout_minutes=parallel.distributed_timeout_minutes,
         )
     seed_everything(seed)
 

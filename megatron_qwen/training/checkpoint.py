@@ -9,32 +9,71 @@ import dataclasses
 import os
 import random
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
-
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_qwen.config.arguments import CheckpointSettings, RunConfig
-from megatron_qwen.config.parallel import ConfigError
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.model.builder import unwrap
 from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
 
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout.
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
              "chained_optim_avoid_prefix": True}
-_async_queue = None
 
 
-def due(settings: CheckpointSettings, iteration: int, train_iters: int) -> bool:
-    if not settings.save:
-        return False
-    if iteration == train_iters:
-        return True
-    if settings.exit_interval and iteration % settings.exit_interval == 0:
-        return True
-    return bool(settings.save_interval) and iteration % settings.save_interval == 0
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint restores besides the model, optimizer and schedule."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_iterations: int = 0
+
+    def advance(self, global_batch_size: int, update_successful: bool) -> None:
+        self.iteration += 1
+        self.consumed_samples += global_batch_size
+        self.skipped_iterations += 0 if update_successful else 1
+
+
+class Checkpointer:
+    """Saves and restores one run's model, optimizer, schedule and state under --save/--load,
+    and owns the asynchronous saves still in flight."""
+
+    def __init__(self, cfg: RunConfig, model, optimizer, scheduler):
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self._async_queue = None
+
+    def due(self, iteration: int) -> bool:
+        s = self.cfg.checkpoint
+        if not s.save:
+            return False
+        if iteration == self.cfg.train.train_iters:
+            return True
+        if s.exit_interval and iteration % s.exit_interval == 0:
+            return True
+        return bool(s.save_interval) and iteration % s.save_interval == 0
+
+    def save(self, state: TrainState) -> None:
+        request = _write(self.cfg, state, self.model, self.optimizer, self.scheduler)
+        if request is not None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self._async_queue = self._async_queue or AsyncCallsQueue()
+            self._async_queue.schedule_async_request(request)
+
+    def finish_pending(self, blocking: bool) -> None:
+        """Complete async saves (their tracker update runs only once all ranks have written)."""
+        if self._async_queue is not None:
+            self._async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def load(self) -> TrainState:
+        return _restore(self.cfg, self.model, self.optimizer, self.scheduler)
 
 
 def _layout() -> dict:
@@ -71,10 +110,18 @@ def _model_keys(model) -> list[str]:
     return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
 
 
-def _model_state(model) -> dict:
-    # The DDP wrapper has no sharded state of its own: ask the module it wraps.
-    return {key: chunk.module.sharded_state_dict(metadata=_METADATA)
-            for key, chunk in zip(_model_keys(model), model)}
+def _model_state(chunks) -> dict:
+    # A wrapper (DDP, Float16Module) has no sharded state of its own: ask the GPTModel it wraps.
+    return {key: unwrap(chunk).sharded_state_dict(metadata=_METADATA)
+            for key, chunk in zip(_model_keys(chunks), chunks)}
+
+
+def load_weights(ckpt_dir: str, chunks) -> None:
+    """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout) into this
+    rank's chunks."""
+    loaded = dist_checkpointing.load(_model_state(chunks), ckpt_dir)
+    for key, chunk in zip(_model_keys(chunks), chunks):
+        unwrap(chunk).load_state_dict(loaded[key])
 
 
 def _data_state(cfg: RunConfig) -> dict:
@@ -83,10 +130,10 @@ def _data_state(cfg: RunConfig) -> dict:
             "seq_length": cfg.train.seq_length, "mock_data": cfg.data.mock_data}
 
 
-def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
-    global _async_queue
+def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
+    """Write a checkpoint of ``state``; with --async-save, returns the request still to finish."""
     root = cfg.checkpoint.save
-    iteration = state["iteration"]  # the caller's state moves on while an async save completes
+    iteration = state.iteration  # the caller's state moves on while an async save completes
     ckpt_dir = iteration_dir(root, iteration)
     # Written under a staging name and renamed once whole: iter_* directories are only ever complete.
     staging = ckpt_dir + ".partial"
@@ -99,7 +146,7 @@ def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
     sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=False, metadata=_METADATA)
     sharded["scheduler"] = scheduler.state_dict()
     sharded["rng_state"] = _rng_state()
-    sharded["train_state"] = dict(state)
+    sharded["train_state"] = dataclasses.asdict(state)
     sharded["data_state"] = _data_state(cfg)
     sharded["layout"] = _layout()
     sharded["run_config"] = cfg.to_dict()
@@ -120,41 +167,25 @@ def save(cfg: RunConfig, state: dict, model, optimizer, scheduler) -> None:
             print(f" saved checkpoint at iteration {iteration} to {ckpt_dir}", flush=True)
 
     if cfg.checkpoint.async_save:
-        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
         request = dist_checkpointing.save(sharded, staging, async_sharded_save=True)
         request.add_finalize_fn(finalize)
-        _async_queue = _async_queue or AsyncCallsQueue()
-        _async_queue.schedule_async_request(request)
-    else:
-        dist_checkpointing.save(sharded, staging)
-        dist.barrier()
-        finalize()
-        dist.barrier()
+        return request
+    dist_checkpointing.save(sharded, staging)
+    dist.barrier()
+    finalize()
+    dist.barrier()
+    return None
 
 
-def finish_pending_saves(blocking: bool) -> None:
-    """Complete async saves (their tracker update runs only once all ranks have written)."""
-    if _async_queue is not None:
-        _async_queue.maybe_finalize_async_calls(blocking=blocking)
-
-
-def load(cfg: RunConfig, model, optimizer, scheduler) -> dict:
+def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
-    fresh = {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0}
     s = cfg.checkpoint
     if s.finetune and s.save and latest_iteration(s.save) is not None:
         # A fine-tuning run that already saved: resume it, rather than restart from the base model.
         s = dataclasses.replace(s, load=s.save, finetune=False)
-    if not s.load:
-        return fresh
-    iteration = latest_iteration(s.load)
-    if iteration is None:
-        if s.finetune:
-            raise ConfigError(f"--load {s.load} holds no checkpoint ({TRACKER} is missing) to start from")
-        if dist.get_rank() == 0:
-            print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
-        return fresh
+    iteration = latest_iteration(s.load) if s.load else None
+    if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
+        return TrainState()
     ckpt_dir = iteration_dir(s.load, iteration)
     common = dist_checkpointing.load_common_state_dict(ckpt_dir)
     saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]
@@ -178,18 +209,18 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> dict:
     loaded = dist_checkpointing.load(sharded, ckpt_dir)
 
     for key, chunk in zip(_model_keys(model), model):
-        chunk.module.load_state_dict(loaded[key])
+        unwrap(chunk).load_state_dict(loaded[key])
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
     if s.finetune:
-        state = fresh
+        state = TrainState()
     else:
         scheduler.load_state_dict(common["scheduler"])
-        state = dict(common["train_state"])
+        state = TrainState(**common["train_state"])
         if "rng_state" in loaded:
             _set_rng_state(loaded["rng_state"])
     if dist.get_rank() == 0:
         what = "weights only" if s.finetune else ("model" if not load_optim else "model and optimizer")
         print(f" loaded {what} from {ckpt_dir} (saved at layout {common['layout']}, "
-              f"now {_layout()}); continuing at iteration {state['iteration']}", flush=True)
+              f"now {_layout()}); continuing at iteration {state.iteration}", flush=True)
     return state

@@ -6,8 +6,7 @@
 
 import os
 
-from megatron_qwen.config.arguments import CheckpointSettings
-from megatron_qwen.config.parallel import ConfigError
+from megatron_qwen.config.errors import ConfigError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 
@@ -25,14 +24,3 @@ def latest_iteration(root: str) -> int | None:
         raise ConfigError(f"{path}: expected an iteration number, found {text[:40]!r}; "
                           "fix or delete the file, or point --load at another directory")
     return int(text)
-
-
-def check_paths(settings: CheckpointSettings) -> None:
-    """Fail before any work if --load names something that is not a checkpoint directory."""
-    if settings.load and os.path.exists(settings.load) and not os.path.isdir(settings.load):
-        raise ConfigError(f"--load {settings.load} is a file; pass the directory given to --save")
-    if settings.load and os.path.isdir(settings.load):
-        it = latest_iteration(settings.load)
-        if it is not None and not os.path.isdir(iteration_dir(settings.load, it)):
-            raise ConfigError(f"--load {settings.load}: {TRACKER} names iteration {it} but "
-                              f"{iteration_dir(settings.load, it)} is missing")

@@ -3,7 +3,6 @@
 from dataclasses import dataclass
 
 from megatron_qwen.config.arguments import RunConfig
-from megatron_qwen.config.parallel import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,17 +32,13 @@ def build_datasets(cfg: RunConfig):
     d, t = cfg.data, cfg.train
     if d.mock_data:
         vocab = MockVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
-        return data.build_pretrain_datasets(None, d.split, t.seq_length, t.seed, num_samples(cfg), vocab,
+        return data.build_pretrain_datasets(None, d.split, t.seq_length, cfg.build.seed, num_samples(cfg), vocab,
                                             mock=True, cache_path=d.data_cache_path)
     from megatron_qwen.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(d.tokenizer_model)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
-            f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
+    tokenizer = load_tokenizer(d.tokenizer_model)  # its vocabulary was checked in training/preflight.py
     if d.data_format == "chatml":
-        return data.build_sft_datasets(list(d.data_path), d.split, t.seq_length, t.seed, num_samples(cfg),
+        return data.build_sft_datasets(list(d.data_path), d.split, t.seq_length, cfg.build.seed, num_samples(cfg),
                                        tokenizer, pack=d.pack_sft)
-    return data.build_pretrain_datasets(list(d.data_path), d.split, t.seq_length, t.seed, num_samples(cfg),
+    return data.build_pretrain_datasets(list(d.data_path), d.split, t.seq_length, cfg.build.seed, num_samples(cfg),
                                         tokenizer, mock=False, cache_path=d.data_cache_path)

@@ -1,117 +1,78 @@
 """The training job, top to bottom: processes -> model -> data -> steps -> checkpoints."""
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state
 
 from megatron_qwen.config.arguments import RunConfig
-from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config, wrap_for_training
-from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
+from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
-from megatron_qwen.training import checkpoint
 from megatron_qwen.training.batches import microbatch_loader, next_global_batch
+from megatron_qwen.training.checkpoint import Checkpointer, TrainState
 from megatron_qwen.training.datasets import build_datasets
-from megatron_qwen.training.metrics import MetricsSink, StepRecord, ThroughputMeter, peak_memory_gb
+from megatron_qwen.training.metrics import MetricsSink
 from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
 from megatron_qwen.training.signals import ExitSignal
 from megatron_qwen.training.step import run_microbatches, train_step
 
 
-@dataclass
-class TrainState:
-    iteration: int = 0
-    consumed_samples: int = 0
-    skipped_iterations: int = 0
-
-
 def train(cfg: RunConfig, world_size: int) -> dict:
+    """Run the job ``cfg`` describes; returns the last logged figures (for tests and the demo)."""
     t, p = cfg.train, cfg.parallel
-    init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                     p.virtual_pipeline_size(cfg.model.num_layers), p.context_parallel_size, t.seed,
-                     t.distributed_timeout_minutes)
+    init_distributed(p, cfg.model.num_layers, cfg.build.seed)
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
-    is_reporter = _is_reporter()
-    if dist.get_rank() == 0:
-        print(f"megatron-qwen {cfg.recipe}: {world_size} processes, TP{p.tensor_model_parallel_size} "
-              f"PP{p.pipeline_model_parallel_size} DP{p.data_parallel_size(world_size)}, "
-              f"back end {t.transformer_impl}, {t.precision}", flush=True)
-        print(cfg.describe(), flush=True)
+    _print_banner(cfg, world_size)
 
-    # Model, optimizer, schedule.
-    opts = ModelBuildOptions(backend=t.transformer_impl, precision=t.precision,
-                             hidden_dropout=t.hidden_dropout, attention_dropout=t.attention_dropout,
-                             recompute_granularity=t.recompute_granularity,
-                             recompute_num_layers=t.recompute_num_layers, seed=t.seed)
-    tcfg = transformer_config(cfg.model, p, opts, on_gpu=on_gpu())
-    model = wrap_for_training(build_model_chunks(cfg.model, tcfg, opts), tcfg, p, on_gpu=on_gpu())
-    optimizer = build_optimizer(model, t.optim, bf16=t.precision == "bf16",
+    model = wrap_for_training(build_model(cfg), p)
+    optimizer = build_optimizer(model, t.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=p.use_distributed_optimizer)
     scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
-    state = TrainState(**checkpoint.load(cfg, model, optimizer, scheduler))
+    checkpointer = Checkpointer(cfg, model, optimizer, scheduler)
+    state = checkpointer.load()
 
     # Data: every rank reads its own micro-batches; no broadcast needed.
     train_ds, valid_ds, _ = build_datasets(cfg)
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
     num_mb = cfg.num_microbatches(world_size)
     loader = microbatch_loader(train_ds, state.consumed_samples, t.global_batch_size, t.micro_batch_size,
-                               dp_rank, dp_size, cfg.data.num_workers)
+                               *_data_parallel_rank_and_size(), cfg.data.num_workers)
 
-    sink = MetricsSink(cfg.log, is_reporter, cfg.to_dict())
-    device_name = torch.cuda.get_device_name() if on_gpu() else "cpu"
-    meter = ThroughputMeter(training_flops_per_token(cfg.model, t.seq_length), world_size, peak_tflops(device_name))
-    tokens_per_iter = t.global_batch_size * t.seq_length
+    sink = MetricsSink(cfg, world_size)
     exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler)
-    last = {}
     while state.iteration < t.train_iters:
         batches = next_global_batch(loader, num_mb)
         loss, grad_norm, ok = train_step(model, optimizer, scheduler, [iter(batches) for _ in model], num_mb,
                                          t.seq_length, t.micro_batch_size, t.global_batch_size, device)
-        state.iteration += 1
-        state.consumed_samples += t.global_batch_size
-        state.skipped_iterations += 0 if ok else 1
-        per_iter, tps, tps_gpu, tflops, mfu = meter.lap(tokens_per_iter)
-        if is_reporter:
-            rec = StepRecord(
-                iteration=state.iteration, train_iters=t.train_iters, consumed_samples=state.consumed_samples,
-                consumed_tokens=state.consumed_samples * t.seq_length, lm_loss=loss,
-                lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
-                skipped_iterations=state.skipped_iterations, elapsed_s=per_iter, tokens_per_sec=tps,
-                tokens_per_sec_per_gpu=tps_gpu, tflops_per_gpu=tflops, mfu=mfu, peak_memory_gb=peak_memory_gb(),
-            )
-            console = state.iteration % cfg.log.log_interval == 0 or state.iteration == t.train_iters
-            sink.log_step(rec, console)
-            last = rec.json()
+        state.advance(t.global_batch_size, ok)
+        sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
+                      optimizer.param_groups[0]["lr"], grad_norm)
         if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
-            val = evaluate(cfg, model, valid_ds, num_mb, dp_rank, dp_size, device)
-            if is_reporter:
-                sink.log_eval(state.iteration, val)
-                last["validation_loss"] = val
-        checkpoint.finish_pending_saves(blocking=False)
-        stop = exit_signal.received()
-        if checkpoint.due(cfg.checkpoint, state.iteration, t.train_iters) or (stop and cfg.checkpoint.save):
-            checkpoint.save(cfg, state.__dict__, model, optimizer, scheduler)
-        if stop:
-            if dist.get_rank() == 0:
-                print(f" exit signal received: stopping after iteration {state.iteration}", flush=True)
+            sink.log_eval(state.iteration, evaluate(cfg, model, valid_ds, num_mb, device))
+        if _save_or_exit(cfg, checkpointer, state, exit_signal):
             break
-        if cfg.checkpoint.exit_interval and state.iteration % cfg.checkpoint.exit_interval == 0:
-            break
-        meter.restart()
-    checkpoint.finish_pending_saves(blocking=True)
+        sink.meter.restart()  # evaluation and checkpoint time stay out of the next step's figures
+    checkpointer.finish_pending(blocking=True)
     sink.close()
-    return last
+    return sink.last
 
 
-def evaluate(cfg: RunConfig, model, dataset, num_mb: int, dp_rank: int, dp_size: int, device) -> float | None:
+def _save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState, exit_signal: ExitSignal) -> bool:
+    """Save when due, or before stopping on SIGTERM or --exit-interval; True when the run stops now."""
+    checkpointer.finish_pending(blocking=False)
+    exit_interval = cfg.checkpoint.exit_interval
+    signalled = exit_signal.received()
+    if checkpointer.due(state.iteration) or (signalled and cfg.checkpoint.save):
+        checkpointer.save(state)
+    if signalled and dist.get_rank() == 0:
+        print(f" exit signal received: stopping after iteration {state.iteration}", flush=True)
+    return signalled or bool(exit_interval and state.iteration % exit_interval == 0)
+
+
+def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> float | None:
     """Mean loss over ``--eval-iters`` global batches from the start of the validation split."""
     t = cfg.train
     for chunk in model:
         chunk.eval()
-    loader = microbatch_loader(dataset, 0, t.global_batch_size, t.micro_batch_size, dp_rank, dp_size)
+    loader = microbatch_loader(dataset, 0, t.global_batch_size, t.micro_batch_size, *_data_parallel_rank_and_size())
     losses = []
     with torch.no_grad():
         for _ in range(min(cfg.log.eval_iters, len(dataset) // t.global_batch_size)):
@@ -125,8 +86,15 @@ def evaluate(cfg: RunConfig, model, dataset, num_mb: int, dp_rank: int, dp_size:
     return sum(losses) / len(losses)
 
 
-def _is_reporter() -> bool:
-    """The last pipeline stage's first rank: it alone knows the loss without communication."""
-    return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
+def _data_parallel_rank_and_size() -> tuple[int, int]:
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
+def _print_banner(cfg: RunConfig, world_size: int) -> None:
+    if dist.get_rank() != 0:
+        return
+    p = cfg.parallel
+    print(f"megatron-qwen {cfg.recipe}: {world_size} processes, TP{p.tensor_model_parallel_size} "
+          f"PP{p.pipeline_model_parallel_size} DP{p.data_parallel_size(world_size)}, "
+          f"back end {cfg.build.transformer_impl}, {cfg.build.precision}", flush=True)
+    print(cfg.describe(), flush=True)

@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import LogSettings
+from megatron_qwen.config.arguments import LogSettings, RunConfig
+from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
 
 
 @dataclass
@@ -19,7 +21,7 @@ class StepRecord:
     train_iters: int
     consumed_samples: int
     consumed_tokens: int
-    lm_loss: float
+    lm_loss: float | None
     lr: float
     grad_norm: float | None
     skipped_iterations: int
@@ -29,7 +31,6 @@ class StepRecord:
     tflops_per_gpu: float
     mfu: float | None  # model FLOPs utilization, None without a known peak (CPU)
     peak_memory_gb: float | None
-    loss_scale: float | None = None
 
     def line(self) -> str:
         parts = [
@@ -46,8 +47,6 @@ class StepRecord:
             f"MFU: {self.mfu * 100:.1f}%" if self.mfu is not None else "MFU: n/a",
             f"ETA: {_duration(self.elapsed_s * (self.train_iters - self.iteration))}",
         ]
-        if self.loss_scale is not None:
-            parts.append(f"loss scale: {self.loss_scale:.1f}")
         if self.peak_memory_gb is not None:
             parts.append(f"peak mem (GB): {self.peak_memory_gb:.2f}")
         return " " + " | ".join(parts) + " |"
@@ -69,15 +68,26 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsSink:
-    """Console, JSONL file, tensorboard and wandb, for the one rank that reports."""
+    """Console, JSONL file, tensorboard and wandb. Only the last pipeline stage's first rank
+    reports (it alone knows the loss without communication); on every other rank this is a no-op."""
 
-    def __init__(self, settings: LogSettings, is_reporter: bool, run_config: dict):
-        self.is_reporter = is_reporter
+    def __init__(self, cfg: RunConfig, world_size: int):
+        self.settings = cfg.log
+        self.train_iters, self.seq_length = cfg.train.train_iters, cfg.train.seq_length
+        self.tokens_per_iteration = cfg.train.global_batch_size * cfg.train.seq_length
+        self.is_reporter = (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+                            and parallel_state.get_tensor_model_parallel_rank() == 0
+                            and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.meter = ThroughputMeter(training_flops_per_token(cfg.model, cfg.train.seq_length), world_size,
+                                     peak_tflops(device))
+        self.last: dict = {}  # the last logged figures, returned by train()
         self.metrics_file = None
         self.tb = None
         self.wandb_run = None
-        if not is_reporter:
+        if not self.is_reporter:
             return
+        settings, run_config = cfg.log, cfg.to_dict()
         if settings.metrics_file:
             os.makedirs(os.path.dirname(os.path.abspath(settings.metrics_file)), exist_ok=True)
             self.metrics_file = open(settings.metrics_file, "a", buffering=1)
@@ -89,15 +99,24 @@ class MetricsSink:
         if settings.wandb_project:
             self.wandb_run = _start_wandb(settings, run_config)
 
-    def log_step(self, rec: StepRecord, console: bool) -> None:
+    def log_step(self, iteration: int, consumed_samples: int, skipped_iterations: int, loss: float | None,
+                 lr: float, grad_norm: float | None) -> None:
         """Every iteration goes to the metrics file and dashboards; the console gets every
-        --log-interval-th."""
+        --log-interval-th (and the last)."""
+        seconds, tps, tps_gpu, tflops, mfu = self.meter.lap(self.tokens_per_iteration)
         if not self.is_reporter:
             return
-        if console:
+        rec = StepRecord(
+            iteration=iteration, train_iters=self.train_iters, consumed_samples=consumed_samples,
+            consumed_tokens=consumed_samples * self.seq_length, lm_loss=loss, lr=lr, grad_norm=grad_norm,
+            skipped_iterations=skipped_iterations, elapsed_s=seconds, tokens_per_sec=tps,
+            tokens_per_sec_per_gpu=tps_gpu, tflops_per_gpu=tflops, mfu=mfu, peak_memory_gb=peak_memory_gb(),
+        )
+        if iteration % self.settings.log_interval == 0 or iteration == self.train_iters:
             print(rec.line(), flush=True)
+        self.last = rec.json()
         if self.metrics_file:
-            self.metrics_file.write(json.dumps(rec.json()) + "\n")
+            self.metrics_file.write(json.dumps(self.last) + "\n")
         scalars = {
             "train/lm_loss": rec.lm_loss, "train/lr": rec.lr, "train/grad_norm": rec.grad_norm,
             "throughput/tokens_per_sec_per_gpu": rec.tokens_per_sec_per_gpu,
@@ -106,9 +125,10 @@ class MetricsSink:
         }
         self._scalars(scalars, rec.iteration)
 
-    def log_eval(self, iteration: int, loss: float, split: str = "validation") -> None:
-        if not self.is_reporter:
+    def log_eval(self, iteration: int, loss: float | None, split: str = "validation") -> None:
+        if not self.is_reporter or loss is None:
             return
+        self.last[f"{split}_loss"] = loss
         ppl = math.exp(min(loss, 50.0))
         print(f" {split} loss at iteration {iteration} | lm loss: {loss:.6E} | lm loss PPL: {ppl:.6E} |",
               flush=True)

@@ -1,7 +1,6 @@
 """AdamW (megatron-core's optimizer, distributed or not) and the learning-rate schedule."""
 
 import torch
-
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler

@@ -10,10 +10,11 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_batch_on_this_cp_rank
+
+from megatron_qwen.model.builder import unwrap
 
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
@@ -38,9 +39,7 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 
 def forward_step(data_iterator: Iterator[dict], model, device):
-    chunk = model
-    while hasattr(chunk, "module"):  # DDP -> Float16Module -> GPTModel
-        chunk = chunk.module
+    chunk = unwrap(model)
     batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
     output = model(
         batch.get("tokens"), batch.get("position_ids"), batch.get("attention_mask"),

@@ -14,16 +14,15 @@ import os
 
 import torch
 import torch.distributed as dist
-
 from megatron.core import parallel_state
 
-from megatron_qwen.config.model import model_preset
-from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.model.builder import ModelBuildOptions, build_model_chunks, transformer_config, wrap_for_training
+from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.config.optimizer import OptimizerSettings
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.model.layout import global_param_names
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.batches import collate, microbatch_indices
-from megatron_qwen.config.optimizer import OptimizerSettings
 from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
 from megatron_qwen.training.step import run_microbatches, train_step
 
@@ -79,17 +78,19 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    cfg = model_preset("tiny")
-    par = ParallelConfig(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp,
-                         num_layers_per_virtual_pipeline_stage=a.vp_layers, sequence_parallel=a.sp,
-                         use_distributed_optimizer=a.distopt, overlap_grad_reduce=a.overlap,
-                         overlap_param_gather=a.overlap and a.distopt)
+    flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
+             "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp)]
+    flags += ["--num-layers-per-virtual-pipeline-stage", str(a.vp_layers)] if a.vp_layers else []
+    flags += ["--sequence-parallel"] if a.sp else []
+    flags += ["--use-distributed-optimizer"] if a.distopt else []
+    flags += ["--overlap-grad-reduce"] if a.overlap else []
+    flags += ["--overlap-param-gather"] if a.overlap and a.distopt else []
+    flags += ["--recompute-granularity", a.recompute] if a.recompute else []
+    cfg = parse_run_config(PRETRAIN, flags)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    par.validate(world, cfg.num_layers, cfg.num_attention_heads, cfg.padded_vocab_size)
-    init_distributed(a.tp, a.pp, par.virtual_pipeline_size(cfg.num_layers), 1, SEED)
-    opts = ModelBuildOptions(seed=SEED, recompute_granularity=a.recompute)
-    tcfg = transformer_config(cfg, par, opts, on_gpu=False)
-    model = wrap_for_training(build_model_chunks(cfg, tcfg, opts), tcfg, par, on_gpu=False)
+    cfg.parallel.validate(world, cfg.model.num_layers, cfg.model.num_attention_heads, cfg.model.padded_vocab_size)
+    init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
+    model = wrap_for_training(build_model(cfg), cfg.parallel)
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
     optimizer = build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
     scheduler = build_scheduler(optimizer, settings, STEPS, GLOBAL_BATCH)
@@ -100,7 +101,7 @@ def main():
 
     def batches(step):
         idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
-        return [collate([sample(i, cfg.vocab_size) for i in mb]) for mb in idx]
+        return [collate([sample(i, cfg.model.vocab_size) for i in mb]) for mb in idx]
 
     os.makedirs(a.out, exist_ok=True)
     rank = dist.get_rank()
