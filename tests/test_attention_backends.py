@@ -1,8 +1,10 @@
-"""The flash-attn back end computes what megatron-core's local attention computes.
+"""The fused attention back ends compute what megatron-core's local attention computes.
 
-flash-attn needs CUDA, so its kernel is stood in for by torch's scaled_dot_product_attention
-under flash-attn's calling convention ([batch, seq, heads, dim], causal flag, softmax scale):
-what is tested is our module's layout handling inside the Qwen layer spec.
+sdpa runs as it is (PyTorch's kernel exists on the CPU too). flash-attn needs CUDA, so its
+kernel is stood in for by torch's scaled_dot_product_attention under flash-attn's calling
+convention ([batch, seq, heads, dim], causal flag, softmax scale): what is tested is our
+module's layout handling inside the Qwen layer spec. Training parity of sdpa at parallel
+layouts: tests/test_parity.py.
 """
 
 import pytest
@@ -53,10 +55,16 @@ def test_flash_backend_matches_local(single_process):
     assert torch.allclose(logits("flash", changed)[:, :-1], flash[:, :-1], atol=1e-6)
 
 
-def test_packed_samples_do_not_attend_across_boundaries(single_process):
+def test_sdpa_backend_matches_local(single_process):
+    tokens = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert (logits("local", tokens) - logits("sdpa", tokens)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["local", "sdpa"])
+def test_packed_samples_do_not_attend_across_boundaries(single_process, backend):
     """A packed SFT sample (block-diagonal causal mask, positions restarting per conversation)
     gives each conversation the logits it has alone."""
-    (model,) = build_model(tiny("local"))
+    (model,) = build_model(tiny(backend))
     g = torch.Generator().manual_seed(1)
     a, b = torch.randint(0, 1000, (1, 10), generator=g), torch.randint(0, 1000, (1, 14), generator=g)
     packed = torch.cat([a, b], dim=1)

@@ -31,6 +31,12 @@ LAYOUTS = {
     "tp2_pp2_vp2_sp": (4, ["--tp", "2", "--pp", "2", "--vp-layers", "1", "--sp"]),
     "recompute_full": (1, ["--recompute", "full"]),
     "tp2_recompute_selective": (2, ["--tp", "2", "--recompute", "selective"]),
+    # PyTorch's fused attention against the local reference, over the layouts that move attention
+    # inputs around (TP heads, SP, interleaved pipeline) and the recompute paths.
+    "sdpa": (1, ["--transformer-impl", "sdpa"]),
+    "sdpa_tp2_pp2_vp2_sp": (4, ["--transformer-impl", "sdpa", "--tp", "2", "--pp", "2", "--vp-layers", "1", "--sp"]),
+    "sdpa_tp2_dp2_recompute_selective": (4, ["--transformer-impl", "sdpa", "--tp", "2", "--recompute", "selective"]),
+    "sdpa_recompute_full": (1, ["--transformer-impl", "sdpa", "--recompute", "full"]),
 }
 
 

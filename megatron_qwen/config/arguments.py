@@ -8,6 +8,7 @@ from megatron_qwen.config.model import BuildSettings, QwenModelConfig, model_pre
 from megatron_qwen.config.optimizer import OptimizerSettings
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS, available_backend
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,10 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--norm-epsilon", type=float, default=None, help="override the preset")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="with --vocab-size: pad the embedding rows to a multiple of this (the same at every TP)")
-    g.add_argument("--transformer-impl", default="auto", choices=["auto", "transformer_engine", "local", "flash"],
-                   help="layer back end; auto picks transformer_engine, then flash-attn, then local")
+    g.add_argument("--transformer-impl", default="auto",
+                   choices=["auto", "transformer_engine", "flash", "sdpa", "local"],
+                   help="layer back end; auto picks transformer_engine, then flash-attn, then torch sdpa on a GPU, "
+                        "and local on the CPU")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
     g.add_argument("--hidden-dropout", type=float, default=recipe.hidden_dropout)
     g.add_argument("--attention-dropout", type=float, default=recipe.attention_dropout)
@@ -237,9 +240,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 
 
 def _resolve_backend(flag: str) -> str:
-    from megatron_qwen.platform.backends import available_backend
-
-    return {"auto": available_backend(), "transformer_engine": "te", "local": "local", "flash": "flash"}[flag]
+    return available_backend() if flag == "auto" else {"transformer_engine": "te"}.get(flag, flag)
 
 
 def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
@@ -299,9 +300,10 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     data = DataSettings(
         data_format=recipe.data_format, mock_data=args.mock_data, data_path=tuple(args.data_path),
         split=args.split, tokenizer_model=args.tokenizer_model, data_cache_path=args.data_cache_path,
-        # Packed samples carry block-diagonal attention masks, which megatron-core's local attention
-        # honours; the fused GPU kernels run plain causal attention, so there each sample is padded.
-        pack_sft=not args.no_pack_sft and build.transformer_impl == "local", num_workers=args.num_workers,
+        # Packed samples carry block-diagonal attention masks; back ends that run plain causal
+        # attention (transformer-engine, flash-attn) pad each sample instead.
+        pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS,
+        num_workers=args.num_workers,
     )
     log = LogSettings(
         log_interval=args.log_interval, eval_interval=args.eval_interval, eval_iters=args.eval_iters,

@@ -1,12 +1,20 @@
-"""Core attention on flash-attn for the local (non transformer-engine) layer spec.
+"""Fused core attention for the local (non transformer-engine) layer spec.
 
-megatron-core's local ``DotProductAttention`` materializes the full score matrix; on a GPU
-without transformer-engine this module calls flash-attn instead. Same constructor and forward
-contract as ``DotProductAttention``, so the layer spec can swap one for the other.
+megatron-core's local ``DotProductAttention`` materializes the full [b, heads, s, s] score
+matrix in the activation dtype. Two drop-in replacements, with its constructor and forward
+contract so the layer spec swaps one for the other:
+
+- ``SDPASelfAttention``: ``torch.nn.functional.scaled_dot_product_attention``, i.e. PyTorch's own
+  flash / memory-efficient / cuDNN kernels on a GPU (nothing to install) and a plain kernel on
+  the CPU. It honours an explicit mask, so packed SFT samples keep their block-diagonal attention.
+- ``FlashSelfAttention``: the flash-attn package (GPU only), causal attention without masks.
 """
 
 from typing import Optional
 
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -17,7 +25,10 @@ except ImportError:  # CPU machines: the spec never selects this module there
     flash_attn_func = None
 
 
-class FlashSelfAttention(MegatronModule):
+class _FusedSelfAttention(MegatronModule):
+    """What both kernels share: megatron-core's constructor arguments and the [s, b, heads, dim]
+    layout; subclasses compute attention on [b, heads, s, dim] (sdpa) or [b, s, heads, dim]."""
+
     def __init__(
         self,
         config: TransformerConfig,
@@ -30,8 +41,6 @@ class FlashSelfAttention(MegatronModule):
         pg_collection=None,
     ):
         super().__init__(config=config)
-        if flash_attn_func is None:
-            raise ImportError("FlashSelfAttention needs the flash-attn package (pip install flash-attn)")
         if config.context_parallel_size != 1:
             raise ValueError("--context-parallel-size > 1 needs transformer-engine attention")
         self.causal = attn_mask_type == AttnMaskType.causal
@@ -41,14 +50,44 @@ class FlashSelfAttention(MegatronModule):
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("FlashSelfAttention supports neither packed sequences nor attention bias")
-        # megatron-core hands [s, b, heads, head_dim]; flash-attn wants [b, s, heads, head_dim].
-        q, k, v = (t.transpose(0, 1) for t in (query, key, value))
-        out = flash_attn_func(
-            q, k, v,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            softmax_scale=self.softmax_scale,
-            causal=self.causal,
-        )
+            raise ValueError(f"{type(self).__name__} supports neither packed sequences nor attention bias")
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0 and not self.config.sequence_parallel:
+            # Heads are split over tensor-parallel ranks: each rank drops with its own RNG stream,
+            # as megatron-core's local attention does.
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                out = self._attend(query, key, value, attention_mask, dropout_p)
+        else:
+            out = self._attend(query, key, value, attention_mask, dropout_p)
         s, b = query.shape[0], query.shape[1]
-        return out.transpose(0, 1).reshape(s, b, -1)
+        return out.reshape(s, b, -1)
+
+    def _attend(self, query, key, value, attention_mask, dropout_p) -> torch.Tensor:
+        """[s, b, heads, dim] inputs -> [s, b, heads, dim] output."""
+        raise NotImplementedError
+
+
+class SDPASelfAttention(_FusedSelfAttention):
+    def _attend(self, query, key, value, attention_mask, dropout_p):
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # -> [b, heads, s, dim]
+        if attention_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.causal,
+                                                 scale=self.softmax_scale)
+        else:  # megatron-core's mask: True = masked out; sdpa's boolean mask: True = attend
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, dropout_p=dropout_p,
+                                                 scale=self.softmax_scale)
+        return out.permute(2, 0, 1, 3)
+
+
+class FlashSelfAttention(_FusedSelfAttention):
+    def __init__(self, config: TransformerConfig, *args, **kwargs):
+        if flash_attn_func is None:
+            raise ImportError("FlashSelfAttention needs the flash-attn package (pip install flash-attn)")
+        super().__init__(config, *args, **kwargs)
+
+    def _attend(self, query, key, value, attention_mask, dropout_p):
+        if attention_mask is not None:
+            raise ValueError("FlashSelfAttention runs causal attention only; pass no attention mask")
+        q, k, v = (t.transpose(0, 1) for t in (query, key, value))  # -> [b, s, heads, dim]
+        out = flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=self.softmax_scale, causal=self.causal)
+        return out.transpose(0, 1)

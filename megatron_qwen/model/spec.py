@@ -4,10 +4,11 @@ Qwen differs from megatron-core's stock GPT layer only in its choice of componen
 TransformerConfig (RMSNorm, SwiGLU, bias on QKV only) and the specs below select: no subclass
 of any megatron-core module is needed.
 
-Three back ends, chosen once at build time:
+Four back ends, chosen once at build time:
 - ``te``: transformer-engine's fused modules (GPU with transformer-engine installed);
 - ``flash``: megatron-core's local modules with flash-attn core attention (GPU without TE);
-- ``local``: megatron-core's local modules with its torch attention (CPU, tests).
+- ``sdpa``: megatron-core's local modules with PyTorch's fused attention (any GPU, nothing to install);
+- ``local``: megatron-core's local modules with its unfused torch attention (CPU, the reference).
 """
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -22,7 +23,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-from megatron_qwen.model.attention import FlashSelfAttention
+from megatron_qwen.model.attention import FlashSelfAttention, SDPASelfAttention
 from megatron_qwen.model.layout import TE_NORM_PREFIXES
 from megatron_qwen.model.norm import QwenRMSNorm
 from megatron_qwen.platform.backends import BACKENDS
@@ -63,6 +64,8 @@ def qwen_layer_spec(backend: str) -> ModuleSpec:
         return get_gpt_layer_with_transformer_engine_spec()
     if backend == "flash":
         return _local_layer_spec(FlashSelfAttention)
+    if backend == "sdpa":
+        return _local_layer_spec(SDPASelfAttention)
     if backend == "local":
         return _local_layer_spec(DotProductAttention)
     raise ValueError(f"unknown --transformer-impl {backend!r}; choose one of {', '.join(BACKENDS)}")

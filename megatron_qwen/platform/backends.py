@@ -4,15 +4,18 @@ import importlib.util
 
 import torch
 
-BACKENDS = ("te", "flash", "local")
+BACKENDS = ("te", "flash", "sdpa", "local")
+# Back ends whose attention honours an explicit mask, so packed SFT samples stay apart.
+MASKED_ATTENTION_BACKENDS = ("sdpa", "local")
 
 
 def available_backend() -> str:
-    """transformer-engine, else flash-attn, on a GPU; megatron-core's local modules otherwise."""
+    """On a GPU: transformer-engine, else flash-attn, else PyTorch's own fused attention (sdpa).
+    On the CPU: megatron-core's local modules, the reference every other back end is tested against."""
     if not torch.cuda.is_available():
         return "local"
     if importlib.util.find_spec("transformer_engine") is not None:
         return "te"
     if importlib.util.find_spec("flash_attn") is not None:
         return "flash"
-    return "local"
+    return "sdpa"

@@ -1,14 +1,19 @@
 """Process groups: torch.distributed (nccl on GPU, gloo on CPU) and megatron-core's TP/PP/CP/DP groups."""
 
+from __future__ import annotations
+
 import os
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.platform import cpu_shim
+
+if TYPE_CHECKING:  # the platform layer sits below config: no import at run time
+    from megatron_qwen.config.parallel import ParallelConfig
 
 
 def on_gpu() -> bool:

@@ -75,11 +75,13 @@ def main():
     ap.add_argument("--distopt", action="store_true")
     ap.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather with --distopt)")
     ap.add_argument("--recompute", choices=["full", "selective"], default=None)
+    ap.add_argument("--transformer-impl", default="local")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
     flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
-             "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp)]
+             "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp),
+             "--transformer-impl", a.transformer_impl]
     flags += ["--num-layers-per-virtual-pipeline-stage", str(a.vp_layers)] if a.vp_layers else []
     flags += ["--sequence-parallel"] if a.sp else []
     flags += ["--use-distributed-optimizer"] if a.distopt else []
