@@ -1,10 +1,11 @@
 """Recipe defaults follow the Qwen report, and the LR schedules are the ones it describes."""
 
 import math
+import re
 
 import pytest
 
-from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.config.arguments import build_parser, parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH
 from megatron_qwen.training.optimizer import build_scheduler
 
@@ -49,15 +50,56 @@ def test_code_qwen_three_percent_warmup_then_constant():
     assert cfg7.train.optim.lr == 3e-5
 
 
-def test_sft_recipes_match_report():
-    sft = parse_run_config(SFT, ["--mock-data"]).train
-    assert (sft.seq_length, sft.global_batch_size, sft.train_iters, sft.optim.lr_warmup_iters, sft.optim.lr) == \
-        (2048, 128, 4000, 1430, 2e-6)
-    assert sft.hidden_dropout == sft.attention_dropout == 0.1
-    math_ = parse_run_config(SFT_MATH, ["--mock-data"]).train
-    assert (math_.seq_length, math_.optim.lr, math_.train_iters) == (1024, 2e-5, 50_000)
-    for o in (sft.optim, math_.optim):
-        assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.weight_decay, o.clip_grad) == (0.9, 0.95, 1e-8, 0.1, 1.0)
+def test_chat_sft_warms_up_for_1430_steps_then_holds_2e_6():
+    """The report's chat SFT: 4000 steps, linear warmup over 1430 steps to 2e-6, then constant."""
+    cfg, lr = lr_curve(SFT, [], gbs=128)
+    peak = 2e-6
+    assert len(lr) - 1 == cfg.train.train_iters == 4000  # the schedule spans the report's 4000 steps
+    assert lr[0] == 0.0
+    assert lr[1] == pytest.approx(peak / 1430)  # linear warmup, hand-computed
+    assert lr[715] == pytest.approx(peak / 2)
+    assert lr[1429] == pytest.approx(peak * 1429 / 1430) and lr[1429] < peak
+    assert all(lr[i] == pytest.approx(peak, rel=1e-12) for i in range(1430, 4001))
+
+
+def test_math_sft_holds_2e_5_to_step_50000():
+    """Math-Qwen SFT: peak 2e-5, never decayed, over the report's 50,000 steps."""
+    cfg, lr = lr_curve(SFT_MATH, [], gbs=128)
+    peak = 2e-5
+    assert len(lr) - 1 == cfg.train.train_iters == 50_000
+    values = [lr[i] for i in range(50_001)]
+    assert all(b >= a for a, b in zip(values, values[1:]))  # warmup only: no decay anywhere
+    assert max(values) == pytest.approx(peak) and values[-1] == pytest.approx(peak)
+    assert values[25_000] == pytest.approx(peak)
+
+
+def test_sft_flags_override_the_recipe():
+    cfg, lr = lr_curve(SFT, ["--lr", "1e-5", "--lr-warmup-iters", "10", "--train-iters", "40",
+                             "--hidden-dropout", "0"], gbs=4)
+    assert lr[5] == pytest.approx(1e-5 / 2)
+    assert all(lr[i] == pytest.approx(1e-5) for i in range(10, 41))
+    assert cfg.build.hidden_dropout == 0.0  # overridden ...
+    default = parse_run_config(SFT, ["--mock-data"])
+    assert cfg.build.attention_dropout == default.build.attention_dropout > 0  # ... and the other kept
+
+
+def test_short_sft_run_shortens_the_warmup_to_reach_its_peak():
+    """A run shorter than the recipe's 1430 warmup steps still reaches its peak LR, by its last step."""
+    _, lr = lr_curve(SFT, ["--train-iters", "100"], gbs=4)
+    values = [lr[i] for i in range(101)]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(2e-6) and values[50] < 2e-6
+
+
+def test_sft_help_shows_the_values_the_job_uses():
+    """--help states the recipe's peak LR and global batch, and they are the ones a run gets."""
+    for recipe in (SFT, SFT_MATH):
+        help_text = " ".join(build_parser(recipe).format_help().split())
+        t = parse_run_config(recipe, ["--mock-data"]).train
+        lr = re.search(r"--lr LR peak LR \(recipe: ([^)]+)\)", help_text)
+        gbs = re.search(r"sequences per step \(recipe: (\d+)", help_text)
+        assert lr and gbs, help_text
+        assert float(lr.group(1)) == t.optim.lr and int(gbs.group(1)) == t.global_batch_size
 
 
 def test_pretrain_batch_is_four_million_tokens_for_published_sizes():
