@@ -164,8 +164,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                    help="layer back end; auto picks transformer_engine, then flash-attn, then torch sdpa on a GPU, "
                         "and local on the CPU")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights)")
-    g.add_argument("--hidden-dropout", type=float, default=recipe.hidden_dropout)
-    g.add_argument("--attention-dropout", type=float, default=recipe.attention_dropout)
+    g.add_argument("--hidden-dropout", type=float, default=recipe.hidden_dropout, help="dropout after each block")
+    g.add_argument("--attention-dropout", type=float, default=recipe.attention_dropout,
+                   help="dropout on attention probabilities")
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     g.add_argument("--recompute-num-layers", type=int, default=1)
     g.add_argument("--seed", type=int, default=BuildSettings.seed)
@@ -185,20 +186,26 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--distributed-timeout-minutes", type=int, default=ParallelConfig.distributed_timeout_minutes)
 
     g = p.add_argument_group("training")
-    g.add_argument("--train-iters", type=int, default=recipe.train_iters)
-    g.add_argument("--micro-batch-size", type=int, default=recipe.micro_batch_size)
+    g.add_argument("--train-iters", type=int, default=recipe.train_iters, help="optimizer steps")
+    g.add_argument("--micro-batch-size", type=int, default=recipe.micro_batch_size,
+                   help="sequences per forward pass on one data-parallel rank")
     g.add_argument("--global-batch-size", type=int, default=None,
                    help=f"sequences per step (recipe: {recipe.global_batch_size}, or its per-size value)")
-    g.add_argument("--seq-length", type=int, default=recipe.seq_length)
+    g.add_argument("--seq-length", type=int, default=recipe.seq_length, help="tokens per sequence")
     g.add_argument("--lr", type=float, default=None, help=f"peak LR (recipe: {recipe.lr})")
     g.add_argument("--min-lr", type=float, default=None,
                    help=f"final LR (recipe: {recipe.min_lr_ratio:g} x peak)")
-    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default=recipe.lr_decay_style)
-    g.add_argument("--lr-warmup-iters", type=int, default=None)
-    g.add_argument("--lr-warmup-fraction", type=float, default=None)
-    g.add_argument("--lr-decay-iters", type=int, default=None)
-    for name in ("weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name))
+    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default=recipe.lr_decay_style,
+                   help="LR after the warmup")
+    recipe_warmup = (f"{recipe.lr_warmup_fraction:.0%} of --train-iters" if recipe.lr_warmup_fraction
+                     else f"{recipe.lr_warmup_iters} iterations, shortened for shorter runs")
+    g.add_argument("--lr-warmup-iters", type=int, default=None, help=f"linear warmup (recipe: {recipe_warmup})")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None, help="warmup as a fraction of --train-iters")
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="decay horizon (recipe: --train-iters)")
+    for name, what in (("weight_decay", "AdamW decoupled weight decay"), ("adam_beta1", "AdamW beta1"),
+                       ("adam_beta2", "AdamW beta2"), ("adam_eps", "AdamW epsilon"),
+                       ("clip_grad", "gradient norm clipping")):
+        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name), help=what)
 
     g = p.add_argument_group("data")
     g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic GPT data, no files needed")
