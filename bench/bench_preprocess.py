@@ -1,42 +1,40 @@
-"""Preprocessing throughput: our tool vs the raw tokenizer vs a Megatron-LM-style pool.
+"""Preprocessing throughput: tools/preprocess_data.py, timed from outside, against the raw tokenizer.
 
-    python bench/bench_preprocess.py [--mb 100] [--threads 2] [--peer-mb 20]
+    python bench/bench_preprocess.py            # corpus of 100 and 200 MB, best of 3 rounds (~5 min on 2 CPUs)
+    python bench/bench_preprocess.py --quick    # 20 and 40 MB, best of 2 rounds (~1 min)
 
-Builds a deterministic mixed corpus (Python stdlib source as code, generated English prose,
-generated Chinese prose) as jsonl, then measures on it, in this one process and run:
-  raw:  tiktoken encode_ordinary_batch(1000 texts, num_threads), over the texts already in memory
-  tool: megatron_qwen's preprocessing (read, orjson parse, encode, write .bin/.idx), tokenizer loaded;
-        also on the corpus cut into 2 x threads files, as `threads` processes of one thread each
-  peer: Megatron-LM's scheme, multiprocessing.Pool(threads) doing json.loads + encode per line,
-        written with IndexedDatasetBuilder.add_document (on the first --peer-mb MB, it is slow)
-Raw and tool alternate for --rounds rounds; prints every round, the median tool/raw ratio and
-the peer figure. Never fails on timing.
+Builds a deterministic jsonl corpus (no downloads): Python standard-library source as code, English
+prose drawn from the stdlib's word frequencies, Chinese prose from 500 common characters; and its
+first half as a second file. Then, in rounds, it times on both files:
+  raw:    tiktoken's encode_ordinary_batch (--raw-threads threads, 1000 texts at a time) over the
+          texts already in memory, in this process; no NFC check, no parsing, no writing
+  tool:   `python tools/preprocess_data.py --input FILE --output-prefix ... --append-eod` as its own
+          process, wall-clock: once with `--workers 2` (Megatron-LM users' habit) and once with the defaults
+Every rate is a steady state, (tokens of the full corpus - tokens of its half) / (best time on the
+full corpus - best time on the half), so start-up (imports, loading the tokenizer, filling the
+pipeline) cancels. Best of the rounds, because other jobs may share the CPUs: a single round on a
+shared machine says more about the neighbours than about the code. Never fails on timing.
 """
 
 import argparse
 import glob
+import itertools
 import json
-import multiprocessing
 import os
 import random
-import statistics
+import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import warnings
+import unicodedata
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+from megatron_qwen.data.shards import read_index_counts
+from megatron_qwen.tokenizer import load_tokenizer
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
-
-from megatron_qwen.data.preprocess import Options, plan_shards, run_shards  # noqa: E402
-from megatron_qwen.tokenizer import load_tokenizer  # noqa: E402
-
-# 300 common Chinese characters; prose is drawn from them with punctuation every few characters.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 500 common Chinese characters; prose is drawn from them with punctuation every few characters.
 CHINESE = (
     "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经"
     "十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全"
@@ -46,101 +44,78 @@ CHINESE = (
 )
 
 
-def english_words() -> tuple[list[str], list[int]]:
-    """Words of the stdlib's comments and docstrings with their counts (a natural, Zipf-like mix)."""
-    counts: dict[str, int] = {}
-    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:200]:
-        with open(path, encoding="utf-8", errors="ignore") as f:
-            for token in f.read().split():
+class Corpus:
+    """Deterministic documents: 40% code, 35% English, 25% Chinese (by document). Prose documents are
+    drawn from pools of generated sentences, which keeps generating 200 MB to a minute or so."""
+
+    def __init__(self, seed: int = 1234, pool: int = 50_000):
+        self.rng = rng = random.Random(seed)
+        stdlib = sysconfig.get_paths()["stdlib"]
+        self.code_files = sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True))
+        self.code: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for path in sorted(glob.glob(os.path.join(stdlib, "*.py")))[:200]:
+            for token in self._read(path).split():
                 if token.isalpha() and token.islower() and 2 <= len(token) <= 12:
                     counts[token] = counts.get(token, 0) + 1
-    words = sorted(counts)
-    return words, [counts[w] for w in words]
+        words = sorted(counts)  # a natural, Zipf-like mix of words
+        cum_weights = list(itertools.accumulate(counts[w] for w in words))
+        self.sentences = [" ".join(rng.choices(words, cum_weights=cum_weights, k=rng.randint(5, 25))).capitalize()
+                          + rng.choice(".?!,.") for _ in range(pool)]
+        self.phrases = ["".join(rng.choices(CHINESE, k=rng.randint(4, 18))) + rng.choice("，。，、；！？")
+                        for _ in range(pool)]
+
+    def _read(self, path: str) -> str:
+        if path not in self.code:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                self.code[path] = f.read()
+        return self.code[path]
+
+    def document(self) -> str:
+        rng = self.rng
+        kind = rng.random()
+        if kind < 0.4:  # NFC, as nearly all real text; then both sides must give the same token count
+            return unicodedata.normalize("NFC", self._read(rng.choice(self.code_files))[: rng.randint(2_000, 40_000)])
+        if kind < 0.75:
+            return " ".join(rng.choices(self.sentences, k=rng.randint(10, 200)))
+        return "".join(rng.choices(self.phrases, k=rng.randint(20, 400)))
+
+    def write(self, path: str, megabytes: float) -> int:
+        """About `megabytes` MB of jsonl lines {"text": ...}; returns the document count."""
+        written = docs = 0
+        with open(path + ".tmp", "w", encoding="utf-8") as out:
+            while written < megabytes * 1e6:
+                text = self.document()
+                if text:
+                    line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+                    out.write(line)
+                    written += len(line.encode("utf-8"))
+                    docs += 1
+        os.replace(path + ".tmp", path)
+        return docs
 
 
-def make_corpus(path: str, megabytes: float, seed: int = 1234) -> int:
-    """Write a jsonl corpus of about `megabytes` MB; returns the document count."""
-    rng = random.Random(seed)
-    words, weights = english_words()
-    code_files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py"), recursive=True))
-    written, docs, target = 0, 0, int(megabytes * 1e6)
-    with open(path, "w", encoding="utf-8") as out:
-        while written < target:
-            kind = rng.random()
-            if kind < 0.4:
-                with open(rng.choice(code_files), encoding="utf-8", errors="replace") as f:
-                    text = f.read()[: rng.randint(2_000, 40_000)]
-            elif kind < 0.75:
-                sentences = []
-                for _ in range(rng.randint(10, 200)):
-                    s = " ".join(rng.choices(words, weights, k=rng.randint(5, 25)))
-                    sentences.append(s.capitalize() + rng.choice([".", ".", "?", "!", ","]))
-                text = " ".join(sentences)
-            else:
-                parts = []
-                for _ in range(rng.randint(20, 400)):
-                    parts.append("".join(rng.choice(CHINESE) for _ in range(rng.randint(4, 18))) + rng.choice("，。，、；！？"))
-                text = "".join(parts)
-            if not text:
-                continue
-            line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
-            out.write(line)
-            written += len(line.encode("utf-8"))
-            docs += 1
-    return docs
+def make_corpora(workdir: str, megabytes: float) -> tuple[str, str]:
+    """(half, full): a corpus of 2 x megabytes MB and its leading lines of about megabytes MB (kept for reruns)."""
+    full = os.path.join(workdir, f"corpus_{2 * megabytes:g}mb.jsonl")
+    half = os.path.join(workdir, f"corpus_{2 * megabytes:g}mb_first_half.jsonl")
+    if not os.path.exists(full):
+        Corpus().write(full, 2 * megabytes)
+    if not os.path.exists(half):
+        with open(full, "rb") as f, open(half + ".tmp", "wb") as out:
+            size = 0
+            for line in f:
+                if size >= megabytes * 1e6:
+                    break
+                out.write(line)
+                size += len(line)
+        os.replace(half + ".tmp", half)
+    return half, full
 
 
-_peer_tokenizer = None
-
-
-def _peer_init(tokenizer_model):
-    global _peer_tokenizer
-    _peer_tokenizer = load_tokenizer(tokenizer_model)
-
-
-def _peer_encode(line: str):
-    ids = _peer_tokenizer.tokenize(json.loads(line)["text"]) + [_peer_tokenizer.eod]
-    return ids, len(line)
-
-
-def run_peer(corpus: str, out_prefix: str, workers: int, megabytes: float, tokenizer_model) -> tuple[int, float]:
-    lines, size = [], 0
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            lines.append(line)
-            size += len(line)
-            if size > megabytes * 1e6:
-                break
-    start = time.perf_counter()
-    builder = IndexedDatasetBuilder(out_prefix + ".bin", dtype=np.int32)
-    tokens = 0
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_peer_init, initargs=(tokenizer_model,)) as pool:
-        init_done = time.perf_counter()
-        for ids, _ in pool.imap(_peer_encode, lines, 32):
-            builder.add_document(torch.tensor(ids, dtype=torch.int32), [len(ids)])
-            tokens += len(ids)
-    builder.finalize(out_prefix + ".idx")
-    # Tokenizer loading in the pool is start-up cost, excluded as for the tool.
-    return tokens, time.perf_counter() - start - (init_done - start)
-
-
-def split_corpus(corpus: str, parts: int) -> list[str]:
-    """The corpus cut into `parts` jsonl files of whole lines (written once, next to it)."""
-    paths = [f"{corpus[:-len('.jsonl')]}_part{i}.jsonl" for i in range(parts)]
-    if not all(os.path.exists(p) for p in paths):
-        with open(corpus, "rb") as f:
-            lines = f.readlines()
-        step = -(-len(lines) // parts)
-        for i, path in enumerate(paths):
-            with open(path, "wb") as out:
-                out.writelines(lines[i * step:(i + 1) * step])
-    return paths
-
-
-def raw_encode(tokenizer, texts: list[str], threads: int) -> tuple[int, float]:
-    """Tokens and seconds of tiktoken's encode_ordinary_batch over `texts`, 1000 at a time
-    (holding every token of 100 MB as a Python int at once would dominate the time)."""
+def time_raw(tokenizer, texts: list[str], threads: int) -> tuple[int, float]:
+    """Tokens and seconds of encode_ordinary_batch over `texts`, 1000 at a time (all ids of 200 MB
+    as Python ints at once would be memory, not tokenizer, speed)."""
     start = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), 1000):
@@ -148,76 +123,88 @@ def raw_encode(tokenizer, texts: list[str], threads: int) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
+def time_tool(corpus: str, out_dir: str, flags: list[str]) -> tuple[int, float]:
+    """Tokens written (without the EODs) and wall-clock seconds of the tool as a separate process."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # complete shards would be skipped
+    prefix = os.path.join(out_dir, "bench")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", corpus,
+           "--output-prefix", prefix, "--append-eod", "--log-interval", "0", *flags]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"bench_preprocess: {' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    documents, tokens = read_index_counts(prefix + "_text_document")
+    shutil.rmtree(out_dir)
+    return tokens - documents, seconds
+
+
+def steady_rate(tokens: dict[str, int], seconds: dict[str, list[float]]) -> float | None:
+    """None when the full corpus was not timed slower than its half: the load changed too much."""
+    extra = min(seconds["full"]) - min(seconds["half"])
+    return (tokens["full"] - tokens["half"]) / extra if extra > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=100, help="corpus size in MB")
-    parser.add_argument("--peer-mb", type=float, default=20, help="MB of the corpus given to the Megatron-style peer (0: skip)")
-    parser.add_argument("--threads", type=int, default=2, help="tokenizer threads (and peer processes)")
-    parser.add_argument("--rounds", type=int, default=3, help="raw-then-tool rounds; the median ratio is reported")
+    parser.add_argument("--quick", action="store_true", help="20 and 40 MB, 2 rounds")
+    parser.add_argument("--mb", type=float, default=None, help="size of the half corpus in MB (default 100; quick 20)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds, best of which counts (default 3; quick 2)")
+    parser.add_argument("--raw-threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="encode_ordinary_batch threads (default: the usable CPUs)")
     parser.add_argument("--tokenizer-model", default=None)
-    parser.add_argument("--workdir", default=None, help="keep the corpus and outputs here")
+    parser.add_argument("--workdir", default=None, help="keep the corpus here (reused when present)")
     args = parser.parse_args()
-
+    megabytes = args.mb or (20 if args.quick else 100)
+    rounds = args.rounds or (2 if args.quick else 3)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_")
     os.makedirs(workdir, exist_ok=True)
-    corpus = os.path.join(workdir, f"corpus_{args.mb:g}mb.jsonl")
-    if not os.path.exists(corpus):
-        make_corpus(corpus, args.mb)
-    tokenizer = load_tokenizer(args.tokenizer_model, num_threads=args.threads)
-    with open(corpus, encoding="utf-8") as f:
+
+    half, full = make_corpora(workdir, megabytes)
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    with open(full, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
-    size_mb = os.path.getsize(corpus) / 1e6
-    print(f"corpus: {corpus}: {size_mb:.1f} MB, {len(texts):,} documents; {os.cpu_count()} CPUs, {args.threads} threads")
-
-    tokenizer.encoding.encode_ordinary_batch(texts[:200], num_threads=args.threads)  # warm-up
-    opts = Options(keys=("text",), append_eod=True, threads=args.threads)
-    tasks = plan_shards([corpus], os.path.join(workdir, "out", "bench"), opts)
-    ratios, tool_rates = [], []
-    # Rounds of raw-then-tool, so each ratio compares runs seconds apart (a shared machine drifts).
-    for round_ in range(1, args.rounds + 1):
-        raw_tokens, raw_s = raw_encode(tokenizer, texts, args.threads)
-        raw_rate = raw_tokens / raw_s
-        for prefix in tasks[0].prefixes:
-            for ext in (".bin", ".idx"):
-                if os.path.exists(prefix + ext):
-                    os.remove(prefix + ext)
-        start = time.perf_counter()
-        result = run_shards(tasks, opts, tokenizer, workers=1, log_interval=0)
-        tool_s = time.perf_counter() - start
-        tool_tokens = result.stats.tokens - result.stats.documents  # without the appended EODs
-        tool_rate = tool_tokens / tool_s
-        ratios.append(tool_rate / raw_rate)
-        tool_rates.append(tool_rate)
-        print(f"round {round_}: raw {raw_rate / 1e6:.2f}M tokens/s ({raw_s:.2f} s) | tool {tool_rate / 1e6:.2f}M tokens/s "
-              f"({tool_s:.2f} s, {size_mb / tool_s:.1f} MB/s, {result.stats.documents / tool_s:,.0f} docs/s) | "
-              f"tool/raw {tool_rate / raw_rate:.3f}")
-        if tool_tokens != raw_tokens:
-            print(f"WARNING: tool wrote {tool_tokens:,} tokens, raw encoding gave {raw_tokens:,}")
-    # The same corpus as several files: one shard each, `threads` processes of one encoding thread.
-    parts = split_corpus(corpus, 2 * args.threads)
-    part_tasks = plan_shards(parts, os.path.join(workdir, "out", "parts", "bench"), opts)
-    for task in part_tasks:
-        for ext in (".bin", ".idx"):
-            if os.path.exists(task.prefixes[0] + ext):
-                os.remove(task.prefixes[0] + ext)
-    start = time.perf_counter()
-    part_result = run_shards(part_tasks, Options(keys=("text",), append_eod=True, threads=1), tokenizer,
-                             workers=args.threads, log_interval=0)
-    part_s = time.perf_counter() - start
-    print(f"tool, {len(parts)} files, {args.threads} processes x 1 thread: "
-          f"{(part_result.stats.tokens - part_result.stats.documents) / part_s / 1e6:.2f}M tokens/s ({part_s:.2f} s)")
-    print(f"tokens: {raw_tokens:,}; tool / raw median {statistics.median(ratios):.3f} (target >= 0.85), "
-          f"median tool {statistics.median(tool_rates) / 1e6:.2f}M tokens/s")
-    del texts
-    tool_rate = statistics.median(tool_rates)
-
-    if args.peer_mb > 0:
-        peer_tokens, peer_s = run_peer(corpus, os.path.join(workdir, "out", "peer"), args.threads,
-                                       args.peer_mb, args.tokenizer_model)
-        peer_rate = peer_tokens / peer_s
-        print(f"megatron-style : {peer_tokens:,} tokens in {peer_s:.2f} s = {peer_rate / 1e6:.2f}M tokens/s "
-              f"({args.threads} processes, first {args.peer_mb:g} MB)")
-        print(f"tool (median) / peer: {tool_rate / peer_rate:.2f}x")
+    with open(half, "rb") as f:
+        n_half = sum(1 for _ in f)
+    corpora = {"half": (half, texts[:n_half]), "full": (full, texts)}
+    tokenizer_flag = ["--tokenizer-model", args.tokenizer_model] if args.tokenizer_model else []
+    sides = {
+        f"raw tokenizer (encode_ordinary_batch, {args.raw_threads} threads)": None,
+        "tools/preprocess_data.py --workers 2": ["--workers", "2"],
+        "tools/preprocess_data.py (defaults)": [],
+    }
+    print(f"corpus: {full} ({os.path.getsize(full) / 1e6:.1f} MB, {len(texts):,} documents) and its first half "
+          f"({os.path.getsize(half) / 1e6:.1f} MB, {n_half:,}); {len(os.sched_getaffinity(0))} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    tokens: dict[str, dict[str, int]] = {side: {} for side in sides}
+    seconds: dict[str, dict[str, list[float]]] = {side: {"half": [], "full": []} for side in sides}
+    for round_ in range(1, rounds + 1):
+        # Both sides in every round, seconds apart, so a change of load hits both.
+        for side, flags in sides.items():
+            for size, (path, size_texts) in corpora.items():
+                if flags is None:
+                    n, s = time_raw(tokenizer, size_texts, args.raw_threads)
+                else:
+                    n, s = time_tool(path, os.path.join(workdir, "out"), flags + tokenizer_flag)
+                tokens[side][size] = n
+                seconds[side][size].append(s)
+            print(f"round {round_}: {side}: half {seconds[side]['half'][-1]:.2f} s, "
+                  f"full {seconds[side]['full'][-1]:.2f} s", flush=True)
+    raw_side = next(iter(sides))
+    for side in sides:
+        if tokens[side] != tokens[raw_side]:
+            print(f"WARNING: {side} gave {tokens[side]} tokens, the raw tokenizer {tokens[raw_side]}")
+    raw_rate = steady_rate(tokens[raw_side], seconds[raw_side])
+    print(f"\nsteady state, best of {rounds} rounds: {tokens[raw_side]['full'] - tokens[raw_side]['half']:,} tokens "
+          f"({(os.path.getsize(full) - os.path.getsize(half)) / 1e6:.1f} MB) between the two files; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for side in sides:
+        rate = steady_rate(tokens[side], seconds[side])
+        if rate is None:
+            print(f"  {side:<52} no figure: the full corpus was not slower than its half (rerun on a quieter machine)")
+            continue
+        ratio = "" if side == raw_side or not raw_rate else f"  {rate / raw_rate:.2f} of raw (target >= 0.85)"
+        print(f"  {side:<52} {rate / 1e6:6.2f}M tokens/s{ratio}")
 
 
 if __name__ == "__main__":

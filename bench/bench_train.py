@@ -1,70 +1,325 @@
-"""Training throughput of a pretraining layout on synthetic data, against the published figures.
+"""Training throughput of one model shape on synthetic tokens, and where a step's time goes.
 
-    python bench/bench_train.py                                    # CPU: tiny model, 2 processes, TP2
-    python bench/bench_train.py --nproc 8 --model-size 7b --seq-length 4096 --bf16 \
-        --tensor-model-parallel-size 2 --micro-batch-size 1 --global-batch-size 64   # one H100 node
+    python bench/bench_train.py                     # CPU: tiny preset, seq 256, micro-batch 4; seconds
+    python bench/bench_train.py --model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 2 \\
+        --global-batch-size 16                      # one GPU
+    python bench/bench_train.py --model-size 7b --bf16 --seq-length 2048 --micro-batch-size 1 \\
+        --tensor-model-parallel-size 2 --nproc 8    # one 8-GPU node (same as torchrun ... bench/bench_train.py)
 
-Runs `torchrun -m megatron_qwen.pretrain --mock-data` for --iters iterations, drops the first
---warmup ones (compilation, allocator growth), and prints the median tokens/s per GPU, TFLOP/s per
-GPU and MFU (model FLOPs: megatron_qwen/model/flops.py) with their ratio to Megatron-LM's
-published H100 MFU (docs/qwen.md section 9). Never fails on a timing.
+Every flag of `python -m megatron_qwen.pretrain` applies (preset, shape overrides such as
+--num-layers, --transformer-impl, --recompute-granularity, --bf16, the parallel layout). The model
+is built by build_model and stepped by train_step exactly as training steps it, on random tokens
+(no data files, no tokenizer). --warmup steps run first and are dropped (allocator growth,
+compilation of megatron-core's fused kernels); then --iters steps are timed. --global-batch-size
+defaults to one micro-batch per data-parallel rank.
+
+Printed: median step time, tokens/s per GPU, model TFLOP/s per GPU (FLOPs per token from
+megatron_qwen/model/flops.py; recompute not counted), MFU against the GPU's dense bf16 peak
+(989 TFLOP/s for an H100 SXM; --peak-tflops overrides), peak memory, and a breakdown of the
+step: forward and backward compute, communication (gradient reduction, TP/SP norm gradients,
+embedding gradients, pipeline send/receive, distributed-optimizer all-gather) and the optimizer
+step, from megatron-core's own timer hooks (``config.timers``). On a GPU these are CUDA events on
+the compute stream, so overlapped communication counts only where it stalls compute; on the CPU
+they are wall-clock times. "other" is the rest of the step (pipeline bubbles, zeroing gradients,
+the loss reduction, Python). --json PATH writes every figure. Never fails on a timing.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
-import tempfile
+import time
+from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Megatron-LM on H100, bf16, seq 4096 (docs/qwen.md section 9): MFU by model size.
+import torch
+
+from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
+from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
+from megatron_qwen.model.init import initialize_weights
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed, on_gpu
+from megatron_qwen.training.optimizer import build_optimizer, build_scheduler, use_fused_adam
+from megatron_qwen.training.step import train_step
+
+# Megatron-LM on H100, bf16, seq 4096, vocabulary 131,072 (docs/qwen.md section 9): MFU by model size.
 MEGATRON_LM_MFU = {"1.8b": 0.41, "7b": 0.47, "14b": 0.49}
+# megatron-core's timer names (schedules, p2p_communication, finalize_model_grads, distrib_optimizer).
+_COMPUTE = {"forward": ("forward-compute",), "backward": ("backward-compute",)}
+_COMMUNICATION = ("all-grads-sync", "non-tensor-parallel-grads-all-reduce", "embedding-grads-all-reduce",
+                  "conditional-embedder-grads-all-reduce", "params-all-gather", "forward-recv", "forward-send",
+                  "backward-recv", "backward-send", "forward-send-backward-recv", "backward-send-forward-recv",
+                  "forward-send-forward-recv", "backward-send-backward-recv",
+                  "forward-backward-send-forward-backward-recv")
+_OPTIMIZER = "optimizer-step"  # ours, around optimizer.step(); it contains params-all-gather
+# Without any job flag: the tiny preset at a shape that runs in seconds on a CPU.
+CPU_DEFAULT_FLAGS = ("--model-size", "tiny", "--seq-length", "256", "--micro-batch-size", "4")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--model-size", default="tiny")
-    args, job_flags = ap.parse_known_args()
-    if not job_flags:
-        job_flags = ["--tensor-model-parallel-size", "2", "--seq-length", "256", "--micro-batch-size", "4",
-                     "--global-batch-size", "8"]
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics = os.path.join(tmp, "metrics.jsonl")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-               "-m", "megatron_qwen.pretrain", "--mock-data", "--model-size", args.model_size,
-               "--train-iters", str(args.iters), "--lr-warmup-iters", "1", "--eval-interval", "1000000",
-               "--log-interval", str(args.iters), "--metrics-file", metrics, *job_flags]
-        print("$ " + " ".join(cmd), flush=True)
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
-            print(f"bench_train: the training job failed (exit code {proc.returncode})", file=sys.stderr)
-            return 1
-        rows = [json.loads(line) for line in open(metrics)]
-    steady = [r for r in rows if r["iteration"] > args.warmup]
-    if not steady:
-        print(f"bench_train: no iteration after the {args.warmup} warm-up ones; raise --iters", file=sys.stderr)
-        return 1
-    tps = statistics.median(r["tokens_per_sec_per_gpu"] for r in steady)
-    tflops = statistics.median(r["tflops_per_gpu"] for r in steady)
-    mfus = [r["mfu"] for r in steady if r["mfu"] is not None]
-    print(f"iterations measured: {len(steady)} (after {args.warmup} warm-up)")
-    print(f"tokens/s per GPU (median): {tps:,.1f}")
-    print(f"model TFLOP/s per GPU (median): {tflops:.3f}")
-    if mfus:
-        mfu = statistics.median(mfus)
-        print(f"MFU (median): {mfu * 100:.1f}%")
-        published = MEGATRON_LM_MFU.get(args.model_size.lower())
+class _Interval:
+    """One named timer: every start/stop pair of a step, read after the step."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.pairs: list = []
+        self._start = None
+
+    def start(self, barrier: bool = False):  # megatron-core passes barrier=...; a barrier would distort the step
+        self._start = torch.cuda.Event(enable_timing=True) if self.cuda else time.perf_counter()
+        if self.cuda:
+            self._start.record()
+
+    def stop(self, barrier: bool = False):
+        end = torch.cuda.Event(enable_timing=True) if self.cuda else time.perf_counter()
+        if self.cuda:
+            end.record()
+        self.pairs.append((self._start, end))
+
+    def seconds(self) -> float:
+        if self.cuda:
+            return sum(s.elapsed_time(e) for s, e in self.pairs) / 1e3
+        return sum(e - s for s, e in self.pairs)
+
+
+class StepTimers:
+    """megatron-core's timer interface, ``timers(name, log_level=...).start()/.stop()``, collected per step."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self._timers: dict[str, _Interval] = {}
+
+    def __call__(self, name: str, log_level: int | None = None) -> _Interval:
+        return self._timers.setdefault(name, _Interval(self.cuda))
+
+    def collect(self) -> dict[str, float]:
+        """Seconds per timer name since the last collect (call after the step has synchronized)."""
+        out = {name: t.seconds() for name, t in self._timers.items()}
+        self._timers = {}
+        return out
+
+
+def breakdown(raw: dict[str, float], step_s: float) -> dict[str, float]:
+    """Forward, backward, communication, optimizer and the rest of one step, in seconds."""
+    parts = {k: sum(raw.get(n, 0.0) for n in names) for k, names in _COMPUTE.items()}
+    parts["communication"] = sum(raw.get(n, 0.0) for n in _COMMUNICATION)
+    parts["optimizer"] = raw.get(_OPTIMIZER, 0.0) - raw.get("params-all-gather", 0.0)
+    parts["other"] = max(0.0, step_s - sum(parts.values()))
+    return parts
+
+
+@dataclass
+class Session:
+    """A model, its optimizer and synthetic micro-batches, ready to step."""
+
+    cfg: RunConfig
+    model: list
+    optimizer: object
+    scheduler: object
+    batches: list[dict]
+    num_microbatches: int
+    world_size: int
+    device: torch.device
+    timers: StepTimers
+    build_s: float
+
+    def step(self) -> tuple[float | None, float, dict[str, float]]:
+        """One optimizer step: (loss, seconds, breakdown in seconds)."""
+        t = self.cfg.train
+        _synchronize()
+        t0 = time.perf_counter()
+        loss, _, _ = train_step(self.model, self.optimizer, self.scheduler, [iter(self.batches) for _ in self.model],
+                                self.num_microbatches, t.seq_length, t.micro_batch_size, t.global_batch_size,
+                                self.device)
+        _synchronize()
+        seconds = time.perf_counter() - t0
+        return loss, seconds, breakdown(self.timers.collect(), seconds)
+
+
+def _synchronize() -> None:
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
+def synthetic_batches(cfg, num_microbatches: int, seed: int = 0) -> list[dict]:
+    """Random tokens and labels, every token counted in the loss, causal attention (no mask tensor)."""
+    t, vocab = cfg.train, cfg.model.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    shape = (t.micro_batch_size, t.seq_length)
+    return [{
+        "tokens": torch.randint(0, vocab, shape, generator=g),
+        "labels": torch.randint(0, vocab, shape, generator=g),
+        "loss_mask": torch.ones(shape),
+        "position_ids": torch.arange(t.seq_length).unsqueeze(0).expand(shape).contiguous(),
+        "attention_mask": None,
+    } for _ in range(num_microbatches)]
+
+
+def job_flags(flags: list[str], steps: int, world_size: int) -> list[str]:
+    """The training flags of a benchmark run: synthetic data, ``steps`` iterations, a constant LR of
+    1e-4 (the schedule is irrelevant to speed), and one micro-batch per data-parallel rank; ``flags``
+    come last, so they override any of these."""
+    out = ["--mock-data", "--train-iters", str(steps), "--lr-warmup-iters", "0", "--lr-decay-style", "constant",
+           "--lr", "1e-4", *flags]
+    if "--global-batch-size" not in flags:
+        cfg = parse_run_config(PRETRAIN, out)
+        dp = cfg.parallel.data_parallel_size(world_size)
+        out += ["--global-batch-size", str(cfg.train.micro_batch_size * dp)]
+    return out
+
+
+def build_session(flags: list[str], steps: int, fused_adam: bool = False, init_device: str | None = None) -> Session:
+    """Process groups, model, optimizer and data for ``flags`` (pretrain flags). With ``init_device``
+    the initial weights are drawn there (``"cpu"``: the CPU run's weights on a GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = parse_run_config(PRETRAIN, job_flags(flags, steps, world_size))
+    cfg.validate(world_size)
+    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+    _synchronize()
+    t0 = time.perf_counter()
+    chunks = build_model(cfg, initialize=init_device is None)
+    if init_device is not None:
+        initialize_weights(chunks, cfg.model, cfg.build.seed, device=torch.device(init_device))
+    model = wrap_for_training(chunks, cfg.parallel)
+    optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
+                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    if fused_adam and not use_fused_adam(optimizer):
+        print("bench_train: --fused-adam ignored: megatron-core uses transformer-engine's or apex's FusedAdam here")
+    scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
+    _synchronize()
+    build_s = time.perf_counter() - t0
+    timers = StepTimers(on_gpu())
+    unwrap(model[0]).config.timers = timers  # every chunk shares this TransformerConfig
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        opt.config.timers = timers
+    _time_optimizer_step(optimizer, timers)
+    num_mb = cfg.num_microbatches(world_size)
+    return Session(cfg, model, optimizer, scheduler, synthetic_batches(cfg, num_mb), num_mb, world_size, device,
+                   timers, build_s)
+
+
+def _time_optimizer_step(optimizer, timers: StepTimers) -> None:
+    step = optimizer.step
+
+    def timed_step(*args, **kwargs):
+        timers(_OPTIMIZER).start()
+        out = step(*args, **kwargs)
+        timers(_OPTIMIZER).stop()
+        return out
+
+    optimizer.step = timed_step
+
+
+def device_description() -> str:
+    return torch.cuda.get_device_name() if on_gpu() else "cpu"
+
+
+def measure(session: Session, warmup: int, iters: int, peak: float | None) -> dict:
+    """Run the steps and return every figure (the same on every rank but the loss)."""
+    cfg, t = session.cfg, session.cfg.train
+    losses = [session.step()[0] for _ in range(warmup)]
+    if on_gpu():
+        torch.cuda.reset_peak_memory_stats()
+    timed = [session.step() for _ in range(iters)]
+    losses += [loss for loss, _, _ in timed]
+    step_s = statistics.median(s for _, s, _ in timed)
+    parts = {k: statistics.median(b[k] for _, _, b in timed) for k in timed[0][2]}
+    tokens_per_gpu = t.global_batch_size * t.seq_length / session.world_size
+    flops_per_token = training_flops_per_token(cfg.model, t.seq_length)
+    tflops = tokens_per_gpu / step_s * flops_per_token / 1e12
+    result = {
+        "device": device_description(), "world_size": session.world_size, "model_size": cfg.model_size,
+        "num_layers": cfg.model.num_layers, "hidden_size": cfg.model.hidden_size,
+        "num_attention_heads": cfg.model.num_attention_heads, "ffn_hidden_size": cfg.model.ffn_hidden_size,
+        "vocab_rows": cfg.model.padded_vocab_size, "seq_length": t.seq_length,
+        "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
+        "precision": cfg.build.precision, "transformer_impl": cfg.build.transformer_impl,
+        "recompute": cfg.build.recompute_granularity or "none",
+        "tp": cfg.parallel.tensor_model_parallel_size, "pp": cfg.parallel.pipeline_model_parallel_size,
+        "distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+        "warmup": warmup, "iters": iters, "build_s": session.build_s,
+        "step_s": step_s, "step_s_all": [s for _, s, _ in timed], "breakdown_s": parts,
+        "timer": "cuda events" if on_gpu() else "wall clock",
+        "tokens_per_s_per_gpu": tokens_per_gpu / step_s, "gflop_per_token": flops_per_token / 1e9,
+        "tflops_per_gpu": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
+        "losses": losses,
+    }
+    if on_gpu():
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    else:  # the CPU has no allocator statistics; the process's peak resident set is the honest stand-in
+        result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def report(r: dict) -> str:
+    layout = f"TP{r['tp']} PP{r['pp']}, {r['world_size']} process(es)"
+    lines = [
+        f"model: {r['model_size']} ({r['num_layers']} layers, hidden {r['hidden_size']}, {r['num_attention_heads']} "
+        f"heads, FFN {r['ffn_hidden_size']}, {r['vocab_rows']} vocabulary rows), seq {r['seq_length']}, "
+        f"micro-batch {r['micro_batch_size']}, global batch {r['global_batch_size']}",
+        f"run: {r['precision']}, back end {r['transformer_impl']}, recompute {r['recompute']}, {layout}, "
+        f"device {r['device']}",
+        f"iterations: {r['warmup']} warm-up + {r['iters']} timed; model built in {r['build_s']:.1f} s",
+        f"step time (median): {r['step_s'] * 1e3:.1f} ms",
+        f"tokens/s/GPU: {r['tokens_per_s_per_gpu']:,.1f}",
+        f"TFLOP/s/GPU: {r['tflops_per_gpu']:.3f} (model FLOPs, {r['gflop_per_token']:.3f} GFLOP/token)",
+    ]
+    if r["mfu"] is not None:
+        lines.append(f"MFU: {r['mfu'] * 100:.1f}% of {r['peak_tflops']:g} TFLOP/s dense bf16 peak")
+        published = MEGATRON_LM_MFU.get(r["model_size"].lower())
         if published:
-            print(f"ratio to Megatron-LM's published {published * 100:.0f}% MFU: {mfu / published:.2f}")
+            lines.append(f"ratio to Megatron-LM's published {published:.0%} MFU (seq 4096, vocab 131k, "
+                         f"not like for like): {r['mfu'] / published:.2f}")
     else:
-        print("MFU: n/a (no known peak for this device; CPU)")
+        lines.append("MFU: n/a (no dense bf16 peak known for this device; --peak-tflops sets one)")
+    if "peak_memory_gib" in r:
+        lines.append(f"peak memory: {r['peak_memory_gib']:.2f} GiB allocated, {r['peak_reserved_gib']:.2f} GiB "
+                     "reserved")
+    else:
+        lines.append(f"peak memory: {r['peak_rss_gib']:.2f} GiB process peak RSS (CPU)")
+    parts = " | ".join(f"{k} {v * 1e3:.1f}" for k, v in r["breakdown_s"].items())
+    lines.append(f"step breakdown (median ms, {r['timer']}): {parts}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--warmup", type=int, default=3, help="steps run first and not timed")
+    ap.add_argument("--iters", type=int, default=10, help="timed steps")
+    ap.add_argument("--nproc", type=int, default=1, help="processes on this machine (re-launches under torchrun)")
+    ap.add_argument("--fused-adam", action="store_true",
+                    help="torch's fused AdamW kernel instead of its default (foreach) one; to be measured")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak of the device for MFU (default: model/flops.py's table by GPU name)")
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    return ap.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, flags = parse_args(argv)
+    flags = flags or list(CPU_DEFAULT_FLAGS)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        own = ["--warmup", str(args.warmup), "--iters", str(args.iters)] + (["--fused-adam"] if args.fused_adam else [])
+        own += (["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []) + (
+            ["--json", args.json] if args.json else [])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+               os.path.abspath(__file__), *own, *flags]
+        return subprocess.run(cmd).returncode
+    session = build_session(flags, args.warmup + args.iters, fused_adam=args.fused_adam)
+    peak = args.peak_tflops or (peak_tflops(device_description()) if on_gpu() else None)
+    result = measure(session, args.warmup, args.iters, peak)
+    result["fused_adam"] = args.fused_adam
+    if torch.distributed.get_rank() == 0:
+        print(report(result), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+    destroy_distributed()
     return 0
 
 

@@ -1,5 +1,5 @@
 """Write the full (TP1) weights of the latest checkpoint under a --save directory to a .pt file,
-keyed by megatron-core's global parameter names (what model/hf_mapping.to_hf_qwen2 reads).
+keyed by megatron-core's global parameter names (what megatron_qwen.hf.layouts.to_hf_state_dict reads).
 
 Usage: python tests/sft_checkpoint_weights.py SAVE_DIR OUT.pt
 

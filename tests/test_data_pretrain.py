@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_qwen.data import DataPathError, build_pretrain_datasets, parse_data_path
-from megatron_qwen.data.indexed_writer import IndexedShardWriter
+from megatron_qwen.data.shards import IndexedShardWriter
 from megatron_qwen.tokenizer import load_tokenizer
 
 EOD = 151643
@@ -51,7 +51,7 @@ def test_parse_data_path(sources):
         (["0.7", web, "0.3"], "odd count"),
         (["0.7", web, "heavy", code], r"entry 3 \('heavy'\) is not a number"),
         (["-1", web, "2", code], "negative"),
-        (["0.5", web, "0.5", str(root / "nope")], f"--data-path {root / 'nope'}: no nope.bin/.idx pair"),
+        (["0.5", web, "0.5", str(root / "nope")], f"--data-path {root / 'nope'}: {root / 'nope'}.idx not found"),
         ([], "empty"),
         ([str(root / "empty")], "holds no documents"),
     ]:

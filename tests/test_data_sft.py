@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from megatron_qwen.data import DataPathError, SFTDataset, build_sft_datasets
-from megatron_qwen.data.indexed_writer import IndexedShardWriter
-from megatron_qwen.data.preprocess import LOSS_MASK_SUFFIX
+from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
 
 E = 151643
 SEQ = 8
@@ -33,7 +32,7 @@ def _write_sft(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:
     lengths = [len(ids) for ids, _ in docs]
     with IndexedShardWriter(prefix) as w:
         w.add_documents(np.concatenate([ids for ids, _ in docs]), lengths)
-    with IndexedShardWriter(prefix + LOSS_MASK_SUFFIX, np.uint8) as w:
+    with IndexedShardWriter(loss_mask_prefix(prefix), np.uint8) as w:
         w.add_documents(np.concatenate([m for _, m in docs]), lengths)
 
 
@@ -140,7 +139,8 @@ def test_missing_loss_mask_is_a_clear_error(tmp_path):
     prefix = str(tmp_path / "tokens_only")
     with IndexedShardWriter(prefix) as w:
         w.add_documents(np.array([1, 2, 3], dtype=np.int32), [3])
-    with pytest.raises(DataPathError, match="tokens_only_loss_mask.bin/.idx"):
+    message = f"--data-path {prefix}: its SFT loss mask: {prefix}_loss_mask.idx not found"
+    with pytest.raises(DataPathError, match=message):
         build_sft_datasets([prefix], "1,0,0", SEQ, 0, (1, 0, 0), Tok(), pack=False)
 
 

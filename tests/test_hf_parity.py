@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, quiet_env
-from megatron_qwen.config.model import model_preset
-from megatron_qwen.model.hf_mapping import to_hf_qwen2
 from test_parity import WORKER, merge
+
+from megatron_qwen.config.model import model_preset
+from megatron_qwen.hf.layouts import to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,7 +38,7 @@ def test_logits_equal_transformers_qwen2(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     cfg = model_preset("tiny")
     model = hf_model(cfg)
-    state = to_hf_qwen2(merge(out, "weights"), cfg)
+    state = to_hf_state_dict(merge(out, "weights"), cfg, "qwen2")
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     ref = torch.load(out / "logits.pt")

@@ -13,9 +13,11 @@ import pytest
 import zstandard
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from megatron_qwen.data import sources
 from megatron_qwen.tokenizer import encode_chat, load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NL, USER = 198, 872  # "\n", "user"
 TEXTS = ["Hello world, 12345.", "中文文本，测试。", "def f(x):\n    return x\n", "a <|endoftext|> b", "  spaces  "]
 
 
@@ -174,6 +176,11 @@ def test_unreadable_file_fails_only_its_shard(tmp_path, capsys):
     assert "1 written" in printed and "1 failed" in printed
     assert f"failed: {tmp_path / 'in' / 'broken.jsonl.gz'}: cannot read" in printed
     assert sorted(os.listdir(tmp_path / "o")) == ["c_good_text_document.bin", "c_good_text_document.idx"]
+    # The same with the workers sharing each shard's blocks (more workers than shards).
+    assert preprocess.main(["--input", str(tmp_path / "in"), "--output-prefix", str(tmp_path / "p" / "c"),
+                            "--workers", "3", "--log-interval", "0"]) == 1
+    assert "1 written" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "p")) == ["c_good_text_document.bin", "c_good_text_document.idx"]
 
 
 def test_chatml_shards_keep_the_loss_mask(tmp_path, tok, capsys):
@@ -191,6 +198,62 @@ def test_chatml_shards_keep_the_loss_mask(tmp_path, tok, capsys):
     expected = [encode_chat(c, tok) for c in conversations]
     assert _documents(prefix + "_messages_document") == [ids for ids, _ in expected]
     assert _documents(prefix + "_messages_document_loss_mask") == [mask for _, mask in expected]
+    # The conversation without a system turn got Qwen's default one, masked like any system turn.
+    system = [tok.im_start_id, *tok.tokenize("system\nYou are a helpful assistant."), tok.im_end_id, NL]
+    ids, mask = _documents(prefix + "_messages_document")[1], _documents(prefix + "_messages_document_loss_mask")[1]
+    assert ids[:len(system)] == system and mask[:len(system)] == [1] + [0] * (len(system) - 3) + [1, 1]
+    assert _documents(prefix + "_messages_document")[0].count(tok.im_start_id) == 3  # its own system turn only
+
+    off = str(tmp_path / "off")
+    assert preprocess.main(["--input", str(path), "--output-prefix", off, "--chatml", "--no-default-system-prompt",
+                            "--log-interval", "0"]) == 0
+    unchanged = encode_chat(conversations[1], tok, default_system=None)
+    assert _documents(off + "_messages_document")[1] == unchanged[0] and unchanged[0][:2] == [tok.im_start_id, USER]
+    assert _documents(off + "_messages_document_loss_mask")[1] == unchanged[1]
+
+
+def _mixed_corpus(path, n: int) -> None:
+    """Records of varied length and script, with bad records and a blank line among them."""
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"text": f"{i} " + TEXTS[i % len(TEXTS)] * (1 + i % 13)}, ensure_ascii=False).encode())
+        if i % 37 == 5:
+            lines.append(b'{"text": "broken')
+        if i % 53 == 7:
+            lines.append(b"")
+    path.write_bytes(b"\n".join(lines))
+
+
+def _bad_record_lines(printed: str) -> list[str]:
+    return [line for line in printed.splitlines() if line.startswith("skipped records:") or line.startswith("  /")]
+
+
+def test_workers_share_a_single_file(tmp_path, capsys, monkeypatch):
+    # More workers than shards: the workers share the file's blocks (small blocks here, so that they
+    # do) and this process writes the tokens in input order: the same bytes as one process.
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 512)
+    _mixed_corpus(tmp_path / "one.jsonl", 300)
+    _mixed_corpus(tmp_path / "two.jsonl", 120)
+    runs = {
+        "serial": (["--input", str(tmp_path / "one.jsonl")], ["--workers", "1", "--encode-threads", "1"]),
+        "processes": (["--input", str(tmp_path / "one.jsonl")], ["--workers", "2"]),
+        "processes_x_threads": (["--input", str(tmp_path / "one.jsonl")], ["--workers", "2", "--encode-threads", "2"]),
+        "serial_two": (["--input", str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")], ["--workers", "1"]),
+        "three_on_two": (["--input", str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")], ["--workers", "3"]),
+    }
+    printed = {}
+    for name, (inputs, flags) in runs.items():
+        assert preprocess.main([*inputs, "--output-prefix", str(tmp_path / name / "c"), "--append-eod",
+                                "--log-interval", "0", *flags]) == 0
+        printed[name] = capsys.readouterr().out
+    for name, reference in [("processes", "serial"), ("processes_x_threads", "serial"), ("three_on_two", "serial_two")]:
+        files = sorted(os.listdir(tmp_path / reference))
+        assert sorted(os.listdir(tmp_path / name)) == files and files
+        for f in files:
+            assert (tmp_path / name / f).read_bytes() == (tmp_path / reference / f).read_bytes(), (name, f)
+        assert _bad_record_lines(printed[name]) == _bad_record_lines(printed[reference])  # same line numbers
+    assert f"{tmp_path / 'one.jsonl'}:7: malformed JSON" in printed["processes"]
+    assert len(_documents(str(tmp_path / "serial" / "c_text_document"))) == 300
 
 
 def test_merge_tool(tmp_path, capsys):
@@ -202,7 +265,8 @@ def test_merge_tool(tmp_path, capsys):
     parts = [d for i in range(3) for d in _documents(str(tmp_path / "s" / f"c_p{i}_text_document"))]
     assert _documents(str(tmp_path / "m" / "all")) == parts
     assert merge.main(["--input", str(tmp_path / "nothing"), "--output-prefix", str(tmp_path / "m" / "x")]) == 1
-    assert capsys.readouterr().err.strip() == f"merge_datasets: error: --input {tmp_path / 'nothing'}: no indexed dataset (.idx) found"
+    assert capsys.readouterr().err.strip() == (
+        f"merge_datasets: error: --input {tmp_path / 'nothing'}: no indexed dataset (.idx) found")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -226,6 +290,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         (["--chatml", "--append-eod"], "--append-eod does not apply"),
         (["--shard-index", "2", "--num-shards", "2"], "--shard-index 2"),
         (["--workers", "0"], "--workers 0"),
+        (["--no-default-system-prompt"], "--no-default-system-prompt applies to --chatml only"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             preprocess.main(["--input", "x.jsonl", "--output-prefix", "x", *args])

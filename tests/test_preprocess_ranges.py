@@ -8,7 +8,8 @@ import os
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_qwen.data.indexed_writer import read_index_counts
+from megatron_qwen.data import sources
+from megatron_qwen.data.shards import read_index_counts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "tools", "preprocess_data.py"))
@@ -76,6 +77,23 @@ def test_ranges_equal_the_unsplit_run(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "array")) == sorted(os.listdir(tmp_path / "split"))
     for name in os.listdir(tmp_path / "split"):
         assert (tmp_path / "array" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
+
+
+def test_small_read_blocks_give_the_same_documents(tmp_path, capsys, monkeypatch):
+    # Blocks of 97 bytes: lines span many blocks, and ranges end inside blocks and inside lines.
+    path = tmp_path / "big.jsonl"
+    lines = _corpus(path)
+    assert _run(path, tmp_path / "reference" / "c") == 0
+    reference = _documents([str(tmp_path / "reference" / "c_text_document")])
+    bad = {"line": f"{path}:251: malformed JSON",  # lines[250]
+           "byte": f"{path}:byte {sum(len(line) + 1 for line in lines[:250])}: malformed JSON"}
+    assert bad["line"] in capsys.readouterr().out
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 97)
+    for name, flags, located in [("whole", ["--workers", "1"], "line"), ("shared", ["--workers", "3"], "line"),
+                                 ("split", ["--max-shard-bytes", str(RANGE), "--workers", "1"], "byte")]:
+        assert _run(path, tmp_path / name / "c", *flags) == 0
+        assert _documents(_parts(tmp_path / name)) == reference, name
+        assert bad[located] in capsys.readouterr().out, name
 
 
 def test_rerun_skips_complete_range_shards(tmp_path, capsys):

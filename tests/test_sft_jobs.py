@@ -18,7 +18,7 @@ import torch
 from conftest import REPO, quiet_env, torchrun
 
 from megatron_qwen.config.model import model_preset
-from megatron_qwen.model.hf_mapping import to_hf_qwen2
+from megatron_qwen.hf.layouts import to_hf_state_dict
 
 SMALL_QWEN_VOCAB = ["--model-size", "tiny-qwen-vocab", "--hidden-size", "64", "--ffn-hidden-size", "176",
                     "--num-layers", "2"]
@@ -78,7 +78,7 @@ def hf_qwen2(cfg, state):
     )
     config._attn_implementation = "eager"
     model = transformers.Qwen2ForCausalLM(config).eval()
-    missing, unexpected = model.load_state_dict(to_hf_qwen2(state, cfg), strict=False)
+    missing, unexpected = model.load_state_dict(to_hf_state_dict(state, cfg, "qwen2"), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return model
 

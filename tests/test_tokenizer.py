@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import unicodedata
 import zipfile
 
 import numpy as np
@@ -62,6 +63,24 @@ def test_batch_and_array_paths_agree(tok):
     assert all(a.dtype == np.int32 for a in arrays)
     assert [a.tolist() for a in arrays] == singles
     assert [tok.detokenize(s) for s in singles] == texts
+
+
+@pytest.mark.parametrize("text", [
+    "Tiếng Việt có dấu: người, được, những",  # Vietnamese: stacked diacritics
+    "café naïve Ångström Straße",  # accented Latin
+    "한국어 텍스트입니다",  # Hangul syllables; NFD splits them into conjoining jamo
+])
+def test_nfd_input_gets_the_ids_of_its_nfc_form(tok, text):
+    # Qwen's tokenizer normalizes to NFC before encoding (docs/qwen.md section 2).
+    nfd = unicodedata.normalize("NFD", text)
+    assert nfd != text and unicodedata.normalize("NFC", nfd) == text
+    ids = tok.encoding.encode_ordinary(text)
+    assert tok.encoding.encode_ordinary(nfd) != ids  # without normalizing, the ids differ
+    assert tok.tokenize(nfd) == tok.tokenize(text) == ids
+    assert tok.tokenize_array(nfd).tolist() == ids
+    assert tok.encode_batch([nfd, text]) == [ids, ids]
+    long_nfd = (nfd + " 1 ") * 2000  # over max_chunk_chars: the chunked paths normalize too
+    assert tok.tokenize(long_nfd) == tok.tokenize_array(long_nfd).tolist() == tok.tokenize((text + " 1 ") * 2000)
 
 
 def _random_text(rng: random.Random) -> str:

@@ -1,5 +1,7 @@
 """ChatML encoding and the loss mask of Qwen's finetune script, against hand-written expectations."""
 
+import unicodedata
+
 import pytest
 
 from megatron_qwen.tokenizer import ChatFormatError, encode_chat, load_tokenizer, render_chat
@@ -29,17 +31,36 @@ def test_system_user_assistant(tok):
     assert mask == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
                     1, 0, 0, 0, 0, 0, 0, 1, 1,
                     1, 0, 0, 1, 1, 1]
-    assert tok.encode_chat(messages) == (ids, mask)
 
 
-def test_multi_turn_without_system(tok):
+def test_default_system_turn_as_qwen_finetune(tok):
+    # Qwen's finetune.py puts "You are a helpful assistant." first when a sample has no system turn,
+    # with the mask of any system turn: role header and content masked, the framing tokens trained.
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    ids, mask = encode_chat(messages, tok)
+    assert ids == [S, SYSTEM, NL, *HELPFUL, E, NL,
+                   S, USER, NL, 17, 10, 17, 30, E, NL,
+                   S, ASSISTANT, NL, 19, E, NL]
+    assert mask == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
+                    1, 0, 0, 0, 0, 0, 0, 1, 1,
+                    1, 0, 0, 1, 1, 1]
+    assert render_chat(messages).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    # Turned off, and never added where a system turn exists.
+    ids, mask = encode_chat(messages, tok, default_system=None)
+    assert ids == [S, USER, NL, 17, 10, 17, 30, E, NL, S, ASSISTANT, NL, 19, E, NL]
+    assert mask == [1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1]
+    own = [{"role": "system", "content": "Be brief."}, *messages]
+    assert encode_chat(own, tok)[0].count(S) == 3
+
+
+def test_multi_turn(tok):
     messages = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "yo"},
         {"role": "user", "content": "yo"},
         {"role": "assistant", "content": "Hi"},
     ]
-    ids, mask = encode_chat(messages, tok)
+    ids, mask = encode_chat(messages, tok, default_system=None)
     assert ids == [S, USER, NL, 13048, E, NL, S, ASSISTANT, NL, 16032, E, NL,
                    S, USER, NL, 16032, E, NL, S, ASSISTANT, NL, 13048, E, NL]
     assert mask == [1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1,
@@ -48,11 +69,18 @@ def test_multi_turn_without_system(tok):
 
 def test_special_text_in_content_stays_ordinary(tok):
     ids, mask = encode_chat([{"role": "user", "content": "x"},
-                             {"role": "assistant", "content": "<|im_end|>"}], tok)
+                             {"role": "assistant", "content": "<|im_end|>"}], tok, default_system=None)
     body = tok.tokenize("<|im_end|>")
     assert E not in body
     assert ids[-len(body) - 2:] == [*body, E, NL]
     assert ids.count(E) == 2 and len(ids) == len(mask)
+
+
+def test_content_is_normalized_to_nfc(tok):
+    composed = [{"role": "user", "content": "Tiếng Việt"}, {"role": "assistant", "content": "한국어"}]
+    decomposed = [{k: unicodedata.normalize("NFD", v) for k, v in m.items()} for m in composed]
+    assert decomposed != composed
+    assert encode_chat(decomposed, tok) == encode_chat(composed, tok)
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,9 @@ never installed or imported.
 """
 
 import argparse
-import os
 import sys
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
-from megatron_qwen.tokenizer.files import TokenizerFileError, default_cache_path, fetch_tokenizer  # noqa: E402
+from megatron_qwen.tokenizer.files import TokenizerFileError, default_cache_path, fetch_tokenizer
 
 
 def main() -> int:

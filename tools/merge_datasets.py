@@ -12,17 +12,19 @@ import argparse
 import glob
 import os
 import sys
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
-from megatron_qwen.data.indexed_writer import is_complete, merge_datasets, read_index_counts  # noqa: E402
-from megatron_qwen.data.preprocess import LOSS_MASK_SUFFIX  # noqa: E402
+from megatron_qwen.data.shards import (
+    LOSS_MASK_SUFFIX,
+    ShardError,
+    is_loss_mask,
+    loss_mask_prefix,
+    merge_datasets,
+    read_index_counts,
+)
 
 
 class MergeError(ValueError):
-    pass
+    """Inputs that cannot be merged; the message is one line naming the flag or dataset."""
 
 
 def find_prefixes(specs: list[str]) -> list[str]:
@@ -40,7 +42,7 @@ def find_prefixes(specs: list[str]) -> list[str]:
             raise MergeError(f"--input {spec}: no indexed dataset (.idx) found")
         prefixes.update(found)
     # Loss-mask companions are merged alongside their token dataset, not as datasets of their own.
-    return sorted(p for p in prefixes if not p.endswith(LOSS_MASK_SUFFIX))
+    return sorted(p for p in prefixes if not is_loss_mask(p))
 
 
 def main(argv=None) -> int:
@@ -56,21 +58,20 @@ def main(argv=None) -> int:
         if out in prefixes:
             raise MergeError(f"--output-prefix {out} is also an input")
         for prefix in prefixes:
-            if not is_complete(prefix):
-                raise MergeError(f"{prefix}: incomplete or corrupt (.bin size does not match .idx); rerun preprocessing")
-        with_mask = [is_complete(p + LOSS_MASK_SUFFIX) for p in prefixes]
+            read_index_counts(prefix)  # complete and consistent, before anything is written
+        with_mask = [os.path.isfile(loss_mask_prefix(p) + ".idx") for p in prefixes]
         if any(with_mask) and not all(with_mask):
             missing = prefixes[with_mask.index(False)]
             raise MergeError(f"{missing}: has no {LOSS_MASK_SUFFIX} companion while other shards do")
         if all(with_mask):
-            merge_datasets([p + LOSS_MASK_SUFFIX for p in prefixes], out + LOSS_MASK_SUFFIX)
+            merge_datasets([loss_mask_prefix(p) for p in prefixes], loss_mask_prefix(out))
         merge_datasets(prefixes, out)  # token dataset last: its .idx marks the merge complete
         documents, tokens = read_index_counts(out)
-    except (MergeError, ValueError, OSError) as e:
+    except (MergeError, ShardError, OSError) as e:
         print(f"merge_datasets: error: {e}", file=sys.stderr)
         return 1
     print(f"merged {len(prefixes)} shards -> {out}.bin/.idx: {documents:,} documents, {tokens:,} tokens"
-          + (f" (+ {out}{LOSS_MASK_SUFFIX})" if all(with_mask) else ""))
+          + (f" (+ {loss_mask_prefix(out)})" if all(with_mask) else ""))
     return 0
 
 

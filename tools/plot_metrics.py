@@ -14,10 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # without pyplot: no GUI back end, files only
 
 
 class MetricsFileError(ValueError):
@@ -70,7 +67,8 @@ def read_metrics(path: str, label: str) -> Series:
 
 
 def plot(series: list[Series], output: str) -> None:
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4.5))
+    fig = Figure(figsize=(6 * len(PANELS), 4.5))
+    axes = fig.subplots(1, len(PANELS))
     for ax, (title, ylabel, lines, markers) in zip(axes, PANELS):
         for i, s in enumerate(series):
             color = f"C{i}"
@@ -91,7 +89,6 @@ def plot(series: list[Series], output: str) -> None:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     fig.savefig(output, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

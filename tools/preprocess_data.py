@@ -10,19 +10,14 @@ docs/data.md.
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-
-from megatron_qwen.data.preprocess import Options, plan_shards, run_shards, shard_outputs  # noqa: E402
-from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs  # noqa: E402
-from megatron_qwen.tokenizer import TokenizerFileError, load_tokenizer  # noqa: E402
-
+from megatron_qwen.data.preprocess import Options, plan_shards, run_shards, shard_outputs
+from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY
+from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
+from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -45,14 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append-eod", action="store_true", help="append <|endoftext|> to every document (pretraining)")
     p.add_argument("--chatml", action="store_true",
                    help='SFT: records are {"messages": [{"role", "content"}]}; also writes the loss mask')
+    p.add_argument("--no-default-system-prompt", action="store_true",
+                   help=f"--chatml: leave conversations without a system message as they are (default: they get "
+                        f"Qwen's {DEFAULT_SYSTEM_PROMPT!r}, as its finetune.py does)")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes, each encoding whole shards (default: one per CPU, at most one per shard of this task)")
+                   help="processes (default: one per CPU); with fewer shards than workers they share each shard")
     p.add_argument("--encode-threads", type=int, default=None,
                    help="tokenizer threads per worker (default: CPUs / workers)")
     p.add_argument("--max-shard-bytes", type=parse_size, default=None, metavar="SIZE",
                    help="split each plain .jsonl larger than SIZE (e.g. 512M, 4G) into byte-range shards of at most "
-                        "SIZE; .jsonl.gz, .jsonl.zst and .parquet files stay one shard each (default: one shard per file)")
+                        "SIZE; .jsonl.gz, .jsonl.zst and .parquet files stay one shard each "
+                        "(default: one shard per file)")
     p.add_argument("--shard-index", type=int, default=0, help="this task's slice of the shard list (slurm array)")
     p.add_argument("--num-shards", type=int, default=1, help="number of slices of the shard list (slurm array size)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
@@ -71,6 +70,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--append-eod does not apply to --chatml (each turn already ends with <|im_end|>)")
     if args.chatml and args.json_keys and len(args.json_keys) != 1:
         parser.error("--chatml takes one --json-keys entry (the messages list)")
+    if args.no_default_system_prompt and not args.chatml:
+        parser.error("--no-default-system-prompt applies to --chatml only")
 
 
 def print_summary(result, elapsed: float, tasks, opts: Options) -> None:
@@ -80,7 +81,8 @@ def print_summary(result, elapsed: float, tasks, opts: Options) -> None:
           f"{elapsed:.1f} s: {s.documents / elapsed:,.0f} docs/s, {s.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
           f"{s.tokens / elapsed / 1e6:,.2f}M tokens/s")
     if s.bad:
-        print(f"skipped records: {sum(s.bad.values()):,} (" + ", ".join(f"{r} {n:,}" for r, n in s.bad.most_common()) + ")")
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in s.bad.most_common())
+        print(f"skipped records: {sum(s.bad.values()):,} ({reasons})")
         for example in s.examples[:20]:
             print(f"  {example}")
     for failure in result.failed:
@@ -93,17 +95,18 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    keys = tuple(args.json_keys or (["messages"] if args.chatml else ["text"]))
+    keys = tuple(args.json_keys or [MESSAGES_KEY if args.chatml else TEXT_KEY])
     start = time.monotonic()
     try:
         files = expand_inputs(args.input)
         cpus = len(os.sched_getaffinity(0))  # the CPUs this process may use (slurm, taskset)
         # Processes before threads: threads of one process hand the GIL to each other at every
         # document, which a busy machine makes slow; separate processes never wait on each other.
-        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict)
+        workers = args.workers or cpus
+        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict,
+                       threads=args.encode_threads or max(1, cpus // workers),
+                       default_system_prompt=None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT)
         tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards, args.max_shard_bytes)
-        workers = args.workers or max(1, min(cpus, len(tasks)))
-        opts = dataclasses.replace(opts, threads=args.encode_threads or max(1, cpus // workers))
         tokenizer = load_tokenizer(args.tokenizer_model)
         result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)
     except (InputError, BadRecordError, TokenizerFileError) as e:

@@ -36,14 +36,14 @@ def prompt_ids(question: str, tokenizer) -> list[int]:
 
 
 def evaluate(checkpoint: str, problems_file: str, tokenizer_model: str | None) -> dict:
-    from megatron_qwen.inference import greedy_generate, load_model_for_inference
+    from megatron_qwen.inference import generate, load_model_for_inference
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_model)
     pairs = read_conversations(problems_file)
     model = load_model_for_inference(checkpoint)
-    outputs = greedy_generate(model, [prompt_ids(q, tokenizer) for q, _ in pairs], MAX_ANSWER_TOKENS,
-                              {tokenizer.im_end_id, tokenizer.eod})
+    outputs = generate(model, [prompt_ids(q, tokenizer) for q, _ in pairs], MAX_ANSWER_TOKENS,
+                       {tokenizer.im_end_id, tokenizer.eod})
     predictions = [tokenizer.detokenize(ids) for ids in outputs]
     references = [a for _, a in pairs]
     accuracy = exact_match(predictions, references)

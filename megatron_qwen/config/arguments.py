@@ -171,8 +171,8 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--recompute-num-layers", type=int, default=1)
     g.add_argument("--seed", type=int, default=BuildSettings.seed)
     g.add_argument("--use-cpu-initialization", action="store_true",
-                   help="accepted for Megatron-LM compatibility: weights are always drawn on the CPU, "
-                        "layout-independently")
+                   help="accepted for Megatron-LM compatibility: weights are always drawn layout-independently, "
+                        "on the device that holds them (model/init.py)")
 
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -263,6 +263,20 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         rotary_base=args.rotary_base, norm_epsilon=args.norm_epsilon, vocab_size=args.vocab_size,
         padded_vocab_size=_padded_rows(args.vocab_size, args.make_vocab_size_divisible_by),
     )
+    # >>> megatron_qwen/hf: a Hugging Face --load (or a checkpoint converted from one) fixes the shape;
+    # a shape flag or a named --model-size that contradicts it is refused (docs/checkpoints.md).
+    if args.load:
+        from megatron_qwen.hf.source import check_flags_against, imported_model
+
+        imported = imported_model(args.load)
+        if imported is not None:
+            named = args.model_size != build_parser(recipe).get_default("model_size")
+            shape_flags = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels",
+                           "max_position_embeddings", "rotary_base", "norm_epsilon", "vocab_size")
+            model = check_flags_against(imported, args.load, {f: getattr(args, f) for f in shape_flags},
+                                        args.model_size if named else None)
+            args.model_size = args.model_size if named else "hf"
+    # <<< megatron_qwen/hf
     size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
     lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
     gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)

@@ -1,7 +1,24 @@
-"""Data: raw corpora -> indexed shards (preprocess), and the training datasets over them."""
+"""Data: raw corpora -> indexed shards (preprocess), and the training datasets over them.
 
-from megatron_qwen.data.blend import DataPathError, parse_data_path
-from megatron_qwen.data.pretrain import build_pretrain_datasets
-from megatron_qwen.data.sft import SFTDataset, build_sft_datasets
+The dataset builders load lazily (they import megatron-core and torch): `check_data_path` and
+`parse_data_path` stay cheap to import for the checks that run before any work.
+"""
 
-__all__ = ["build_pretrain_datasets", "build_sft_datasets", "SFTDataset", "parse_data_path", "DataPathError"]
+from megatron_qwen.data.blend import DataPathError, check_data_path, check_split, parse_data_path
+
+_LAZY = {
+    "build_pretrain_datasets": "megatron_qwen.data.pretrain",
+    "build_sft_datasets": "megatron_qwen.data.sft",
+    "SFTDataset": "megatron_qwen.data.sft",
+}
+
+__all__ = ["build_pretrain_datasets", "build_sft_datasets", "SFTDataset", "parse_data_path", "check_data_path",
+           "check_split", "DataPathError"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

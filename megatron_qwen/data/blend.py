@@ -1,18 +1,22 @@
-"""`--data-path` and `--split` as Megatron-LM reads them, with one-line errors.
+"""`--data-path` and `--split` as Megatron-LM reads them, and the shard check, with one-line errors.
 
     --data-path web code                  plain prefixes (weighted by their size)
     --data-path 0.7 web 0.2 code 0.1 books   WEIGHT PREFIX pairs (upsampling/downsampling)
+
+Nothing here imports megatron-core or torch, so the training entry point checks its data in a
+fraction of a second, before any process group exists.
 """
 
 from __future__ import annotations
 
 import re
 
-from megatron_qwen.data.indexed_writer import read_index_counts
+from megatron_qwen.data.shards import ShardError, loss_mask_prefix, read_index_counts
 
 
 class DataPathError(ValueError):
-    """A malformed --data-path/--split; the message is one line naming the flag and the fix."""
+    """A malformed --data-path/--split or an unusable shard; the message is one line naming the flag
+    or file and the fix."""
 
 
 def _number(text: str) -> float | None:
@@ -23,7 +27,8 @@ def _number(text: str) -> float | None:
 
 
 def parse_data_path(data_path: list[str], check_files: bool = True) -> tuple[list[str], list[float] | None]:
-    """Return (prefixes, weights or None). Entries may also be one space-separated string."""
+    """Return (prefixes, weights or None). Entries may also be one space-separated string.
+    `check_files`: check every prefix's shard as check_data_path does."""
     items = [token for entry in data_path for token in entry.split()]
     if not items:
         raise DataPathError("--data-path is empty; give dataset prefixes, optionally as WEIGHT PREFIX pairs")
@@ -49,13 +54,41 @@ def parse_data_path(data_path: list[str], check_files: bool = True) -> tuple[lis
             raise DataPathError("--data-path weights sum to 0")
     if check_files:
         for prefix in prefixes:
-            try:
-                documents, _ = read_index_counts(prefix)
-            except ValueError as e:
-                raise DataPathError(f"--data-path {prefix}: {e}; create it with tools/preprocess_data.py") from None
-            if documents == 0:  # megatron-core cannot map an empty .bin
-                raise DataPathError(f"--data-path {prefix} holds no documents (an empty shard); leave it out")
+            check_shard(prefix)
     return prefixes, weights
+
+
+def check_shard(prefix: str, loss_mask: bool = False) -> int:
+    """The document count of the shard at `prefix`, or DataPathError when its .bin/.idx are missing,
+    unreadable, disagree or hold nothing; with `loss_mask`, also its SFT loss-mask companion.
+    Reads headers only."""
+    try:
+        documents, tokens = read_index_counts(prefix)
+    except ShardError as e:
+        raise DataPathError(f"--data-path {prefix}: {e}") from None
+    if tokens == 0:  # megatron-core cannot map an empty .bin
+        raise DataPathError(f"--data-path {prefix} holds no documents (an empty shard, e.g. a byte range inside "
+                            "one long line, or a file of bad records); leave it out of --data-path")
+    if loss_mask:
+        mask = loss_mask_prefix(prefix)
+        try:
+            mask_documents, mask_tokens = read_index_counts(mask)
+        except ShardError as e:
+            raise DataPathError(f"--data-path {prefix}: its SFT loss mask: {e}") from None
+        if (mask_documents, mask_tokens) != (documents, tokens):
+            raise DataPathError(f"--data-path {prefix}: {mask} has {mask_documents} documents and {mask_tokens} "
+                                f"tokens, the token dataset {documents} and {tokens}; rerun "
+                                "tools/preprocess_data.py --chatml for both")
+    return documents
+
+
+def check_data_path(data_path: list[str], loss_masks: bool = False) -> None:
+    """Check --data-path (WEIGHT PREFIX pairs or prefixes, as parse_data_path) and every shard it names
+    (check_shard; `loss_masks`: SFT shards, with their loss-mask companions); DataPathError (one
+    line) on the first problem. Header reads only, no process group: fast on any shard size."""
+    prefixes, _ = parse_data_path(data_path, check_files=False)
+    for prefix in prefixes:
+        check_shard(prefix, loss_mask=loss_masks)
 
 
 def check_split(split: str) -> str:

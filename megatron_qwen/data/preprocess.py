@@ -1,10 +1,15 @@
 """Raw corpora -> Megatron indexed shards: one shard per input file (or per byte range of a large
 plain .jsonl), resumable and atomic.
 
-Per process the work is a pipeline: a reader thread reads, decompresses and parses blocks of
-input (orjson) while a pool of threads encodes the previous blocks (tiktoken releases the GIL)
-straight into int32 arrays, and the main thread writes each block's tokens with one write. Several
-processes (`workers`) take whole shards each; several machines take slices of the shard list.
+The work is a pipeline over blocks of ~1 MiB of input: the reader reads and decompresses whole
+lines, the encoder parses them (orjson), checks the records and encodes them (tiktoken, straight
+into int32 arrays), and the writer appends each block's tokens to the shard with one write, in
+input order. Encoding runs where the CPUs are:
+- in this process, inline (one thread) or on a pool of threads (tiktoken releases the GIL);
+- with at least as many shards as workers, each worker process takes whole shards;
+- with fewer shards than workers (one big file), the worker processes share each shard's blocks
+  and send the tokens back to this process, which writes them.
+Several machines take slices of the shard list.
 """
 
 from __future__ import annotations
@@ -12,36 +17,31 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import threading
 from collections import Counter, deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from functools import partial
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from megatron_qwen.data.indexed_writer import IndexedShardWriter, is_complete
 from megatron_qwen.data.progress import Progress
+from megatron_qwen.data.shards import IndexedShardWriter, dataset_prefix, is_complete, is_loss_mask, loss_mask_prefix
 from megatron_qwen.data.sources import (
-    Batch,
     BadRecordError,
+    Block,
     InputError,
     chat_record_checker,
-    read_batches,
+    parse_block,
+    read_blocks,
     shard_names,
     splittable,
     text_record_checker,
 )
-from megatron_qwen.tokenizer import QwenTokenizer
+from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, QwenTokenizer
 from megatron_qwen.tokenizer.chatml import encode_turns
 
-LOSS_MASK_SUFFIX = "_loss_mask"  # SFT: `P.bin/.idx` tokens, `P_loss_mask.bin/.idx` uint8 mask, same documents
 MAX_EXAMPLES = 5  # bad records shown per shard
-
-
-def dataset_prefix(output_prefix: str, key: str, shard: str | None = None) -> str:
-    """Megatron's naming: `{output_prefix}_{key}_document`, with the shard name before the key."""
-    return f"{output_prefix}_{shard}_{key}_document" if shard else f"{output_prefix}_{key}_document"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Options:
     chatml: bool = False
     append_eod: bool = False
     strict: bool = False
-    threads: int = 2
+    threads: int = 2  # encoding threads per process
+    default_system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # chat mode: given to conversations without one
 
 
 @dataclass
@@ -101,14 +102,24 @@ def plan_shards(files: list[str], output_prefix: str, opts: Options, shard_index
 
 def shard_outputs(task: ShardTask, opts: Options) -> list[str]:
     """Every dataset prefix the shard writes (chat mode adds the loss-mask dataset)."""
-    return list(task.prefixes) + ([task.prefixes[0] + LOSS_MASK_SUFFIX] if opts.chatml else [])
+    return list(task.prefixes) + ([loss_mask_prefix(task.prefixes[0])] if opts.chatml else [])
 
 
 def shard_is_done(task: ShardTask, opts: Options) -> bool:
     return all(is_complete(p) for p in shard_outputs(task, opts))
 
 
-# --- encoding (runs in the pool's threads) -----------------------------------------------------
+# --- encoding one block (in a thread or a worker process) ---------------------------------------
+@dataclass
+class EncodedBlock:
+    outputs: list[tuple[np.ndarray, np.ndarray]]  # (data, document lengths) per dataset of shard_outputs
+    documents: int
+    tokens: int  # of the (first) token dataset
+    bad: list[tuple[int | str, str]]
+    input_bytes: int
+    position: int
+
+
 def _encode_texts(tokenizer: QwenTokenizer, texts: list[str], append_eod: bool) -> tuple[np.ndarray, np.ndarray]:
     arrays = [tokenizer.tokenize_array(t) for t in texts]
     lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
@@ -116,32 +127,41 @@ def _encode_texts(tokenizer: QwenTokenizer, texts: list[str], append_eod: bool) 
         eod = np.array([tokenizer.eod], dtype=np.int32)
         arrays = [x for a in arrays for x in (a, eod)]
         lengths += 1
-    return (np.concatenate(arrays) if arrays else np.zeros(0, np.int32)), lengths
+    return np.concatenate(arrays), lengths
 
 
-def _encode_text_records(tokenizer: QwenTokenizer, records: list[tuple[str, ...]], append_eod: bool) -> list:
-    """One (tokens, lengths) per json key."""
-    return [_encode_texts(tokenizer, [r[k] for r in records], append_eod) for k in range(len(records[0]))]
+class BlockEncoder:
+    """Block of input -> EncodedBlock: parse, check, encode."""
+
+    def __init__(self, tokenizer: QwenTokenizer, opts: Options):
+        self.tokenizer, self.opts = tokenizer, opts
+        self.check = chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys))
+
+    def __call__(self, block: Block) -> EncodedBlock:
+        batch = parse_block(block, self.check)
+        outputs = []
+        if batch.records and self.opts.chatml:
+            outputs = self._encode_chats(batch.records)
+        elif batch.records:
+            outputs = [_encode_texts(self.tokenizer, [r[k] for r in batch.records], self.opts.append_eod)
+                       for k in range(len(self.opts.keys))]
+        return EncodedBlock(outputs, len(batch.records), outputs[0][0].size if outputs else 0, batch.bad,
+                            block.input_bytes, block.position)
+
+    def _encode_chats(self, conversations: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        ids: list[int] = []
+        mask: list[int] = []
+        lengths = []
+        for turns in conversations:
+            conv_ids, conv_mask = encode_turns(turns, self.tokenizer, self.opts.default_system_prompt)
+            ids += conv_ids
+            mask += conv_mask
+            lengths.append(len(conv_ids))
+        lengths = np.array(lengths, dtype=np.int64)
+        return [(np.array(ids, dtype=np.int32), lengths), (np.array(mask, dtype=np.uint8), lengths)]
 
 
-def _encode_chats(tokenizer: QwenTokenizer, conversations: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ids: list[int] = []
-    mask: list[int] = []
-    lengths = []
-    for turns in conversations:
-        conv_ids, conv_mask = encode_turns(turns, tokenizer)
-        ids += conv_ids
-        mask += conv_mask
-        lengths.append(len(conv_ids))
-    return np.array(ids, dtype=np.int32), np.array(mask, dtype=np.uint8), np.array(lengths, dtype=np.int64)
-
-
-def _split(items: list, parts: int) -> list[list]:
-    step = -(-len(items) // parts) or 1
-    return [items[i:i + step] for i in range(0, len(items), step)]
-
-
-# --- one shard ---------------------------------------------------------------------------------
+# --- where blocks are encoded ---------------------------------------------------------------------
 class InlineExecutor(Executor):
     """Runs work at once in the calling thread. With one encoding thread per process this avoids
     every GIL handoff between threads, which on a busy machine (every handoff waits for the OS to
@@ -157,91 +177,101 @@ def make_encode_pool(threads: int) -> Executor:
     return ThreadPoolExecutor(threads) if threads > 1 else InlineExecutor()
 
 
-def _background(iterator: Iterator[Batch], depth: int = 4) -> Iterator[Batch]:
-    """Run `iterator` (reading + parsing) in a thread, so it overlaps with encoding."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, which raises it
-            q.put(e)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
+def _in_order(submit: Callable[[object], Future], items: Iterable, in_flight: int) -> Iterator:
+    """Results of submit(item) for each item, in order, with at most `in_flight` submitted ahead."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(submit(item))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
+class LocalEncoding:
+    """Blocks encoded in this process, inline or by `threads` threads."""
+
+    def __init__(self, encoder: BlockEncoder, threads: int):
+        self.encoder, self.threads = encoder, threads
+        self.pool = make_encode_pool(threads)
+
+    def map(self, blocks: Iterable[Block]) -> Iterator[EncodedBlock]:
+        return _in_order(partial(self.pool.submit, self.encoder), blocks, 2 * self.threads)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+_worker: dict = {}  # per-process state of worker processes, inherited at fork
+
+
+def _init_block_worker(encoder: BlockEncoder, threads: int) -> None:
+    _worker["encoding"] = LocalEncoding(encoder, threads)
+
+
+def _encode_in_worker(blocks: list[Block]) -> list[EncodedBlock]:
+    return list(_worker["encoding"].map(blocks))
+
+
+def _groups(blocks: Iterable[Block], size: int) -> Iterator[list[Block]]:
+    group = []
+    for block in blocks:
+        group.append(block)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class WorkerEncoding:
+    """Blocks encoded by `workers` processes of `threads` threads each, the tokens sent back here:
+    for shards fewer than the workers (one big file), which would leave CPUs idle otherwise."""
+
+    def __init__(self, encoder: BlockEncoder, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+        # fork: the workers inherit the loaded tokenizer instead of unpickling it.
+        self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_init_block_worker,
+                                        initargs=(encoder, threads))
+
+    def map(self, blocks: Iterable[Block]) -> Iterator[EncodedBlock]:
+        # A worker takes `threads` blocks at a time (one per thread); four such groups per worker in flight
+        # keep every worker busy while this process waits for the oldest block.
+        submit = partial(self.pool.submit, _encode_in_worker)
+        for encoded in _in_order(submit, _groups(blocks, self.threads), 4 * self.workers):
+            yield from encoded
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+# --- one shard ---------------------------------------------------------------------------------
 def preprocess_shard(
     task: ShardTask,
-    tokenizer: QwenTokenizer,
     opts: Options,
-    pool: Executor,
+    encoding: LocalEncoding | WorkerEncoding,
     report: Callable[[int, int, int, int], None] = lambda *_: None,
 ) -> ShardStats:
     """Encode one input file (range) into its dataset(s); `report(docs, tokens, bytes, position)` gets increments."""
-    check = chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys))
     stats = ShardStats()
-    writers = [IndexedShardWriter(p, np.uint8 if p.endswith(LOSS_MASK_SUFFIX) else np.int32) for p in shard_outputs(task, opts)]
+    writers = [IndexedShardWriter(p, np.uint8 if is_loss_mask(p) else np.int32) for p in shard_outputs(task, opts)]
     try:
-        pending: deque = deque()
         last_position = 0
-
-        def write_oldest() -> None:
-            futures, n_docs, n_bytes, position = pending.popleft()
-            tokens = 0
-            for fut in futures:
-                result = fut.result()
-                if opts.chatml:
-                    ids, mask, lengths = result
-                    writers[0].add_documents(ids, lengths)
-                    writers[1].add_documents(mask, lengths)
-                    tokens += ids.size
-                else:
-                    for writer, (ids, lengths) in zip(writers, result):
-                        writer.add_documents(ids, lengths)
-                    tokens += result[0][0].size
-            stats.documents += n_docs
-            stats.tokens += tokens
-            stats.input_bytes += n_bytes
-            report(n_docs, tokens, n_bytes, position)
-
-        batches = read_batches(task.input_path, list(opts.keys), check, task.start, task.end)
-        for batch in _background(batches) if opts.threads > 1 else batches:
-            for where, reason in batch.bad:
+        for encoded in encoding.map(read_blocks(task.input_path, list(opts.keys), task.start, task.end)):
+            for where, reason in encoded.bad:
                 if opts.strict:
-                    raise BadRecordError(f"{task.input_path}:{where}: {reason} (--strict stops at the first bad record)")
+                    raise BadRecordError(f"{task.input_path}:{where}: {reason} "
+                                         "(--strict stops at the first bad record)")
                 stats.bad[reason.split(":")[0]] += 1
                 if len(stats.examples) < MAX_EXAMPLES:
                     stats.examples.append(f"{task.input_path}:{where}: {reason}")
-            groups = _split(batch.records, opts.threads)
-            if opts.chatml:
-                futures = [pool.submit(_encode_chats, tokenizer, g) for g in groups]
-            else:
-                futures = [pool.submit(_encode_text_records, tokenizer, g, opts.append_eod) for g in groups]
-            pending.append((futures, len(batch.records), batch.input_bytes, batch.position - last_position))
-            last_position = batch.position
-            if len(pending) > 2:  # two blocks in flight keep every encoding thread busy
-                write_oldest()
-        while pending:
-            write_oldest()
+            for writer, (data, lengths) in zip(writers, encoded.outputs):
+                writer.add_documents(data, lengths)
+            stats.documents += encoded.documents
+            stats.tokens += encoded.tokens
+            stats.input_bytes += encoded.input_bytes
+            report(encoded.documents, encoded.tokens, encoded.input_bytes, encoded.position - last_position)
+            last_position = encoded.position
     except BaseException:
         for writer in writers:
             writer.discard()
@@ -253,22 +283,18 @@ def preprocess_shard(
 
 
 # --- many shards, many processes ---------------------------------------------------------------
-_worker: dict = {}  # per-process state; "tokenizer" is set before forking so workers inherit it
-
-
-def _init_worker(threads: int, progress_queue) -> None:
-    _worker["pool"] = make_encode_pool(threads)
+def _init_shard_worker(encoder: BlockEncoder, threads: int, progress_queue) -> None:
+    _worker["encoding"] = LocalEncoding(encoder, threads)
     _worker["queue"] = progress_queue
 
 
-def _run_in_worker(args: tuple[ShardTask, Options]) -> tuple[ShardTask, ShardStats | None, str | None]:
-    task, opts = args
+def _run_in_worker(task: ShardTask) -> tuple[ShardStats | None, str | None]:
     q = _worker["queue"]
+    encoding = _worker["encoding"]
     try:
-        stats = preprocess_shard(task, _worker["tokenizer"], opts, _worker["pool"], lambda *counts: q.put(counts))
+        return preprocess_shard(task, encoding.encoder.opts, encoding, lambda *counts: q.put(counts)), None
     except InputError as e:
-        return task, None, str(e)
-    return task, stats, None
+        return None, str(e)
 
 
 @dataclass
@@ -281,15 +307,17 @@ class RunResult:
 
 def run_shards(tasks: list[ShardTask], opts: Options, tokenizer: QwenTokenizer, workers: int,
                log_interval: float) -> RunResult:
-    """Preprocess every task not already complete, in `workers` processes.
+    """Preprocess every task not already complete, with `workers` processes of `opts.threads` threads.
 
-    An unreadable input fails its shard only (listed in `failed`); anything else, and a bad
-    record under --strict, stops the run."""
+    At least as many shards as workers: each worker takes whole shards. Fewer: the shards are done
+    one after the other, the workers sharing each one's blocks. An unreadable input fails its shard
+    only (listed in `failed`); anything else, and a bad record under --strict, stops the run."""
     todo = [t for t in tasks if not shard_is_done(t, opts)]
     result = RunResult(ShardStats(), 0, len(tasks) - len(todo), [])
     progress = Progress(sum(t.input_size for t in todo), len(todo), log_interval)
+    encoder = BlockEncoder(tokenizer, opts)
 
-    def finished(task: ShardTask, stats: ShardStats | None, error: str | None) -> None:
+    def finished(stats: ShardStats | None, error: str | None) -> None:
         progress.shards_done += 1
         if error is None:
             result.stats.add(stats)
@@ -297,21 +325,24 @@ def run_shards(tasks: list[ShardTask], opts: Options, tokenizer: QwenTokenizer, 
         else:
             result.failed.append(error)
 
-    if workers <= 1 or len(todo) <= 1:
-        with make_encode_pool(opts.threads) as pool:
+    if workers <= 1 or len(todo) < workers:
+        encoding = LocalEncoding(encoder, opts.threads) if workers <= 1 else WorkerEncoding(encoder, workers,
+                                                                                           opts.threads)
+        try:
             for task in todo:
                 try:
-                    finished(task, preprocess_shard(task, tokenizer, opts, pool, progress.update), None)
+                    finished(preprocess_shard(task, opts, encoding, progress.update), None)
                 except InputError as e:
-                    finished(task, None, str(e))
+                    finished(None, str(e))
+        finally:
+            encoding.close()
         return result
 
     ctx = multiprocessing.get_context("fork")
     progress_queue = ctx.Queue()
-    _worker["tokenizer"] = tokenizer
-    pool = ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(opts.threads, progress_queue))
+    pool = ctx.Pool(workers, initializer=_init_shard_worker, initargs=(encoder, opts.threads, progress_queue))
     try:
-        outcomes = pool.imap_unordered(_run_in_worker, [(t, opts) for t in todo])
+        outcomes = pool.imap_unordered(_run_in_worker, todo)
         for _ in todo:
             while True:
                 _drain(progress_queue, progress)

@@ -16,7 +16,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
 from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path
-from megatron_qwen.data.indexed_writer import read_index_counts
+from megatron_qwen.data.shards import read_index_counts
 
 SPLIT_NAMES = ("train", "valid", "test")
 

@@ -14,7 +14,8 @@ def _si(x: float) -> str:
     return f"{x:.0f}"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """H:MM:SS (hours unbounded), for ETAs and elapsed times."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -52,7 +53,7 @@ class Progress:
         docs_s, bytes_s, tokens_s = self.rates()
         elapsed = time.monotonic() - self.start
         done = self.position / self.total_input_bytes if self.total_input_bytes else 1.0
-        eta = _duration(elapsed * (1 - done) / done) if done > 0 else "?"
+        eta = format_duration(elapsed * (1 - done) / done) if done > 0 else "?"
         return (
             f"progress: {self.shards_done}/{self.total_shards} shards {100 * done:.1f}% | "
             f"{_si(self.documents)} docs {_si(docs_s)}/s | {bytes_s / 1e6:.1f} MB/s | "

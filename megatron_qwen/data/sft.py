@@ -25,8 +25,8 @@ from megatron.core.datasets.blended_megatron_dataset_config import (
 )
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path
-from megatron_qwen.data.preprocess import LOSS_MASK_SUFFIX
+from megatron_qwen.data.blend import DataPathError, check_data_path, check_split, parse_data_path
+from megatron_qwen.data.shards import LOSS_MASK_SUFFIX, loss_mask_prefix, read_index_counts
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -35,7 +35,7 @@ class SFTDataset(torch.utils.data.Dataset):
     def __init__(self, prefix: str, begin: int, end: int, seq_length: int, num_samples: int, seed: int,
                  pack: bool, eod: int):
         self.tokens = IndexedDataset(prefix)
-        self.masks = IndexedDataset(prefix + LOSS_MASK_SUFFIX)
+        self.masks = IndexedDataset(loss_mask_prefix(prefix))
         if not np.array_equal(self.tokens.sequence_lengths, self.masks.sequence_lengths):
             raise DataPathError(f"{prefix}: tokens and {LOSS_MASK_SUFFIX} datasets have different documents")
         if end <= begin:
@@ -121,11 +121,10 @@ def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: 
 
     `data_path` is like --data-path for pretraining (prefixes of the token datasets, optionally
     as WEIGHT PREFIX pairs; unweighted prefixes are weighted by their document counts)."""
-    prefixes, weights = parse_data_path(data_path)
-    for prefix in prefixes:
-        parse_data_path([prefix + LOSS_MASK_SUFFIX])  # clear error if the mask companion is missing
+    check_data_path(data_path, loss_masks=True)
+    prefixes, weights = parse_data_path(data_path, check_files=False)
     split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(check_split(split)))
-    doc_counts = [len(IndexedDataset(p).document_indices) - 1 for p in prefixes]
+    doc_counts = [read_index_counts(p)[0] for p in prefixes]
     if weights is None:
         weights = [float(n) for n in doc_counts]
     total = sum(weights)

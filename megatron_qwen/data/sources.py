@@ -20,7 +20,7 @@ import orjson
 from megatron_qwen.tokenizer.chatml import ChatFormatError, validate_messages
 
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
-BLOCK_BYTES = 1 << 20  # bytes of (decompressed) input per batch (~250k tokens): short pipeline fill/drain per shard
+BLOCK_BYTES = 1 << 20  # bytes of (decompressed) input per block (~250k tokens): short pipeline fill/drain per shard
 
 
 def splittable(path: str) -> bool:
@@ -84,14 +84,25 @@ def shard_names(files: list[str]) -> list[str]:
 
 
 @dataclass
+class Block:
+    """A piece of one input file (range), read but not yet parsed or checked: whole jsonl lines
+    (`lines`) or parquet rows (`rows`). Parsing is part of the work spread over threads or processes."""
+
+    lines: bytes = b""
+    rows: list[dict] | None = None
+    first: int = 0  # lines (rows) of the file before this block
+    offset: int | None = None  # a byte-range shard's file offset of `lines`; bad records are located by it
+    input_bytes: int = 0  # uncompressed bytes of this block
+    position: int = 0  # bytes of the (compressed) file (range) consumed so far, for ETA
+
+
+@dataclass
 class Batch:
-    """Good records of one block of input, and the bad ones as (location, reason): the line (parquet:
-    row) number, or "byte N" (the line's offset) in a byte range, whose line numbers are unknown."""
+    """Good records of one block, and the bad ones as (location, reason): the line (parquet: row)
+    number, or "byte N" (the line's offset) in a byte range, whose line numbers are unknown."""
 
     records: list[Any] = field(default_factory=list)
     bad: list[tuple[int | str, str]] = field(default_factory=list)
-    input_bytes: int = 0  # uncompressed bytes of this block
-    position: int = 0  # bytes of the (compressed) file (range) consumed so far, for ETA
 
 
 # --- checking one decoded record ------------------------------------------------------------------
@@ -132,6 +143,38 @@ def chat_record_checker(key: str) -> Callable[[Any], Any]:
     return check
 
 
+def parse_block(block: Block, check: Callable[[Any], Any]) -> Batch:
+    """Parse (orjson) and check every record of a block."""
+    batch = Batch()
+    if block.rows is not None:
+        for rowno, row in enumerate(block.rows, block.first + 1):
+            result = check(row)
+            if isinstance(result, str):
+                batch.bad.append((rowno, result))
+            else:
+                batch.records.append(result)
+        return batch
+    offset = block.offset or 0
+    for lineno, line in enumerate(block.lines.split(b"\n"), block.first + 1):
+        line_start = offset
+        offset += len(line) + 1
+        if not line.strip():
+            continue  # blank lines separate nothing in jsonl; not an error (nor is the split's last piece)
+        try:
+            result = check(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            try:
+                line.decode("utf-8")
+                result = "malformed JSON"
+            except UnicodeDecodeError:
+                result = "invalid UTF-8"
+        if isinstance(result, str):
+            batch.bad.append((lineno if block.offset is None else f"byte {line_start}", result))
+        else:
+            batch.records.append(result)
+    return batch
+
+
 # --- reading ---------------------------------------------------------------------------------------
 def _open_stream(path: str, raw: io.BufferedReader) -> io.RawIOBase:
     if path.endswith(".gz"):
@@ -143,71 +186,50 @@ def _open_stream(path: str, raw: io.BufferedReader) -> io.RawIOBase:
     return raw
 
 
-def _jsonl_batches(path: str, check: Callable[[Any], Any], start: int = 0, end: int | None = None) -> Iterator[Batch]:
-    """The whole file, or (end given; plain .jsonl only) the lines whose first byte lies in [start, end)."""
+def _jsonl_blocks(path: str, start: int = 0, end: int | None = None) -> Iterator[Block]:
+    """Blocks of whole lines of the file, or (end given; plain .jsonl only) of the lines whose first
+    byte lies in [start, end)."""
     ranged = end is not None
     with open(path, "rb") as raw:
         stream = _open_stream(path, raw)
-        offset = 0  # file offset of the next line (of `tail`)
+        offset = 0  # file offset of the next line
         if start:
             # The line holding byte start-1 belongs to an earlier range; skip past its newline, so a
             # line beginning exactly at `start` is kept.
             raw.seek(start - 1)
             offset = start - 1 + len(raw.readline())
-        tail = b""
-        lineno = 0
-        while True:
+        partial: list[bytes] = []  # the beginning of a line not yet complete
+        lines_before = 0
+        while not (ranged and offset >= end):
             try:
-                block = stream.read(BLOCK_BYTES)
+                chunk = stream.read(BLOCK_BYTES)
             except Exception as e:  # corrupt/truncated gzip or zstd: each library raises its own type
-                where = f"byte {offset}" if ranged else f"line {lineno}"
+                where = f"byte {offset}" if ranged else f"line {lines_before}"
                 raise InputError(f"{path}: cannot read after {where} ({type(e).__name__}: {e})") from None
-            if not block and not tail:
+            if chunk:
+                cut = chunk.rfind(b"\n") + 1
+                if not cut:  # no line ends in this chunk
+                    partial.append(chunk)
+                    continue
+                lines = b"".join([*partial, chunk[:cut]])
+                partial = [chunk[cut:]]
+            else:
+                lines = b"".join(partial)  # the last line, without a newline
+            if ranged and offset + len(lines) > end:
+                # The range ends here: keep the lines starting before `end`, the last being the one
+                # holding byte end-1 (finished past `end`).
+                stop = lines.find(b"\n", end - offset - 1)
+                lines = lines[:stop + 1] if stop >= 0 else lines
+            if lines:
+                yield Block(lines=lines, first=lines_before, offset=offset if ranged else None, input_bytes=len(lines),
+                            position=min(raw.tell(), end) - start if ranged else raw.tell())
+            if not chunk:
                 return
-            lines = (tail + block).split(b"\n")
-            # The last piece may be a partial line; at end of file it is the last line.
-            tail = lines.pop() if block else b""
-            last = not block
-            if ranged and offset + sum(map(len, lines)) + len(lines) > end:
-                lines = _lines_before(lines, end - offset)  # the range ends within this block
-                last = True
-            batch = Batch(input_bytes=sum(map(len, lines)) + len(lines),
-                          position=min(raw.tell(), end) - start if ranged else raw.tell())
-            for line in lines:
-                lineno += 1
-                line_start = offset
-                offset += len(line) + 1
-                if not line.strip():
-                    continue  # blank lines separate nothing in jsonl; not an error
-                try:
-                    result = check(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    try:
-                        line.decode("utf-8")
-                        result = "malformed JSON"
-                    except UnicodeDecodeError:
-                        result = "invalid UTF-8"
-                if isinstance(result, str):
-                    batch.bad.append((f"byte {line_start}" if ranged else lineno, result))
-                else:
-                    batch.records.append(result)
-            yield batch
-            if last:
-                return
+            lines_before += lines.count(b"\n")
+            offset += len(lines)
 
 
-def _lines_before(lines: list[bytes], limit: int) -> list[bytes]:
-    """The leading lines that start before `limit` bytes from the first line's start."""
-    kept, pos = [], 0
-    for line in lines:
-        if pos >= limit:
-            break
-        kept.append(line)
-        pos += len(line) + 1
-    return kept
-
-
-def _parquet_batches(path: str, keys: list[str], check: Callable[[Any], Any]) -> Iterator[Batch]:
+def _parquet_blocks(path: str, keys: list[str]) -> Iterator[Block]:
     import pyarrow.parquet as pq
 
     try:
@@ -215,28 +237,20 @@ def _parquet_batches(path: str, keys: list[str], check: Callable[[Any], Any]) ->
     except Exception as e:  # pyarrow raises several types for a non-parquet file
         raise InputError(f"{path}: not a readable parquet file ({e})") from None
     columns = [k for k in keys if k in pf.schema_arrow.names]
-    rowno = 0
+    rows_before = 0
     total_rows = max(pf.metadata.num_rows, 1)
     file_size = os.path.getsize(path)
     for record_batch in pf.iter_batches(batch_size=4096, columns=columns):
         values = {k: record_batch.column(k).to_pylist() for k in columns}
-        batch = Batch()
-        for i in range(record_batch.num_rows):
-            rowno += 1
-            result = check({k: values[k][i] for k in columns if values[k][i] is not None})
-            if isinstance(result, str):
-                batch.bad.append((rowno, result))
-            else:
-                batch.records.append(result)
-        batch.input_bytes = record_batch.nbytes
-        batch.position = file_size * rowno // total_rows
-        yield batch
+        rows = [{k: values[k][i] for k in columns if values[k][i] is not None} for i in range(record_batch.num_rows)]
+        yield Block(rows=rows, first=rows_before, input_bytes=record_batch.nbytes,
+                    position=file_size * (rows_before + len(rows)) // total_rows)
+        rows_before += len(rows)
 
 
-def read_batches(path: str, keys: list[str], check: Callable[[Any], Any], start: int = 0,
-                 end: int | None = None) -> Iterator[Batch]:
-    """Batches of checked records of one input file, or of its byte range [start, end) (see
+def read_blocks(path: str, keys: list[str], start: int = 0, end: int | None = None) -> Iterator[Block]:
+    """Blocks (about BLOCK_BYTES each) of one input file, or of its byte range [start, end) (see
     `splittable`): the lines whose first byte lies in the range."""
     if path.endswith(".parquet"):
-        return _parquet_batches(path, keys, check)
-    return _jsonl_batches(path, check, start, end)
+        return _parquet_blocks(path, keys)
+    return _jsonl_blocks(path, start, end)

@@ -1,10 +1,26 @@
-"""Load a training checkpoint (saved at any layout) into one process and decode greedily."""
+"""Text generation with a KV cache: load a checkpoint (saved at any layout) into one process, then
+decode a batch of prompts greedily or by sampling.
+
+The cache is megatron-core's ``StaticInferenceContext``: each attention layer keeps its keys and
+values in [slots, batch] buffers, so after the prompts' single forward pass every step runs one new
+token per row. Prompts of different lengths are left-padded, so that every row's latest token sits
+in the same slot (the static context writes one slot per step for the whole batch, and its model
+returns the last slot's logits only). Padding is kept out of attention by an explicit mask.
+
+RoPE takes its angles from the cache slot, not from position ids (megatron-core's GPTModel), so a
+prompt left-padded by ``p`` runs at positions shifted by ``p``. RoPE attention depends only on the
+distance between query and key, which the shift leaves unchanged: each row computes what the prompt
+alone would, up to fp32 rounding of the rotation angles.
+"""
 
 import dataclasses
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
-
 from megatron.core import dist_checkpointing
+from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.errors import ConfigError
@@ -12,18 +28,27 @@ from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 from megatron_qwen.training.checkpoint import load_weights
-from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
+
+PAD_ID = 0  # what fills a left-padded row's empty slots; any id will do, those slots are masked out
 
 
 def load_model_for_inference(checkpoint_root: str):
     """The model of the latest checkpoint under ``checkpoint_root`` (a ``--save`` directory),
-    built for a single process (TP1, PP1); the model shape is read from the checkpoint."""
+    built for a single process (TP1, PP1) in eval mode; the model shape is read from the checkpoint.
+    ``model.vocab_size_unpadded`` is the number of ids the tokenizer can produce."""
+    if not os.path.isdir(checkpoint_root):
+        raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run")
     iteration = latest_iteration(checkpoint_root)
     if iteration is None:
-        raise ConfigError(f"{checkpoint_root}: no latest_checkpointed_iteration.txt; pass a --save directory")
+        raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory")
     ckpt_dir = iteration_dir(checkpoint_root, iteration)
     trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
-    cfg = dataclasses.replace(trained, parallel=ParallelConfig())  # the same model in one process
+    # The same model in one process. Attention must honour an explicit mask (left-padded batches)
+    # and a single query against the cached keys, which megatron-core's local attention (CPU) and
+    # PyTorch's sdpa (GPU) do; checkpoint keys are the same for every back end.
+    build = dataclasses.replace(trained.build, transformer_impl="sdpa" if on_gpu() else "local")
+    cfg = dataclasses.replace(trained, parallel=ParallelConfig(), build=build)
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     (model,) = build_model(cfg, initialize=False)
     load_weights(ckpt_dir, [model])
@@ -32,23 +57,139 @@ def load_model_for_inference(checkpoint_root: str):
     return model.cuda() if on_gpu() else model
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling instead of greedy decoding: logits / ``temperature``, then only the ``top_k`` most
+    likely ids (0: all), then only the smallest set of most likely ids whose probability reaches
+    ``top_p``. A fixed ``seed`` gives the same ids for the same prompts (None: a fresh seed)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature {self.temperature} must be positive; use greedy decoding for 0")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k {self.top_k} must be 0 (no limit) or positive")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p {self.top_p} must be in (0, 1]")
+
+
+class KVCacheDecoder:
+    """One batch of prompts through the model with megatron-core's static KV cache: ``prefill()``
+    runs the prompts, then each ``step(ids)`` feeds one token per row. Both return the logits of
+    each row's next token, [batch, padded vocabulary]. Room for ``max_new_tokens - 1`` steps."""
+
+    def __init__(self, model, prompts: list[list[int]], max_new_tokens: int):
+        device = next(model.parameters()).device
+        self.model = model
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width = int(lengths.max())
+        capacity = width + max_new_tokens - 1  # the last new token is never fed back
+        self.tokens = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            self.tokens[row, width - len(prompt):] = torch.tensor(prompt, device=device)
+        slots = torch.arange(capacity, device=device)
+        padding = (width - lengths).unsqueeze(1)
+        self.masked_keys = slots < padding  # [batch, slots]: the row's padding
+        self.positions = (slots - padding).clamp(min=0)
+        self.context = StaticInferenceContext(len(prompts), capacity)
+        self.filled = 0
+
+    def prefill(self) -> torch.Tensor:
+        width = self.tokens.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.tokens.device).triu(1)
+        mask = causal | self.masked_keys[:, None, None, :width]
+        # A padding query would have every key masked (sdpa then gives NaN, which the cache would keep):
+        # let each slot see itself. Real tokens never attend to padding slots either way.
+        mask &= ~torch.eye(width, dtype=torch.bool, device=mask.device)
+        return self._forward(self.tokens, mask)
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.context.enable_decode_mode()
+        return self._forward(ids.unsqueeze(1), self.masked_keys[:, None, None, :self.filled + 1])
+
+    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mask``: [batch, 1, queries, keys], True = not attended (megatron-core's convention)."""
+        positions = self.positions[:, self.filled:self.filled + tokens.shape[1]]
+        logits = self.model(tokens, positions, mask, inference_context=self.context, runtime_gather_output=True)
+        self.context.increment_sequence_len_offset(tokens.shape[1])
+        self.filled += tokens.shape[1]
+        return logits[:, -1].float()
+
+
+def _check(prompts: list[list[int]], max_new_tokens: int, vocab: int, max_positions: int) -> None:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} must be at least 1")
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ConfigError(f"prompts[{i}] is empty; give at least one token")
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ConfigError(f"prompts[{i}]: id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+        if len(prompt) + max_new_tokens - 1 > max_positions:
+            raise ConfigError(f"prompts[{i}] ({len(prompt)} tokens) + max_new_tokens {max_new_tokens} exceeds the "
+                              f"model's {max_positions} positions; shorten the prompt or generate fewer tokens")
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
+    """The next id of each row from its logits [batch, vocab]: the most likely one if ``sampling`` is
+    None, else one drawn with ``generator`` as ``sampling`` says."""
+    if sampling is None:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1:
+        ranked, order = logits.sort(dim=-1, descending=True)
+        probs = ranked.softmax(dim=-1)
+        # Drop an id once the ids ranked above it reach top_p; the most likely one always stays.
+        ranked = ranked.masked_fill(probs.cumsum(dim=-1) - probs >= sampling.top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ranked)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
 @torch.no_grad()
-def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
-    """Continue each prompt with its most likely tokens until a stop id or ``max_new_tokens``.
-    The stop id itself is not returned. (No KV cache: meant for short evaluation answers.)"""
-    device = next(model.parameters()).device
-    vocab = getattr(model, "vocab_size_unpadded", None)
-    outputs = []
-    for prompt in prompts:
-        tokens = torch.tensor([prompt], dtype=torch.long, device=device)
-        generated = []
-        for _ in range(max_new_tokens):
-            positions = torch.arange(tokens.shape[1], device=device).unsqueeze(0)
-            logits = model(tokens, positions, None)[0, -1]
-            next_id = int(logits[:vocab].argmax())  # padded vocabulary rows are never produced
-            if next_id in stop_ids:
-                break
-            generated.append(next_id)
-            tokens = torch.cat([tokens, tokens.new_tensor([[next_id]])], dim=1)
-        outputs.append(generated)
-    return outputs
+def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: Iterable[int],
+             sampling: Sampling | None = None, vocab_size: int | None = None) -> list[list[int]]:
+    """Continue each prompt (token ids) until one of ``stop_ids`` or ``max_new_tokens``; the stop id
+    itself is not returned. Greedy unless ``sampling``. All prompts run as one batch; each gets the
+    ids it would get alone (greedy; sampled ids depend on the batch through the shared generator).
+    Ids from ``vocab_size`` on (default ``model.vocab_size_unpadded``: the embedding's padding rows)
+    are never produced. ``model``: a GPTModel in eval mode, e.g. from load_model_for_inference."""
+    vocab = vocab_size if vocab_size is not None else getattr(model, "vocab_size_unpadded", None)
+    if vocab is None:
+        raise ConfigError("the model does not say how many ids its tokenizer has: pass vocab_size")
+    if model.training:
+        raise ConfigError("generate needs the model in eval mode (model.eval())")
+    _check(prompts, max_new_tokens, vocab, model.max_sequence_length)
+    if not prompts:
+        return []
+    decoder = KVCacheDecoder(model, prompts, max_new_tokens)
+    device = decoder.tokens.device
+    generator = None
+    if sampling is not None:
+        generator = torch.Generator(device=device)
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
+    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    kept = torch.full((len(prompts),), max_new_tokens, device=device)  # ids each row keeps
+    running = torch.ones(len(prompts), dtype=torch.bool, device=device)
+    steps = []
+    logits = decoder.prefill()
+    for step in range(max_new_tokens):
+        ids = sample_next(logits[:, :vocab], sampling, generator)
+        steps.append(ids)
+        stopped = running & torch.isin(ids, stops)
+        kept[stopped] = step
+        running &= ~stopped
+        if step + 1 == max_new_tokens or not running.any():
+            break
+        logits = decoder.step(ids)  # finished rows keep decoding; their ids are dropped below
+    rows = torch.stack(steps, dim=1).tolist()
+    return [row[:n] for row, n in zip(rows, kept.tolist())]

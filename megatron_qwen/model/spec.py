@@ -17,7 +17,6 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
@@ -26,6 +25,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from megatron_qwen.model.attention import FlashSelfAttention, SDPASelfAttention
 from megatron_qwen.model.layout import TE_NORM_PREFIXES
 from megatron_qwen.model.norm import QwenRMSNorm
+from megatron_qwen.model.rope import UpcastForRope, downcast_after_rope
 from megatron_qwen.platform.backends import BACKENDS
 
 
@@ -39,10 +39,11 @@ def _local_layer_spec(core_attention: type) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
-                    core_attention=core_attention,
+                    core_attention=downcast_after_rope(core_attention),
                     linear_proj=RowParallelLinear,
-                    q_layernorm=IdentityOp,
-                    k_layernorm=IdentityOp,
+                    # query and key through RoPE in fp32, as Qwen rotates them (model/rope.py)
+                    q_layernorm=UpcastForRope,
+                    k_layernorm=UpcastForRope,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,

@@ -9,6 +9,8 @@ training target" (the HF-label convention; a dataset predicting ids[1:] uses mas
 
 That is exactly Qwen's finetune.py: system and user content masked, but their <|im_start|>,
 <|im_end|> and trailing newline still trained; for assistant turns only the role header is masked.
+Like finetune.py, a conversation without a system message gets DEFAULT_SYSTEM_PROMPT first
+(`default_system=None` turns that off).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from megatron_qwen.tokenizer.qwen import QwenTokenizer
 
 ROLES = ("system", "user", "assistant")
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # Qwen's finetune.py and chat()
 
 
 class ChatFormatError(ValueError):
@@ -46,23 +49,34 @@ def validate_messages(messages: Any, require_assistant: bool = True) -> list[tup
     return turns
 
 
-def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The ChatML text of a conversation (for display and prompting)."""
-    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in validate_messages(messages, require_assistant=False))
+def with_system(turns: list[tuple[str, str]], default_system: str | None) -> list[tuple[str, str]]:
+    """`turns` with ("system", default_system) first when they have no system turn (and it is not None)."""
+    if default_system is None or (turns and turns[0][0] == "system"):
+        return turns
+    return [("system", default_system), *turns]
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = False,
+                default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
+    """The ChatML text of a conversation (for display and prompting), with the system turn training saw."""
+    turns = with_system(validate_messages(messages, require_assistant=False), default_system)
+    text = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in turns)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-def encode_chat(messages: list[dict], tokenizer: "QwenTokenizer") -> tuple[list[int], list[int]]:
+def encode_chat(messages: list[dict], tokenizer: "QwenTokenizer",
+                default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> tuple[list[int], list[int]]:
     """(ids, loss_mask) of one conversation, mask as described in the module docstring."""
-    return encode_turns(validate_messages(messages), tokenizer)
+    return encode_turns(validate_messages(messages), tokenizer, default_system)
 
 
-def encode_turns(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer") -> tuple[list[int], list[int]]:
+def encode_turns(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
+                 default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> tuple[list[int], list[int]]:
     """encode_chat of turns already checked by validate_messages."""
     newline = tokenizer.tokenize("\n")
     ids: list[int] = []
     mask: list[int] = []
-    for role, content in turns:
+    for role, content in with_system(turns, default_system):
         header = tokenizer.tokenize(role) + newline
         body = tokenizer.tokenize(content)
         ids += [tokenizer.im_start_id, *header, *body, tokenizer.im_end_id, *newline]

@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+import warnings
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numpy as np
 import tiktoken
-from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
-from megatron_qwen.tokenizer.chatml import encode_chat
 from megatron_qwen.tokenizer.files import NUM_BPE_RANKS, parse_bpe_ranks, read_tokenizer_file
 
-# SPEC section 2; the bare \p{N} splits numbers into single digits.
+with warnings.catch_warnings():
+    # Importing megatron-core warns that its optional GPU kernels are missing; a tokenizer needs none.
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
+
+# docs/qwen.md section 2; the bare \p{N} splits numbers into single digits.
 QWEN_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
 )
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS: dict[str, int] = {
@@ -58,6 +63,11 @@ def split_for_encoding(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]
         start = cut
     chunks.append(text[start:])
     return chunks
+
+
+def nfc(text: str) -> str:
+    """`text` in Unicode NFC; the check alone is cheap, so text already in NFC (nearly all) costs no copy."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 class QwenTokenizer(MegatronLegacyTokenizer):
@@ -118,8 +128,11 @@ class QwenTokenizer(MegatronLegacyTokenizer):
     def inv_vocab(self) -> dict[int, bytes | str]:
         return {i: token for token, i in self.vocab.items()}
 
-    # --- encoding ------------------------------------------------------------------------------
+    # --- encoding ---------------------------------------------------------------------------
+    # Every path normalizes to NFC first, as Qwen's tokenizer does (docs/qwen.md section 2), so
+    # decomposed input gets the ids of its composed form.
     def tokenize(self, text: str) -> list[int]:
+        text = nfc(text)
         if len(text) <= self.max_chunk_chars:
             return self.encoding.encode_ordinary(text)
         ids: list[int] = []
@@ -132,6 +145,7 @@ class QwenTokenizer(MegatronLegacyTokenizer):
 
         `encode_to_numpy` with no allowed and no disallowed specials is ordinary encoding; it
         releases the GIL, so threads calling it run in parallel."""
+        text = nfc(text)
         if len(text) <= self.max_chunk_chars:
             return self.encoding.encode_to_numpy(text, disallowed_special=()).view(np.int32)
         parts = [
@@ -142,8 +156,9 @@ class QwenTokenizer(MegatronLegacyTokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """tokenize() of each text, in parallel threads (tiktoken's encode_ordinary_batch)."""
+        texts = [nfc(t) for t in texts]
         if all(len(t) <= self.max_chunk_chars for t in texts):
-            return self.encoding.encode_ordinary_batch(list(texts), num_threads=self.num_threads)
+            return self.encoding.encode_ordinary_batch(texts, num_threads=self.num_threads)
         chunked = [split_for_encoding(t, self.max_chunk_chars) for t in texts]
         flat = self.encoding.encode_ordinary_batch([c for chunks in chunked for c in chunks],
                                                    num_threads=self.num_threads)
@@ -159,10 +174,6 @@ class QwenTokenizer(MegatronLegacyTokenizer):
     def detokenize(self, ids: Iterable[int]) -> str:
         """Decode ids (special ids to their surface form); invalid UTF-8 becomes U+FFFD."""
         return self.encoding.decode([int(i) for i in ids], errors="replace")
-
-    def encode_chat(self, messages):
-        """ChatML ids and loss mask of one conversation; see megatron_qwen.tokenizer.chatml."""
-        return encode_chat(messages, self)
 
 
 def load_tokenizer(tokenizer_model: str | None = None, num_threads: int | None = None) -> QwenTokenizer:

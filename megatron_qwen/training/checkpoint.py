@@ -180,9 +180,27 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
 def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
     s = cfg.checkpoint
+    # >>> megatron_qwen/hf: Hugging Face weights (a model directory, or a checkpoint converted from
+    # one) start a run as --finetune does: weights only, fresh optimizer and iteration.
+    from megatron_qwen.hf.source import holds_weights_only, is_hf_dir
+
+    if s.load and holds_weights_only(s.load):
+        s = dataclasses.replace(s, finetune=True)
+    # <<< megatron_qwen/hf
     if s.finetune and s.save and latest_iteration(s.save) is not None:
         # A fine-tuning run that already saved: resume it, rather than restart from the base model.
         s = dataclasses.replace(s, load=s.save, finetune=False)
+    # >>> megatron_qwen/hf: each rank reads its own slices of the Hugging Face tensors.
+    if s.load and is_hf_dir(s.load):
+        from megatron_qwen.hf.load import load_hf_weights
+
+        load_hf_weights(s.load, model, progress=dist.get_rank() == 0)
+        optimizer.reload_model_params()  # fp32 main copies (bf16 runs) were taken from the initial weights
+        if dist.get_rank() == 0:
+            print(f" loaded weights only from Hugging Face model {s.load} (now {_layout()}); "
+                  "continuing at iteration 0", flush=True)
+        return TrainState()
+    # <<< megatron_qwen/hf
     iteration = latest_iteration(s.load) if s.load else None
     if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
         return TrainState()
@@ -212,6 +230,8 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
         unwrap(chunk).load_state_dict(loaded[key])
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
+    else:  # >>> megatron_qwen/hf: bf16 runs keep fp32 main copies, taken from the initial weights <<<
+        optimizer.reload_model_params()
     if s.finetune:
         state = TrainState()
     else:

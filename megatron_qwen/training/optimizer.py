@@ -55,3 +55,19 @@ def build_scheduler(optimizer, settings: OptimizerSettings, train_iters: int, gl
         wd_incr_steps=train_iters * global_batch_size,
         wd_incr_style="constant",
     )
+
+
+def use_fused_adam(optimizer) -> bool:
+    """Run the torch AdamW under megatron-core's optimizer with its fused kernel (a few launches per
+    step instead of the default foreach implementation's many). megatron-core builds torch's AdamW
+    only when neither transformer-engine nor apex is installed (with either, it uses their FusedAdam
+    and this returns False). Call before the first step: the fused kernel keeps its step counters on
+    the parameters' device, and the default one creates them on the CPU."""
+    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+    if not all(isinstance(o, torch.optim.AdamW) for o in inner):
+        return False
+    for o in inner:
+        o.defaults.update(fused=True, foreach=False)
+        for group in o.param_groups:
+            group.update(fused=True, foreach=False)
+    return True

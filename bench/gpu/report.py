@@ -1,0 +1,166 @@
+"""Last stage of bench/gpu_check.sh: every stage's JSON into OUT_DIR/results.json and OUT_DIR/results.md.
+
+    python bench/gpu/report.py WORK_DIR OUT_DIR MODE COMMAND
+
+WORK_DIR holds stages.tsv (name, exit code, seconds per stage) and the stages' JSON files; a stage that
+failed or was skipped is reported as such, never silently left out.
+"""
+
+import datetime
+import glob
+import json
+import os
+import subprocess
+import sys
+
+THROUGHPUT_RUNS = {  # file key -> what the row is (gpu_check.sh names the files)
+    "1.8b": "Qwen-1.8B shape",
+    "7b-width": "Qwen-7B width, fewer layers",
+    "1.8b-recompute": "Qwen-1.8B shape, full recompute",
+    "1.8b-fused-adam": "Qwen-1.8B shape, fused AdamW",
+}
+
+
+def _load(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _commit(repo: str) -> str:
+    out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown (no git here)"
+
+
+def environment(env: dict | None) -> list[str]:
+    lines = ["## 1. Environment", ""]
+    if env is None:
+        return lines + ["Not recorded (the stage failed; see gpu_check.log).", ""]
+    lines += ["| item | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in env.items()]
+    return lines + [""]
+
+
+def correctness(c: dict | None) -> list[str]:
+    lines = ["## 2. Correctness (tiny preset, initial weights drawn on the CPU)", ""]
+    if c is None:
+        return lines + ["Not recorded (the stage failed; see gpu_check.log).", ""]
+    lines += ["Tolerances and their reasons: bench/gpu/check_correctness.py and docs/PERFORMANCE.md.", "",
+              "| check | metric | value | tolerance | result |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {x['name']} | {x['metric']} | {x['value']:.3g} | {x['tolerance']:g} | "
+              f"{'pass' if x['pass'] else '**FAIL**'} |" for x in c["checks"]]
+    lines += ["", "RoPE of one bf16 query/key against the exact fp32 rotation of the same input:", "",
+              "| positions | shape | rotation | q rel L2 | q max abs | head-0 scores rel L2 |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in c["rope_tensor"]:
+        for label in ("bf16 rotation (megatron-core)", "fp32 rotation, rounded (ours)"):
+            e = r[label]
+            lines.append(f"| {r['seq']} | {r['shape']} | {label} | {e['q rel L2']:.3g} | {e['q max abs']:.3g} | "
+                         f"{e['scores rel L2']:.3g} |")
+    m = c["rope_model"]
+    lines += ["", f"Tiny model logits in bf16 against the fp32 model (seq {m['seq']}):", "",
+              "| model | rel L2 | rel max |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v['rel L2']:.4g} | {v['rel max']:.4g} |" for k, v in m.items() if k != "seq"]
+    return lines + [""]
+
+
+def throughput(runs: dict[str, dict | None]) -> list[str]:
+    lines = ["## 3. Throughput (synthetic tokens, bench/bench_train.py)", "",
+             "| run | layers x hidden (FFN) | seq | micro / global batch | back end | recompute | step ms | "
+             "tokens/s/GPU | TFLOP/s/GPU | MFU | peak GiB | fwd ms | bwd ms | comm ms | optim ms | other ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, label in THROUGHPUT_RUNS.items():
+        r = runs.get(key)
+        if r is None:
+            lines.append(f"| {label} | not measured (stage failed or skipped; see gpu_check.log) |" + " |" * 14)
+            continue
+        b = r["breakdown_s"]
+        mem = r.get("peak_memory_gib", r.get("peak_rss_gib"))
+        mfu = None if r["mfu"] is None else r["mfu"] * 100
+        lines.append(
+            f"| {label} | {r['num_layers']} x {r['hidden_size']} ({r['ffn_hidden_size']}) | {r['seq_length']} | "
+            f"{r['micro_batch_size']} / {r['global_batch_size']} | {r['transformer_impl']} {r['precision']} | "
+            f"{r['recompute']} | {r['step_s'] * 1e3:.1f} | {r['tokens_per_s_per_gpu']:,.0f} | "
+            f"{r['tflops_per_gpu']:.1f} | {_fmt(mfu, '.1f')}{'%' if mfu is not None else ''} | {_fmt(mem, '.1f')} | "
+            + " | ".join(f"{b[k] * 1e3:.1f}" for k in ("forward", "backward", "communication", "optimizer", "other"))
+            + " |")
+    some = next((r for r in runs.values() if r), None)
+    if some:
+        peak = some["peak_tflops"]
+        lines += ["", f"MFU: model FLOPs (model/flops.py; recompute not counted) over {_fmt(peak, 'g')} TFLOP/s "
+                  f"dense bf16 peak ({some['device']}). Breakdown: {some['timer']}, median of the timed steps."]
+    return lines + [""]
+
+
+def fast_paths(runs: dict, rope: dict | None) -> list[str]:
+    lines = ["## 4. Fast paths without extra libraries (measured here, not enabled by default)", ""]
+    plain, fused = runs.get("1.8b"), runs.get("1.8b-fused-adam")
+    if plain and fused:
+        before, after = (r["breakdown_s"]["optimizer"] * 1e3 for r in (plain, fused))
+        lines.append(f"- Fused AdamW (`bench_train.py --fused-adam`): optimizer step {before:.1f} ms -> {after:.1f} "
+                     f"ms, whole step {plain['step_s'] * 1e3:.1f} -> {fused['step_s'] * 1e3:.1f} ms.")
+    else:
+        lines.append("- Fused AdamW: not measured (a throughput run failed or was skipped).")
+    if rope:
+        lines += ["", f"RoPE, one layer's query and key, forward + backward, shape {rope['shape']} bf16 "
+                  f"(median of {rope['reps']}, {rope['device']}):", "", "| rotation | ms |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in rope["ms_per_layer_fwd_bwd"].items()]
+        if "compiled_vs_eager_max_abs" in rope:
+            diff = rope["compiled_vs_eager_max_abs"]
+            lines += ["", f"Compiled vs eager fp32 rotation, max abs difference: {diff:.3g}"]
+        if "note" in rope:
+            lines += ["", rope["note"]]
+    else:
+        lines.append("- RoPE micro-benchmark: not measured (stage failed or skipped).")
+    return lines + [""]
+
+
+def startup(inits: list[dict]) -> list[str]:
+    lines = ["## 5. Start-up: layout-independent weight draws, one rank (bench/bench_init.py)", ""]
+    if not inits:
+        return lines + ["Not measured (stage failed or skipped).", ""]
+    lines += ["| model | drawn on | embedding s | output layer s | one layer s | total s per rank (any TP) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in inits:
+        g = r["seconds"]
+        lines.append(f"| {r['model_size']} ({r['parameters'] / 1e9:.2f}B) | {r['device_name']} | "
+                     f"{g['embedding']:.2f} | {g['output layer']:.2f} | {g['layer 0']:.3f} | "
+                     f"{r['total_s_per_rank']:.2f} |")
+    return lines + [""]
+
+
+def main() -> int:
+    work, out, mode, command = sys.argv[1:5]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    stages = []
+    with open(os.path.join(work, "stages.tsv")) as f:
+        for line in f:
+            name, status, seconds = line.rstrip("\n").split("\t")
+            stages.append({"stage": name, "status": status, "seconds": int(seconds)})
+    runs = {k: _load(os.path.join(work, f"throughput_{k}.json")) for k in THROUGHPUT_RUNS}
+    inits = [_load(p) for p in sorted(glob.glob(os.path.join(work, "init_*.json")))]
+    results = {"mode": mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "commit": _commit(repo), "stages": stages, "env": _load(os.path.join(work, "env.json")),
+               "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
+               "rope_bench": _load(os.path.join(work, "rope.json")), "init": inits}
+    what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
+            if mode == "cpu-dry-run" else "GPU")
+    md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
+          f"Command: `{command}`", ""]
+    md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
+    md += fast_paths(runs, results["rope_bench"]) + startup(inits)
+    md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
+    md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The whole GPU verification in one command; results in OUT_DIR/results.md and OUT_DIR/results.json,
+# every stage's output in OUT_DIR/gpu_check.log (docs/PERFORMANCE.md).
+#
+#   bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]
+#
+# Stages: (1) environment: versions, the GPU, which back ends import; (2) correctness: the tiny model in
+# fp32 on the GPU against the CPU from the same initial weights, each back end in bf16 against fp32, RoPE
+# precision, fused AdamW (bench/gpu/check_correctness.py states each tolerance and why); (3) throughput:
+# the Qwen-1.8B shape (24 layers, bf16, seq 2048), a Qwen-7B-width stack of 8 layers, 1.8B with full
+# recompute; (4) fast paths to measure: 1.8B with fused AdamW, a RoPE micro-benchmark; (5) start-up:
+# weight-draw time per rank, CPU and GPU. Sized for under 8 minutes on one H100 (an estimate: not yet run
+# on a GPU); per-stage time limits hold the stages under 7.5 minutes, and a stage that runs out of time
+# is reported as such while the next one starts.
+#
+# --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
+# bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
+# pinned to the installed build, so pip can never replace it.
+# --cpu-dry-run (also chosen when CUDA is absent): every stage with tiny shapes and 1+1 iterations, on the
+# CPU; results.md is written the same way. Exit status: 0 when every stage ran and every check passed.
+set -uo pipefail
+
+usage() { echo "usage: bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+OUT=$1; shift
+WHEELS=""; DRY=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --wheels) [ $# -ge 2 ] || usage; WHEELS=$2; shift 2 ;;
+    --cpu-dry-run) DRY=1; shift ;;
+    *) usage ;;
+  esac
+done
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)
+LOG=$OUT/gpu_check.log
+: > "$LOG"
+: > "$WORK/stages.tsv"
+export PYTHONPATH="$REPO:$REPO/bench:$REPO/bench/gpu${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
+cd "$REPO"
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+if [ -n "$WHEELS" ]; then
+  say "== installing bench/gpu/requirements-gpu-check.txt from $WHEELS (offline; torch pinned)"
+  TORCH_VERSION=$("$PY" -c "import torch; print(torch.__version__)") || { say "no torch here: install PyTorch first"; exit 2; }
+  echo "torch==$TORCH_VERSION" > "$WORK/constraints.txt"
+  "$PY" -m pip install --no-index --find-links "$WHEELS" -r bench/gpu/requirements-gpu-check.txt \
+    -c "$WORK/constraints.txt" >> "$LOG" 2>&1 || { say "pip could not install from $WHEELS; see $LOG"; exit 2; }
+fi
+if ! "$PY" -c "import megatron.core" >> "$LOG" 2>&1; then
+  say "megatron-core does not import: pass --wheels DIR (bench/gpu/fetch_wheels.sh fills DIR; docs/PERFORMANCE.md)"
+  exit 2
+fi
+if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  say "no CUDA device: running the CPU dry run instead"
+  DRY=1
+fi
+
+if [ "$DRY" = 1 ]; then
+  MODE=cpu-dry-run; BUDGET=3600
+  ITERS=(--warmup 1 --iters 1)
+  TINY=(--model-size tiny --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --bf16)
+  RUN_18B=("${TINY[@]}"); RUN_7B=("${TINY[@]}" --num-layers 2); QUICK=--quick; INIT_SIZES=(tiny)
+else
+  # 450 s of stages leaves the 8-minute promise room for start-up and the report.
+  MODE=gpu; BUDGET=450
+  ITERS=(--warmup 3 --iters 10)
+  # 1.8B: 33 GB of weights, gradients and AdamW state plus activations at micro-batch 2; 7B width at 8
+  # layers (2.9B parameters): 52 GB of state at 18 bytes a parameter, micro-batch 1 (no distributed optimizer).
+  RUN_18B=(--model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 16)
+  RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 1 --global-batch-size 8)
+  QUICK=""; INIT_SIZES=(7b 72b)
+fi
+
+# stage NAME CAP_SECONDS COMMAND...: run with a time limit of CAP or what is left of the budget.
+FAILED=0
+stage() {
+  local name=$1 cap=$2; shift 2
+  local left=$((BUDGET - SECONDS)) limit rc start=$SECONDS
+  limit=$(( cap < left ? cap : left ))
+  if [ "$limit" -lt 10 ]; then
+    say "== $name: skipped, the time budget is spent"
+    printf '%s\tskipped (time budget spent)\t0\n' "$name" >> "$WORK/stages.tsv"; FAILED=1; return
+  fi
+  say "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" 2>&1 | grep -v "Warning\|warnings.warn" | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  local status=ok
+  [ "$rc" = 124 ] && status="timed out after ${limit}s"
+  [ "$rc" != 0 ] && [ "$rc" != 124 ] && status="failed (exit $rc)"
+  [ "$rc" != 0 ] && FAILED=1
+  printf '%s\t%s\t%s\n' "$name" "$status" $((SECONDS - start)) >> "$WORK/stages.tsv"
+}
+
+stage environment 60 "$PY" bench/gpu/check_env.py "$WORK/env.json"
+stage "correctness: CPU reference" 120 env CUDA_VISIBLE_DEVICES= "$PY" bench/gpu/check_correctness.py \
+  reference "$WORK/reference.pt" $QUICK
+stage "correctness: device" 180 "$PY" bench/gpu/check_correctness.py compare "$WORK/reference.pt" \
+  "$WORK/correctness.json" $QUICK
+stage "throughput: 1.8B" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
+  --json "$WORK/throughput_1.8b.json"
+stage "throughput: 7B width" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_7B[@]}" \
+  --json "$WORK/throughput_7b-width.json"
+stage "throughput: 1.8B recompute" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
+  --recompute-granularity full --json "$WORK/throughput_1.8b-recompute.json"
+stage "fast path: fused AdamW" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --fused-adam \
+  --json "$WORK/throughput_1.8b-fused-adam.json"
+stage "fast path: RoPE" 90 "$PY" bench/gpu/bench_rope.py "$WORK/rope.json" $QUICK
+for size in "${INIT_SIZES[@]}"; do
+  [ "$DRY" = 1 ] || stage "start-up: $size GPU draws" 60 "$PY" bench/bench_init.py --model-size "$size" \
+    --device cuda --json "$WORK/init_${size}_cuda.json"
+done
+stage "start-up: ${INIT_SIZES[0]} CPU draws" 120 "$PY" bench/bench_init.py --model-size "${INIT_SIZES[0]}" \
+  --device cpu --json "$WORK/init_${INIT_SIZES[0]}_cpu.json"
+
+"$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')" \
+  >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }
+rm -rf "$WORK"
+say "== done in ${SECONDS}s: $OUT/results.md ($([ "$FAILED" = 0 ] && echo 'every stage ran, every check passed' || echo 'a stage failed or a check did not pass'))"
+exit "$FAILED"

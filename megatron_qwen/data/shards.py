@@ -1,0 +1,225 @@
+"""The shard format: Megatron's indexed datasets (`PREFIX.bin` + `PREFIX.idx`, docs/qwen.md section 8),
+their names, writing, checking and merging. Preprocessing writes shards with this module and the
+training datasets check them with it; it needs neither the tokenizer nor megatron-core.
+
+Names: a dataset is `{output_prefix}[_{shard}]_{key}_document` (Megatron-LM's naming: key `text`
+for pretraining, `messages` for ChatML SFT), and an SFT dataset's loss mask is the companion
+dataset `{prefix}_loss_mask` (uint8, the same documents).
+
+Writing: the `.bin` is written in large chunks (one write per encoded block, not per document)
+and the `.idx` is computed with numpy; its bytes are identical to what megatron-core's
+`IndexedDatasetBuilder` writes for the same documents (tests/test_data_shards.py checks). Both
+files are written under `.tmp` names and renamed only when whole, `.idx` last: a shard whose final
+`.idx` and `.bin` exist and agree is complete, anything else is redone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+TEXT_KEY = "text"  # default json key of pretraining records
+MESSAGES_KEY = "messages"  # default json key of ChatML SFT records
+LOSS_MASK_SUFFIX = "_loss_mask"
+
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+_HEADER = struct.Struct("<9sQBQQ")  # magic, version 1, dtype code, sequence count, document count + 1
+# The dtype codes of the .idx header (docs/qwen.md section 8).
+DTYPE_CODES: dict[int, type[np.number]] = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+_CODE_OF = {dtype: code for code, dtype in DTYPE_CODES.items()}
+REDO = "rerun tools/preprocess_data.py for it"
+
+
+class ShardError(ValueError):
+    """A missing, unreadable or inconsistent dataset; the message is one line naming the file."""
+
+
+def dataset_prefix(output_prefix: str, key: str, shard: str | None = None) -> str:
+    """Megatron's naming: `{output_prefix}_{key}_document`, with the shard name before the key."""
+    return f"{output_prefix}_{shard}_{key}_document" if shard else f"{output_prefix}_{key}_document"
+
+
+def loss_mask_prefix(prefix: str) -> str:
+    """The loss-mask companion of an SFT token dataset."""
+    return prefix + LOSS_MASK_SUFFIX
+
+
+def is_loss_mask(prefix: str) -> bool:
+    return prefix.endswith(LOSS_MASK_SUFFIX)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def index_bytes(lengths: np.ndarray, dtype: type[np.number], document_indices: np.ndarray | None = None) -> bytes:
+    """The .idx of sequences with these lengths; by default one sequence per document."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if document_indices is None:
+        document_indices = np.arange(len(lengths) + 1, dtype=np.int64)
+    pointers = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1] * np.dtype(dtype).itemsize, out=pointers[1:])
+    header = _HEADER.pack(INDEX_MAGIC, 1, _CODE_OF[np.dtype(dtype).type], len(lengths), len(document_indices))
+    return b"".join([header, lengths.astype(np.int32).tobytes(), pointers.tobytes(),
+                     np.asarray(document_indices, dtype=np.int64).tobytes()])
+
+
+class IndexedShardWriter:
+    """One indexed dataset at `prefix`; use as a context manager (an exception discards it)."""
+
+    def __init__(self, prefix: str, dtype: type[np.number] = np.int32):
+        self.prefix = prefix
+        self.dtype = np.dtype(dtype).type
+        self.bin_tmp = prefix + ".bin.tmp"
+        self.idx_tmp = prefix + ".idx.tmp"
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        self._bin = open(self.bin_tmp, "wb", buffering=0)
+        self._lengths: list[np.ndarray] = []
+        self.num_tokens = 0
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents given as their concatenated tokens and per-document lengths."""
+        data = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._bin.write(memoryview(data).cast("B"))
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+        self.num_tokens += data.size
+
+    def finish(self) -> None:
+        """Write the index and rename both files to their final names."""
+        self._bin.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        _write_index(self.idx_tmp, index_bytes(lengths, self.dtype))
+        _fsync_path(self.bin_tmp)
+        os.replace(self.bin_tmp, self.prefix + ".bin")
+        os.replace(self.idx_tmp, self.prefix + ".idx")
+
+    def discard(self) -> None:
+        self._bin.close()
+        for path in (self.bin_tmp, self.idx_tmp):
+            Path(path).unlink(missing_ok=True)
+
+    def __enter__(self) -> "IndexedShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.discard()
+
+
+def _write_index(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _header(prefix: str) -> tuple[type[np.number], int, int]:
+    """(dtype, sequences, documents) from the .idx header, checked against the .idx size."""
+    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+    for path in (idx_path, bin_path):
+        if not os.path.isfile(path):
+            raise ShardError(f"{path} not found; create the dataset with tools/preprocess_data.py "
+                             "(pass its prefix, without .bin/.idx)")
+    with open(idx_path, "rb") as f:
+        raw = f.read(_HEADER.size)
+    if len(raw) != _HEADER.size:
+        raise ShardError(f"{idx_path}: {len(raw)} bytes, shorter than an index header; {REDO}")
+    magic, version, code, num_seq, num_doc_indices = _HEADER.unpack(raw)
+    if magic != INDEX_MAGIC:
+        raise ShardError(f"{idx_path}: not a Megatron index (magic {magic!r}, expected {INDEX_MAGIC!r}); {REDO}")
+    if version != 1:
+        raise ShardError(f"{idx_path}: index version {version}, only version 1 exists; {REDO}")
+    if code not in DTYPE_CODES:
+        raise ShardError(f"{idx_path}: unknown token dtype code {code} (known: 1-8); {REDO}")
+    if num_doc_indices < 1:
+        raise ShardError(f"{idx_path}: no document index (Megatron's start with 0); {REDO}")
+    expected = _HEADER.size + 12 * num_seq + 8 * num_doc_indices
+    if os.path.getsize(idx_path) < expected:
+        raise ShardError(f"{idx_path}: {os.path.getsize(idx_path)} bytes, its header announces {expected}; {REDO}")
+    return DTYPE_CODES[code], num_seq, num_doc_indices - 1
+
+
+def read_index_counts(prefix: str) -> tuple[int, int]:
+    """(documents, tokens) of a finished dataset; ShardError (one line) if .idx/.bin are missing,
+    unreadable or disagree. Reads only the header and the last length and pointer: instant on any size."""
+    dtype, num_seq, num_docs = _header(prefix)
+    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+    end_bytes = 0
+    if num_seq:
+        with open(idx_path, "rb") as f:
+            f.seek(_HEADER.size + 4 * (num_seq - 1))
+            (last_length,) = struct.unpack("<i", f.read(4))
+            f.seek(_HEADER.size + 4 * num_seq + 8 * (num_seq - 1))
+            (last_pointer,) = struct.unpack("<q", f.read(8))
+        end_bytes = last_pointer + last_length * np.dtype(dtype).itemsize
+    bin_size = os.path.getsize(bin_path)
+    if bin_size != end_bytes:
+        raise ShardError(f"{bin_path}: {bin_size} bytes, but {os.path.basename(idx_path)} describes {end_bytes} "
+                         f"(a .bin and .idx of different runs, or an interrupted write); {REDO}")
+    return num_docs, end_bytes // np.dtype(dtype).itemsize
+
+
+def is_complete(prefix: str) -> bool:
+    try:
+        read_index_counts(prefix)
+    except ShardError:
+        return False
+    return True
+
+
+def _read_index(prefix: str) -> tuple[type[np.number], np.ndarray, np.ndarray]:
+    """(dtype, sequence lengths, document indices) of a complete dataset."""
+    read_index_counts(prefix)
+    dtype, num_seq, num_docs = _header(prefix)
+    exact = _HEADER.size + 12 * num_seq + 8 * (num_docs + 1)
+    if os.path.getsize(prefix + ".idx") != exact:
+        raise ShardError(f"{prefix}.idx: has data after the document indices (a multimodal index?); only "
+                         "text indices can be merged")
+    with open(prefix + ".idx", "rb") as f:
+        f.seek(_HEADER.size)
+        lengths = np.fromfile(f, dtype=np.int32, count=num_seq)
+        f.seek(_HEADER.size + 12 * num_seq)
+        document_indices = np.fromfile(f, dtype=np.int64, count=num_docs + 1)
+    return dtype, lengths, document_indices
+
+
+def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
+    """Concatenate complete datasets into one, in the given order; the same bytes as megatron-core's
+    IndexedDatasetBuilder.add_index of each (tests/test_data_shards.py checks)."""
+    indices = [_read_index(p) for p in prefixes]
+    dtypes = {np.dtype(dtype).name for dtype, _, _ in indices}
+    if len(dtypes) != 1:
+        raise ShardError(f"cannot merge datasets of different token dtypes ({', '.join(sorted(dtypes))})")
+    Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
+    bin_tmp, idx_tmp = output_prefix + ".bin.tmp", output_prefix + ".idx.tmp"
+    lengths, document_indices, offset = [], [np.zeros(1, dtype=np.int64)], 0
+    for _, seq_lengths, doc_indices in indices:
+        lengths.append(seq_lengths)
+        document_indices.append(doc_indices[1:] + offset)
+        offset += len(seq_lengths)
+    try:
+        with open(bin_tmp, "wb") as out:
+            for prefix in prefixes:
+                with open(prefix + ".bin", "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        _write_index(idx_tmp, index_bytes(np.concatenate(lengths), indices[0][0], np.concatenate(document_indices)))
+        os.replace(bin_tmp, output_prefix + ".bin")
+        os.replace(idx_tmp, output_prefix + ".idx")
+    except BaseException:
+        for path in (bin_tmp, idx_tmp):
+            Path(path).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,144 @@
+"""A checkpoint of ours (saved at any TP/PP/VP/DP layout) streamed into a Hugging Face directory.
+
+megatron-core stores each transformer weight kind as one tensor with the layer index as its
+leading axis, whatever the layout that saved it; we read one layer's slice of each at a time,
+convert it, and write it straight into safetensors files whose headers were planned from the
+model's shape. Memory stays at a few copies of the largest tensor (the embedding), whatever
+the model's depth.
+"""
+
+import json
+import os
+
+import torch
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from tqdm import tqdm
+
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.hf.files import SafetensorsWriter, staged_directory
+from megatron_qwen.hf.layouts import (
+    check_layout,
+    generation_config,
+    global_weight_shapes,
+    hf_config,
+    hf_shapes,
+    to_hf_state_dict,
+)
+from megatron_qwen.model.layout import LAYER_NAME, TE_NORM_PREFIXES
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.tokenizer.files import read_tokenizer_file
+from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _stored_key(global_name: str) -> tuple[str, int | None]:
+    """(megatron-core's checkpoint key, layer index or None) of a global name. The key names the
+    norms in transformer-engine's spelling whatever back end saved it."""
+    m = LAYER_NAME.match(global_name)
+    if m is None:
+        return global_name, None
+    rest = m.group(2)
+    for local, te in TE_NORM_PREFIXES.items():
+        if rest.startswith(local):
+            rest = te + rest.removeprefix(local)
+    return f"decoder.layers.{rest}", int(m.group(1))
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Global names in load order, one group per layer (top-level tensors alone)."""
+    groups, layer_of = [], None
+    for name in names:
+        m = LAYER_NAME.match(name)
+        layer = m.group(1) if m else None
+        if layer is None or layer != layer_of:
+            groups.append([])
+        groups[-1].append(name)
+        layer_of = layer
+    return groups
+
+
+def _load(ckpt_dir: str, names: list[str], stored: dict, num_layers: int) -> dict[str, torch.Tensor]:
+    """The full tensors of ``names`` (one layer's, or one top-level tensor) from the checkpoint."""
+    requests = {}
+    for name in names:
+        key, layer = _stored_key(name)
+        meta = stored[key]
+        if layer is None:
+            requests[name] = ShardedTensor.from_rank_offsets(key, torch.empty(meta.global_shape, dtype=meta.dtype),
+                                                             replica_id=0)
+        else:
+            data = torch.empty((1, *meta.global_shape[1:]), dtype=meta.dtype)
+            requests[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer, num_layers), replica_id=0)
+    # Only part of each stored tensor is asked for, so the whole-tensor coverage check does not apply.
+    loaded = dist_checkpointing.load(requests, ckpt_dir, validate_access_integrity=False)
+    return {name: loaded[name][0] if _stored_key(name)[1] is not None else loaded[name] for name in names}
+
+
+def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
+    """Every tensor the model needs is in the checkpoint, with the shape its run_config implies."""
+    for name, shape in global_weight_shapes(cfg).items():
+        key, layer = _stored_key(name)
+        want = shape if layer is None else (cfg.num_layers, *shape)
+        if key not in stored:
+            raise ConfigError(f"{ckpt_dir}: tensor {key!r} is missing; the checkpoint is incomplete or not a "
+                              "model of ours")
+        if tuple(stored[key].global_shape) != want:
+            raise ConfigError(f"{ckpt_dir}: tensor {key!r} has shape {list(stored[key].global_shape)} but the "
+                              f"model in its run_config implies {list(want)}")
+
+
+def _side_files(cfg, layout: str, dtype: torch.dtype, chat: bool) -> dict[str, dict]:
+    """The json files next to the weights."""
+    files = {"config.json": hf_config(cfg, layout, dtype), "generation_config.json": generation_config(layout, chat)}
+    if layout == "qwen":  # read by Qwen's remote-code tokenizer (tokenization_qwen.py, from the original model)
+        files["tokenizer_config.json"] = {"tokenizer_class": "QWenTokenizer",
+                                          "model_max_length": cfg.max_position_embeddings,
+                                          "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}
+    return files
+
+
+def export_hf(source: str, destination: str, layout: str, dtype: str | None = None, max_shard_size: int = 5 * 10**9,
+              tokenizer_model: str | None = None, chat: bool | None = None) -> list[str]:
+    """Write the latest checkpoint under ``source`` (a --save directory) as a Hugging Face model
+    of ``layout`` ("qwen" or "qwen2") at ``destination``; returns the files written.
+
+    dtype: "bf16", "fp16" or "fp32" (default: the checkpoint's). chat: whether
+    generation_config.json also stops at <|im_end|> (default: the checkpoint's run trained on
+    ChatML data)."""
+    check_layout(layout)
+    iteration = latest_iteration(source)
+    if iteration is None:
+        raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
+    ckpt_dir = iteration_dir(source, iteration)
+    tokenizer, _ = read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
+    init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
+    try:
+        run = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+        cfg = run.model
+        stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
+        _check_stored(ckpt_dir, cfg, stored)
+        out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
+        plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout).items()]  # in write order
+        names = list(global_weight_shapes(cfg))
+        with staged_directory(destination) as staging:
+            writer = SafetensorsWriter(staging, plan, max_shard_size)
+            with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
+                for group in _groups(names):
+                    full = _load(ckpt_dir, group, stored, cfg.num_layers)
+                    for hf_name, tensor in to_hf_state_dict(full, cfg, layout).items():
+                        writer.write(hf_name, tensor.to(out_dtype))
+                    bar.update(len(group))
+            files = writer.close()
+            side = _side_files(cfg, layout, out_dtype, run.data.data_format == "chatml" if chat is None else chat)
+            for file, content in side.items():
+                with open(os.path.join(staging, file), "w") as f:
+                    json.dump(content, f, indent=2)
+            with open(os.path.join(staging, "qwen.tiktoken"), "wb") as f:
+                f.write(tokenizer)
+        return sorted([*files, *side, "qwen.tiktoken"])
+    finally:
+        destroy_distributed()

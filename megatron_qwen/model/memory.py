@@ -1,0 +1,345 @@
+"""Memory per GPU of a training layout, and a step-time heuristic that ranks layouts.
+
+Every term is derived in docs/planning.md; in short, per GPU:
+  parameters  2 bytes (bf16) or 4 (fp32) per parameter of the most loaded pipeline stage
+  gradients   4 bytes: megatron-core's fp32 main_grad buffer (grad_reduce_in_fp32=True)
+  optimizer   fp32 main weight (bf16 runs only) + Adam m and v, divided by DP x CP with the
+              distributed optimizer (ZeRO-1)
+  activations what autograd saves for one micro-batch of one layer (an inventory of megatron-core's
+              Qwen layer, per back end), times the layer-micro-batches in flight under 1F1B, divided by
+              TP (sequence parallelism is assumed whenever TP > 1) and CP, plus the working sets that
+              sit on top at the peak: the loss over the vocabulary on the last stage, one recomputed
+              layer, the embedding's weight gradient on the first stage.
+The step time is model FLOPs / (GPUs x achievable FLOP/s) with a pipeline bubble, recompute and
+communication terms: a ranking heuristic, not a prediction.
+"""
+
+from dataclasses import dataclass, replace
+
+from megatron_qwen.config.model import QwenModelConfig
+from megatron_qwen.model.flops import training_flops_per_token
+
+ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
+BACKENDS = ("te", "flash", "sdpa", "local")
+RECOMPUTE = (None, "selective", "full")
+FP32 = 4
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is trained, independent of the layout."""
+
+    model: QwenModelConfig
+    seq_length: int
+    micro_batch_size: int
+    global_batch_size: int
+    precision: str = "bf16"  # "bf16": bf16 params, fp32 main weights; "fp32": fp32 throughout
+    backend: str = "te"  # the layer back end, as --transformer-impl names it in model/spec.py
+    # megatron-core fuses SwiGLU and (with apex) accumulates weight gradients straight into main_grad
+    # only on a GPU (model/builder.py); the CPU validation runs the unfused paths.
+    gpu: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ACTIVATION_BYTES:
+            raise ValueError(f"precision must be one of {', '.join(ACTIVATION_BYTES)}, not {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    cp: int = 1
+    vp: int = 1  # model chunks per pipeline stage: > 1 is interleaved 1F1B
+    distributed_optimizer: bool = False
+    recompute: str | None = None  # None, "selective" or "full"
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    def describe(self) -> str:
+        parts = [f"TP{self.tp}", f"PP{self.pp}", f"DP{self.dp}"]
+        parts += [f"CP{self.cp}"] if self.cp > 1 else []
+        parts += [f"VP{self.vp}"] if self.vp > 1 else []
+        parts += ["ZeRO-1"] if self.distributed_optimizer else []
+        parts += [f"{self.recompute} recompute"] if self.recompute else []
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Bytes on one GPU of a pipeline stage."""
+
+    stage: str  # "only" (PP=1), "first" or "last"
+    parameters: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.activations
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+def layer_parameters(model: QwenModelConfig, tp: int) -> float:
+    """One layer's parameters on a tensor-parallel rank: QKV (weight and bias), output projection and the
+    three SwiGLU matrices are split over TP; the two RMSNorm weights are replicated."""
+    h, f, q = model.hidden_size, model.ffn_hidden_size, model.num_attention_heads * model.head_dim
+    return (3 * q * h + 3 * q + q * h + 3 * f * h) / tp + 2 * h
+
+
+def stage_parameters(model: QwenModelConfig, layout: Layout, stage: str) -> float:
+    """Parameters on one GPU of ``stage``: its layers, plus the (untied) embedding on the first stage and
+    the final norm and output layer on the last; the vocabulary rows are split over TP."""
+    h, rows = model.hidden_size, model.padded_vocab_size
+    count = model.num_layers // layout.pp * layer_parameters(model, layout.tp)
+    if stage in ("only", "first"):
+        count += rows * h / layout.tp
+    if stage in ("only", "last"):
+        count += rows * h / layout.tp + h
+    return count
+
+
+# ---------------------------------------------------------------------------------------------- activations
+
+
+def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
+    """Bytes one layer saves for backward per token of the micro-batch, before division by TP and CP,
+    without the per-position terms (layer_bytes_per_position). Full recompute keeps only the layer's input.
+    The inventory, item by item, is docs/planning.md's table."""
+    m, d = work.model, ACTIVATION_BYTES[work.precision]
+    h, f, a = m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    q = a * m.head_dim
+    s = work.seq_length
+    if recompute == "full":
+        return d * h
+    te = work.backend == "te"
+    # Each norm: transformer-engine's fused norm+linear keeps the input and the normed output; QwenRMSNorm
+    # keeps an fp32 copy of the input, the normed output and the linear after it its own input.
+    norm = (2 * d * h if te else FP32 * h + 2 * d * h) + FP32  # + 1/rms, fp32, one per token
+    qkv_output = 3 * d * q  # the value is a view into the fused QKV output, which keeps all of it alive
+    if recompute == "selective":
+        # The checkpoint keeps the rotated query and key (fp32 on the local spec, model/rope.py; bf16 from TE's
+        # fused RoPE) and the value; of the attention core only its output, the projection's input, stays.
+        rotated_qk = 2 * q * (d if te else FP32)
+        core = 0.0
+        projection_input = d * q
+    else:
+        rotated_qk = 2 * d * q
+        if work.backend == "local":  # fp32 softmax output, plus the attention-dtype probabilities in bf16
+            core = a * s * (FP32 + (d if d < FP32 else 0))
+        else:  # fused kernels keep the output and the fp32 log-sum-exp per head, never the s x s scores
+            core = d * q + FP32 * a
+        # the local spec's projection reads a contiguous copy of the attention output; TE's reads it as it is
+        projection_input = 0 if te else d * q
+    # SwiGLU: the fused kernel keeps its [gate; up] input; unfused, silu's output and a copy of up
+    # (megatron-core adds glu_linear_offset) as well; then the down projection's input.
+    swiglu = 2 * d * f + (0 if work.gpu else 2 * d * f) + d * f
+    return 2 * norm + qkv_output + rotated_qk + core + projection_input + swiglu
+
+
+def layer_bytes_per_position(work: Workload, recompute: str | None) -> float:
+    """Per-layer bytes that scale with the sequence but not the batch or TP: on the local spec, the
+    four fp32 RoPE cos/sin tables megatron-core builds per layer, and the local back end's s x s causal
+    mask (one bool per key)."""
+    if work.backend == "te" or recompute == "full":
+        return 0.0
+    rope_tables = 4 * work.model.head_dim * FP32
+    mask = work.seq_length if work.backend == "local" and recompute is None else 0
+    return rope_tables + mask
+
+
+def layer_micro_batch_bytes(work: Workload, layout: Layout, recompute: str | None) -> float:
+    """One layer, one micro-batch, on one GPU."""
+    tokens = work.seq_length // layout.cp * work.micro_batch_size
+    return (tokens * layer_bytes_per_token(work, recompute) / layout.tp
+            + work.seq_length // layout.cp * layer_bytes_per_position(work, recompute))
+
+
+def backward_working_set(work: Workload, layout: Layout) -> float:
+    """What a layer's backward pass holds on top of the stored activations. Always the gradients in the
+    MLP: that of the down projection's input and, from it, of [gate; up] (3 d f per token, fused or not).
+    Full recompute first re-creates all of the layer's activations; selective recompute re-creates the
+    attention core, which is not live at the same time as the MLP's gradients."""
+    d, m = ACTIVATION_BYTES[work.precision], work.model
+    tokens = work.seq_length // layout.cp * work.micro_batch_size
+    mlp_gradients = tokens * 3 * d * m.ffn_hidden_size / layout.tp
+    if layout.recompute == "full":
+        return layer_micro_batch_bytes(work, layout, None) + mlp_gradients
+    if layout.recompute == "selective":
+        q, a, s = m.num_attention_heads * m.head_dim, m.num_attention_heads, work.seq_length
+        downcast = 0 if work.backend == "te" or d == FP32 else 2 * d * q  # q, k back to bf16 (model/rope.py)
+        if work.backend == "local":
+            core = tokens * (a * s * (FP32 + (d if d < FP32 else 0)) + downcast) / layout.tp + s * s
+        else:
+            core = tokens * (d * q + FP32 * a + downcast) / layout.tp
+        return max(core, mlp_gradients)
+    return mlp_gradients
+
+
+def workspaces(work: Workload, layout: Layout) -> float:
+    """Buffers megatron-core allocates once and keeps: the local back end's score buffer for baddbmm and,
+    with sequence parallelism, the buffer the linear layers all-gather their input into (the full sequence)."""
+    m, d = work.model, ACTIVATION_BYTES[work.precision]
+    s, b = work.seq_length // layout.cp, work.micro_batch_size
+    scores = d * b * m.num_attention_heads / layout.tp * s * s if work.backend == "local" else 0
+    gather = d * s * b * m.hidden_size if layout.tp > 1 else 0
+    return scores + gather
+
+
+def pipeline_tensors(work: Workload, layout: Layout) -> float:
+    """Per chunk in flight, what the pipeline schedule itself keeps for the backward pass: the chunk's output
+    and, where no layer saves it (bf16 on the local spec, whose norm keeps an fp32 copy), its received input."""
+    if layout.pp == 1:
+        return 0.0
+    d = ACTIVATION_BYTES[work.precision]
+    one = d * work.seq_length // layout.cp * work.micro_batch_size * work.model.hidden_size / layout.tp
+    kept_input = work.backend != "te" and d < FP32 and layout.recompute != "full"
+    return one * (2 if kept_input else 1)
+
+
+def loss_working_set(work: Workload, layout: Layout) -> float:
+    """The last stage's final norm, output layer input and loss at the forward-backward turn: megatron-core's
+    vocab-parallel cross entropy keeps fp32 softmax over the rank's V/TP rows for every token of the full
+    sequence; in bf16 the bf16 logits (forward) or their gradient (backward) sit beside it. Without fused
+    gradient accumulation the output layer's weight gradient is a transient of its size, too."""
+    m, d = work.model, ACTIVATION_BYTES[work.precision]
+    h, rows = m.hidden_size, m.padded_vocab_size
+    tokens = work.seq_length // layout.cp * work.micro_batch_size
+    norm = (d * h if work.backend == "te" else FP32 * h + d * h) + FP32  # then the output layer's input
+    per_token = norm + d * h + rows * (FP32 + (d if d < FP32 else 0))
+    total = tokens * per_token / layout.tp
+    if not work.gpu:
+        total += rows * h / layout.tp * ACTIVATION_BYTES[work.precision] + tokens * d * h / layout.tp
+    return total
+
+
+def embedding_gradient(work: Workload, layout: Layout) -> float:
+    """The first stage's embedding backward builds a dense weight gradient before it is added to main_grad."""
+    return work.model.padded_vocab_size * work.model.hidden_size / layout.tp * ACTIVATION_BYTES[work.precision]
+
+
+def chunks_in_flight(num_microbatches: int, layout: Layout, rank: int) -> int:
+    """Forward passes of model chunks whose activations pipeline rank ``rank`` holds at once under
+    megatron-core's 1F1B schedules (pipeline_parallel/schedules.py): PP - rank micro-batches without
+    interleaving; with VP chunks, 2(PP - rank - 1) + (VP - 1) PP warmup chunks plus the one in flight."""
+    total = num_microbatches * layout.vp
+    if layout.pp == 1:
+        return 1
+    if layout.vp == 1:
+        return min(total, layout.pp - rank)
+    return min(total, 2 * (layout.pp - rank - 1) + (layout.vp - 1) * layout.pp + 1)
+
+
+def stage_activations(work: Workload, layout: Layout, stage: str) -> float:
+    """Peak activation bytes on one GPU of ``stage``, all chunks in flight stored plus the largest working
+    set: a layer's backward (recompute included), the loss on the last stage at the forward-backward turn,
+    or, on the first stage, the embedding gradient at the end of a micro-batch's backward (that
+    micro-batch's chunk freed by then)."""
+    rank = layout.pp - 1 if stage == "last" else 0
+    layers_per_chunk = work.model.num_layers // (layout.pp * layout.vp)
+    per_chunk = (layers_per_chunk * layer_micro_batch_bytes(work, layout, layout.recompute)
+                 + pipeline_tensors(work, layout))
+    in_flight = chunks_in_flight(work.global_batch_size // (work.micro_batch_size * layout.dp), layout, rank)
+    stored = in_flight * per_chunk
+    peak = stored + backward_working_set(work, layout)
+    if stage in ("only", "last"):
+        peak = max(peak, stored + loss_working_set(work, layout))
+    if stage in ("only", "first"):
+        peak = max(peak, stored - per_chunk + embedding_gradient(work, layout))
+    return peak + workspaces(work, layout)
+
+
+# ---------------------------------------------------------------------------------------------- per GPU
+
+
+def stage_memory(work: Workload, layout: Layout, stage: str) -> StageMemory:
+    params = stage_parameters(work.model, layout, stage)
+    bf16 = work.precision == "bf16"
+    # fp32 runs update the parameters in place: Adam's m and v only; bf16 runs add an fp32 main weight.
+    optimizer_bytes = 3 * FP32 if bf16 else 2 * FP32
+    if layout.distributed_optimizer:
+        optimizer_bytes /= layout.dp * layout.cp
+    return StageMemory(
+        stage=stage,
+        parameters=params * (2 if bf16 else FP32),
+        gradients=params * FP32,
+        optimizer=params * optimizer_bytes,
+        activations=stage_activations(work, layout, stage),
+    )
+
+
+def estimate(work: Workload, layout: Layout) -> list[StageMemory]:
+    """Memory of each distinct pipeline stage (middle stages never exceed the first)."""
+    stages = ("only",) if layout.pp == 1 else ("first", "last")
+    return [stage_memory(work, layout, s) for s in stages]
+
+
+def peak_stage(work: Workload, layout: Layout) -> StageMemory:
+    """The most loaded GPU, which decides whether a layout fits."""
+    return max(estimate(work, layout), key=lambda m: m.total)
+
+
+# ---------------------------------------------------------------------------------------------- step time
+
+
+@dataclass(frozen=True)
+class Cluster:
+    achievable_tflops: float = 400.0  # bf16 dense, per GPU: ~40% of an H100's 989 (model/flops.py)
+    gpus_per_node: int = 8
+    intra_node_gbs: float = 300.0  # NVLink, achieved collective bandwidth per GPU
+    inter_node_gbs: float = 40.0  # one 400 Gb/s InfiniBand rail per GPU, achieved
+
+
+@dataclass(frozen=True)
+class StepTime:
+    compute: float  # seconds: model FLOPs and recompute at the achievable rate
+    bubble: float
+    communication: float
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.bubble + self.communication
+
+
+def step_time(work: Workload, layout: Layout, cluster: Cluster) -> StepTime:
+    m, s, b = work.model, work.seq_length, work.micro_batch_size
+    tokens = work.global_batch_size * s
+    model_flops = training_flops_per_token(m, s) * tokens
+    layer_flops = training_flops_per_token(replace(m, padded_vocab_size=0), s) * tokens
+    attention_flops = layer_flops - training_flops_per_token(replace(m, padded_vocab_size=0), 0) * tokens
+    # A recomputed forward costs a third of its forward-and-backward: full recompute repeats every layer's
+    # forward, selective only the attention core's.
+    extra = {"full": layer_flops / 3, "selective": attention_flops / 3}.get(layout.recompute, 0.0)
+    compute = (model_flops + extra) / (layout.num_gpus * cluster.achievable_tflops * 1e12)
+    num_mb = work.global_batch_size // (b * layout.dp)
+    bubble = compute * (layout.pp - 1) / (num_mb * layout.vp)
+
+    def bandwidth(span: int) -> float:  # a group of consecutive ranks spanning ``span`` GPUs
+        return (cluster.intra_node_gbs if span <= cluster.gpus_per_node else cluster.inter_node_gbs) * 1e9
+
+    d = ACTIVATION_BYTES[work.precision]
+    activation = s // layout.cp * b * m.hidden_size * d  # one [s, b, h] tensor of a micro-batch
+    layers = m.num_layers // layout.pp
+    comm = 0.0
+    if layout.tp > 1:
+        # sequence parallelism: all-gather before and reduce-scatter after attention and MLP, forward and
+        # backward: 8 per layer, 12 when full recompute repeats the forward
+        collectives = 12 if layout.recompute == "full" else 8
+        # (a ring all-gather or reduce-scatter moves (TP - 1) / TP of the full tensor through each GPU)
+        comm += num_mb * layers * collectives * (layout.tp - 1) / layout.tp * activation / bandwidth(layout.tp)
+    if layout.cp > 1:
+        # ring attention passes K and V (forward) and their gradients (backward) around the CP ring
+        kv = 2 * activation / layout.tp
+        comm += num_mb * layers * 3 * (layout.cp - 1) * kv / bandwidth(layout.tp * layout.cp)
+    if layout.pp > 1:
+        # one activation forward and one gradient backward per chunk boundary and micro-batch
+        comm += num_mb * layout.vp * 2 * activation / layout.tp / bandwidth(layout.num_gpus)
+    return StepTime(compute=compute, bubble=bubble, communication=comm)

@@ -1,0 +1,318 @@
+"""The memory estimator (megatron_qwen/model/memory.py) against memory measured in real training steps on the
+CPU, and the planner's command line (tools/plan.py).
+
+The measurement is independent of the estimator: parameters, gradients and optimizer state are the summed
+storages of the model's parameters, their main_grad buffers and the optimizer's tensors; activations are
+the peak, during the second training step, of every other live tensor storage (a TorchDispatchMode sees
+each tensor an operation creates; a storage counts until it is freed). Run as a script (also under
+torchrun), this file is the measuring worker: ``python tests/test_plan.py '[[FLAGS...], ...]'``.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+
+import pytest
+import torch
+from conftest import REPO, quiet_env, torchrun
+from megatron.core import parallel_state
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.model.builder import build_model, build_on_meta, unwrap, wrap_for_training
+from megatron_qwen.model.memory import GIB, Layout, StageMemory, Workload, chunks_in_flight, estimate, stage_parameters
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.training.step import train_step
+
+MIB = 2**20
+TOLERANCE = 0.15
+MARKER = "PLAN_MEASURED "
+# The brief's tiny Qwen: hidden 128, 4 heads, 4 layers, FFN 352, vocabulary 1024, sequence 128, micro-batch 2.
+TINY = ["--model-size", "tiny", "--hidden-size", "128", "--ffn-hidden-size", "352", "--seq-length", "128",
+        "--micro-batch-size", "2"]
+SINGLE_PROCESS = {
+    "fp32 local": ["--global-batch-size", "2"],
+    "fp32 local selective": ["--global-batch-size", "2", "--recompute-granularity", "selective"],
+    "fp32 local full": ["--global-batch-size", "2", "--recompute-granularity", "full"],
+    "bf16 local": ["--global-batch-size", "2", "--bf16"],
+    "bf16 local full": ["--global-batch-size", "2", "--bf16", "--recompute-granularity", "full"],
+    "bf16 sdpa": ["--global-batch-size", "2", "--bf16", "--transformer-impl", "sdpa"],
+}
+# Four ranks: TP2 with sequence parallelism x PP2 interleaved (one layer per chunk), 4 micro-batches.
+MULTI_PROCESS = {
+    "fp32 local TP2 SP PP2 VP2": ["--global-batch-size", "8", "--tensor-model-parallel-size", "2",
+                                  "--sequence-parallel", "--pipeline-model-parallel-size", "2",
+                                  "--num-layers-per-virtual-pipeline-stage", "1"],
+}
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+
+
+class LiveStorages(TorchDispatchMode):
+    """Bytes of the tensor storages created by operations and not yet freed, and their peak."""
+
+    def __init__(self, ignore: set[int]):
+        super().__init__()
+        self.ignore = ignore  # storages counted elsewhere (parameters, gradients, optimizer state)
+        self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def forget(self, keys: set[int]) -> None:
+        """Count these storages elsewhere from now on."""
+        self.ignore |= keys
+        for key in keys:
+            self.refs.pop(key, None)
+
+    def live_bytes(self) -> int:
+        for key in [k for k, (ref, _) in self.refs.items() if ref.expired()]:
+            del self.refs[key]
+        return sum(n for _, n in self.refs.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                known = self.refs.get(ref.cdata)
+                if ref.cdata not in self.ignore and (known is None or known[0].expired()):
+                    self.refs[ref.cdata] = (ref, storage.nbytes())
+        self.peak = max(self.peak, self.live_bytes())
+        return out
+
+
+def _storages(tensors) -> dict[int, int]:
+    return {StorageWeakRef(t.untyped_storage()).cdata: t.untyped_storage().nbytes() for t in tensors}
+
+
+def measure(flags: list[str]) -> dict:
+    """Two training steps of the configuration ``flags`` on this rank; the second one is measured."""
+    cfg = parse_run_config(PRETRAIN, ["--mock-data", "--train-iters", "2", "--lr-warmup-iters", "0", *flags])
+    t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
+    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
+    model = wrap_for_training(build_model(cfg), cfg.parallel)
+    optimizer = build_optimizer(model, t.optim, bf16=cfg.build.precision == "bf16",
+                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
+    params = [p for chunk in model for p in unwrap(chunk).parameters()]
+    buffers = [b for chunk in model for b in unwrap(chunk).buffers()]
+    generator = torch.Generator().manual_seed(0)
+    s, b, num_mb = t.seq_length, t.micro_batch_size, cfg.num_microbatches(world)
+
+    def step():
+        tokens = torch.randint(0, cfg.model.vocab_size, (num_mb, b, s + 1), generator=generator)
+        batches = [{"tokens": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous(), "loss_mask": torch.ones(b, s),
+                    "position_ids": torch.arange(s).expand(b, s).contiguous(), "attention_mask": None}
+                   for x in tokens]
+        train_step(model, optimizer, scheduler, [iter(batches) for _ in model], num_mb, s, b, t.global_batch_size,
+                   torch.device("cpu"))
+
+    # The first step creates Adam's state; tensors it leaves behind (such as the local back end's score
+    # buffer) count as activations of the measured second step.
+    tracker = LiveStorages(ignore=set(_storages(params + buffers + [p.main_grad for p in params])))
+    with tracker:
+        step()
+    weights, grads = _storages(params), _storages([p.main_grad for p in params])
+    state = []
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        state += [p for group in inner.optimizer.param_groups for p in group["params"]]
+        state += [v for st in inner.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    opt = {k: n for k, n in _storages(state).items() if k not in weights and k not in grads}
+    tracker.forget(set(opt))
+    tracker.peak = tracker.live_bytes()
+    with tracker:
+        step()
+    result = dict(flags=flags, rank=torch.distributed.get_rank(),
+                  pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+                  num_params=sum(p.numel() for p in params), parameters=sum(weights.values()),
+                  gradients=sum(grads.values()), optimizer=sum(opt.values()), activations=tracker.peak)
+    destroy_distributed()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- the comparison
+
+
+def workload_and_layout(flags: list[str], world: int) -> tuple[Workload, Layout]:
+    """What the training flags describe, in the estimator's terms, for the CPU (unfused kernels)."""
+    cfg = parse_run_config(PRETRAIN, ["--mock-data", *flags])
+    p, L = cfg.parallel, cfg.model.num_layers
+    work = Workload(cfg.model, cfg.train.seq_length, cfg.train.micro_batch_size, cfg.train.global_batch_size,
+                    precision=cfg.build.precision, backend=cfg.build.transformer_impl, gpu=False)
+    layout = Layout(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
+                    dp=p.data_parallel_size(world), cp=p.context_parallel_size,
+                    vp=p.virtual_pipeline_size(L) or 1, distributed_optimizer=p.use_distributed_optimizer,
+                    recompute=cfg.build.recompute_granularity)
+    return work, layout
+
+
+def stage_name(layout: Layout, pp_rank: int) -> str:
+    return "only" if layout.pp == 1 else "first" if pp_rank == 0 else "last"
+
+
+def estimated(flags: list[str], world: int, pp_rank: int) -> StageMemory:
+    work, layout = workload_and_layout(flags, world)
+    return {s.stage: s for s in estimate(work, layout)}[stage_name(layout, pp_rank)]
+
+
+def run_worker(cases: dict[str, list[str]], nproc: int) -> list[tuple[str, dict]]:
+    payload = json.dumps([TINY + flags for flags in cases.values()])
+    if nproc == 1:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), payload], cwd=REPO, env=quiet_env(),
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        out = proc.stdout
+    else:
+        out = torchrun(nproc, [os.path.abspath(__file__), payload], timeout=900)
+    order = {json.dumps(TINY + flags): (i, name) for i, (name, flags) in enumerate(cases.items())}
+    rows = [json.loads(line[len(MARKER):]) for line in out.splitlines() if line.startswith(MARKER)]
+    assert len(rows) == len(cases) * nproc, out[-3000:]
+    rows.sort(key=lambda r: (order[json.dumps(r["flags"])][0], r["rank"]))
+    return [(order[json.dumps(r["flags"])][1], r) for r in rows]
+
+
+def compare(rows: list[tuple[str, dict]], world: int) -> list[str]:
+    """Print the table (pytest -s shows it) and return the entries off by more than the tolerance."""
+    header = (f"{'configuration':<28} {'rank':>4}  {'params MiB':>17}  {'grads MiB':>17}  {'optimizer MiB':>17}  "
+              f"{'activations MiB':>17}  {'total MiB':>17}  {'act est/meas':>12}  {'total est/meas':>14}")
+    lines, failures = [header, "-" * len(header)], []
+    for name, m in rows:
+        est = estimated(m["flags"], world, m["pp_rank"])
+        cells, ratios = [], {}
+        for key in ("parameters", "gradients", "optimizer", "activations"):
+            e, v = getattr(est, key), m[key]
+            ratios[key] = e / v
+            cells.append(f"{e / MIB:7.2f} / {v / MIB:7.2f}")
+        measured_total = sum(m[k] for k in ("parameters", "gradients", "optimizer", "activations"))
+        ratios["total"] = est.total / measured_total
+        cells.append(f"{est.total / MIB:7.2f} / {measured_total / MIB:7.2f}")
+        lines.append(f"{name:<28} {m['rank']:>4}  " + "  ".join(f"{c:>17}" for c in cells)
+                     + f"  {ratios['activations']:>12.3f}  {ratios['total']:>14.3f}")
+        failures += [f"{name} rank {m['rank']} {k}: estimate/measured {r:.3f}" for k, r in ratios.items()
+                     if abs(r - 1) > TOLERANCE]
+    print("\nestimate / measured, tiny Qwen (h128, 4 heads, 4 layers, FFN 352, vocab 1024), seq 128, micro-batch 2")
+    print("\n".join(lines))
+    return failures
+
+
+def test_estimate_matches_memory_measured_in_one_process():
+    failures = compare(run_worker(SINGLE_PROCESS, 1), world=1)
+    assert not failures, failures
+
+
+def test_estimate_matches_memory_measured_at_tp2_pp2_interleaved():
+    rows = run_worker(MULTI_PROCESS, 4)
+    for _, m in rows:  # each rank holds the parameters the estimator counts for its stage
+        work, layout = workload_and_layout(m["flags"], 4)
+        assert stage_parameters(work.model, layout, stage_name(layout, m["pp_rank"])) == m["num_params"], m
+    failures = compare(rows, world=4)
+    assert not failures, failures
+
+
+# ---------------------------------------------------------------------------------------------- counts and schedules
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    init_distributed(ParallelConfig(), 1, seed=0)
+    yield
+    destroy_distributed()
+
+
+@pytest.mark.parametrize("size", ["1.8b", "7b", "14b", "72b"])
+def test_parameter_count_is_the_built_models(single_process, size):
+    cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size])
+    (model,) = build_on_meta(cfg)
+    assert stage_parameters(cfg.model, Layout(), "only") == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("pp,vp", [(2, 1), (4, 1), (4, 2), (8, 5)])
+def test_first_stage_holds_korthikantis_layer_count(pp, vp):
+    """Korthikanti et al. 2022, section 4.2.3: with enough micro-batches the first stage of 1F1B stores L
+    layers' activations, of interleaved 1F1B with VP chunks L (1 + (PP - 1) / (PP VP))."""
+    layers = 80
+    in_flight = chunks_in_flight(64, Layout(pp=pp, vp=vp), rank=0) * layers // (pp * vp)
+    expected = layers * (1 + (pp - 1) / (pp * vp)) if vp > 1 else layers
+    assert in_flight == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------- the planner
+
+
+def load_plan_tool():
+    spec = importlib.util.spec_from_file_location("plan", os.path.join(REPO, "tools", "plan.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_planner_lists_only_layouts_that_fit_fastest_first():
+    proc = subprocess.run([sys.executable, "tools/plan.py", "--model-size", "7b", "--seq-length", "2048",
+                           "--num-gpus", "8", "--top", "0"], cwd=REPO, env=quiet_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(proc.stdout)
+    table = proc.stdout.split("\n---")[1].splitlines()[1:]  # the lines under the header's rule
+    rows = [line.split() for line in table if line.strip()]
+    assert rows
+    layouts, totals, times = set(), [], []
+    for row in rows:
+        tp, pp, vp, cp, dp = map(int, row[1:6])
+        assert tp * pp * cp * dp == 8
+        layouts.add((tp, pp, vp, cp, dp, row[6], row[7]))
+        totals.append(float(row[13]))
+        times.append(float(row[15]))
+    assert max(totals) <= 72.0  # 80 GiB less the 10% headroom
+    assert times == sorted(times)
+    # By hand: without ZeRO every GPU holds 7.721e9 x 18 bytes = 129 GiB; with it 7.721e9 x (2 + 4 + 12 / 8)
+    # bytes = 53.9 GiB, plus activations.
+    assert (1, 1, 1, 1, 8, "no", "none") not in layouts
+    zero = next(r for r in rows if r[1:8] == ["1", "1", "1", "1", "8", "yes", "none"])
+    assert sum(map(float, zero[9:12])) == pytest.approx(7.721e9 * 7.5 / GIB, abs=0.2)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model-size", "7b", "--num-gpus", "0"], "error: --num-gpus must be at least 1"),
+    (["--model-size", "9b"], "error: --model-size '9b' is unknown"),
+    (["--model-size", "7b", "--global-batch-size", "7", "--micro-batch-size", "2"],
+     "error: --global-batch-size 7 is not a multiple of --micro-batch-size 2"),
+    (["--hidden-size", "256", "--num-layers", "2"], "error: pass --model-size or every shape flag; missing "
+                                                    "--num-attention-heads --ffn-hidden-size --vocab-size"),
+    (["--model-size", "7b", "--hidden-size", "100", "--num-attention-heads", "3"],
+     "error: --hidden-size 100 is not a multiple of --num-attention-heads 3"),
+    (["--model-size", "7b", "--num-gpus", "7"], "error: no TP x PP x CP x DP split of --num-gpus 7"),
+    (["--model-size", "7b", "--headroom", "1.5"], "error: --headroom must be a fraction"),
+    (["--model-size", "7b", "--transformer-impl", "cuda"], "error: argument --transformer-impl: invalid choice"),
+])
+def test_planner_refuses_bad_flags_in_one_line(capsys, flags, message):
+    with pytest.raises(SystemExit) if "invalid choice" in message else nullcontext():
+        status = load_plan_tool().main(flags)
+        assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_planner_says_when_nothing_fits(capsys):
+    assert load_plan_tool().main(["--model-size", "72b", "--num-gpus", "8"]) == 1
+    assert "no layout fits in 72.0 GiB: the least memory is" in capsys.readouterr().out
+
+
+def test_planner_pads_a_custom_vocabulary_as_training_does(capsys):
+    flags = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "4", "--ffn-hidden-size", "704",
+             "--vocab-size", "1000", "--num-gpus", "2", "--global-batch-size", "8"]
+    assert load_plan_tool().main(flags) == 0
+    assert "1,024 vocabulary rows" in capsys.readouterr().out
+
+
+if __name__ == "__main__":
+    for case in json.loads(sys.argv[1]):
+        print(MARKER + json.dumps(measure(case)), flush=True)

@@ -1,0 +1,97 @@
+"""Convert between Qwen's Hugging Face checkpoints and ours (docs/checkpoints.md).
+
+    python tools/convert_checkpoint.py --load-dir /models/Qwen-7B --save-dir ckpt/qwen-7b
+    python tools/convert_checkpoint.py --load-dir runs/7b/ckpt --save-dir hf/qwen-7b --hf-layout qwen2 --dtype bf16
+
+The direction comes from --load-dir. A directory with config.json is a Hugging Face model
+(Qwen-1's QWenLMHeadModel or transformers' Qwen2ForCausalLM; safetensors or pytorch_model.bin,
+single or sharded): it becomes a checkpoint of ours that every job --loads at any TP/PP layout,
+as weights only. A directory with latest_checkpointed_iteration.txt is ours (saved at any
+layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen (Qwen-1 names,
+as published) or qwen2 (loads in transformers without remote code). Output is written under a
+temporary name and renamed when whole; an existing --save-dir is never overwritten.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+import warnings
+
+from megatron_qwen.config.arguments import _OneLineErrorParser
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.hf.files import parse_size
+from megatron_qwen.hf.layouts import check_layout
+from megatron_qwen.hf.source import is_hf_dir, open_hf
+from megatron_qwen.tokenizer.files import TokenizerFileError
+from megatron_qwen.training.checkpoint_dirs import TRACKER
+
+
+def build_parser() -> _OneLineErrorParser:
+    p = _OneLineErrorParser(prog="tools/convert_checkpoint.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load-dir", required=True, help="a Hugging Face model directory, or a --save directory of ours")
+    p.add_argument("--save-dir", required=True, help="where to write the converted checkpoint (must not exist)")
+    p.add_argument("--hf-layout", default=None,
+                   help="to Hugging Face: qwen (Qwen-1 QWenLMHeadModel names) or qwen2 (Qwen2ForCausalLM)")
+    p.add_argument("--dtype", default=None,
+                   help="bf16, fp16 or fp32 (default: as stored; into ours bf16 or fp32, fp16 widening to fp32)")
+    p.add_argument("--max-shard-size", default="5GB", help="to Hugging Face: largest safetensors file (5GB = 5e9 B)")
+    p.add_argument("--tokenizer-model", default=None,
+                   help="to Hugging Face: the qwen.tiktoken to copy (default: the verified fetched copy)")
+    p.add_argument("--chat", action="store_true", default=None,
+                   help="to Hugging Face: also stop generation at <|im_end|> (default: when the run trained on ChatML)")
+    return p
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+def convert(args) -> str:
+    """Run the conversion ``args`` asks for; returns a one-line summary."""
+    src = args.load_dir
+    if args.dtype is not None and args.dtype not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"--dtype {args.dtype} is unknown; choose bf16, fp16 or fp32")
+    if is_hf_dir(src):
+        if args.hf_layout is not None:
+            raise ConfigError(f"--hf-layout applies to exporting; --load-dir {src} is already a Hugging Face model")
+        cfg, layout, _ = open_hf(src)  # every name and shape checked before megatron-core is even imported
+        from megatron_qwen.hf.load import import_hf
+
+        ckpt = import_hf(src, args.save_dir, args.dtype)
+        return (f"Hugging Face ({layout}) -> ours: {ckpt}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+                f"{cfg.padded_vocab_size} vocabulary rows")
+    if os.path.isfile(os.path.join(src, TRACKER)):
+        if args.hf_layout is None:
+            raise ConfigError("--hf-layout is needed to export: qwen (Qwen-1 names, as published; needs Qwen's remote "
+                              "code) or qwen2 (transformers' Qwen2ForCausalLM)")
+        check_layout(args.hf_layout)
+        max_shard = parse_size(args.max_shard_size)
+        from megatron_qwen.hf.export import export_hf
+
+        files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)
+        return f"ours -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
+    what = "does not exist" if not os.path.exists(src) else "has neither config.json nor " + TRACKER
+    raise ConfigError(f"--load-dir {src} {what}; expected a Hugging Face model directory (config.json + weights) or "
+                      f"a --save directory of ours ({TRACKER})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # megatron-core's own warnings: optional GPU kernels conversion never uses, its deprecated calls.
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
+    warnings.filterwarnings("ignore", message=r"(full scope|`load_state_dict`) is deprecated")
+    args = build_parser().parse_args(argv)
+    start = time.monotonic()
+    try:
+        summary = convert(args)
+    except (ConfigError, TokenizerFileError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(f"{summary} ({time.monotonic() - start:.1f} s, peak RSS {_peak_rss_gib():.2f} GiB)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

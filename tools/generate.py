@@ -1,0 +1,113 @@
+"""Generate text from a checkpoint with the KV cache (megatron_qwen/inference/generate.py).
+
+    python tools/generate.py --load runs/demo/ckpt/sft --prompt "1 + 2 =" --prompt "def f(x):" --greedy
+    python tools/generate.py --load runs/demo/ckpt/sft --chat --prompt "What is 7 * 8?" --temperature 0.7 \\
+        --top-p 0.8 --seed 1 --json
+
+--load is a --save directory of ours, saved at any layout; the model runs in this one process. All
+prompts run as one batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) is
+given. Generation stops at <|endoftext|>, <|im_end|> or --max-new-tokens; the stop token is not
+printed. --chat wraps each prompt as a user turn in ChatML, after Qwen's default system turn, and
+opens the assistant's turn. --json prints one object per prompt: {"prompt", "ids", "text"}.
+"""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from megatron_qwen.config.arguments import _OneLineErrorParser
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.tokenizer.files import TokenizerFileError
+
+
+def build_parser() -> _OneLineErrorParser:
+    p = _OneLineErrorParser(prog="tools/generate.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="a --save directory of a training run (any layout)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in ChatML as a user turn")
+    p.add_argument("--greedy", action="store_true", help="the most likely token at each step (the default)")
+    p.add_argument("--temperature", type=float, default=None, help="sample; logits are divided by this (1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the most likely tokens up to this mass")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same output")
+    p.add_argument("--tokenizer-model", default=None, help="qwen.tiktoken (default: the fetched copy)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, ids, text")
+    return p
+
+
+def sampling_of(args):
+    """None for greedy decoding, else the Sampling the flags ask for."""
+    flags = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.greedy and given:
+        names = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"--greedy contradicts {names}; pass either --greedy or sampling flags")
+    if not given:
+        return None
+    from megatron_qwen.inference import Sampling
+
+    return Sampling(**given)
+
+
+def load_model(path: str):
+    """The model under --load, in this one process."""
+    from megatron_qwen.inference import load_model_for_inference
+
+    return load_model_for_inference(path)
+
+
+def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
+    if not chat:
+        return tokenizer.tokenize(text)
+    from megatron_qwen.tokenizer.chatml import encode_turns, validate_messages
+
+    # Encoded turn by turn as training encodes ChatML, so the user's text is never read as special tokens.
+    ids, _ = encode_turns(validate_messages([{"role": "user", "content": text}], require_assistant=False), tokenizer)
+    return ids + [tokenizer.im_start_id, *tokenizer.tokenize("assistant"), *tokenizer.tokenize("\n")]
+
+
+def run(args) -> list[dict]:
+    # What needs no model comes first: a mistyped flag is reported without waiting for a load.
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    if not os.path.isdir(args.load):
+        raise ConfigError(f"--load {args.load} does not exist; pass the --save directory of a training run")
+    sampling = sampling_of(args)
+    from megatron_qwen.inference import generate
+    from megatron_qwen.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    prompts = [prompt_ids(text, args.chat, tokenizer) for text in args.prompt]
+    model = load_model(args.load)
+    if model.vocab_size_unpadded < tokenizer.vocab_size:
+        raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
+                          f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")
+    outputs = generate(model, prompts, args.max_new_tokens, {tokenizer.eod, tokenizer.im_end_id}, sampling)
+    return [{"prompt": text, "ids": ids, "text": tokenizer.detokenize(ids)} for text, ids in zip(args.prompt, outputs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    # megatron-core's notices about optional GPU kernels and its own deprecated calls.
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
+    warnings.filterwarnings("ignore", message=r"(full scope|`load_state_dict`) is deprecated")
+    warnings.filterwarnings("ignore", message=r".*deprecating ShardedTensor")
+    args = build_parser().parse_args(argv)
+    try:
+        results = run(args)
+    except (ConfigError, TokenizerFileError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    for i, result in enumerate(results):
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        else:
+            print(f"--- prompt {i + 1}: {result['prompt']}\n{result['text']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Memory and layout planner: which TP/PP/DP/CP, ZeRO-1 and recompute layouts fit a Qwen model on N GPUs,
+their memory per GPU, and an estimated step time to rank them (formulas and assumptions: docs/planning.md).
+
+    python tools/plan.py --model-size 7b --seq-length 2048 --num-gpus 8
+    python tools/plan.py --model-size 72b --num-gpus 64 --micro-batch-size 1 --top 10
+
+The step time is a ranking heuristic, not a prediction. Exit status: 0 when some layout fits, 1 when none
+does, 2 for flags that cannot be planned.
+"""
+
+import argparse
+import dataclasses
+import itertools
+import sys
+
+from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.model.memory import (
+    GIB,
+    RECOMPUTE,
+    Cluster,
+    Layout,
+    StageMemory,
+    StepTime,
+    Workload,
+    peak_stage,
+    stage_parameters,
+    step_time,
+)
+
+SHAPE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--vocab-size")
+BACKEND_NAMES = {"transformer_engine": "te", "flash": "flash", "sdpa": "sdpa", "local": "local"}
+
+
+class PlanError(Exception):
+    """Flags that cannot be planned; the message names the flag."""
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model (Megatron-LM's flags; shapes resolve as in training)")
+    g.add_argument("--model-size", default=None,
+                   help="preset: 1.8b, 7b, 14b, 72b, tiny, tiny-qwen-vocab; without it pass every shape flag")
+    for flag in (*SHAPE_FLAGS, "--kv-channels"):
+        g.add_argument(flag, type=int, default=None, help="override the preset")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="with --vocab-size: pad the vocabulary rows to a multiple of this")
+    g.add_argument("--transformer-impl", choices=list(BACKEND_NAMES), default="transformer_engine",
+                   help="the layer back end of the GPU run (what --transformer-impl auto picks with TE installed)")
+    g.add_argument("--fp32", action="store_true", help="plan an fp32 run instead of bf16 mixed precision")
+
+    g = p.add_argument_group("batch")
+    g.add_argument("--seq-length", type=int, default=PRETRAIN.seq_length)
+    g.add_argument("--micro-batch-size", type=int, default=PRETRAIN.micro_batch_size)
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help=f"sequences per step (pretraining recipe: 2048 for the published sizes, else "
+                        f"{PRETRAIN.global_batch_size})")
+
+    g = p.add_argument_group("cluster")
+    g.add_argument("--num-gpus", type=int, default=8)
+    g.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU, GiB")
+    g.add_argument("--headroom", type=float, default=0.10,
+                   help="fraction of GPU memory kept free for the CUDA context, NCCL buffers and fragmentation")
+    g.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node)
+    g.add_argument("--achievable-tflops", type=float, default=Cluster.achievable_tflops,
+                   help="bf16 dense TFLOP/s one GPU sustains on the model's matmuls (H100 peak 989: ~40%%)")
+    g.add_argument("--intra-node-bandwidth", type=float, default=Cluster.intra_node_gbs,
+                   help="GB/s per GPU that collectives reach inside a node (NVLink)")
+    g.add_argument("--inter-node-bandwidth", type=float, default=Cluster.inter_node_gbs,
+                   help="GB/s per GPU between nodes (one 400 Gb/s InfiniBand rail per GPU)")
+    g.add_argument("--all", action="store_true",
+                   help="list every layout that fits, not only those no other layout beats on both time and memory")
+    g.add_argument("--top", type=int, default=20, help="show at most this many layouts (0: no limit)")
+    return p
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("num_gpus", "gpus_per_node", "seq_length", "micro_batch_size", "global_batch_size",
+                 "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size", "kv_channels"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise PlanError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    for name in ("gpu_memory_gb", "achievable_tflops", "intra_node_bandwidth", "inter_node_bandwidth"):
+        if getattr(args, name) <= 0:
+            raise PlanError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    if not 0 <= args.headroom < 1:
+        raise PlanError(f"--headroom must be a fraction in [0, 1), not {args.headroom}")
+    if args.top < 0:
+        raise PlanError(f"--top must be 0 (all) or more, not {args.top}")
+
+
+def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
+    """The model and batch the flags describe, resolved by the training parser itself."""
+    _check_positive(args)
+    if args.model_size is None:
+        missing = [f for f in SHAPE_FLAGS if getattr(args, f[2:].replace("-", "_")) is None]
+        if missing:
+            raise PlanError(f"pass --model-size or every shape flag; missing {' '.join(missing)}")
+    flags = ["--mock-data", "--model-size", args.model_size or "tiny", "--seq-length", str(args.seq_length),
+             "--micro-batch-size", str(args.micro_batch_size),
+             "--make-vocab-size-divisible-by", str(args.make_vocab_size_divisible_by)]
+    for flag in (*SHAPE_FLAGS, "--kv-channels", "--global-batch-size"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        flags += [flag, str(value)] if value is not None else []
+    cfg = parse_run_config(PRETRAIN, flags)
+    # Memory does not depend on the RoPE table's length: plan any length, as --max-position-embeddings allows.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, max_position_embeddings=max(cfg.model.max_position_embeddings, args.seq_length)))
+    t = cfg.train
+    if t.global_batch_size % t.micro_batch_size != 0:
+        raise PlanError(f"--global-batch-size {t.global_batch_size} is not a multiple of --micro-batch-size "
+                        f"{t.micro_batch_size}")
+    backend = BACKEND_NAMES[args.transformer_impl]
+    cfg = dataclasses.replace(cfg, build=dataclasses.replace(
+        cfg.build, transformer_impl=backend, precision="fp32" if args.fp32 else "bf16"))
+    cfg.validate(world_size=1)  # the rules that do not involve the layout, with training's own messages
+    work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size,
+                    precision=cfg.build.precision, backend=backend)
+    return cfg, work
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
+    """Every layout training accepts on ``num_gpus`` GPUs: RunConfig.validate's rules, plus the FFN width
+    divisible by TP and megatron-core's interleaving rule (micro-batches a multiple of PP). Sequence
+    parallelism is on whenever TP > 1: the same compute and communication, and activations divided by TP."""
+    layouts = []
+    L = cfg.model.num_layers
+    for tp, pp, cp in itertools.product(_divisors(num_gpus), repeat=3):
+        if num_gpus % (tp * pp * cp) != 0 or cfg.model.ffn_hidden_size % tp != 0:
+            continue
+        dp = num_gpus // (tp * pp * cp)
+        num_mb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
+        chunk_counts = [1] + ([v for v in _divisors(L // pp)[1:] if num_mb % pp == 0] if pp > 1 and L % pp == 0 else [])
+        for vp, zero, recompute in itertools.product(chunk_counts, (False, True), RECOMPUTE):
+            if zero and dp * cp == 1:
+                continue
+            parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                      num_layers_per_virtual_pipeline_stage=L // (pp * vp) if vp > 1 else None,
+                                      context_parallel_size=cp, sequence_parallel=tp > 1,
+                                      use_distributed_optimizer=zero)
+            build = dataclasses.replace(cfg.build, recompute_granularity=recompute)
+            try:
+                dataclasses.replace(cfg, parallel=parallel, build=build).validate(num_gpus)
+            except ConfigError:
+                continue
+            layouts.append(Layout(tp=tp, pp=pp, dp=dp, cp=cp, vp=vp, distributed_optimizer=zero, recompute=recompute))
+    return layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    layout: Layout
+    memory: StageMemory  # the most loaded GPU
+    time: StepTime
+
+
+def plan(cfg: RunConfig, work: Workload, num_gpus: int, cluster: Cluster) -> list[Plan]:
+    """Every valid layout with its peak memory and step time, fastest first (ties: less memory)."""
+    plans = [Plan(layout, peak_stage(work, layout), step_time(work, layout, cluster))
+             for layout in candidate_layouts(cfg, num_gpus)]
+    return sorted(plans, key=lambda p: (p.time.total, p.memory.total))
+
+
+def pareto_front(plans: list[Plan]) -> list[Plan]:
+    """The plans (sorted fastest first) that no other is at least as fast as and smaller than: each next
+    one is slower but needs less memory."""
+    front, smallest = [], float("inf")
+    for p in plans:
+        if p.memory.total < smallest:
+            front.append(p)
+            smallest = p.memory.total
+    return front
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f}"
+
+
+def format_table(plans: list[Plan], work: Workload) -> list[str]:
+    header = (f"{'#':>3}  {'TP':>2} {'PP':>2} {'VP':>2} {'CP':>2} {'DP':>3} {'ZeRO':<4} {'recompute':<9} {'micro':>5}  "
+              f"{'params':>6} {'grads':>6} {'optim':>6} {'activ':>6} {'total':>6}  {'stage':<5}  "
+              f"{'step s':>7} {'bubble':>6} {'comm':>5}")
+    lines = [header, "-" * len(header)]
+    for i, p in enumerate(plans, 1):
+        lay, m, t = p.layout, p.memory, p.time
+        num_mb = work.global_batch_size // (work.micro_batch_size * lay.dp)
+        lines.append(f"{i:>3}  {lay.tp:>2} {lay.pp:>2} {lay.vp:>2} {lay.cp:>2} {lay.dp:>3} "
+                     f"{'yes' if lay.distributed_optimizer else 'no':<4} {lay.recompute or 'none':<9} {num_mb:>5}  "
+                     f"{_gib(m.parameters):>6} {_gib(m.gradients):>6} {_gib(m.optimizer):>6} {_gib(m.activations):>6} "
+                     f"{_gib(m.total):>6}  {m.stage:<5}  {t.total:>7.2f} {t.bubble / t.total:>6.1%} "
+                     f"{t.communication / t.total:>5.1%}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, work = resolve(args)
+    except (PlanError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cluster = Cluster(achievable_tflops=args.achievable_tflops, gpus_per_node=args.gpus_per_node,
+                      intra_node_gbs=args.intra_node_bandwidth, inter_node_gbs=args.inter_node_bandwidth)
+    plans = plan(cfg, work, args.num_gpus, cluster)
+    if not plans:
+        print(f"error: no TP x PP x CP x DP split of --num-gpus {args.num_gpus} suits {cfg.model.num_layers} layers, "
+              f"{cfg.model.num_attention_heads} heads and --global-batch-size {work.global_batch_size} / "
+              f"--micro-batch-size {work.micro_batch_size}; change one of them", file=sys.stderr)
+        return 2
+    usable = args.gpu_memory_gb * GIB * (1 - args.headroom)
+    fitting = [p for p in plans if p.memory.total <= usable]
+    m = cfg.model
+    params = stage_parameters(m, Layout(), "only")
+    print(f"model: {args.model_size or 'custom shape'}, {params / 1e9:.3f}B parameters (hidden {m.hidden_size}, "
+          f"{m.num_layers} layers, {m.num_attention_heads} heads, FFN {m.ffn_hidden_size}, "
+          f"{m.padded_vocab_size:,} vocabulary rows)")
+    print(f"batch: seq {work.seq_length}, micro-batch {work.micro_batch_size}, global batch {work.global_batch_size} "
+          f"({work.global_batch_size * work.seq_length / 1e6:.2f}M tokens per step), {work.precision}, "
+          f"{args.transformer_impl} back end")
+    print(f"cluster: {args.num_gpus} GPUs x {args.gpu_memory_gb:g} GiB, {args.headroom:.0%} headroom: "
+          f"{usable / GIB:.1f} GiB usable; {args.achievable_tflops:g} TFLOP/s per GPU, {args.gpus_per_node} GPUs "
+          f"per node, {args.intra_node_bandwidth:g} / {args.inter_node_bandwidth:g} GB/s within / between nodes")
+    if not fitting:
+        least = min(plans, key=lambda p: p.memory.total)
+        print(f"no layout fits in {usable / GIB:.1f} GiB: the least memory is {_gib(least.memory.total)} GiB "
+              f"({least.layout.describe()}); add GPUs or shorten --micro-batch-size or --seq-length")
+        return 1
+    listed = fitting if args.all else pareto_front(fitting)
+    shown = listed[:args.top] if args.top else listed
+    which = "" if args.all else ", those no other layout beats on both step time and memory"
+    print(f"{len(fitting)} of {len(plans)} valid layouts fit{which}: {len(shown)} shown, fastest first by estimated "
+          f"step time (a ranking heuristic, not a prediction). GiB on the most loaded GPU; micro: micro-batches "
+          f"per step per pipeline")
+    print("\n".join(format_table(shown, work)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
