@@ -4,11 +4,12 @@
     python tools/generate.py --load runs/demo/ckpt/sft --chat --prompt "What is 7 * 8?" --temperature 0.7 \\
         --top-p 0.8 --seed 1 --json
 
---load is a --save directory of ours, saved at any layout; the model runs in this one process. All
-prompts run as one batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) is
-given. Generation stops at <|endoftext|>, <|im_end|> or --max-new-tokens; the stop token is not
-printed. --chat wraps each prompt as a user turn in ChatML, after Qwen's default system turn, and
-opens the assistant's turn. --json prints one object per prompt: {"prompt", "ids", "text"}.
+--load is a --save directory of ours, saved at any layout, or a Hugging Face model directory (Qwen-1
+or Qwen2 layout, docs/checkpoints.md); the model runs in this one process. All prompts run as one
+batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) is given. Generation
+stops at <|endoftext|>, <|im_end|> or --max-new-tokens; the stop token is not printed. --chat wraps
+each prompt as a user turn in ChatML, after Qwen's default system turn, and opens the assistant's
+turn. --json prints one object per prompt: {"prompt", "ids", "text"}.
 """
 
 import argparse
@@ -25,7 +26,8 @@ from megatron_qwen.tokenizer.files import TokenizerFileError
 def build_parser() -> _OneLineErrorParser:
     p = _OneLineErrorParser(prog="tools/generate.py", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="a --save directory of a training run (any layout)")
+    p.add_argument("--load", required=True,
+                   help="a --save directory of a training run (any layout) or a Hugging Face model directory")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--chat", action="store_true", help="wrap each prompt in ChatML as a user turn")
@@ -53,13 +55,6 @@ def sampling_of(args):
     return Sampling(**given)
 
 
-def load_model(path: str):
-    """The model under --load, in this one process."""
-    from megatron_qwen.inference import load_model_for_inference
-
-    return load_model_for_inference(path)
-
-
 def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
     if not chat:
         return tokenizer.tokenize(text)
@@ -75,14 +70,15 @@ def run(args) -> list[dict]:
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
     if not os.path.isdir(args.load):
-        raise ConfigError(f"--load {args.load} does not exist; pass the --save directory of a training run")
+        raise ConfigError(f"--load {args.load} does not exist; pass the --save directory of a training run "
+                          "or a Hugging Face model directory")
     sampling = sampling_of(args)
-    from megatron_qwen.inference import generate
+    from megatron_qwen.inference import generate, load_model_for_inference
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer_model)
     prompts = [prompt_ids(text, args.chat, tokenizer) for text in args.prompt]
-    model = load_model(args.load)
+    model = load_model_for_inference(args.load)  # ours at any layout, or a Hugging Face directory
     if model.vocab_size_unpadded < tokenizer.vocab_size:
         raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
                           f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")

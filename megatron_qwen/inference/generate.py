@@ -17,14 +17,18 @@ import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.arguments import RunConfig, parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.hf.load import load_hf_weights
+from megatron_qwen.hf.source import is_hf_dir
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 from megatron_qwen.training.checkpoint import load_weights
@@ -34,16 +38,23 @@ PAD_ID = 0  # what fills a left-padded row's empty slots; any id will do, those 
 
 
 def load_model_for_inference(checkpoint_root: str):
-    """The model of the latest checkpoint under ``checkpoint_root`` (a ``--save`` directory),
-    built for a single process (TP1, PP1) in eval mode; the model shape is read from the checkpoint.
-    ``model.vocab_size_unpadded`` is the number of ids the tokenizer can produce."""
+    """The model of the latest checkpoint under ``checkpoint_root`` (a ``--save`` directory, or a
+    Hugging Face model directory), built for a single process (TP1, PP1) in eval mode; the model
+    shape is read from the checkpoint. ``model.vocab_size_unpadded`` is the number of ids the
+    tokenizer can produce."""
     if not os.path.isdir(checkpoint_root):
-        raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run")
-    iteration = latest_iteration(checkpoint_root)
-    if iteration is None:
-        raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory")
-    ckpt_dir = iteration_dir(checkpoint_root, iteration)
-    trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+        raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
+                          "or a Hugging Face model directory")
+    if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
+        trained = parse_run_config(PRETRAIN, ["--mock-data", "--load", checkpoint_root])
+        load = partial(load_hf_weights, checkpoint_root)
+    else:
+        iteration = latest_iteration(checkpoint_root)
+        if iteration is None:
+            raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory or a Hugging Face model")
+        ckpt_dir = iteration_dir(checkpoint_root, iteration)
+        trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+        load = partial(load_weights, ckpt_dir)
     # The same model in one process. Attention must honour an explicit mask (left-padded batches)
     # and a single query against the cached keys, which megatron-core's local attention (CPU) and
     # PyTorch's sdpa (GPU) do; checkpoint keys are the same for every back end.
@@ -51,7 +62,7 @@ def load_model_for_inference(checkpoint_root: str):
     cfg = dataclasses.replace(trained, parallel=ParallelConfig(), build=build)
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     (model,) = build_model(cfg, initialize=False)
-    load_weights(ckpt_dir, [model])
+    load([model])
     model.eval()
     model.vocab_size_unpadded = cfg.model.vocab_size
     return model.cuda() if on_gpu() else model
