@@ -70,7 +70,7 @@ def main() -> None:
     generate(model, [prompt], 4, (), vocab_size=vocab)
     cache_free_greedy(model, prompt, 4, vocab)
 
-    device = torch.cuda.get_device_name() if on_gpu() else f"CPU, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if on_gpu() else f"CPU, torch threads: {torch.get_num_threads()}"
     print(f"{args.model_size}, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, "
           f"best of {args.rounds} rounds ({device})", flush=True)
     cached, cached_ids = best_rate("KV cache", lambda: generate(model, [prompt], args.new_tokens, (),

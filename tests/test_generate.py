@@ -139,8 +139,10 @@ print("CHECKS " + json.dumps(out))
 """
 
 
-def run_tool(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*TOOL, *args], cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
+def run_tool(args: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr); read as bytes, so a generated "\\r" is not turned into a newline."""
+    proc = subprocess.run([*TOOL, *args], cwd=REPO, env=quiet_env(), capture_output=True, timeout=300)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +202,10 @@ def assert_nontrivial(rows: list[list[int]]) -> None:
 
 def test_tool_greedy_batch_matches_transformers(checkpoint, reference):
     texts = ["The capital of France is", "def fibonacci(n):\n    return", "1 + 1 ="]  # 5, 8 and 5 tokens
-    proc = run_tool(["--load", str(checkpoint), "--greedy", "--json", "--max-new-tokens", str(NEW_TOKENS),
-                     *[a for t in texts for a in ("--prompt", t)]])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    rc, out, err = run_tool(["--load", str(checkpoint), "--greedy", "--json", "--max-new-tokens", str(NEW_TOKENS),
+                             *[a for t in texts for a in ("--prompt", t)]])
+    assert rc == 0, err[-4000:]
+    results = [json.loads(line) for line in out.split("\n")[:-1]]
     tokenizer = load_tokenizer()
     assert [r["prompt"] for r in results] == texts
     expected = [reference_greedy(reference, tokenizer.tokenize(t)) for t in texts]
@@ -212,12 +214,25 @@ def test_tool_greedy_batch_matches_transformers(checkpoint, reference):
     assert_nontrivial(expected)
 
 
+def test_tool_on_a_hugging_face_directory_matches_transformers(reference, tmp_path):
+    """--load of a Hugging Face directory (transformers' own save_pretrained) runs directly."""
+    reference.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    texts = ["The capital of France is", "1 + 1 ="]
+    rc, out, err = run_tool(["--load", str(tmp_path / "hf"), "--greedy", "--json", "--max-new-tokens",
+                             str(NEW_TOKENS), *[a for t in texts for a in ("--prompt", t)]])
+    assert rc == 0, err[-4000:]
+    tokenizer = load_tokenizer()
+    expected = [reference_greedy(reference, tokenizer.tokenize(t)) for t in texts]
+    assert [json.loads(line)["ids"] for line in out.split("\n")[:-1]] == expected
+    assert_nontrivial(expected)
+
+
 def test_tool_chat_matches_transformers_on_rendered_chatml(checkpoint, reference):
     """--chat, greedy by default, readable output: the prompt, then the text of transformers' ids."""
     texts = ["What is 7 * 8?", "Write a haiku about the sea, please."]
-    proc = run_tool(["--load", str(checkpoint), "--chat", "--max-new-tokens", str(NEW_TOKENS),
-                     *[a for t in texts for a in ("--prompt", t)]])
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    rc, out, err = run_tool(["--load", str(checkpoint), "--chat", "--max-new-tokens", str(NEW_TOKENS),
+                             *[a for t in texts for a in ("--prompt", t)]])
+    assert rc == 0, err[-4000:]
     tokenizer = load_tokenizer()
     expected, printed = [], ""
     for i, text in enumerate(texts):  # the ChatML text, special tokens and all, encoded by tiktoken directly
@@ -225,7 +240,7 @@ def test_tool_chat_matches_transformers_on_rendered_chatml(checkpoint, reference
         assert chat.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
         expected.append(reference_greedy(reference, tokenizer.encoding.encode(chat, allowed_special="all")))
         printed += f"--- prompt {i + 1}: {text}\n{tokenizer.detokenize(expected[-1])}\n"
-    assert proc.stdout == printed
+    assert out == printed
     assert_nontrivial(expected)
 
 

@@ -5,7 +5,7 @@ The measurement is independent of the estimator: parameters, gradients and optim
 storages of the model's parameters, their main_grad buffers and the optimizer's tensors; activations are
 the peak, during the second training step, of every other live tensor storage (a TorchDispatchMode sees
 each tensor an operation creates; a storage counts until it is freed). Run as a script (also under
-torchrun), this file is the measuring worker: ``python tests/test_plan.py '[[FLAGS...], ...]'``.
+torchrun), this file is the measuring worker: ``python tests/test_plan.py OUT_DIR '[[FLAGS...], ...]'``.
 """
 
 import importlib.util
@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -34,7 +33,6 @@ from megatron_qwen.training.step import train_step
 
 MIB = 2**20
 TOLERANCE = 0.15
-MARKER = "PLAN_MEASURED "
 # The brief's tiny Qwen: hidden 128, 4 heads, 4 layers, FFN 352, vocabulary 1024, sequence 128, micro-batch 2.
 TINY = ["--model-size", "tiny", "--hidden-size", "128", "--ffn-hidden-size", "352", "--seq-length", "128",
         "--micro-batch-size", "2"]
@@ -164,18 +162,21 @@ def estimated(flags: list[str], world: int, pp_rank: int) -> StageMemory:
     return {s.stage: s for s in estimate(work, layout)}[stage_name(layout, pp_rank)]
 
 
-def run_worker(cases: dict[str, list[str]], nproc: int) -> list[tuple[str, dict]]:
+def run_worker(cases: dict[str, list[str]], nproc: int, out_dir) -> list[tuple[str, dict]]:
+    """Measure ``cases`` in ``nproc`` processes; each rank writes its results to a file of its own (the ranks'
+    stdout lines can interleave)."""
     payload = json.dumps([TINY + flags for flags in cases.values()])
+    env = quiet_env(CUDA_VISIBLE_DEVICES="")  # the CPU code paths the estimate is made for, on any machine
+    target = [os.path.abspath(__file__), str(out_dir), payload]
     if nproc == 1:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), payload], cwd=REPO, env=quiet_env(),
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run([sys.executable, *target], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=900)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-        out = proc.stdout
     else:
-        out = torchrun(nproc, [os.path.abspath(__file__), payload], timeout=900)
+        torchrun(nproc, target, timeout=900, env=env)
     order = {json.dumps(TINY + flags): (i, name) for i, (name, flags) in enumerate(cases.items())}
-    rows = [json.loads(line[len(MARKER):]) for line in out.splitlines() if line.startswith(MARKER)]
-    assert len(rows) == len(cases) * nproc, out[-3000:]
+    rows = [json.loads(line) for path in sorted(out_dir.glob("rank*.jsonl")) for line in path.read_text().splitlines()]
+    assert len(rows) == len(cases) * nproc, rows
     rows.sort(key=lambda r: (order[json.dumps(r["flags"])][0], r["rank"]))
     return [(order[json.dumps(r["flags"])][1], r) for r in rows]
 
@@ -204,13 +205,13 @@ def compare(rows: list[tuple[str, dict]], world: int) -> list[str]:
     return failures
 
 
-def test_estimate_matches_memory_measured_in_one_process():
-    failures = compare(run_worker(SINGLE_PROCESS, 1), world=1)
+def test_estimate_matches_memory_measured_in_one_process(tmp_path):
+    failures = compare(run_worker(SINGLE_PROCESS, 1, tmp_path), world=1)
     assert not failures, failures
 
 
-def test_estimate_matches_memory_measured_at_tp2_pp2_interleaved():
-    rows = run_worker(MULTI_PROCESS, 4)
+def test_estimate_matches_memory_measured_at_tp2_pp2_interleaved(tmp_path):
+    rows = run_worker(MULTI_PROCESS, 4, tmp_path)
     for _, m in rows:  # each rank holds the parameters the estimator counts for its stage
         work, layout = workload_and_layout(m["flags"], 4)
         assert stage_parameters(work.model, layout, stage_name(layout, m["pp_rank"])) == m["num_params"], m
@@ -248,22 +249,29 @@ def test_first_stage_holds_korthikantis_layer_count(pp, vp):
 # ---------------------------------------------------------------------------------------------- the planner
 
 
-def load_plan_tool():
+def run_plan(flags: list[str]) -> int:
+    """tools/plan.py's exit status for ``flags``, run in this process (argparse's errors exit)."""
     spec = importlib.util.spec_from_file_location("plan", os.path.join(REPO, "tools", "plan.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    try:
+        return module.main(flags)
+    except SystemExit as e:
+        return e.code
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The planner's table, one list of cells per layout."""
+    return [line.split() for line in output.split("\n---")[1].splitlines()[1:] if line.strip()]
 
 
 def test_planner_lists_only_layouts_that_fit_fastest_first():
     proc = subprocess.run([sys.executable, "tools/plan.py", "--model-size", "7b", "--seq-length", "2048",
-                           "--num-gpus", "8", "--top", "0"], cwd=REPO, env=quiet_env(), capture_output=True,
+                           "--num-gpus", "8", "--all", "--top", "0"], cwd=REPO, env=quiet_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    print(proc.stdout)
-    table = proc.stdout.split("\n---")[1].splitlines()[1:]  # the lines under the header's rule
-    rows = [line.split() for line in table if line.strip()]
-    assert rows
+    rows = table_rows(proc.stdout)
+    assert len(rows) == int(proc.stdout.split(" of ")[0].split()[-1])  # "269 of 291 valid layouts fit"
     layouts, totals, times = set(), [], []
     for row in rows:
         tp, pp, vp, cp, dp = map(int, row[1:6])
@@ -280,6 +288,13 @@ def test_planner_lists_only_layouts_that_fit_fastest_first():
     assert sum(map(float, zero[9:12])) == pytest.approx(7.721e9 * 7.5 / GIB, abs=0.2)
 
 
+def test_planner_by_default_lists_each_slower_layout_only_if_it_needs_less_memory(capsys):
+    assert run_plan(["--model-size", "7b", "--num-gpus", "8", "--top", "0"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    totals = [float(r[13]) for r in rows]
+    assert len(rows) > 3 and totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--model-size", "7b", "--num-gpus", "0"], "error: --num-gpus must be at least 1"),
     (["--model-size", "9b"], "error: --model-size '9b' is unknown"),
@@ -294,25 +309,25 @@ def test_planner_lists_only_layouts_that_fit_fastest_first():
     (["--model-size", "7b", "--transformer-impl", "cuda"], "error: argument --transformer-impl: invalid choice"),
 ])
 def test_planner_refuses_bad_flags_in_one_line(capsys, flags, message):
-    with pytest.raises(SystemExit) if "invalid choice" in message else nullcontext():
-        status = load_plan_tool().main(flags)
-        assert status == 2
+    assert run_plan(flags) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
 
 
 def test_planner_says_when_nothing_fits(capsys):
-    assert load_plan_tool().main(["--model-size", "72b", "--num-gpus", "8"]) == 1
+    assert run_plan(["--model-size", "72b", "--num-gpus", "8"]) == 1
     assert "no layout fits in 72.0 GiB: the least memory is" in capsys.readouterr().out
 
 
 def test_planner_pads_a_custom_vocabulary_as_training_does(capsys):
     flags = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "4", "--ffn-hidden-size", "704",
              "--vocab-size", "1000", "--num-gpus", "2", "--global-batch-size", "8"]
-    assert load_plan_tool().main(flags) == 0
+    assert run_plan(flags) == 0
     assert "1,024 vocabulary rows" in capsys.readouterr().out
 
 
 if __name__ == "__main__":
-    for case in json.loads(sys.argv[1]):
-        print(MARKER + json.dumps(measure(case)), flush=True)
+    out_dir, cases = sys.argv[1], json.loads(sys.argv[2])
+    results = [measure(case) for case in cases]
+    with open(os.path.join(out_dir, f"rank{results[0]['rank']}.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)

@@ -142,7 +142,9 @@ def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
             continue
         dp = num_gpus // (tp * pp * cp)
         num_mb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-        chunk_counts = [1] + ([v for v in _divisors(L // pp)[1:] if num_mb % pp == 0] if pp > 1 and L % pp == 0 else [])
+        chunk_counts = [1]
+        if pp > 1 and L % pp == 0 and num_mb % pp == 0:  # megatron-core interleaves whole groups of PP micro-batches
+            chunk_counts += _divisors(L // pp)[1:]
         for vp, zero, recompute in itertools.product(chunk_counts, (False, True), RECOMPUTE):
             if zero and dp * cp == 1:
                 continue
@@ -175,10 +177,10 @@ def plan(cfg: RunConfig, work: Workload, num_gpus: int, cluster: Cluster) -> lis
 
 def pareto_front(plans: list[Plan]) -> list[Plan]:
     """The plans (sorted fastest first) that no other is at least as fast as and smaller than: each next
-    one is slower but needs less memory."""
+    one is slower but needs at least 1% less memory (finer differences are below the estimate's precision)."""
     front, smallest = [], float("inf")
     for p in plans:
-        if p.memory.total < smallest:
+        if p.memory.total < 0.99 * smallest:
             front.append(p)
             smallest = p.memory.total
     return front

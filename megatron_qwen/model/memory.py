@@ -7,9 +7,10 @@ Every term is derived in docs/planning.md; in short, per GPU:
               distributed optimizer (ZeRO-1)
   activations what autograd saves for one micro-batch of one layer (an inventory of megatron-core's
               Qwen layer, per back end), times the layer-micro-batches in flight under 1F1B, divided by
-              TP (sequence parallelism is assumed whenever TP > 1) and CP, plus the working sets that
-              sit on top at the peak: the loss over the vocabulary on the last stage, one recomputed
-              layer, the embedding's weight gradient on the first stage.
+              TP (sequence parallelism is assumed whenever TP > 1) and CP; what the pipeline schedule
+              keeps per chunk; the largest working set on top at the peak (the loss over the vocabulary
+              on the last stage, a layer's backward with its recompute, the embedding's weight gradient
+              on the first stage); megatron-core's persistent buffers.
 The step time is model FLOPs / (GPUs x achievable FLOP/s) with a pipeline bubble, recompute and
 communication terms: a ranking heuristic, not a prediction.
 """
@@ -110,6 +111,16 @@ def stage_parameters(model: QwenModelConfig, layout: Layout, stage: str) -> floa
 # ---------------------------------------------------------------------------------------------- activations
 
 
+def _softmax_bytes(d: int) -> int:
+    """A softmax computed in fp32 is kept in fp32, plus its cast to the activation dtype when that is narrower."""
+    return FP32 + (d if d < FP32 else 0)
+
+
+def _tokens(work: Workload, layout: Layout) -> int:
+    """Tokens of one micro-batch on one GPU before the TP split: context parallelism splits the sequence."""
+    return work.seq_length // layout.cp * work.micro_batch_size
+
+
 def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
     """Bytes one layer saves for backward per token of the micro-batch, before division by TP and CP,
     without the per-position terms (layer_bytes_per_position). Full recompute keeps only the layer's input.
@@ -134,7 +145,7 @@ def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
     else:
         rotated_qk = 2 * d * q
         if work.backend == "local":  # fp32 softmax output, plus the attention-dtype probabilities in bf16
-            core = a * s * (FP32 + (d if d < FP32 else 0))
+            core = a * s * _softmax_bytes(d)
         else:  # fused kernels keep the output and the fp32 log-sum-exp per head, never the s x s scores
             core = d * q + FP32 * a
         # the local spec's projection reads a contiguous copy of the attention output; TE's reads it as it is
@@ -158,8 +169,7 @@ def layer_bytes_per_position(work: Workload, recompute: str | None) -> float:
 
 def layer_micro_batch_bytes(work: Workload, layout: Layout, recompute: str | None) -> float:
     """One layer, one micro-batch, on one GPU."""
-    tokens = work.seq_length // layout.cp * work.micro_batch_size
-    return (tokens * layer_bytes_per_token(work, recompute) / layout.tp
+    return (_tokens(work, layout) * layer_bytes_per_token(work, recompute) / layout.tp
             + work.seq_length // layout.cp * layer_bytes_per_position(work, recompute))
 
 
@@ -168,8 +178,7 @@ def backward_working_set(work: Workload, layout: Layout) -> float:
     MLP: that of the down projection's input and, from it, of [gate; up] (3 d f per token, fused or not).
     Full recompute first re-creates all of the layer's activations; selective recompute re-creates the
     attention core, which is not live at the same time as the MLP's gradients."""
-    d, m = ACTIVATION_BYTES[work.precision], work.model
-    tokens = work.seq_length // layout.cp * work.micro_batch_size
+    d, m, tokens = ACTIVATION_BYTES[work.precision], work.model, _tokens(work, layout)
     mlp_gradients = tokens * 3 * d * m.ffn_hidden_size / layout.tp
     if layout.recompute == "full":
         return layer_micro_batch_bytes(work, layout, None) + mlp_gradients
@@ -177,7 +186,7 @@ def backward_working_set(work: Workload, layout: Layout) -> float:
         q, a, s = m.num_attention_heads * m.head_dim, m.num_attention_heads, work.seq_length
         downcast = 0 if work.backend == "te" or d == FP32 else 2 * d * q  # q, k back to bf16 (model/rope.py)
         if work.backend == "local":
-            core = tokens * (a * s * (FP32 + (d if d < FP32 else 0)) + downcast) / layout.tp + s * s
+            core = tokens * (a * s * _softmax_bytes(d) + downcast) / layout.tp + s * s
         else:
             core = tokens * (d * q + FP32 * a + downcast) / layout.tp
         return max(core, mlp_gradients)
@@ -200,7 +209,7 @@ def pipeline_tensors(work: Workload, layout: Layout) -> float:
     if layout.pp == 1:
         return 0.0
     d = ACTIVATION_BYTES[work.precision]
-    one = d * work.seq_length // layout.cp * work.micro_batch_size * work.model.hidden_size / layout.tp
+    one = d * _tokens(work, layout) * work.model.hidden_size / layout.tp
     kept_input = work.backend != "te" and d < FP32 and layout.recompute != "full"
     return one * (2 if kept_input else 1)
 
@@ -210,14 +219,12 @@ def loss_working_set(work: Workload, layout: Layout) -> float:
     vocab-parallel cross entropy keeps fp32 softmax over the rank's V/TP rows for every token of the full
     sequence; in bf16 the bf16 logits (forward) or their gradient (backward) sit beside it. Without fused
     gradient accumulation the output layer's weight gradient is a transient of its size, too."""
-    m, d = work.model, ACTIVATION_BYTES[work.precision]
-    h, rows = m.hidden_size, m.padded_vocab_size
-    tokens = work.seq_length // layout.cp * work.micro_batch_size
+    d, tokens = ACTIVATION_BYTES[work.precision], _tokens(work, layout)
+    h, rows = work.model.hidden_size, work.model.padded_vocab_size
     norm = (d * h if work.backend == "te" else FP32 * h + d * h) + FP32  # then the output layer's input
-    per_token = norm + d * h + rows * (FP32 + (d if d < FP32 else 0))
-    total = tokens * per_token / layout.tp
-    if not work.gpu:
-        total += rows * h / layout.tp * ACTIVATION_BYTES[work.precision] + tokens * d * h / layout.tp
+    total = tokens * (norm + d * h + rows * _softmax_bytes(d)) / layout.tp
+    if not work.gpu:  # the weight gradient, and the gradient of the output layer's input
+        total += rows * h / layout.tp * d + tokens * d * h / layout.tp
     return total
 
 
