@@ -1,7 +1,8 @@
 """Preprocessing throughput: tools/preprocess_data.py, timed from outside, against the raw tokenizer.
 
-    python bench/bench_preprocess.py            # corpus of 100 and 200 MB, best of 3 rounds (~5 min on 2 CPUs)
-    python bench/bench_preprocess.py --quick    # 20 and 40 MB, best of 2 rounds (~1 min)
+    python bench/bench_preprocess.py            # corpus of 100 and 200 MB, best of 3 rounds
+    python bench/bench_preprocess.py --quick    # 20 and 40 MB, best of 2 rounds: a smoke run, a rough figure
+    python bench/bench_preprocess.py --stages   # where the time goes: CPU seconds of each stage alone
 
 Builds a deterministic jsonl corpus (no downloads): Python standard-library source as code, English
 prose drawn from the stdlib's word frequencies, Chinese prose from 500 common characters; and its
@@ -21,6 +22,7 @@ import glob
 import itertools
 import json
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -30,7 +32,9 @@ import tempfile
 import time
 import unicodedata
 
-from megatron_qwen.data.shards import read_index_counts
+from megatron_qwen.data.preprocess import BlockEncoder, Options
+from megatron_qwen.data.shards import IndexedShardWriter, read_index_counts
+from megatron_qwen.data.sources import parse_block, read_blocks
 from megatron_qwen.tokenizer import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +149,45 @@ def steady_rate(tokens: dict[str, int], seconds: dict[str, list[float]]) -> floa
     return (tokens["full"] - tokens["half"]) / extra if extra > 0 else None
 
 
+def profile_stages(tokenizer, corpus: str, rounds: int) -> None:
+    """CPU seconds of each stage of the tool's pipeline alone, one thread, best of `rounds`."""
+    opts = Options(keys=("text",), append_eod=True, threads=1)
+    encoder = BlockEncoder(tokenizer, opts)
+    blocks = list(read_blocks(corpus, ["text"]))
+    texts = [r[0] for b in blocks for r in parse_block(b, encoder.check).records]
+    encoded = [encoder(b) for b in blocks]
+    out = os.path.join(os.path.dirname(corpus), "stage_out")
+
+    def write() -> None:
+        with IndexedShardWriter(out) as writer:
+            for e in encoded:
+                writer.add_documents(*e.outputs[0])
+
+    stages = {
+        "read, decompress, cut whole lines": lambda: list(read_blocks(corpus, ["text"])),
+        "orjson parse + record check": lambda: [parse_block(b, encoder.check) for b in blocks],
+        "NFC check (unicodedata.is_normalized)": lambda: [unicodedata.is_normalized("NFC", t) for t in texts],
+        "tiktoken encode_to_numpy (the tool's encoding)":
+            lambda: [tokenizer.encoding.encode_to_numpy(t, disallowed_special=()) for t in texts],
+        "concatenate + write .bin": write,
+        "transfer: pickle a block and its tokens both ways": lambda: [pickle.loads(pickle.dumps((b, e)))
+                                                                     for b, e in zip(blocks, encoded)],
+        "raw tokenizer's encode_ordinary (builds Python ints)":
+            lambda: [tokenizer.encoding.encode_ordinary(t) for t in texts],
+    }
+    best = {name: float("inf") for name in stages}
+    for _ in range(rounds):
+        for name, stage in stages.items():
+            start = time.process_time()
+            stage()
+            best[name] = min(best[name], time.process_time() - start)
+    raw = best["raw tokenizer's encode_ordinary (builds Python ints)"]
+    tokens = sum(e.tokens - e.documents for e in encoded)
+    print(f"\nstages on {corpus} ({tokens:,} tokens), CPU seconds, one thread, best of {rounds}:")
+    for name, seconds in best.items():
+        print(f"  {name:<54} {seconds:7.3f} s  {100 * seconds / raw:5.1f}% of raw encode_ordinary")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 and 40 MB, 2 rounds")
@@ -154,6 +197,8 @@ def main() -> None:
                         help="encode_ordinary_batch threads (default: the usable CPUs)")
     parser.add_argument("--tokenizer-model", default=None)
     parser.add_argument("--workdir", default=None, help="keep the corpus here (reused when present)")
+    parser.add_argument("--stages", action="store_true",
+                        help="instead: the CPU time of each pipeline stage alone, on the half corpus")
     args = parser.parse_args()
     megabytes = args.mb or (20 if args.quick else 100)
     rounds = args.rounds or (2 if args.quick else 3)
@@ -162,6 +207,9 @@ def main() -> None:
 
     half, full = make_corpora(workdir, megabytes)
     tokenizer = load_tokenizer(args.tokenizer_model)
+    if args.stages:
+        profile_stages(tokenizer, half, rounds)
+        return
     with open(full, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
     with open(half, "rb") as f:
