@@ -12,6 +12,7 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_qwen.config.arguments import LogSettings, RunConfig
+from megatron_qwen.data.progress import format_duration
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
 
 
@@ -45,7 +46,7 @@ class StepRecord:
             f"tokens/s/GPU: {self.tokens_per_sec_per_gpu:.1f}",
             f"TFLOP/s/GPU: {self.tflops_per_gpu:.2f}",
             f"MFU: {self.mfu * 100:.1f}%" if self.mfu is not None else "MFU: n/a",
-            f"ETA: {_duration(self.elapsed_s * (self.train_iters - self.iteration))}",
+            f"ETA: {format_duration(self.elapsed_s * (self.train_iters - self.iteration))}",
         ]
         if self.peak_memory_gb is not None:
             parts.append(f"peak mem (GB): {self.peak_memory_gb:.2f}")
@@ -60,11 +61,6 @@ class StepRecord:
             "consumed_tokens": self.consumed_tokens, "skipped_iterations": self.skipped_iterations,
             "elapsed_ms": self.elapsed_s * 1e3, "time": time.time(),
         }
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class MetricsSink:
