@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO, quiet_env, torchrun
+from test_hf_parity import hf_model
 
 from megatron_qwen.config.model import model_preset
 from megatron_qwen.hf.layouts import to_hf_state_dict
@@ -67,17 +68,7 @@ def qwen_finetune_labels(messages: list[dict], tok) -> tuple[list[int], list[int
 
 
 def hf_qwen2(cfg, state):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.Qwen2Config(
-        vocab_size=cfg.padded_vocab_size, hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
-        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_epsilon,
-        rope_theta=cfg.rotary_base, tie_word_embeddings=False, hidden_act="silu",
-        attention_dropout=0.0, use_sliding_window=False, torch_dtype=torch.float32,
-    )
-    config._attn_implementation = "eager"
-    model = transformers.Qwen2ForCausalLM(config).eval()
+    model = hf_model(cfg)
     missing, unexpected = model.load_state_dict(to_hf_state_dict(state, cfg, "qwen2"), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
     return model
