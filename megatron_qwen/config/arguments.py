@@ -145,6 +145,10 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+FUSIONS = ("bias_swiglu_fusion", "bias_dropout_fusion", "masked_softmax_fusion", "rope_fusion",
+           "gradient_accumulation_fusion")
+
+
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     p = _OneLineErrorParser(
         prog=f"python -m megatron_qwen.{recipe.name}",
@@ -170,6 +174,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     g.add_argument("--recompute-num-layers", type=int, default=1)
     g.add_argument("--seed", type=int, default=BuildSettings.seed)
+    for fusion in FUSIONS:
+        g.add_argument(f"--no-{fusion.replace('_', '-')}", dest=fusion, action="store_false",
+                       help="turn this GPU fusion off (on by default where its kernel exists)")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="accepted for Megatron-LM compatibility: weights are always drawn layout-independently, "
                         "on the device that holds them (model/init.py)")
@@ -263,7 +270,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         rotary_base=args.rotary_base, norm_epsilon=args.norm_epsilon, vocab_size=args.vocab_size,
         padded_vocab_size=_padded_rows(args.vocab_size, args.make_vocab_size_divisible_by),
     )
-    # >>> megatron_qwen/hf: a Hugging Face --load (or a checkpoint converted from one) fixes the shape;
+    # A Hugging Face --load (or a checkpoint converted from one) fixes the shape;
     # a shape flag or a named --model-size that contradicts it is refused (docs/checkpoints.md).
     if args.load:
         from megatron_qwen.hf.source import check_flags_against, imported_model
@@ -276,7 +283,6 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
             model = check_flags_against(imported, args.load, {f: getattr(args, f) for f in shape_flags},
                                         args.model_size if named else None)
             args.model_size = args.model_size if named else "hf"
-    # <<< megatron_qwen/hf
     size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
     lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
     gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
@@ -306,7 +312,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         transformer_impl=_resolve_backend(args.transformer_impl), precision="bf16" if args.bf16 else "fp32",
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,
-        seed=args.seed,
+        seed=args.seed, **{fusion: getattr(args, fusion) for fusion in FUSIONS},
     )
     train = TrainSettings(
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,

@@ -47,6 +47,12 @@ class BuildSettings:
     recompute_granularity: str | None = None  # None, "full" or "selective"
     recompute_num_layers: int = 1
     seed: int = 1234  # initial weights (layout-independent) and dropout
+    # GPU fusions, on where their kernels exist (model/builder.py); Megatron-LM's --no-*-fusion flags.
+    bias_swiglu_fusion: bool = True
+    bias_dropout_fusion: bool = True
+    masked_softmax_fusion: bool = True
+    rope_fusion: bool = True
+    gradient_accumulation_fusion: bool = True
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {

@@ -82,12 +82,13 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: B
         perform_initialization=True,
         use_cpu_initialization=False,
         # Fusions are CUDA kernels; on the CPU the unfused paths compute the same thing.
-        bias_activation_fusion=gpu,
-        bias_dropout_fusion=gpu,
-        masked_softmax_fusion=gpu,
-        apply_rope_fusion=gpu and opts.transformer_impl == "te",
+        bias_activation_fusion=gpu and opts.bias_swiglu_fusion,
+        bias_dropout_fusion=gpu and opts.bias_dropout_fusion,
+        masked_softmax_fusion=gpu and opts.masked_softmax_fusion,
+        apply_rope_fusion=gpu and opts.rope_fusion and opts.transformer_impl == "te",
         # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
-        gradient_accumulation_fusion=gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
+        gradient_accumulation_fusion=gpu and opts.gradient_accumulation_fusion
+        and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
         # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
         # p2p pairs sends and receives in posting order: activations and gradients swap
         # silently (Megatron-LM issue 750). Unbatched exchange is exact at every layout.

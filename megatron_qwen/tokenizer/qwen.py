@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-import warnings
 from collections import OrderedDict
 from typing import Iterable, Sequence
 
@@ -13,11 +12,6 @@ import numpy as np
 import tiktoken
 
 from megatron_qwen.tokenizer.files import NUM_BPE_RANKS, parse_bpe_ranks, read_tokenizer_file
-
-with warnings.catch_warnings():
-    # Importing megatron-core warns that its optional GPU kernels are missing; a tokenizer needs none.
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-    from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
 # docs/qwen.md section 2; the bare \p{N} splits numbers into single digits.
 QWEN_SPLIT_PATTERN = (
@@ -70,8 +64,10 @@ def nfc(text: str) -> str:
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
-class QwenTokenizer(MegatronLegacyTokenizer):
-    """Qwen's tokenizer; a megatron-core tokenizer, so megatron-core datasets accept it.
+class QwenTokenizer:
+    """Qwen's tokenizer. It has what megatron-core's datasets read of a tokenizer (``eod``, ``pad``,
+    ``vocab_size``, ``unique_identifiers``) without subclassing megatron-core's base class, whose
+    import costs the tools seconds of start-up.
 
     Text is always encoded as ordinary text: a literal "<|endoftext|>" inside a document becomes
     ordinary tokens, never the special id. Special ids appear only where code puts them (EOD, ChatML).
@@ -79,7 +75,6 @@ class QwenTokenizer(MegatronLegacyTokenizer):
 
     def __init__(self, mergeable_ranks: dict[bytes, int], source: str, num_threads: int | None = None,
                  max_chunk_chars: int = MAX_CHUNK_CHARS):
-        # MegatronLegacyTokenizer.__init__ only logs a deprecation notice and records these two.
         self.unique_identifiers = OrderedDict(
             [("class", type(self).__name__), ("tokenizer_path", [source])]
         )

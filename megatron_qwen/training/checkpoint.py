@@ -22,7 +22,8 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.builder import unwrap
 from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
 
-# Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout.
+# Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
+# copy each time: megatron-core writes the data-parallel group into the dict it is given.
 _METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
              "chained_optim_avoid_prefix": True}
 
@@ -112,7 +113,7 @@ def _model_keys(model) -> list[str]:
 
 def _model_state(chunks) -> dict:
     # A wrapper (DDP, Float16Module) has no sharded state of its own: ask the GPTModel it wraps.
-    return {key: unwrap(chunk).sharded_state_dict(metadata=_METADATA)
+    return {key: unwrap(chunk).sharded_state_dict(metadata=dict(_METADATA))
             for key, chunk in zip(_model_keys(chunks), chunks)}
 
 
@@ -143,7 +144,7 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
         os.makedirs(staging)
     dist.barrier()
     sharded = _model_state(model)
-    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=False, metadata=_METADATA)
+    sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=False, metadata=dict(_METADATA))
     sharded["scheduler"] = scheduler.state_dict()
     sharded["rng_state"] = _rng_state()
     sharded["train_state"] = dataclasses.asdict(state)
@@ -180,18 +181,16 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
 def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
     s = cfg.checkpoint
-    # >>> megatron_qwen/hf: Hugging Face weights (a model directory, or a checkpoint converted from
-    # one) start a run as --finetune does: weights only, fresh optimizer and iteration.
+    # Hugging Face weights (a model directory, or a checkpoint converted from one) start a run as
+    # --finetune does: weights only, fresh optimizer and iteration.
     from megatron_qwen.hf.source import holds_weights_only, is_hf_dir
 
     if s.load and holds_weights_only(s.load):
         s = dataclasses.replace(s, finetune=True)
-    # <<< megatron_qwen/hf
     if s.finetune and s.save and latest_iteration(s.save) is not None:
         # A fine-tuning run that already saved: resume it, rather than restart from the base model.
         s = dataclasses.replace(s, load=s.save, finetune=False)
-    # >>> megatron_qwen/hf: each rank reads its own slices of the Hugging Face tensors.
-    if s.load and is_hf_dir(s.load):
+    if s.load and is_hf_dir(s.load):  # each rank reads its own slices of the Hugging Face tensors
         from megatron_qwen.hf.load import load_hf_weights
 
         load_hf_weights(s.load, model, progress=dist.get_rank() == 0)
@@ -200,7 +199,6 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
             print(f" loaded weights only from Hugging Face model {s.load} (now {_layout()}); "
                   "continuing at iteration 0", flush=True)
         return TrainState()
-    # <<< megatron_qwen/hf
     iteration = latest_iteration(s.load) if s.load else None
     if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
         return TrainState()
@@ -221,7 +219,7 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     load_optim = not (s.finetune or s.no_load_optim)
     same_layout = common["layout"] == _layout()
     if load_optim:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=_METADATA)
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=True, metadata=dict(_METADATA))
     if not s.finetune and not s.no_load_rng and same_layout:
         sharded["rng_state"] = _rng_state()
     loaded = dist_checkpointing.load(sharded, ckpt_dir)
@@ -230,7 +228,7 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
         unwrap(chunk).load_state_dict(loaded[key])
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
-    else:  # >>> megatron_qwen/hf: bf16 runs keep fp32 main copies, taken from the initial weights <<<
+    else:  # bf16 runs keep fp32 main copies, taken from the initial weights
         optimizer.reload_model_params()
     if s.finetune:
         state = TrainState()

@@ -41,14 +41,13 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    # >>> megatron_qwen/hf: a Hugging Face model directory is a valid --load once its weight files
+    # A Hugging Face model directory is a valid --load once its weight files
     # match its config.json (every name and shape, from the file headers).
     from megatron_qwen.hf.source import is_hf_dir, open_hf
 
     if is_hf_dir(s.load):
         open_hf(s.load)
         return
-    # <<< megatron_qwen/hf
     it = latest_iteration(s.load) if os.path.isdir(s.load) else None
     if it is not None:
         if not os.path.isdir(iteration_dir(s.load, it)):

@@ -1,10 +1,16 @@
-"""One parallel layout of the parity suite, launched by torchrun (or alone for the reference).
+"""Parallel layouts of the parity suite, launched by torchrun (or alone for one process).
 
-Trains the tiny Qwen for a few optimizer steps on a fixed global batch stream and writes:
+``--layouts '{"name": [flags...], ...}' --out ROOT`` runs each layout in turn in the same processes
+(one launch per process count: start-up dominates these tiny runs), re-creating megatron-core's
+groups for each; ROOT/name receives its files. For each layout it trains the tiny Qwen for a few
+optimizer steps on a fixed global batch stream and writes:
   weights.pt  the initial weights, each rank's TP slices by global name (DP rank 0 only)
   grads.pt    the gradients of the first step, likewise
   losses.json the loss of every step (written by the reporting rank)
   logits.pt   the reference's initial logits on the first micro-batch (single process only)
+  sdpa_grads.pt, sdpa_loss.json
+              the first step again with PyTorch's fused attention (the sdpa back end) in place of
+              the local one, from the same initial weights (local runs only)
 The test merges the slices with megatron_qwen.model.layout and compares layouts.
 """
 
@@ -68,6 +74,18 @@ def gather_reduce_scattered_grads(model) -> None:
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--layouts", required=True, help="JSON object: layout name -> its flags")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    for name, flags in json.loads(a.layouts).items():
+        if dist.is_initialized() and dist.get_rank() == 0:
+            print(f"parity layout {name}", flush=True)
+        run_layout(layout_parser().parse_args(flags + ["--out", os.path.join(a.out, name)]))
+    destroy_distributed()
+
+
+def layout_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser()
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--vp-layers", type=int, default=None)
@@ -77,8 +95,10 @@ def main():
     ap.add_argument("--recompute", choices=["full", "selective"], default=None)
     ap.add_argument("--transformer-impl", default="local")
     ap.add_argument("--out", required=True)
-    a = ap.parse_args()
+    return ap
 
+
+def run_layout(a: argparse.Namespace) -> None:
     flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
              "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp),
              "--transformer-impl", a.transformer_impl]
@@ -92,9 +112,13 @@ def main():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg.parallel.validate(world, cfg.model.num_layers, cfg.model.num_attention_heads, cfg.model.padded_vocab_size)
     init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
-    model = wrap_for_training(build_model(cfg), cfg.parallel)
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
-    optimizer = build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
+
+    def build(cfg):
+        model = wrap_for_training(build_model(cfg), cfg.parallel)
+        return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
+
+    model, optimizer = build(cfg)
     scheduler = build_scheduler(optimizer, settings, STEPS, GLOBAL_BATCH)
 
     dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
@@ -113,18 +137,24 @@ def main():
             x = batches(0)[0]
             logits = model[0].module(x["tokens"], x["position_ids"], None)
         torch.save({"tokens": x["tokens"], "logits": logits}, f"{a.out}/logits.pt")
-    # Step 1 by hand, to read the gradients between backward and update.
-    for chunk in model:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
-    b = batches(0)
-    losses = [run_microbatches(model, [iter(b) for _ in model], num_mb, SEQ, MICRO_BATCH, cpu)]
-    if a.distopt:
-        gather_reduce_scattered_grads(model)
-    first = local_slices(model)
+
+    def first_step(model, optimizer, prefix: str) -> float | None:
+        """Step 1's backward by hand, to read the gradients before the update; saves them."""
+        for chunk in model:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        b = batches(0)
+        loss = run_microbatches(model, [iter(b) for _ in model], num_mb, SEQ, MICRO_BATCH, cpu)
+        if a.distopt:
+            gather_reduce_scattered_grads(model)
+        first = local_slices(model)
+        if dp_rank == 0:
+            torch.save({k: (v[0], v[1], v[3]) for k, v in first.items()}, f"{a.out}/{prefix}grads_rank{rank}.pt")
+        return loss
+
     if dp_rank == 0:
-        torch.save({k: (v[0], v[1], initial[k][2]) for k, v in first.items()}, f"{a.out}/weights_rank{rank}.pt")
-        torch.save({k: (v[0], v[1], v[3]) for k, v in first.items()}, f"{a.out}/grads_rank{rank}.pt")
+        torch.save({k: v[:3] for k, v in initial.items()}, f"{a.out}/weights_rank{rank}.pt")
+    losses = [first_step(model, optimizer, "")]
     optimizer.step()
     scheduler.step(increment=GLOBAL_BATCH)
     for step in range(1, STEPS):
@@ -132,10 +162,17 @@ def main():
         loss, _, _ = train_step(model, optimizer, scheduler, [iter(b) for _ in model], num_mb, SEQ,
                                 MICRO_BATCH, GLOBAL_BATCH, cpu)
         losses.append(loss)
-    if losses[0] is not None and parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0:
+    reports = parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0 and losses[0] is not None
+    if reports:
         with open(f"{a.out}/losses.json", "w") as f:
             json.dump(losses, f)
-    destroy_distributed()
+    if a.transformer_impl == "local":  # the same layout with PyTorch's fused attention
+        sdpa_cfg = parse_run_config(PRETRAIN, flags + ["--transformer-impl", "sdpa"])
+        sdpa_loss = first_step(*build(sdpa_cfg), "sdpa_")
+        if reports:
+            with open(f"{a.out}/sdpa_loss.json", "w") as f:
+                json.dump(sdpa_loss, f)
+    parallel_state.destroy_model_parallel()  # the next layout builds its own groups
 
 
 if __name__ == "__main__":
