@@ -40,7 +40,6 @@ from megatron_qwen.config.arguments import RunConfig, parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
-from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed, on_gpu
 from megatron_qwen.training.optimizer import build_optimizer, build_scheduler, use_fused_adam
 from megatron_qwen.training.step import train_step
@@ -170,9 +169,9 @@ def job_flags(flags: list[str], steps: int, world_size: int) -> list[str]:
     return out
 
 
-def build_session(flags: list[str], steps: int, fused_adam: bool = False, init_device: str | None = None) -> Session:
-    """Process groups, model, optimizer and data for ``flags`` (pretrain flags). With ``init_device``
-    the initial weights are drawn there (``"cpu"``: the CPU run's weights on a GPU)."""
+def build_session(flags: list[str], steps: int, fused_adam: bool = False) -> Session:
+    """Process groups, model, optimizer and data for ``flags`` (pretrain flags; with
+    ``--use-cpu-initialization`` the CPU run's initial weights on a GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = parse_run_config(PRETRAIN, job_flags(flags, steps, world_size))
     cfg.validate(world_size)
@@ -180,10 +179,7 @@ def build_session(flags: list[str], steps: int, fused_adam: bool = False, init_d
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
     _synchronize()
     t0 = time.perf_counter()
-    chunks = build_model(cfg, initialize=init_device is None)
-    if init_device is not None:
-        initialize_weights(chunks, cfg.model, cfg.build.seed, device=torch.device(init_device))
-    model = wrap_for_training(chunks, cfg.parallel)
+    model = wrap_for_training(build_model(cfg), cfg.parallel)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
     if fused_adam and not use_fused_adam(optimizer):

@@ -62,7 +62,7 @@ def _device() -> torch.device:
 
 def run_tiny(extra: list[str], steps: int, fused_adam: bool = False) -> dict:
     """Logits of the initial model on a fixed batch, then the losses of ``steps`` training steps."""
-    session = build_session(TINY + extra, steps, fused_adam=fused_adam, init_device="cpu")
+    session = build_session(TINY + extra + ["--use-cpu-initialization"], steps, fused_adam=fused_adam)
     logits = logits_of(session.model[0], 128)
     return {"logits": logits, "losses": [session.step()[0] for _ in range(steps)]}
 
@@ -112,8 +112,8 @@ def rope_tensor_errors(seq: int, heads: int = 16, head_dim: int = 128) -> dict:
 def rope_model_errors(seq: int = 512) -> dict:
     """Logits of the tiny model in bf16 with and without the fp32 rotation, against the fp32 model."""
     flags = ["--seq-length", str(seq)]
-    ref = logits_of(build_session(TINY + flags, 1, init_device="cpu").model[0], seq)
-    fp32_rope = build_session(TINY + flags + ["--bf16"], 1, init_device="cpu").model[0]
+    ref = logits_of(build_session(TINY + flags + ["--use-cpu-initialization"], 1).model[0], seq)
+    fp32_rope = build_session(TINY + flags + ["--bf16", "--use-cpu-initialization"], 1).model[0]
     ours = logits_of(fp32_rope, seq)
     for layer in unwrap(fp32_rope).decoder.layers:  # megatron-core's stock spec: q/k stay bf16 through RoPE
         layer.self_attention.q_layernorm = IdentityOp()

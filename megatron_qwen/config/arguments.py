@@ -178,8 +178,8 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
         g.add_argument(f"--no-{fusion.replace('_', '-')}", dest=fusion, action="store_false",
                        help="turn this GPU fusion off (on by default where its kernel exists)")
     g.add_argument("--use-cpu-initialization", action="store_true",
-                   help="accepted for Megatron-LM compatibility: weights are always drawn layout-independently, "
-                        "on the device that holds them (model/init.py)")
+                   help="draw the initial weights on the CPU, also on a GPU: the same weights as a CPU run and "
+                        "on every GPU model, slower (by default they are drawn on the device that holds them)")
 
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -312,7 +312,8 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         transformer_impl=_resolve_backend(args.transformer_impl), precision="bf16" if args.bf16 else "fp32",
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         recompute_granularity=args.recompute_granularity, recompute_num_layers=args.recompute_num_layers,
-        seed=args.seed, **{fusion: getattr(args, fusion) for fusion in FUSIONS},
+        seed=args.seed, cpu_initialization=args.use_cpu_initialization,
+        **{fusion: getattr(args, fusion) for fusion in FUSIONS},
     )
     train = TrainSettings(
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,

@@ -47,6 +47,7 @@ class BuildSettings:
     recompute_granularity: str | None = None  # None, "full" or "selective"
     recompute_num_layers: int = 1
     seed: int = 1234  # initial weights (layout-independent) and dropout
+    cpu_initialization: bool = False  # draw on the CPU even on a GPU: the CPU run's weights, slower
     # GPU fusions, on where their kernels exist (model/builder.py); Megatron-LM's --no-*-fusion flags.
     bias_swiglu_fusion: bool = True
     bias_dropout_fusion: bool = True

@@ -120,7 +120,7 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
         )
         chunks.append(chunk)
     if initialize:
-        initialize_weights(chunks, model, opts.seed)
+        initialize_weights(chunks, model, opts.seed, torch.device("cpu") if opts.cpu_initialization else None)
     return chunks
 
 
