@@ -21,7 +21,10 @@
 set -uo pipefail
 
 usage() { echo "usage: bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]" >&2; exit 2; }
-[ $# -ge 1 ] || usage
+case ${1:-} in
+  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  ""|-*) usage ;;
+esac
 OUT=$1; shift
 WHEELS=""; DRY=0
 while [ $# -gt 0 ]; do
