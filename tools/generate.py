@@ -10,6 +10,9 @@ batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) i
 stops at <|endoftext|>, <|im_end|> or --max-new-tokens; the stop token is not printed. --chat wraps
 each prompt as a user turn in ChatML, after Qwen's default system turn, and opens the assistant's
 turn. --json prints one object per prompt: {"prompt", "ids", "text"}.
+
+Past the training length: --dynamic-ntk, --logn-attn and --window-attn switch on Qwen's training-free
+long-context techniques (docs/long_context.md).
 """
 
 import argparse
@@ -20,6 +23,7 @@ import warnings
 
 from megatron_qwen.config.arguments import _OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
 from megatron_qwen.tokenizer.files import TokenizerFileError
 
 
@@ -38,7 +42,15 @@ def build_parser() -> _OneLineErrorParser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same output")
     p.add_argument("--tokenizer-model", default=None, help="qwen.tiktoken (default: the fetched copy)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, ids, text")
+    add_long_context_arguments(p, switches=True)
     return p
+
+
+def long_context_of(args, num_layers: int, train_length: int) -> LongContext:
+    """The techniques the flags switch on (all off: the plain model)."""
+    windows = None if args.window_attn is None else window_schedule(num_layers, args.window_attn)
+    return LongContext(train_length=args.train_length or train_length, dynamic_ntk=args.dynamic_ntk,
+                       logn_attn=args.logn_attn, windows=windows)
 
 
 def sampling_of(args):
@@ -74,6 +86,7 @@ def run(args) -> list[dict]:
                           "or a Hugging Face model directory")
     sampling = sampling_of(args)
     from megatron_qwen.inference import generate, load_model_for_inference
+    from megatron_qwen.model.long_context import set_long_context
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer_model)
@@ -82,6 +95,9 @@ def run(args) -> list[dict]:
     if model.vocab_size_unpadded < tokenizer.vocab_size:
         raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
                           f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")
+    settings = long_context_of(args, model.config.num_layers, model.train_length)
+    if settings.active:
+        set_long_context(model, settings)
     outputs = generate(model, prompts, args.max_new_tokens, {tokenizer.eod, tokenizer.im_end_id}, sampling)
     return [{"prompt": text, "ids": ids, "text": tokenizer.detokenize(ids)} for text, ids in zip(args.prompt, outputs)]
 

@@ -259,13 +259,16 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype) -> dict:
                 "layer_norm_epsilon": cfg.norm_epsilon, "rotary_emb_base": cfg.rotary_base, "rotary_pct": 1.0,
                 "seq_length": cfg.max_position_embeddings, "no_bias": True, "emb_dropout_prob": 0.0,
                 "attn_dropout_prob": 0.0, "scale_attn_weights": True, "softmax_in_fp32": False,
-                # Qwen's remote code: long-context inference past seq_length (docs/qwen.md section 7).
+                # Qwen's remote code: dynamic NTK and LogN past seq_length (docs/long_context.md); it has
+                # no window attention.
                 "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": "auto",
                 "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "fp32": dtype == torch.float32,
                 "tokenizer_class": "QWenTokenizer",
                 "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
                              "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}
     head = {"head_dim": cfg.head_dim} if cfg.kv_channels is not None else {}
+    # Plain RoPE and full attention: transformers' "dynamic" rope_scaling is another formula than Qwen-1's
+    # NTK, it has no LogN, and its sliding window is one size on the upper layers (docs/long_context.md).
     return {**common, **head, "num_key_value_heads": cfg.num_attention_heads,
             "intermediate_size": cfg.ffn_hidden_size, "rms_norm_eps": cfg.norm_epsilon,
             "rope_theta": float(cfg.rotary_base), "rope_scaling": None, "hidden_act": "silu",

@@ -11,6 +11,11 @@ RoPE takes its angles from the cache slot, not from position ids (megatron-core'
 prompt left-padded by ``p`` runs at positions shifted by ``p``. RoPE attention depends only on the
 distance between query and key, which the shift leaves unchanged: each row computes what the prompt
 alone would, up to fp32 rounding of the rotation angles.
+
+Long context past the training length (model/long_context.py, ``set_long_context`` on the loaded
+model): dynamic NTK takes its alpha from the prefill's length (the batch's width) and keeps it for
+every decoding step, as Qwen's modeling_qwen.py does, so cached and new keys share one RoPE base;
+LogN and window attention use the cache slots as positions, as Qwen uses its key indices.
 """
 
 import dataclasses
@@ -41,13 +46,16 @@ def load_model_for_inference(checkpoint_root: str):
     """The model of the latest checkpoint under ``checkpoint_root`` (a ``--save`` directory, or a
     Hugging Face model directory), built for a single process (TP1, PP1) in eval mode; the model
     shape is read from the checkpoint. ``model.vocab_size_unpadded`` is the number of ids the
-    tokenizer can produce."""
+    tokenizer can produce; ``model.train_length`` the context it was trained at (ours: its
+    --seq-length; Hugging Face: Qwen-1's ``seq_length``, Qwen2's ``max_position_embeddings``), the
+    length long-context inference extends."""
     if not os.path.isdir(checkpoint_root):
         raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
                           "or a Hugging Face model directory")
     if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
         trained = parse_run_config(PRETRAIN, ["--mock-data", "--load", checkpoint_root])
         load = partial(load_hf_weights, checkpoint_root)
+        train_length = trained.model.max_position_embeddings  # hf/layouts.py reads Qwen-1's seq_length into it
     else:
         iteration = latest_iteration(checkpoint_root)
         if iteration is None:
@@ -55,6 +63,7 @@ def load_model_for_inference(checkpoint_root: str):
         ckpt_dir = iteration_dir(checkpoint_root, iteration)
         trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
         load = partial(load_weights, ckpt_dir)
+        train_length = trained.train.seq_length
     # The same model in one process. Attention must honour an explicit mask (left-padded batches)
     # and a single query against the cached keys, which megatron-core's local attention (CPU) and
     # PyTorch's sdpa (GPU) do; checkpoint keys are the same for every back end.
@@ -65,6 +74,7 @@ def load_model_for_inference(checkpoint_root: str):
     load([model])
     model.eval()
     model.vocab_size_unpadded = cfg.model.vocab_size
+    model.train_length = train_length
     return model.cuda() if on_gpu() else model
 
 

@@ -12,11 +12,17 @@ key right before the rotation, so ``UpcastForRope`` there makes the rotation run
 ``downcast_after_rope`` wraps the core attention to round query and key back to the value's
 dtype. In fp32 runs both are the identity (``.float()`` and ``.to()`` return the tensor itself),
 so fp32 results are bit-identical with or without them.
+
+The rotated query and key pass the inference-only long-context stage (model/long_context.py) before
+the cast: dynamic NTK rotates them on in fp32, as Qwen rotates. The stage is the identity unless an
+eval-mode model switches it on.
 """
 
 from functools import partial
 
 import torch
+
+from megatron_qwen.model.long_context import LongContextStage
 
 
 class UpcastForRope(torch.nn.Module):
@@ -30,14 +36,17 @@ class UpcastForRope(torch.nn.Module):
 
 
 class _DowncastAfterRope(torch.nn.Module):
-    """The back end's core attention, fed the rotated query and key in the value's dtype."""
+    """The back end's core attention, fed the rotated query and key (through the long-context stage)
+    in the value's dtype."""
 
     def __init__(self, core_attention: type, **kwargs):
         super().__init__()
+        self.long_context = LongContextStage(kwargs["layer_number"])
         self.inner = core_attention(**kwargs)
 
-    def forward(self, query, key, value, *args, **kwargs):
-        return self.inner(query.to(value.dtype), key.to(value.dtype), value, *args, **kwargs)
+    def forward(self, query, key, value, attention_mask, *args, **kwargs):
+        query, key, attention_mask = self.long_context(query, key, attention_mask)
+        return self.inner(query.to(value.dtype), key.to(value.dtype), value, attention_mask, *args, **kwargs)
 
 
 def downcast_after_rope(core_attention: type):

@@ -39,6 +39,7 @@ def _local_layer_spec(core_attention: type) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
+                    # the back end, after the inference-only long-context stage (model/long_context.py)
                     core_attention=downcast_after_rope(core_attention),
                     linear_proj=RowParallelLinear,
                     # query and key through RoPE in fp32, as Qwen rotates them (model/rope.py)

@@ -1,0 +1,290 @@
+"""The curation pipeline as datatrove stages, and the executors that run them.
+
+    raw jsonl (text or HTML) -> 1_extract -> 2_exact -> 3_fuzzy -> 4_quality -> 5_decont -> 6_upsample
+                             -> shards/curated_<source>-<task>_text_document.{bin,idx}
+
+Each step reads the previous step's folder (jsonl.gz, one file per task) and writes its own, so a step
+can be rerun alone and its removals are counted on their own; dedup steps have several stages (exact:
+signature, find, filter; fuzzy: signature, buckets (one task per LSH band), cluster, filter). The same
+stage list runs on one machine (LocalPipelineExecutor), as slurm array jobs chained by dependencies
+(SlurmPipelineExecutor) or on Ray (RayPipelineExecutor): only the executor changes. A stage whose tasks
+all completed is skipped on rerun (datatrove's completion markers in OUT/logs/<stage>/).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.curate import decont, exact, fuzzy, quality, upsample
+from megatron_qwen.curate.extract import HtmlExtraction, LanguageTagger, make_extractor
+from megatron_qwen.curate.to_shards import TokenizeShards
+from megatron_qwen.data.sources import expand_inputs, shard_names
+
+STEPS = ("extract", "exact", "fuzzy", "quality", "decont", "upsample", "tokenize")
+FOLDERS = {step: f"{i}_{step}" for i, step in enumerate(STEPS[:-1], 1)}
+
+
+@dataclass
+class CurateConfig:
+    inputs: list[str]
+    output: str
+    text_key: str = "text"
+    html_key: str = "html"  # a record without `text_key` but with this key is HTML: its main text is extracted
+    extractor: str = "resiliparse"
+    languages: list[str] | None = None  # keep only these (ISO 639-1); None: keep all, tagged
+    fuzzy: fuzzy.FuzzyConfig = field(default_factory=fuzzy.FuzzyConfig)
+    quality_config: str = quality.DEFAULT_RULES_FILE
+    quality_scorer: str | None = None  # 'module:function', text -> score
+    eval_data: list[str] = field(default_factory=list)
+    upsample: dict[str, float] = field(default_factory=dict)
+    upsample_mode: str = "repeat"  # or "blend"
+    tokenizer_model: str | None = None
+    tasks: int | None = None  # tasks per stage; None: one per input file
+
+    def folder(self, *parts: str) -> str:
+        return os.path.join(self.output, *parts)
+
+
+class RawAdapter:
+    """Raw record -> datatrove document: the text from `text_key`, else the HTML from `html_key` (marked
+    `html` for HtmlExtraction); `source` from the record, else the input file's name."""
+
+    def __init__(self, text_key: str, html_key: str, sources: dict[str, str]):
+        self.text_key, self.html_key = text_key, html_key
+        self.sources = sources
+
+    def __call__(self, reader, data: dict, path: str, id_in_file: int) -> dict:
+        if self.text_key in data:
+            text = data.pop(self.text_key)
+        else:
+            text = data.pop(self.html_key, "")
+            data["html"] = True
+        data.setdefault("source", self.sources.get(path, os.path.splitext(os.path.basename(path))[0]))
+        return {"text": text if isinstance(text, str) else "", "id": str(data.pop("id", f"{path}/{id_in_file}")),
+                "metadata": data}
+
+
+def raw_reader(cfg: CurateConfig) -> tuple[JsonlReader, int]:
+    files = expand_inputs(cfg.inputs)
+    if any(f.endswith(".parquet") for f in files):
+        raise ConfigError(f"--input {cfg.inputs}: curation reads jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not parquet")
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    relative = [os.path.relpath(f, root) for f in files]
+    os.makedirs(cfg.folder("work"), exist_ok=True)
+    paths_file = cfg.folder("work", "inputs.txt")
+    with open(paths_file, "w") as f:
+        f.write("\n".join(relative) + "\n")
+    adapter = RawAdapter(cfg.text_key, cfg.html_key, dict(zip(relative, shard_names(files))))
+    return JsonlReader(root, paths_file=paths_file, adapter=adapter, add_file_path=False), len(files)
+
+
+def reader(cfg: CurateConfig, step: str) -> JsonlReader:
+    return JsonlReader(cfg.folder(FOLDERS[step]), glob_pattern="*.jsonl.gz", recursive=False)
+
+
+def writer(cfg: CurateConfig, step: str, filename: str = "${rank}.jsonl.gz") -> JsonlWriter:
+    return JsonlWriter(cfg.folder(FOLDERS[step]), output_filename=filename, expand_metadata=True)
+
+
+@dataclass
+class Stage:
+    name: str  # "<step>" or "<step>_<part>"; its logs go to OUT/logs/<name>
+    step: str
+    pipeline: list
+    tasks: int
+
+
+def build_stages(cfg: CurateConfig, steps: tuple[str, ...] = STEPS) -> list[Stage]:
+    """The stages of the chosen steps, in order. A step reads the folder of the step before it in STEPS."""
+    if cfg.upsample_mode not in ("repeat", "blend"):
+        raise ConfigError(f"--upsample-mode {cfg.upsample_mode}: expected repeat or blend")
+    rules = quality.load_rules(cfg.quality_config)
+    scorer = quality.load_scorer(cfg.quality_scorer) if cfg.quality_scorer else None
+    if scorer and all(r.min_score is None for r in rules.values()):
+        raise ConfigError(f"--quality-scorer {cfg.quality_scorer}: set min_score in --quality-config "
+                          f"{cfg.quality_config} (documents scoring under it are dropped)")
+    if "extract" in steps:
+        raw, files = raw_reader(cfg)
+    else:  # a step run alone: as many tasks as the files its input folder holds
+        raw, files = None, len(glob.glob(cfg.folder(FOLDERS[STEPS[STEPS.index(steps[0]) - 1]], "**", "*.jsonl.gz"),
+                                         recursive=True))
+    tasks = cfg.tasks or max(files, 1)
+    fz = cfg.fuzzy
+    bands, _ = fz.band_rows()
+    work = lambda *p: cfg.folder("work", *p)  # noqa: E731
+    stages = []
+    for step in steps:
+        if step == "extract":
+            stages.append(Stage("extract", step, [raw, HtmlExtraction(make_extractor(cfg.extractor)),
+                                                  LanguageTagger(cfg.languages), writer(cfg, step)], tasks))
+        elif step == "exact":
+            stages += [
+                Stage("exact_signature", step, [reader(cfg, "extract"), exact.exact_signature(work("exact_sigs"))],
+                      tasks),
+                Stage("exact_find", step, [exact.exact_find(work("exact_sigs"), work("exact_dups"))], 1),
+                Stage("exact_filter", step, [reader(cfg, "extract"), exact.exact_filter(work("exact_dups")),
+                                             writer(cfg, step)], tasks)]
+        elif step == "fuzzy":
+            stages += [
+                Stage("fuzzy_signature", step, [reader(cfg, "exact"), fuzzy.MinhashSignature(work("minhash_sigs"), fz)],
+                      tasks),
+                Stage("fuzzy_buckets", step, [fuzzy.minhash_buckets(work("minhash_sigs"), work("minhash_buckets"), fz)],
+                      bands),
+                Stage("fuzzy_cluster", step, [fuzzy.VerifiedMinhashCluster(work("minhash_sigs"),
+                                                                           work("minhash_buckets"),
+                                                                           work("minhash_remove"), fz)], 1),
+                Stage("fuzzy_filter", step, [reader(cfg, "exact"), fuzzy.minhash_filter(work("minhash_remove")),
+                                             writer(cfg, step)], tasks)]
+        elif step == "quality":
+            stages.append(Stage("quality", step, [reader(cfg, "fuzzy"), quality.QualityFilter(rules, scorer),
+                                                  writer(cfg, step)], tasks))
+        elif step == "decont":
+            if cfg.eval_data:
+                stages.append(Stage("decont_index", step, [decont.EvalNgramIndexer(cfg.eval_data, work("decont"))], 1))
+                check = [decont.decont_filter(work("decont"))]
+            else:
+                check = []  # no evaluation sets: the step copies its input
+            stages.append(Stage("decont", step, [reader(cfg, "quality"), *check, writer(cfg, step)], tasks))
+        elif step == "upsample":
+            repeat = [upsample.Upsampler(cfg.upsample)] if cfg.upsample_mode == "repeat" else []
+            stages.append(Stage("upsample", step, [reader(cfg, "decont"), *repeat,
+                                                   writer(cfg, step, "${source}/${rank}.jsonl.gz")], tasks))
+        elif step == "tokenize":
+            stages.append(Stage("tokenize", step, [TokenizeShards(cfg.folder(FOLDERS["upsample"]),
+                                                                  cfg.folder("shards", "curated"),
+                                                                  cfg.tokenizer_model)], tasks))
+        else:
+            raise ConfigError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    return stages
+
+
+@dataclass
+class ExecutorOptions:
+    kind: str = "local"  # local, slurm or ray
+    workers: int = -1  # local: concurrent tasks (-1: all); slurm: max concurrent array tasks
+    partition: str | None = None
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    env_command: str | None = None  # slurm: e.g. "source /path/venv/bin/activate"
+    sbatch_args: dict = field(default_factory=dict)
+
+
+def make_executors(stages: list[Stage], output: str, opts: ExecutorOptions) -> list:
+    """One datatrove executor per stage, each depending on the one before it."""
+    executors = []
+    for stage in stages:
+        common = dict(pipeline=stage.pipeline, tasks=stage.tasks, logging_dir=os.path.join(output, "logs", stage.name),
+                      depends=executors[-1] if executors else None)
+        if opts.kind == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            workers = min(opts.workers if opts.workers > 0 else os.cpu_count() or 1, stage.tasks)
+            executors.append(LocalPipelineExecutor(workers=workers, start_method="fork", **common))
+        elif opts.kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            if not opts.partition:
+                raise ConfigError("--executor slurm needs --partition")
+            executors.append(SlurmPipelineExecutor(
+                job_name=f"curate_{stage.name}", partition=opts.partition, time=opts.time,
+                cpus_per_task=opts.cpus_per_task, mem_per_cpu_gb=opts.mem_per_cpu_gb, workers=opts.workers,
+                env_command=opts.env_command, sbatch_args=opts.sbatch_args, **common))
+        elif opts.kind == "ray":
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise ConfigError("--executor ray needs ray: pip install 'ray[default]'") from None
+            from datatrove.executor import RayPipelineExecutor
+
+            executors.append(RayPipelineExecutor(workers=opts.workers, cpus_per_task=opts.cpus_per_task,
+                                                 mem_per_cpu_gb=opts.mem_per_cpu_gb, **common))
+        else:
+            raise ConfigError(f"--executor {opts.kind}: expected local, slurm or ray")
+    return executors
+
+
+class StageFailed(RuntimeError):
+    """A stage finished with failed tasks; the message names the stage and its log folder."""
+
+
+def run(executors: list) -> None:
+    """Runs every stage: locally one after the other, stopping at a stage with a failed task (datatrove's
+    own chaining would wait for it forever); elsewhere the last executor submits the whole chain."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    if executors and not isinstance(executors[-1], LocalPipelineExecutor):
+        executors[-1].run()
+        return
+    for executor in executors:
+        executor.depends = None  # the stages before it have run
+        logs = executor.logging_dir.resolve_paths("logs")
+        try:
+            executor.run()
+        except Exception as e:  # a task's error, whatever its type; its traceback is in the task's log
+            raise StageFailed(f"{type(e).__name__}: {e} (task logs: {logs})") from e
+        failed = executor.get_incomplete_ranks()
+        if failed:
+            raise StageFailed(f"{len(failed)} task(s) failed (ranks {failed[:10]}); task logs: {logs}")
+
+
+# --- the summary ---------------------------------------------------------------------------------------
+def _value(stat) -> float:
+    return stat["total"] if isinstance(stat, dict) else stat
+
+
+def stage_stats(output: str, stage: str) -> list[dict] | None:
+    """datatrove's merged statistics of a finished stage (a list, one entry per pipeline step)."""
+    path = os.path.join(output, "logs", stage, "stats.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def summary(output: str, stage_names: list[str]) -> list[tuple[str, int, int, dict[str, float]]]:
+    """Per stage that reads and writes documents: (stage, documents in, documents out, details), where
+    details are its removals by reason and its other counts (languages, benchmarks matched, copies)."""
+    rows = []
+    for name in stage_names:
+        stats = stage_stats(output, name)
+        if not stats or "WRITER" not in stats[-1]["name"]:
+            continue  # a stage that writes no documents (signatures, indexes, shards)
+        read = int(_value(stats[0]["stats"].get("documents", 0)))
+        written = int(_value(stats[-1]["stats"].get("total", 0)))
+        details = {key: _value(value) for step in stats for key, value in step["stats"].items()
+                   if key.startswith(("dropped_", "contaminated_", "lang_", "copies_", "extracted"))}
+        rows.append((name, read, written, details))
+    return rows
+
+
+def format_summary(rows) -> str:
+    lines = [f"{'stage':<16} {'in':>10} {'out':>10} {'removed':>10}  details"]
+    for name, read, written, details in rows:
+        text = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(details.items()))
+        change = f"{read - written:,}" if read >= written else f"+{written - read:,} added"
+        lines.append(f"{name:<16} {read:>10,} {written:>10,} {change:>10}  {text}")
+    return "\n".join(lines)
+
+
+def data_path(cfg: CurateConfig) -> list[tuple[float, str]]:
+    """(weight, prefix) of every curated shard for `--data-path`: with --upsample-mode blend, a source's
+    weight times its shard's tokens (weight 1: the natural share); with repeat (already upsampled), tokens."""
+    from megatron_qwen.data.preprocess import Options, plan_shards
+    from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
+
+    opts = Options(keys=(TEXT_KEY,))
+    files = expand_inputs([cfg.folder(FOLDERS["upsample"])])
+    pairs = []
+    for task in plan_shards(files, cfg.folder("shards", "curated"), opts):
+        source = os.path.basename(os.path.dirname(task.input_path))
+        weight = cfg.upsample.get(source, 1.0) if cfg.upsample_mode == "blend" else 1.0
+        pairs.append((weight * read_index_counts(task.prefixes[0])[1], task.prefixes[0]))
+    return pairs
