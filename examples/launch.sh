@@ -22,6 +22,8 @@
 #   GPUS_PER_NODE     default $SLURM_GPUS_ON_NODE, else 8
 #   MASTER_PORT       default 29500 on one node; under slurm 20000 + job id % 10000
 #   EXTRA_ARGS        appended last, so they override any flag ("--train-iters 100 --exit-interval 50")
+#   EXIT_DURATION_MINS  save and exit this many minutes after start (--exit-duration-in-mins): set it below
+#                     the slurm time limit; under slurm an unfinished run then requeues its job and resumes
 
 set -euo pipefail
 
@@ -60,6 +62,7 @@ common_flags() {  # MODULE
         --exit-signal-handler
     )
     [[ -n "${TOKENIZER_MODEL:-}" ]] && COMMON+=(--tokenizer-model "$TOKENIZER_MODEL")
+    [[ -n "${EXIT_DURATION_MINS:-}" ]] && COMMON+=(--exit-duration-in-mins "$EXIT_DURATION_MINS")
     [[ -n "${WANDB_PROJECT:-}" ]] && COMMON+=(--wandb-project "$WANDB_PROJECT" --wandb-save-dir "$log_dir")
     if [[ "$1" == megatron_qwen.pretrain ]]; then
         COMMON+=(--load "$CHECKPOINT_DIR")  # resumes if there is a checkpoint, else starts fresh
@@ -93,6 +96,20 @@ node_flags() {
     fi
 }
 
+# --- requeue an unfinished slurm job -----------------------------------------------------------
+requeue_if_unfinished() {  # FLAG...: after a clean exit before --train-iters (--exit-duration-in-mins)
+    local train_iters="" previous="" arg done_iters=0
+    for arg in "$@"; do  # the last --train-iters wins, as in argparse
+        [[ "$previous" == --train-iters ]] && train_iters="$arg"
+        previous="$arg"
+    done
+    has_checkpoint "$CHECKPOINT_DIR" && done_iters="$(<"$CHECKPOINT_DIR/latest_checkpointed_iteration.txt")"
+    if [[ -n "$train_iters" && "$done_iters" -lt "$train_iters" ]]; then
+        echo "launch: stopped at iteration $done_iters of $train_iters; requeueing slurm job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID"  # the job starts again with the same command and resumes
+    fi
+}
+
 # --- launch ----------------------------------------------------------------------------------
 launch() {  # MODULE FLAG...
     local module="$1"
@@ -114,6 +131,9 @@ launch() {  # MODULE FLAG...
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         printf '%q ' "${cmd[@]}"
         echo
+    elif [[ -n "${SLURM_JOB_ID:-}" && "${SLURM_NODEID:-0}" == 0 ]]; then
+        "${cmd[@]}"  # a failed run stops here (set -e): only a clean early exit is requeued
+        requeue_if_unfinished "${cmd[@]}"
     else
         exec "${cmd[@]}"
     fi

@@ -6,7 +6,9 @@
 The direction comes from --load-dir. A directory with config.json is a Hugging Face model
 (Qwen-1's QWenLMHeadModel or transformers' Qwen2ForCausalLM; safetensors or pytorch_model.bin,
 single or sharded): it becomes a checkpoint of ours that every job --loads at any TP/PP layout,
-as weights only. A directory with latest_checkpointed_iteration.txt is ours (saved at any
+as weights only. A checkpoint of the deepspeed engine (--zero-engine deepspeed, any ZeRO stage
+and TP x DP layout; docs/zero.md) becomes one of ours the same way, from its fp32 master weights.
+Any other directory with latest_checkpointed_iteration.txt is ours (saved at any
 layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen (Qwen-1 names,
 as published) or qwen2 (loads in transformers without remote code). Output is written under a
 temporary name and renamed when whole; an existing --save-dir is never overwritten.
@@ -26,6 +28,7 @@ from megatron_qwen.hf.layouts import check_layout
 from megatron_qwen.hf.source import is_hf_dir, open_hf
 from megatron_qwen.tokenizer.files import TokenizerFileError
 from megatron_qwen.training.checkpoint_dirs import TRACKER
+from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
 
 
 def build_parser() -> _OneLineErrorParser:
@@ -63,6 +66,14 @@ def convert(args) -> str:
         ckpt = import_hf(src, args.save_dir, args.dtype)
         return (f"Hugging Face ({layout}) -> ours: {ckpt}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                 f"{cfg.padded_vocab_size} vocabulary rows")
+    if is_deepspeed_checkpoint(src):
+        if args.hf_layout is not None or args.dtype is not None:
+            raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint: convert it to ours first (no "
+                              "--hf-layout or --dtype), then export that")
+        from megatron_qwen.training.deepspeed_checkpoint import convert_to_megatron
+
+        ckpt = convert_to_megatron(src, args.save_dir)
+        return f"DeepSpeed ZeRO -> ours: {ckpt} (fp32 master weights, loadable at any layout as weights only)"
     if os.path.isfile(os.path.join(src, TRACKER)):
         if args.hf_layout is None:
             raise ConfigError("--hf-layout is needed to export: qwen (Qwen-1 names, as published; needs Qwen's remote "

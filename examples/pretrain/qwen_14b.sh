@@ -9,6 +9,8 @@
 #SBATCH --exclusive
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --requeue
+# (examples/launch.sh requeues a run that EXIT_DURATION_MINS stopped before --train-iters)
 # Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
 # in the directory the job was submitted from.
 for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done

@@ -8,6 +8,7 @@ from megatron_qwen.config.model import BuildSettings, QwenModelConfig, model_pre
 from megatron_qwen.config.optimizer import OptimizerSettings
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.config.zero import ENGINES, OFFLOAD_DEVICES, ZeroSettings, zero_settings
 from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS, available_backend
 
 
@@ -18,6 +19,10 @@ class TrainSettings:
     global_batch_size: int
     seq_length: int
     optim: OptimizerSettings
+    # Non-finite steps and loss spikes (training/anomalies.py).
+    max_skipped_iterations: int | None = 10
+    loss_spike_factor: float | None = None
+    skip_loss_spikes: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class CheckpointSettings:
     override_data_state: bool
     exit_interval: int | None
     exit_signal_handler: bool
+    exit_duration_in_mins: float | None = None
+    keep_last_checkpoints: int | None = None
+    load_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class RunConfig:
     data: DataSettings
     log: LogSettings
     checkpoint: CheckpointSettings
+    zero: ZeroSettings
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +91,7 @@ class RunConfig:
             train=TrainSettings(**{**d["train"], "optim": OptimizerSettings(**d["train"]["optim"])}),
             data=DataSettings(**{**d["data"], "data_path": tuple(d["data"]["data_path"])}),
             log=LogSettings(**d["log"]), checkpoint=CheckpointSettings(**d["checkpoint"]),
+            zero=ZeroSettings(**d.get("zero", {})),  # checkpoints from before the zero section
         )
 
     def describe(self) -> str:
@@ -107,6 +117,7 @@ class RunConfig:
             raise ConfigError(f"the model has {m.padded_vocab_size} vocabulary rows, fewer than --vocab-size "
                               f"{m.vocab_size}; raise --make-vocab-size-divisible-by or --vocab-size")
         p.validate(world_size, m.num_layers, m.num_attention_heads, m.padded_vocab_size)
+        self.zero.validate(p, self.checkpoint.async_save)
         dp = p.data_parallel_size(world_size)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             raise ConfigError(
@@ -129,6 +140,8 @@ class RunConfig:
             raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
         if t.train_iters < 1:
             raise ConfigError("--train-iters must be at least 1")
+        if self.checkpoint.keep_last_checkpoints is not None and self.checkpoint.keep_last_checkpoints < 1:
+            raise ConfigError("--keep-last-checkpoints must be at least 1 (the latest checkpoint is never deleted)")
         if self.checkpoint.finetune and not self.checkpoint.load:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")
@@ -192,6 +205,27 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--overlap-param-gather", action="store_true")
     g.add_argument("--distributed-timeout-minutes", type=int, default=ParallelConfig.distributed_timeout_minutes)
 
+    g = p.add_argument_group("ZeRO (docs/zero.md)")
+    g.add_argument("--zero-engine", choices=ENGINES, default="megatron",
+                   help="megatron: megatron-core DDP and distributed optimizer (any TP/PP); deepspeed: DeepSpeed ZeRO "
+                        "(TP x DP, PP=1)")
+    g.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
+                   help="1: optimizer state sharded over DP, 2: and gradients, 3: and parameters (deepspeed engine). "
+                        "Unset: the --deepspeed-config's, else 1 with --use-distributed-optimizer or the deepspeed "
+                        "engine, else 0")
+    g.add_argument("--zero-offload-optimizer", choices=OFFLOAD_DEVICES, default=None,
+                   help="deepspeed engine: keep optimizer state and step in CPU memory (unset: the "
+                        "--deepspeed-config's, else none)")
+    g.add_argument("--zero-offload-param", choices=OFFLOAD_DEVICES, default=None,
+                   help="deepspeed engine, stage 3: keep parameter shards in CPU memory (unset: the "
+                        "--deepspeed-config's, else none)")
+    g.add_argument("--zero-bucket-size", type=int, default=None,
+                   help=f"deepspeed engine: elements per reduce / all-gather bucket (unset: the --deepspeed-config's "
+                        f"reduce_bucket_size, else {ZeroSettings.bucket_size})")
+    g.add_argument("--deepspeed-config", default=None,
+                   help="a DeepSpeed JSON config to start from; our flags win where both set a key (a conflict "
+                        "is an error)")
+
     g = p.add_argument_group("training")
     g.add_argument("--train-iters", type=int, default=recipe.train_iters, help="optimizer steps")
     g.add_argument("--micro-batch-size", type=int, default=recipe.micro_batch_size,
@@ -213,6 +247,11 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                        ("adam_beta2", "AdamW beta2"), ("adam_eps", "AdamW epsilon"),
                        ("clip_grad", "gradient norm clipping")):
         g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name), help=what)
+    g.add_argument("--max-skipped-iterations", type=int, default=TrainSettings.max_skipped_iterations,
+                   help="stop after this many skipped updates in a row (non-finite loss or gradient norm); 0: never")
+    g.add_argument("--loss-spike-factor", type=float, default=None,
+                   help="report a loss above this many times the mean of the last 20 losses")
+    g.add_argument("--skip-loss-spikes", action="store_true", help="with --loss-spike-factor: also skip the update")
 
     g = p.add_argument_group("data")
     g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic GPT data, no files needed")
@@ -250,6 +289,12 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--exit-interval", type=int, default=None, help="save and stop every this many iterations")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="on SIGTERM (preemption, time limit) save a checkpoint at the next iteration and exit")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save and exit 0 at the first iteration boundary this many minutes after start")
+    g.add_argument("--keep-last-checkpoints", type=int, default=None,
+                   help="delete older checkpoints once a new one is complete, keeping this many (default: all)")
+    g.add_argument("--load-fallback", action="store_true",
+                   help="if the latest checkpoint under --load is damaged, load the newest whole older one")
     return p
 
 
@@ -303,7 +348,9 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage,
         context_parallel_size=args.context_parallel_size,
         sequence_parallel=args.sequence_parallel,
-        use_distributed_optimizer=args.use_distributed_optimizer,
+        # --zero-stage 1 on the megatron engine is its distributed optimizer.
+        use_distributed_optimizer=args.use_distributed_optimizer
+        or (args.zero_engine == "megatron" and args.zero_stage == 1),
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
@@ -317,7 +364,8 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     )
     train = TrainSettings(
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
-        seq_length=args.seq_length,
+        seq_length=args.seq_length, max_skipped_iterations=args.max_skipped_iterations,
+        loss_spike_factor=args.loss_spike_factor, skip_loss_spikes=args.skip_loss_spikes,
         optim=OptimizerSettings(
             lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
             lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
@@ -342,10 +390,13 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         save=args.save, load=args.load, save_interval=args.save_interval, no_load_optim=args.no_load_optim,
         no_load_rng=args.no_load_rng, finetune=args.finetune, async_save=args.async_save,
         override_data_state=args.override_data_state, exit_interval=args.exit_interval,
-        exit_signal_handler=args.exit_signal_handler,
+        exit_signal_handler=args.exit_signal_handler, exit_duration_in_mins=args.exit_duration_in_mins,
+        keep_last_checkpoints=args.keep_last_checkpoints,
+        load_fallback=args.load_fallback,
     )
+    zero = zero_settings(args)
     return RunConfig(recipe=recipe.name, model_size=args.model_size, model=model, build=build,
-                     parallel=parallel, train=train, data=data, log=log, checkpoint=ckpt)
+                     parallel=parallel, train=train, data=data, log=log, checkpoint=ckpt, zero=zero)
 
 
 def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:

@@ -157,13 +157,18 @@ def read_index_counts(prefix: str) -> tuple[int, int]:
     dtype, num_seq, num_docs = _header(prefix)
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     end_bytes = 0
-    if num_seq:
-        with open(idx_path, "rb") as f:
+    with open(idx_path, "rb") as f:
+        f.seek(_HEADER.size + 12 * num_seq + 8 * num_docs)
+        (last_document_start,) = struct.unpack("<q", f.read(8))
+        if num_seq:
             f.seek(_HEADER.size + 4 * (num_seq - 1))
             (last_length,) = struct.unpack("<i", f.read(4))
             f.seek(_HEADER.size + 4 * num_seq + 8 * (num_seq - 1))
             (last_pointer,) = struct.unpack("<q", f.read(8))
-        end_bytes = last_pointer + last_length * np.dtype(dtype).itemsize
+            end_bytes = last_pointer + last_length * np.dtype(dtype).itemsize
+    if last_document_start != num_seq:  # the document index ends at the sequence count
+        raise ShardError(f"{idx_path}: its document index ends at {last_document_start}, not at its "
+                         f"{num_seq} sequences (a damaged header or index); {REDO}")
     bin_size = os.path.getsize(bin_path)
     if bin_size != end_bytes:
         raise ShardError(f"{bin_path}: {bin_size} bytes, but {os.path.basename(idx_path)} describes {end_bytes} "
@@ -223,3 +228,31 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
         for path in (bin_tmp, idx_tmp):
             Path(path).unlink(missing_ok=True)
         raise
+
+
+SCAN_BUDGET = 16 << 20  # bytes of each .bin read by the token-id check: whole below it, evenly spaced blocks above
+
+
+def find_token_id_at_least(prefix: str, limit: int, budget: int = SCAN_BUDGET) -> tuple[int, int] | None:
+    """(document, token id) of a token id >= ``limit`` in the dataset at ``prefix`` (a shard tokenized for
+    another vocabulary), else None. Reads the whole .bin up to ``budget`` bytes, and beyond that 64
+    evenly spaced blocks totalling ``budget``: a bounded cost on any size that catches a wrongly tokenized
+    shard (every block has such ids) but not a few stray ids in a huge one."""
+    dtype, num_seq, _ = _header(prefix)
+    itemsize = np.dtype(dtype).itemsize
+    tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    if tokens.size * itemsize <= budget:
+        starts, block = [0], tokens.size
+    else:
+        block = budget // 64 // itemsize
+        starts = np.linspace(0, tokens.size - block, 64).astype(np.int64)
+    for start in starts:
+        chunk = tokens[start:start + block]
+        bad = np.flatnonzero(chunk >= limit)
+        if bad.size:
+            position = int(start + bad[0])
+            pointers = np.memmap(prefix + ".idx", dtype=np.int64, mode="r", offset=_HEADER.size + 4 * num_seq,
+                                 shape=(num_seq,))
+            sequence = int(np.searchsorted(pointers, position * itemsize, side="right")) - 1
+            return sequence, int(chunk[bad[0]])
+    return None

@@ -17,10 +17,19 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.arguments import CheckpointSettings, RunConfig
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.builder import unwrap
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
+from megatron_qwen.training.checkpoint_dirs import (
+    TRACKER,
+    iteration_dir,
+    latest_iteration,
+    loadable_iteration,
+    prune,
+    remove_leftovers,
+    too_little_disk,
+    write_manifest,
+)
 
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
 # copy each time: megatron-core writes the data-parallel group into the dict it is given.
@@ -49,6 +58,9 @@ class Checkpointer:
     def __init__(self, cfg: RunConfig, model, optimizer, scheduler):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self._async_queue = None
+        if cfg.checkpoint.save and dist.get_rank() == 0:  # no save runs yet: what is staged is a killed save's
+            for name in remove_leftovers(cfg.checkpoint.save):
+                print(f" removed {os.path.join(cfg.checkpoint.save, name)}, left by an interrupted save", flush=True)
 
     def due(self, iteration: int) -> bool:
         s = self.cfg.checkpoint
@@ -61,6 +73,10 @@ class Checkpointer:
         return bool(s.save_interval) and iteration % s.save_interval == 0
 
     def save(self, state: TrainState) -> None:
+        # One asynchronous save in flight at most: a kill then loses at most two save intervals (docs/reliability.md).
+        self.finish_pending(blocking=True)
+        if not _room_to_save(self.cfg.checkpoint.save, state.iteration):
+            return
         request = _write(self.cfg, state, self.model, self.optimizer, self.scheduler)
         if request is not None:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -77,6 +93,15 @@ class Checkpointer:
         return _restore(self.cfg, self.model, self.optimizer, self.scheduler)
 
 
+def _room_to_save(root: str, iteration: int) -> bool:
+    """Rank 0 checks the free disk space for every rank (a collective); a refused save is one line."""
+    problem = [too_little_disk(root) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] and dist.get_rank() == 0:
+        print(f" not saving iteration {iteration}: {problem[0]}", flush=True)
+    return problem[0] is None
+
+
 def _layout() -> dict:
     return {
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
@@ -85,13 +110,17 @@ def _layout() -> dict:
     }
 
 
-def _rng_state() -> ShardedObject:
-    """This rank's RNG states, as one object per (pp, tp, dp) rank."""
-    state = {
+def rng_states() -> dict:
+    return {
         "random": random.getstate(), "np": np.random.get_state(), "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
+
+
+def _rng_state() -> ShardedObject:
+    """This rank's RNG states, as one object per (pp, tp, dp) rank."""
+    state = rng_states()
     pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
     dp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
     lay = _layout()
@@ -135,9 +164,8 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
     """Write a checkpoint of ``state``; with --async-save, returns the request still to finish."""
     root = cfg.checkpoint.save
     iteration = state.iteration  # the caller's state moves on while an async save completes
-    ckpt_dir = iteration_dir(root, iteration)
     # Written under a staging name and renamed once whole: iter_* directories are only ever complete.
-    staging = ckpt_dir + ".partial"
+    staging = staging_dir(root, iteration)
     if dist.get_rank() == 0:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted save
@@ -154,18 +182,7 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
 
     def finalize():
         if dist.get_rank() == 0:
-            if os.path.isdir(ckpt_dir):  # the same iteration saved before: replace it
-                shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
-                os.rename(ckpt_dir, ckpt_dir + ".old")
-            os.rename(staging, ckpt_dir)
-            shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
-            tmp = os.path.join(root, TRACKER + ".tmp")
-            with open(tmp, "w") as f:
-                f.write(str(iteration))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(root, TRACKER))
-            print(f" saved checkpoint at iteration {iteration} to {ckpt_dir}", flush=True)
+            publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
 
     if cfg.checkpoint.async_save:
         request = dist_checkpointing.save(sharded, staging, async_sharded_save=True)
@@ -178,18 +195,51 @@ def _write(cfg: RunConfig, state: TrainState, model, optimizer, scheduler):
     return None
 
 
-def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
-    """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
-    s = cfg.checkpoint
+def staging_dir(root: str, iteration: int) -> str:
+    """Where a checkpoint is written before publish() renames it: iter_* directories are only ever complete."""
+    return iteration_dir(root, iteration) + ".partial"
+
+
+def publish(root: str, iteration: int, staging: str, keep_last: int | None = None) -> None:
+    """Rename a whole checkpoint into place, then point the tracker at it (rank 0, once every rank has written)."""
+    ckpt_dir = iteration_dir(root, iteration)
+    write_manifest(staging)  # sizes, checked at --load: a file truncated or deleted later is caught
+    if os.path.isdir(ckpt_dir):  # the same iteration saved before: replace it
+        shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
+        os.rename(ckpt_dir, ckpt_dir + ".old")
+    os.rename(staging, ckpt_dir)
+    shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
+    tmp = os.path.join(root, TRACKER + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, TRACKER))
+    print(f" saved checkpoint at iteration {iteration} to {ckpt_dir}", flush=True)
+    if keep_last:
+        for old in prune(root, keep_last):
+            print(f" deleted checkpoint {iteration_dir(root, old)} (--keep-last-checkpoints {keep_last})", flush=True)
+
+
+def effective_load(s: CheckpointSettings) -> CheckpointSettings:
+    """What --load means for this run, whichever engine reads it."""
     # Hugging Face weights (a model directory, or a checkpoint converted from one) start a run as
     # --finetune does: weights only, fresh optimizer and iteration.
-    from megatron_qwen.hf.source import holds_weights_only, is_hf_dir
+    from megatron_qwen.hf.source import holds_weights_only
 
     if s.load and holds_weights_only(s.load):
         s = dataclasses.replace(s, finetune=True)
     if s.finetune and s.save and latest_iteration(s.save) is not None:
         # A fine-tuning run that already saved: resume it, rather than restart from the base model.
         s = dataclasses.replace(s, load=s.save, finetune=False)
+    return s
+
+
+def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
+    """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
+    s = effective_load(cfg.checkpoint)
+    from megatron_qwen.hf.source import is_hf_dir
+
     if s.load and is_hf_dir(s.load):  # each rank reads its own slices of the Hugging Face tensors
         from megatron_qwen.hf.load import load_hf_weights
 
@@ -199,9 +249,11 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
             print(f" loaded weights only from Hugging Face model {s.load} (now {_layout()}); "
                   "continuing at iteration 0", flush=True)
         return TrainState()
-    iteration = latest_iteration(s.load) if s.load else None
+    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback) if s.load else (None, None)
     if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
         return TrainState()
+    if fallback_reason and dist.get_rank() == 0:
+        print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     ckpt_dir = iteration_dir(s.load, iteration)
     common = dist_checkpointing.load_common_state_dict(ckpt_dir)
     saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]

@@ -32,16 +32,19 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
         _exit_with(e)
 
     from megatron_qwen.platform.distributed import destroy_distributed
+    from megatron_qwen.training.anomalies import TrainingHalted
     from megatron_qwen.training.loop import train
 
     try:
         return train(cfg, world_size)
     except user_errors as e:  # found only once a checkpoint is opened
         _exit_with(e)
+    except TrainingHalted as e:  # every rank raises it at the same iteration
+        _exit_with(e, code=1)
     finally:
         destroy_distributed()
 
 
-def _exit_with(error: Exception):
+def _exit_with(error: Exception, code: int = 2):
     print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    sys.exit(code)

@@ -5,15 +5,15 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_qwen.config.arguments import RunConfig
-from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
+from megatron_qwen.training.anomalies import StepHealth
 from megatron_qwen.training.batches import microbatch_loader, next_global_batch
 from megatron_qwen.training.checkpoint import Checkpointer, TrainState
 from megatron_qwen.training.datasets import build_datasets
+from megatron_qwen.training.engine import build_engine
 from megatron_qwen.training.metrics import MetricsSink
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
 from megatron_qwen.training.signals import ExitSignal
-from megatron_qwen.training.step import run_microbatches, train_step
+from megatron_qwen.training.step import run_microbatches
 
 
 def train(cfg: RunConfig, world_size: int) -> dict:
@@ -23,11 +23,10 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
     _print_banner(cfg, world_size)
 
-    model = wrap_for_training(build_model(cfg), p)
-    optimizer = build_optimizer(model, t.optim, bf16=cfg.build.precision == "bf16",
-                                use_distributed_optimizer=p.use_distributed_optimizer)
-    scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
-    checkpointer = Checkpointer(cfg, model, optimizer, scheduler)
+    # megatron-core DDP and distributed optimizer, or DeepSpeed ZeRO (--zero-engine): model, optimizer,
+    # schedule and checkpoints.
+    engine = build_engine(cfg, world_size, device)
+    model, checkpointer = engine.model, engine.checkpointer
     state = checkpointer.load()
 
     # Data: every rank reads its own micro-batches; no broadcast needed.
@@ -37,14 +36,15 @@ def train(cfg: RunConfig, world_size: int) -> dict:
                                *_data_parallel_rank_and_size(), cfg.data.num_workers)
 
     sink = MetricsSink(cfg, world_size)
-    exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler)
+    exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler, duration_mins=cfg.checkpoint.exit_duration_in_mins)
+    health = StepHealth(t)
     while state.iteration < t.train_iters:
         batches = next_global_batch(loader, num_mb)
-        loss, grad_norm, ok = train_step(model, optimizer, scheduler, [iter(batches) for _ in model], num_mb,
-                                         t.seq_length, t.micro_batch_size, t.global_batch_size, device)
+        loss, grad_norm, ok = engine.train_step(batches, num_mb, state.iteration + 1, health)
         state.advance(t.global_batch_size, ok)
+        health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
-                      optimizer.param_groups[0]["lr"], grad_norm)
+                      engine.lr, grad_norm)
         if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
             sink.log_eval(state.iteration, evaluate(cfg, model, valid_ds, num_mb, device))
         if _save_or_exit(cfg, checkpointer, state, exit_signal):
@@ -63,8 +63,8 @@ def _save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState,
     if checkpointer.due(state.iteration) or (signalled and cfg.checkpoint.save):
         checkpointer.save(state)
     if signalled and dist.get_rank() == 0:
-        print(f" exit signal received: stopping after iteration {state.iteration}", flush=True)
-    return signalled or bool(exit_interval and state.iteration % exit_interval == 0)
+        print(f" {signalled}: stopping after iteration {state.iteration}", flush=True)
+    return bool(signalled) or bool(exit_interval and state.iteration % exit_interval == 0)
 
 
 def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> float | None:

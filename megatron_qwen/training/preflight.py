@@ -8,7 +8,8 @@ import os
 
 from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
+from megatron_qwen.config.zero import deepspeed_config
+from megatron_qwen.training.checkpoint_dirs import TRACKER, latest_iteration, loadable_iteration
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -16,6 +17,22 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
     cfg.validate(world_size)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
+    _check_zero(cfg, world_size)
+
+
+def _check_zero(cfg: RunConfig, world_size: int) -> None:
+    """The effective DeepSpeed config (a --deepspeed-config contradicting the flags is refused), and a
+    deepspeed-engine checkpoint given to the megatron engine."""
+    from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
+
+    z, t = cfg.zero, cfg.train
+    if z.deepspeed:
+        deepspeed_config(z, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(world_size),
+                         t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
+    elif cfg.checkpoint.load and is_deepspeed_checkpoint(cfg.checkpoint.load):
+        raise ConfigError(f"--load {cfg.checkpoint.load} holds a DeepSpeed-engine checkpoint: resume it with "
+                          "--zero-engine deepspeed, or convert it with tools/convert_checkpoint.py --load-dir "
+                          f"{cfg.checkpoint.load} --save-dir NEW_DIR and --load that")
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -26,11 +43,27 @@ def _check_data(cfg: RunConfig) -> None:
 
     check_data_path(list(cfg.data.data_path))
     check_split(cfg.data.split)
+    _check_token_ids(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
+
+
+def _check_token_ids(cfg: RunConfig) -> None:
+    """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
+    from megatron_qwen.data import DataPathError, parse_data_path
+    from megatron_qwen.data.shards import find_token_id_at_least
+
+    prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
+    for prefix in prefixes:
+        found = find_token_id_at_least(prefix, cfg.model.vocab_size)
+        if found:
+            raise DataPathError(
+                f"--data-path {prefix}: document {found[0]} holds token id {found[1]}, beyond the model's "
+                f"vocabulary of {cfg.model.vocab_size} (--model-size {cfg.model_size}); preprocess it with the "
+                "model's tokenizer, or pick a model with that vocabulary")
 
 
 def _check_checkpoint_dirs(cfg: RunConfig) -> None:
@@ -48,11 +81,9 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     if is_hf_dir(s.load):
         open_hf(s.load)
         return
-    it = latest_iteration(s.load) if os.path.isdir(s.load) else None
+    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice).
+    it, _ = loadable_iteration(s.load, s.load_fallback) if os.path.isdir(s.load) else (None, None)
     if it is not None:
-        if not os.path.isdir(iteration_dir(s.load, it)):
-            raise ConfigError(f"--load {s.load}: {TRACKER} names iteration {it} but "
-                              f"{iteration_dir(s.load, it)} is missing")
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.

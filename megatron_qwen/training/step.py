@@ -5,16 +5,19 @@ divided once by the global token count in megatron-core's grad finalization), so
 same number whatever the data-, pipeline- or tensor-parallel split of the batch.
 """
 
+import math
 from functools import partial
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_qwen.model.builder import unwrap
+from megatron_qwen.training.anomalies import StepHealth, injects_nan
 
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
@@ -38,21 +41,31 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def forward_step(data_iterator: Iterator[dict], model, device):
+def forward_step(data_iterator: Iterator[dict], model, device, poison: list[bool] | None = None):
     chunk = unwrap(model)
     batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
     output = model(
         batch.get("tokens"), batch.get("position_ids"), batch.get("attention_mask"),
         labels=batch.get("labels"),
     )
+    if poison and chunk.post_process:  # test-only NaN injection (training/anomalies.py), first micro-batch
+        poison.clear()
+        output = output * float("nan")
     return output, partial(masked_token_loss, batch.get("loss_mask"))
 
 
-def reduce_loss(losses_reduced: list[dict]) -> float | None:
-    """Token-weighted loss over the global batch, known on the last pipeline stage (else None)."""
+def local_loss(losses_reduced: list[dict]) -> torch.Tensor | None:
+    """[loss sum, tokens] of this rank's micro-batches, known on the last pipeline stage (else None)."""
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    total = torch.stack([x["lm loss"] for x in losses_reduced]).sum(0)
+    return torch.stack([x["lm loss"] for x in losses_reduced]).sum(0)
+
+
+def reduce_loss(local: torch.Tensor | None) -> float | None:
+    """Token-weighted loss over the global batch, known on the last pipeline stage (else None)."""
+    if local is None:
+        return None
+    total = local.clone()
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     return (total[0] / total[1].clamp(min=1)).item()
 
@@ -60,9 +73,16 @@ def reduce_loss(losses_reduced: list[dict]) -> float | None:
 def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
                      micro_batch_size: int, device, forward_only: bool = False) -> float | None:
     """Forward (and backward unless forward_only) over one global batch; returns the loss."""
+    return reduce_loss(_forward_backward(model_chunks, data_iterators, num_microbatches, seq_length,
+                                         micro_batch_size, device, forward_only))
+
+
+def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
+                      micro_batch_size: int, device, forward_only: bool, poison: bool = False):
+    """This rank's [loss sum, tokens] over one global batch (last pipeline stage, else None)."""
     forward_backward = get_forward_backward_func()
     losses = forward_backward(
-        forward_step_func=partial(forward_step, device=device),
+        forward_step_func=partial(forward_step, device=device, poison=[True] if poison else None),
         data_iterator=data_iterators if len(model_chunks) > 1 else data_iterators[0],
         model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
         num_microbatches=num_microbatches,
@@ -70,18 +90,39 @@ def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_le
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    return reduce_loss(losses)
+    return local_loss(losses)
 
 
 def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
-               seq_length: int, micro_batch_size: int, global_batch_size: int, device):
-    """One optimizer step. Returns (loss, grad_norm, update_successful)."""
+               seq_length: int, micro_batch_size: int, global_batch_size: int, device,
+               iteration: int = 0, health: StepHealth | None = None):
+    """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
+    changes) on a non-finite gradient norm and, with ``health``, on a non-finite loss or a skipped spike."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    loss = run_microbatches(model_chunks, data_iterators, num_microbatches, seq_length,
-                            micro_batch_size, device)
-    update_successful, grad_norm, _ = optimizer.step()
+    local = _forward_backward(model_chunks, data_iterators, num_microbatches, seq_length, micro_batch_size,
+                              device, forward_only=False, poison=injects_nan(iteration))
+    loss = reduce_loss(local)
+    if health is not None and health.judge(local, loss):
+        return loss, None, False
+    update_successful, grad_norm = _step_unless_nonfinite(optimizer)
     if update_successful:
         scheduler.step(increment=global_batch_size)
     return loss, grad_norm, update_successful
+
+
+def _step_unless_nonfinite(optimizer) -> tuple[bool, float]:
+    """optimizer.step(), but only for a finite gradient norm: without a loss scaler (fp32 and bf16)
+    megatron-core applies NaN and inf gradients. The same calls its step makes, with the check between
+    the norm and the update; the norm is the same on every rank."""
+    found_inf = optimizer.prepare_grads()
+    grad_norm = optimizer.get_grad_norm()
+    if found_inf or not math.isfinite(grad_norm):
+        return False, grad_norm
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = opt.get_parameters()
+        if opt.config.clip_grad > 0.0 and params:
+            clip_grad_by_total_norm_fp32(params, opt.config.clip_grad, grad_norm,
+                                         opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return optimizer.step_with_ready_grads(), grad_norm

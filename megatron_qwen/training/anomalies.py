@@ -1,0 +1,93 @@
+"""Non-finite losses and loss spikes: which steps to skip, who to blame, and when to give up.
+
+A step is skipped (weights, optimizer state and LR schedule untouched; its data counts as
+consumed) when any data-parallel rank's loss or the gradient norm is not finite, and, with
+--skip-loss-spikes, when the loss is above --loss-spike-factor times the running mean.
+--max-skipped-iterations skips in a row stop the run: the data or the run is broken, and the
+checkpoints hold only weights from before the streak (a skipped step changes nothing).
+"""
+
+import math
+import os
+from collections import deque
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_qwen.config.arguments import TrainSettings
+
+_SPIKE_WINDOW = 20  # finite losses in the running mean; no spike is called before the window is full
+INJECT_NAN_ENV = "MEGATRON_QWEN_INJECT_NAN"
+
+
+class TrainingHalted(RuntimeError):
+    """Too many skipped steps in a row; the message is one line."""
+
+
+class StepHealth:
+    def __init__(self, t: TrainSettings):
+        self.max_skipped = t.max_skipped_iterations
+        self.spike_factor = t.loss_spike_factor
+        self.skip_spikes = t.skip_loss_spikes
+        self._recent = deque(maxlen=_SPIKE_WINDOW)
+        self.streak = 0
+        self.bad_dp_ranks: list[int] = []  # the verdict of the last judge()
+        self.spike = False
+
+    def judge(self, local_loss: torch.Tensor | None, loss: float | None) -> bool:
+        """Whether to skip this step (a collective: every rank calls it and gets the same answer).
+        ``local_loss`` is this rank's [loss sum, tokens] before the data-parallel reduction (last
+        pipeline stage only), ``loss`` the reduced one. Remembers who and what for record()."""
+        dp_size = parallel_state.get_data_parallel_world_size()
+        flags = torch.zeros(dp_size + 1, dtype=torch.int32)
+        if local_loss is not None:  # the last pipeline stage: the only one that knows the loss
+            flags[parallel_state.get_data_parallel_rank()] = int(not bool(torch.isfinite(local_loss[0])))
+            flags[dp_size] = int(self._is_spike(loss))
+        if dist.get_backend() == "nccl":
+            flags = flags.cuda()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = flags.tolist()
+        self.bad_dp_ranks, self.spike = [r for r in range(dp_size) if flags[r]], bool(flags[dp_size])
+        return bool(self.bad_dp_ranks) or (self.spike and self.skip_spikes)
+
+    def _is_spike(self, loss: float | None) -> bool:
+        if not self.spike_factor or loss is None or not math.isfinite(loss):
+            return False
+        full = len(self._recent) == self._recent.maxlen
+        spike = full and loss > self.spike_factor * sum(self._recent) / len(self._recent)
+        if not spike:
+            self._recent.append(loss)
+        return spike
+
+    def record(self, iteration: int, loss: float | None, grad_norm: float | None, update_successful: bool) -> None:
+        """Report the step's anomalies (rank 0) and count skips in a row; TrainingHalted past the limit."""
+        bad_dp_ranks, spike = self.bad_dp_ranks, self.spike
+        self.bad_dp_ranks, self.spike = [], False
+        self.streak = 0 if update_successful else self.streak + 1
+        if dist.get_rank() == 0:
+            if bad_dp_ranks:
+                print(f" iteration {iteration}: non-finite loss on data-parallel rank(s) "
+                      f"{', '.join(map(str, bad_dp_ranks))}: update skipped", flush=True)
+            elif not update_successful and not spike:
+                print(f" iteration {iteration}: non-finite gradient norm ({grad_norm}); the losses of every "
+                      "data-parallel rank were finite: update skipped", flush=True)
+            if spike:
+                print(f" iteration {iteration}: loss spike, above {self.spike_factor:g} x the mean of the last "
+                      f"{_SPIKE_WINDOW} losses" + (": update skipped" if self.skip_spikes else ""), flush=True)
+        if self.max_skipped and self.streak >= self.max_skipped:
+            raise TrainingHalted(
+                f"{self.streak} iterations in a row skipped (up to iteration {iteration}), the limit set by "
+                "--max-skipped-iterations; the checkpoints hold the weights from before the streak: check the "
+                "data after the last checkpoint's consumed samples, or lower --lr, and resume")
+
+
+def injects_nan(iteration: int) -> bool:
+    """Test-only fault injection: MEGATRON_QWEN_INJECT_NAN="ITER[,ITER...]:DP_RANK" turns the first
+    micro-batch's loss of that data-parallel rank into NaN at those iterations."""
+    spec = os.environ.get(INJECT_NAN_ENV)
+    if not spec:
+        return False
+    iterations, dp_rank = spec.split(":")
+    return (iteration in {int(i) for i in iterations.split(",")}
+            and parallel_state.get_data_parallel_rank() == int(dp_rank))

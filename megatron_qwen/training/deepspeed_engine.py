@@ -1,0 +1,228 @@
+"""DeepSpeed ZeRO stages 1-3 as the data-parallel engine (docs/zero.md).
+
+The model is the same megatron-core GPTModel (tensor-parallel layers included, layout-independent
+initial weights); DeepSpeed takes it bare instead of megatron-core's DDP wrapper, with megatron-core's
+process groups as its model-parallel unit. PP=1: each rank runs its micro-batches forward and backward
+itself, and DeepSpeed reduces (stage 1), reduce-scatters (2) or also gathers parameters (3).
+
+The loss stays token-weighted over the global batch (training/step.py): DeepSpeed averages gradients
+over DP and divides by the accumulation steps, so each micro-batch's token-loss sum is scaled by
+DP x accumulation / global token count before its backward.
+"""
+
+import dataclasses
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.zero import deepspeed_config
+from megatron_qwen.model.builder import build_model
+from megatron_qwen.platform.distributed import on_gpu
+from megatron_qwen.training.checkpoint import (
+    Checkpointer,
+    TrainState,
+    _data_state,
+    _set_rng_state,
+    effective_load,
+    load_weights,
+    publish,
+    rng_states,
+    staging_dir,
+)
+from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+from megatron_qwen.training.deepspeed_checkpoint import MARKER, is_deepspeed_checkpoint, load_deepspeed_weights
+from megatron_qwen.training.optimizer import build_scheduler
+from megatron_qwen.training.step import forward_step
+
+
+class MegatronParallelUnit:
+    """megatron-core's parallel state under the names DeepSpeed calls (its ``mpu``). With PP=1 the
+    model-parallel group is the tensor-parallel one."""
+
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_src_rank = staticmethod(parallel_state.get_tensor_model_parallel_src_rank)
+    get_pipeline_model_parallel_group = staticmethod(parallel_state.get_pipeline_model_parallel_group)
+    get_pipeline_model_parallel_rank = staticmethod(parallel_state.get_pipeline_model_parallel_rank)
+    get_pipeline_model_parallel_world_size = staticmethod(parallel_state.get_pipeline_model_parallel_world_size)
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+
+
+def _import_deepspeed():
+    """Import DeepSpeed so that nothing compiles: its communication wrapper builds the shared-memory
+    C++ op even over gloo unless that op is marked unavailable first."""
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def _adamw(model, cfg: RunConfig) -> torch.optim.AdamW:
+    """torch's AdamW with megatron-core's parameter groups: no weight decay on biases and norms."""
+    o = cfg.train.optim
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() == 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
+                             weight_decay=o.weight_decay)
+
+
+class DeepSpeedEngine:
+    """The deepspeed engine: what train() needs of an engine (model chunks for evaluation, the
+    checkpointer, one training step, the LR)."""
+
+    def __init__(self, cfg: RunConfig, world_size: int, device):
+        deepspeed = _import_deepspeed()
+        self.cfg, self.device = cfg, device
+        t = cfg.train
+        self.load = effective_load(cfg.checkpoint)
+        module = build_model(cfg)[0]
+        if on_gpu():
+            module = module.cuda(torch.cuda.current_device())
+        self._load_weights_before_sharding(module)
+        self.ds_config = deepspeed_config(
+            cfg.zero, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(world_size),
+            t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
+        optimizer = _adamw(module, cfg)
+        self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self.ds_config,
+                                               mpu=MegatronParallelUnit(), dist_init_required=False)
+        # The schedule sets the LR and weight decay of the AdamW groups DeepSpeed steps with.
+        self.scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
+        self._optimizer = optimizer
+        self.model = [self.engine.module]  # for evaluation: stage 3 gathers through hooks on the module
+        self.checkpointer = DeepSpeedCheckpointer(self)
+        if dist.get_rank() == 0:
+            print(" DeepSpeed config: " + json.dumps(self.ds_config, sort_keys=True), flush=True)
+
+    @property
+    def lr(self) -> float:
+        return self._optimizer.param_groups[0]["lr"]
+
+    def _load_weights_before_sharding(self, module) -> None:
+        """Weights-only starts (--finetune, a Hugging Face or converted --load) fill the bare model
+        before DeepSpeed partitions it; resumes of a DeepSpeed checkpoint load after (load())."""
+        s = self.load
+        if not s.load or not s.finetune:
+            return
+        from megatron_qwen.hf.source import is_hf_dir
+
+        if is_deepspeed_checkpoint(s.load):
+            load_deepspeed_weights(iteration_dir(s.load, latest_iteration(s.load)), module)
+        elif is_hf_dir(s.load):
+            from megatron_qwen.hf.load import load_hf_weights
+
+            load_hf_weights(s.load, [module], progress=dist.get_rank() == 0)
+        else:
+            load_weights(iteration_dir(s.load, latest_iteration(s.load)), [module])
+        if dist.get_rank() == 0:
+            print(f" loaded weights only from {s.load}; continuing at iteration 0", flush=True)
+
+    def train_step(self, microbatches: list[dict], num_microbatches: int, iteration: int, health):
+        """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful).
+        Non-finite steps: DeepSpeed's own overflow check decides (``iteration`` and ``health`` are the
+        megatron engine's, training/anomalies.py)."""
+        engine, dp_group = self.engine, parallel_state.get_data_parallel_group()
+        tokens = torch.stack([mb["loss_mask"].sum() for mb in microbatches]).sum().float().to(self.device)
+        dist.all_reduce(tokens, group=dp_group)
+        scale = num_microbatches * parallel_state.get_data_parallel_world_size() / tokens.clamp(min=1)
+        total = torch.zeros(2, device=self.device)
+        for mb in microbatches:
+            output, loss_func = forward_step(iter([mb]), engine, self.device)
+            loss_sum, _, report = loss_func(output)
+            engine.backward(loss_sum * scale)
+            engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation
+            total += report["lm loss"]
+        dist.all_reduce(total, group=dp_group)
+        self.scheduler.step(increment=self.cfg.train.global_batch_size)
+        grad_norm = engine.get_global_grad_norm()
+        return (total[0] / total[1].clamp(min=1)).item(), float(grad_norm), engine.was_step_applied()
+
+
+class DeepSpeedCheckpointer(Checkpointer):
+    """DeepSpeed's own checkpoint files under our directory layout (iter_NNNNNNN/, the tracker file),
+    written under a staging name and published whole. Resumes at the same TP x DP layout; any other
+    layout goes through tools/convert_checkpoint.py."""
+
+    def __init__(self, ds: DeepSpeedEngine):
+        super().__init__(ds.cfg, ds.model, None, ds.scheduler)
+        self.ds = ds
+
+    def save(self, state: TrainState) -> None:
+        cfg, engine = self.cfg, self.ds.engine
+        root, iteration = cfg.checkpoint.save, state.iteration
+        staging = staging_dir(root, iteration)
+        if dist.get_rank() == 0:
+            os.makedirs(root, exist_ok=True)
+        dist.barrier()
+        client_state = {"train_state": dataclasses.asdict(state), "scheduler": self.scheduler.state_dict(),
+                        "rng_state": rng_states(), "data_state": _data_state(cfg)}
+        engine.save_checkpoint(root, tag=os.path.basename(staging), client_state=client_state, save_latest=False)
+        dist.barrier()
+        if dist.get_rank() == 0:
+            with open(os.path.join(staging, MARKER), "w") as f:
+                json.dump({"zero_stage": cfg.zero.stage, "layout": _layout(), "deepspeed_config": self.ds.ds_config,
+                           "run_config": cfg.to_dict()}, f, indent=1)
+            publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
+        dist.barrier()
+
+    def load(self) -> TrainState:
+        s = self.ds.load
+        iteration = latest_iteration(s.load) if s.load else None
+        if iteration is None or s.finetune:  # nothing to resume, or weights already loaded before sharding
+            return TrainState()
+        ckpt_dir = iteration_dir(s.load, iteration)
+        if not is_deepspeed_checkpoint(s.load):
+            raise ConfigError(f"--load {ckpt_dir} is a megatron-engine checkpoint; resume it with --zero-engine "
+                              "megatron, or start from its weights with --finetune")
+        with open(os.path.join(ckpt_dir, MARKER)) as f:
+            saved = json.load(f)
+        if saved["layout"] != _layout() or saved["zero_stage"] != self.cfg.zero.stage:
+            raise ConfigError(f"--load {ckpt_dir} was saved by DeepSpeed ZeRO-{saved['zero_stage']} at "
+                              f"{saved['layout']}; this run is ZeRO-{self.cfg.zero.stage} at {_layout()}: resume at "
+                              "the saved layout, or convert it with tools/convert_checkpoint.py and load that")
+        _, client = self.ds.engine.load_checkpoint(s.load, tag=os.path.basename(ckpt_dir),
+                                                   load_optimizer_states=not s.no_load_optim,
+                                                   load_lr_scheduler_states=False)
+        if not s.override_data_state and client["data_state"] != _data_state(self.cfg):
+            raise ConfigError(f"--load {ckpt_dir} was saved with data settings {client['data_state']} but this run "
+                              f"has {_data_state(self.cfg)}; pass --override-data-state to resume anyway")
+        self.scheduler.load_state_dict(client["scheduler"])
+        if not s.no_load_rng:
+            _set_rng_state(client["rng_state"])
+        state = TrainState(**client["train_state"])
+        if dist.get_rank() == 0:
+            print(f" loaded DeepSpeed ZeRO-{saved['zero_stage']} checkpoint {ckpt_dir}; continuing at iteration "
+                  f"{state.iteration}", flush=True)
+        return state
+
+    def finish_pending(self, blocking: bool) -> None:
+        """Saves are synchronous (--async-save is refused for this engine)."""
+
+
+def _layout() -> dict:
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "dp": parallel_state.get_data_parallel_world_size()}
+
+
+def sharded_state_bytes(ds: DeepSpeedEngine) -> dict:
+    """Bytes this rank holds of Adam's two moments, of the fp32 master partitions the optimizer steps, and of
+    the parameters (stage 3: its partitions)."""
+    inner, zero = ds._optimizer, ds.engine.optimizer
+    moments = sum(v.numel() * v.element_size() for st in inner.state.values() for v in st.values()
+                  if torch.is_tensor(v) and v.dim() > 0)
+    flats = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(zero, "fp32_partitioned_groups_flat")
+    master = sum(t.numel() * t.element_size() for t in flats)
+    params = sum(getattr(p, "ds_tensor", p).numel() * p.element_size() for p in ds.engine.module.parameters())
+    return {"adam_moments": moments, "fp32_master": master, "parameters": params}

@@ -1,0 +1,166 @@
+"""The DeepSpeed engine's checks, run by torchrun (or alone for one process); tests/test_deepspeed.py reads OUT.
+
+``--parity '{"name": [flags...]}'`` trains the tiny Qwen 5 steps on parity_worker's fixed batch stream
+(loss masks with holes) through the engine the flags pick, and writes OUT/name/losses.json,
+grad_norms.json, params.json (parameters per rank) and, for the deepspeed engine, bytes_rank{r}.json
+(sharded_state_bytes). With --save in the flags it also saves the engine's checkpoint after the 5 steps
+and weights_rank{r}.pt: this rank's full fp32 weights by name (tp rank, partition dim, tensor).
+
+``--jobs`` runs the entry points' train() on the deepspeed engine: ZeRO-3 pretraining 4 iterations
+uninterrupted, then 2 + resume to 4 (OUT/jobs/*.jsonl), and 2 iterations of sft (from scratch) and
+sft_math (from that checkpoint's weights).
+
+``--convert '{"name": "ds checkpoint root"}'`` (one process) converts each with tools/convert_checkpoint.py,
+exports the result to Hugging Face, and writes the converted weights (OUT/convert/name.pt).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from parity_worker import GLOBAL_BATCH, MICRO_BATCH, SEED, SEQ, STEPS, sample
+
+from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.config.recipes import PRETRAIN, SFT, SFT_MATH
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.batches import collate, microbatch_indices
+from megatron_qwen.training.engine import build_engine
+
+PARITY_FLAGS = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
+                "--micro-batch-size", str(MICRO_BATCH), "--global-batch-size", str(GLOBAL_BATCH),
+                "--train-iters", str(STEPS), "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1",
+                "--transformer-impl", "local", "--zero-bucket-size", "200000",
+                # low enough that clipping acts at every step (the test checks the norms exceed it)
+                "--clip-grad", "0.3"]
+JOB_FLAGS = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
+             "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "1", "--eval-interval", "1000",
+             "--seed", "7", "--zero-engine", "deepspeed", "--zero-bucket-size", "200000", "--transformer-impl", "local"]
+
+
+def run_parity(name: str, extra: list[str], root: str) -> None:
+    out = os.path.join(root, name)
+    os.makedirs(out, exist_ok=True)
+    cfg = parse_run_config(PRETRAIN, PARITY_FLAGS + extra)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.validate(world)
+    init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
+    engine = build_engine(cfg, world, torch.device("cpu"))
+    dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    rank, num_mb = dist.get_rank(), cfg.num_microbatches(world)
+    module = engine.model[0].module if hasattr(engine.model[0], "module") else engine.model[0]
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+    losses, norms, health = [], [], StepHealth(cfg.train)
+    for step in range(STEPS):
+        idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
+        batches = [collate([sample(i, cfg.model.vocab_size) for i in mb]) for mb in idx]
+        loss, norm, ok = engine.train_step(batches, num_mb, step + 1, health)
+        assert ok
+        losses.append(loss)
+        norms.append(float(norm))
+    if rank == 0:
+        for file, value in (("losses", losses), ("grad_norms", norms), ("params", params)):
+            with open(f"{out}/{file}.json", "w") as f:
+                json.dump(value, f)
+    if cfg.zero.deepspeed:
+        from megatron_qwen.training.deepspeed_engine import sharded_state_bytes
+
+        with open(f"{out}/bytes_rank{rank}.json", "w") as f:
+            json.dump(sharded_state_bytes(engine), f)
+    if cfg.checkpoint.save:
+        from megatron_qwen.training.checkpoint import TrainState
+
+        engine.checkpointer.save(TrainState(iteration=STEPS, consumed_samples=STEPS * GLOBAL_BATCH))
+        dump_full_weights(engine, f"{out}/weights_rank{rank}.pt")
+    parallel_state.destroy_model_parallel()
+
+
+def dump_full_weights(engine, path: str) -> None:
+    """This TP rank's fp32 weights (stage 3: gathered from the DP partitions), written by DP rank 0."""
+    import deepspeed
+
+    module = engine.engine.module
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=engine.cfg.zero.stage == 3):
+        weights = {n: (tp_rank, p.partition_dim if getattr(p, "tensor_model_parallel", False) else None,
+                       p.detach().clone()) for n, p in module.named_parameters()}
+    if parallel_state.get_data_parallel_rank() == 0:
+        torch.save(weights, path)
+
+
+def run_jobs(root: str) -> None:
+    from megatron_qwen.training.loop import train
+
+    out = os.path.join(root, "jobs")
+    os.makedirs(out, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ckpt = os.path.join(out, "ckpt")
+
+    def job(recipe, *extra):
+        cfg = parse_run_config(recipe, JOB_FLAGS + list(extra))
+        cfg.validate(world)
+        last = train(cfg, world)
+        parallel_state.destroy_model_parallel()
+        return last
+
+    z3 = ["--zero-stage", "3", "--train-iters", "4"]
+    job(PRETRAIN, *z3, "--metrics-file", f"{out}/uninterrupted.jsonl")
+    job(PRETRAIN, *z3, "--save", ckpt, "--exit-interval", "2", "--metrics-file", f"{out}/first.jsonl")
+    job(PRETRAIN, *z3, "--save", ckpt, "--load", ckpt, "--metrics-file", f"{out}/resumed.jsonl")
+    # 2 iterations of each SFT job, evaluating at the second (the engine's model through megatron-core's schedule):
+    # chat SFT from scratch at ZeRO-2, Math SFT from the ZeRO-3 checkpoint's weights (its recipe's --finetune).
+    sft = ["--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]
+    last = {"sft": job(SFT, *sft, "--zero-stage", "2", "--no-finetune"),
+            "sft_math": job(SFT_MATH, *sft, "--zero-stage", "3", "--load", ckpt)}
+    if dist.get_rank() == 0:
+        with open(f"{out}/entry_points.json", "w") as f:
+            json.dump({k: [v.get("lm_loss"), v.get("validation_loss")] for k, v in last.items()}, f)
+
+
+def run_convert(sources: dict, root: str) -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "tools"))
+    import convert_checkpoint
+    from safetensors.torch import load_file
+
+    from megatron_qwen.model.builder import build_model
+    from megatron_qwen.training.checkpoint import load_weights
+    from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+
+    out = os.path.join(root, "convert")
+    os.makedirs(out, exist_ok=True)
+    for name, src in sources.items():
+        ours, hf = os.path.join(out, name + "_ours"), os.path.join(out, name + "_hf")
+        assert convert_checkpoint.main(["--load-dir", src, "--save-dir", ours]) == 0
+        assert convert_checkpoint.main(["--load-dir", ours, "--save-dir", hf, "--hf-layout", "qwen2"]) == 0
+        # The converted checkpoint read back by a job's own loader, at TP1.
+        cfg = parse_run_config(PRETRAIN, PARITY_FLAGS + ["--load", ours])
+        init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
+        chunks = build_model(cfg)
+        load_weights(iteration_dir(ours, latest_iteration(ours)), chunks)
+        weights = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
+        weights["hf:lm_head.weight"] = load_file(os.path.join(hf, "model.safetensors"))["lm_head.weight"]
+        torch.save(weights, os.path.join(out, name + ".pt"))
+        destroy_distributed()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parity", default="{}")
+    ap.add_argument("--jobs", action="store_true")
+    ap.add_argument("--convert", default="{}")
+    a = ap.parse_args()
+    for name, extra in json.loads(a.parity).items():
+        run_parity(name, extra, a.out)
+    if a.jobs:
+        run_jobs(a.out)
+    run_convert(json.loads(a.convert), a.out)
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

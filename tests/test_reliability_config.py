@@ -1,0 +1,80 @@
+"""A table of invalid flag combinations: each is refused with one line naming the flag or file and the
+rule, exit code 2, before any process group exists. In-process (entry.main, as every launcher runs
+it), so the whole table costs about a second; tests/test_config_errors.py runs a few as real processes."""
+
+import pytest
+import torch.distributed as dist
+
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.training.entry import main
+
+BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "4", "--seq-length", "32",
+        "--micro-batch-size", "1", "--global-batch-size", "4"]
+
+# name: (world size, extra flags, text the one line must contain); "{tmp}" is the test's directory.
+CASES = {
+    "world_not_tp_pp_cp": (3, ["--tensor-model-parallel-size", "2"], "world size 3 is not a multiple"),
+    "tp_zero": (1, ["--tensor-model-parallel-size", "0"], "must be at least 1"),
+    "heads_not_divisible_by_tp": (3, ["--tensor-model-parallel-size", "3"], "attention heads"),
+    "padded_vocab_not_divisible_by_tp": (2, ["--tensor-model-parallel-size", "2", "--vocab-size", "1001",
+                                             "--make-vocab-size-divisible-by", "1"], "padded vocabulary"),
+    "layers_not_divisible_by_pp": (3, ["--pipeline-model-parallel-size", "3"], "does not divide the 4 layers"),
+    "vp_without_pp": (1, ["--num-layers-per-virtual-pipeline-stage", "1"], "--pipeline-model-parallel-size"),
+    "layers_not_divisible_by_pp_x_vp": (2, ["--pipeline-model-parallel-size", "2",
+                                            "--num-layers-per-virtual-pipeline-stage", "3"],
+                                        "--num-layers-per-virtual-pipeline-stage 3"),
+    "batch_not_divisible_by_micro_x_dp": (2, ["--global-batch-size", "3"], "--global-batch-size 3"),
+    "sequence_parallel_without_tp": (1, ["--sequence-parallel"], "--sequence-parallel needs"),
+    "sequence_parallel_seq_not_divisible": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel",
+                                                "--seq-length", "33"], "--seq-length divisible"),
+    "context_parallel_without_te": (2, ["--context-parallel-size", "2"], "transformer-engine"),
+    "context_parallel_seq_not_divisible": (2, ["--context-parallel-size", "2", "--seq-length", "34"],
+                                           "2 x --context-parallel-size"),
+    "hidden_not_divisible_by_heads": (1, ["--hidden-size", "66"], "--kv-channels"),
+    "vocab_rounding_zero": (1, ["--vocab-size", "1000", "--make-vocab-size-divisible-by", "0"],
+                            "--make-vocab-size-divisible-by"),
+    "seq_above_max_positions": (1, ["--seq-length", "1024"], "--max-position-embeddings"),
+    "no_training_data": (1, ["--no-mock"], "--data-path"),
+    "train_iters_zero": (1, ["--train-iters", "0"], "--train-iters"),
+    "warmup_past_horizon": (1, ["--lr-warmup-iters", "5"], "--lr-warmup-iters"),
+    "warmup_fraction_whole_run": (1, ["--lr-warmup-fraction", "1.0"], "--lr-warmup-fraction"),
+    "finetune_without_load": (1, ["--finetune"], "--load"),
+    "keep_last_zero": (1, ["--keep-last-checkpoints", "0"], "--keep-last-checkpoints"),
+    "not_a_number": (1, ["--micro-batch-size", "two"], "--micro-batch-size"),
+    "unknown_choice": (1, ["--lr-decay-style", "exponential"], "--lr-decay-style"),
+    "unknown_model_size": (1, ["--model-size", "3b"], "--model-size"),
+    "zero3_on_megatron_engine": (1, ["--zero-stage", "3"], "--zero-engine deepspeed"),
+    "deepspeed_with_pipeline": (2, ["--zero-engine", "deepspeed", "--pipeline-model-parallel-size", "2"],
+                                "--pipeline-model-parallel-size 2"),
+    "distributed_optimizer_vs_stage0": (1, ["--zero-stage", "0", "--use-distributed-optimizer"], "--zero-stage 0"),
+    "save_is_a_file": (1, ["--save", "{tmp}/a_file"], "is a file"),
+    "load_is_a_file": (1, ["--load", "{tmp}/a_file"], "is a file"),
+    "load_mistyped": (1, ["--load", "{tmp}/chekpoints", "--save", "{tmp}/checkpoints"], "does not exist"),
+    "load_tracker_garbage": (1, ["--load", "{tmp}/garbage"], "expected an iteration number"),
+    "load_tracker_names_missing_iteration": (1, ["--load", "{tmp}/dangling"], "iter_0000007 is missing"),
+}
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for name, text in (("garbage", "seven"), ("dangling", "7")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "latest_checkpointed_iteration.txt").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_invalid_flags_are_one_line_exit_2_before_any_process_group(case, files, monkeypatch, capsys):
+    world, extra, needle = CASES[case]
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", "0")
+    args = [a for a in BASE if not (extra == ["--no-mock"] and a == "--mock-data")]
+    args += [a.replace("{tmp}", str(files)) for a in extra if a != "--no-mock"]
+    with pytest.raises(SystemExit) as exit_:
+        main(PRETRAIN, args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert needle in err[0], err[0]
+    assert not dist.is_initialized()

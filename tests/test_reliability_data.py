@@ -1,0 +1,152 @@
+"""Bad data of every kind a user can make: corrupt shards are refused at load time (before any process
+group) with one line naming the file; the preprocessing reader and the .idx reader hold up under
+property-based tests (hypothesis, bounded to a few seconds)."""
+
+import json
+import os
+import struct
+import time
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.data.shards import ShardError, find_token_id_at_least, read_index_counts
+from megatron_qwen.data.sources import parse_block, read_blocks, text_record_checker
+from megatron_qwen.training.entry import main
+
+QWEN_VOCAB = 151851  # tiny-qwen-vocab's vocabulary: the tokenizer's
+
+
+def write_shard(prefix: str, docs: list[list[int]], dtype=np.int32) -> str:
+    """A Megatron .bin/.idx pair written by hand from the format (docs/qwen.md section 8)."""
+    lengths = np.array([len(d) for d in docs], dtype=np.int32)
+    pointers = np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]) * np.dtype(dtype).itemsize
+    code = {np.int32: 4, np.uint16: 8}[dtype]
+    with open(prefix + ".bin", "wb") as f:
+        f.write(np.concatenate([np.array(d, dtype=dtype) for d in docs]).tobytes())
+    with open(prefix + ".idx", "wb") as f:
+        f.write(struct.pack("<9sQBQQ", b"MMIDIDX\x00\x00", 1, code, len(docs), len(docs) + 1))
+        f.write(lengths.tobytes() + pointers.astype(np.int64).tobytes() + np.arange(len(docs) + 1).tobytes())
+    return prefix
+
+
+def _patch(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _truncate_bin(p):
+    os.truncate(p + ".bin", os.path.getsize(p + ".bin") - 4)
+
+
+def _other_bin(p):
+    write_shard(p + "_other", [[7] * 5] * 3)
+    os.replace(p + "_other.bin", p + ".bin")
+
+
+CORRUPTIONS = {  # name: (how to damage a good shard, text of the one line)
+    "truncated_bin": (_truncate_bin, "bytes, but"),
+    "wrong_magic": (lambda p: _patch(p + ".idx", 0, b"NOTMEGA"), "not a Megatron index"),
+    "wrong_version": (lambda p: _patch(p + ".idx", 9, struct.pack("<Q", 2)), "index version 2"),
+    "wrong_dtype": (lambda p: _patch(p + ".idx", 17, bytes([42])), "unknown token dtype code 42"),
+    "truncated_idx": (lambda p: os.truncate(p + ".idx", 40), "its header announces"),
+    "bin_of_another_shard": (_other_bin, "bytes, but"),
+    "token_ids_beyond_vocabulary": (lambda p: write_shard(p, [[1, 2, 3]] * 6 + [[5, QWEN_VOCAB + 9, 4]]),
+                                    f"document 6 holds token id {QWEN_VOCAB + 9}"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_shard_is_refused_before_any_work(case, tmp_path, monkeypatch, capsys):
+    damage, needle = CORRUPTIONS[case]
+    good = write_shard(str(tmp_path / "good"), [[1, 2, 3, 4, 5]] * 8)
+    bad = write_shard(str(tmp_path / "bad"), [[1, 2, 3, 4, 5]] * 8)
+    damage(bad)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as exit_:
+        main(PRETRAIN, ["--model-size", "tiny-qwen-vocab", "--train-iters", "2", "--seq-length", "16",
+                        "--micro-batch-size", "1", "--global-batch-size", "1", "--data-path", good, bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert needle in err[0] and bad in err[0] and not dist.is_initialized(), err[0]
+
+
+def test_token_id_scan_has_a_bounded_cost(tmp_path):
+    """A 4 GiB shard (sparse file) is checked by reading 16 MiB of it; ids out of range everywhere (a
+    shard of another tokenizer) are found, a clean shard passes."""
+    prefix = str(tmp_path / "huge")
+    write_shard(prefix, [[0]])
+    n = 1 << 30  # int32 tokens: 4 GiB
+    with open(prefix + ".bin", "wb") as f:
+        f.truncate(4 * n)
+    _patch(prefix + ".idx", 34, struct.pack("<i", n))  # the one document's length (after the 34-byte header)
+    assert read_index_counts(prefix) == (1, n)
+    start = time.perf_counter()
+    assert find_token_id_at_least(prefix, QWEN_VOCAB) is None
+    assert time.perf_counter() - start < 5
+    other = write_shard(str(tmp_path / "other"), [list(range(200_000, 200_100))] * 50)
+    assert find_token_id_at_least(other, QWEN_VOCAB, budget=4096) == (0, 200_000)
+
+
+# --- property-based: the readers against random input ---------------------------------------------
+GOOD_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+BAD_LINES = {  # a bad jsonl line and the reason the reader must give
+    b"{not json": "malformed JSON", b"[1, 2]": "malformed JSON", b'{"text": 5}': "non-string value",
+    b'{"text": ""}': "empty text", b'{"other": "x"}': "missing key", b'{"text": "\xff\xfe"}': "invalid UTF-8",
+}
+LINES = st.lists(st.one_of(GOOD_TEXT, st.sampled_from(sorted(BAD_LINES))), max_size=30)
+BOUNDED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _write_jsonl(path, items) -> list[bytes]:
+    lines = [json.dumps({"text": x}, ensure_ascii=False).encode() if isinstance(x, str) else x for x in items]
+    with open(path, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+    return lines
+
+
+def _read(path, start=0, end=None):
+    batches = [parse_block(b, text_record_checker(["text"])) for b in read_blocks(str(path), ["text"], start, end)]
+    return [r[0] for b in batches for r in b.records], [x for b in batches for x in b.bad]
+
+
+@BOUNDED
+@given(items=LINES, cuts=st.lists(st.floats(0, 1), max_size=3))
+def test_jsonl_reader_keeps_every_good_record_and_names_every_bad_line(tmp_path, items, cuts):
+    path = tmp_path / "input.jsonl"
+    lines = _write_jsonl(path, items)
+    good, bad = _read(path)
+    assert good == [x for x in items if isinstance(x, str)]
+    assert bad == [(n, BAD_LINES[x]) for n, x in enumerate(items, 1) if not isinstance(x, str)]
+    # Byte ranges (parallel preprocessing of one file) add up to the whole, bad lines located by offset.
+    size = os.path.getsize(path)
+    bounds = [0, *sorted(int(c * size) for c in cuts), size]
+    ranged = [_read(path, a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+    assert [r for g, _ in ranged for r in g] == good
+    offsets = np.cumsum([0] + [len(line) + 1 for line in lines])
+    assert [loc for _, b in ranged for loc, _ in b] == [f"byte {offsets[n - 1]}" for n, _ in bad]
+
+
+@BOUNDED
+@given(lengths=st.lists(st.integers(0, 20), min_size=1, max_size=20), offset=st.integers(0, 200),
+       value=st.integers(0, 255), cut=st.integers(0, 400))
+def test_idx_reader_gives_the_counts_or_one_shard_error(tmp_path, lengths, offset, value, cut):
+    """Any one byte changed, or the .idx cut short: the reader returns the true counts or raises
+    ShardError naming the file, never another exception or wrong counts silently."""
+    prefix = write_shard(str(tmp_path / "s"), [list(range(n)) for n in lengths])
+    truth = (len(lengths), sum(lengths))
+    assert read_index_counts(prefix) == truth
+    size = os.path.getsize(prefix + ".idx")
+    _patch(prefix + ".idx", offset % size, bytes([value]))
+    os.truncate(prefix + ".idx", min(cut, size))
+    try:
+        counts = read_index_counts(prefix)
+    except ShardError as e:
+        assert prefix in str(e) and "\n" not in str(e)
+        return
+    assert counts == truth  # accepted: the byte changed was one the counts do not depend on
