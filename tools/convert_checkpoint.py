@@ -19,13 +19,13 @@ import os
 import resource
 import sys
 import time
-import warnings
 
 from megatron_qwen.config.arguments import _OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import parse_size
 from megatron_qwen.hf.layouts import check_layout
 from megatron_qwen.hf.source import is_hf_dir, open_hf
+from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError
 from megatron_qwen.training.checkpoint_dirs import TRACKER
 from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
@@ -90,9 +90,7 @@ def convert(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # megatron-core's own warnings: optional GPU kernels conversion never uses, its deprecated calls.
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
-    warnings.filterwarnings("ignore", message=r"(full scope|`load_state_dict`) is deprecated")
+    silence_megatron_notices()
     args = build_parser().parse_args(argv)
     start = time.monotonic()
     try:

@@ -24,13 +24,13 @@ import math
 import os
 import sys
 import time
-import warnings
 
 from megatron_qwen.config.arguments import _OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.data.progress import format_duration
 from megatron_qwen.data.shards import ShardError, read_index_counts
 from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, ntk_alpha, window_schedule
+from megatron_qwen.platform.notices import silence_megatron_notices
 
 ROWS = ("none", "+ dynamic NTK", "+ dynamic NTK + LogN", "+ dynamic NTK + LogN + window")
 
@@ -200,9 +200,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
-    warnings.filterwarnings("ignore", message=r"(full scope|`load_state_dict`) is deprecated")
-    warnings.filterwarnings("ignore", message=r".*deprecating ShardedTensor")
+    silence_megatron_notices()
     args = build_parser().parse_args(argv)
     try:
         result = run(args)

@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 from megatron_qwen.config.arguments import _OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
+from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError
 
 
@@ -103,10 +103,7 @@ def run(args) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # megatron-core's notices about optional GPU kernels and its own deprecated calls.
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
-    warnings.filterwarnings("ignore", message=r"(full scope|`load_state_dict`) is deprecated")
-    warnings.filterwarnings("ignore", message=r".*deprecating ShardedTensor")
+    silence_megatron_notices()
     args = build_parser().parse_args(argv)
     try:
         results = run(args)

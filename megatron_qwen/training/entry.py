@@ -6,19 +6,16 @@ costs a second, not a cluster allocation: one line on stderr and exit code 2.
 
 import os
 import sys
-import warnings
 
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.platform.notices import silence_megatron_notices
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     """Run a job; returns the last logged figures (for tests and the demo)."""
-    # megatron-core warns on import when the optional GPU kernels are missing; the back end
-    # choice is printed at start instead.
-    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine).* not installed.*")
-    warnings.filterwarnings("ignore", message="full scope is deprecated")  # megatron-core's own default
+    silence_megatron_notices()
     from megatron_qwen.data import DataPathError
     from megatron_qwen.tokenizer import TokenizerFileError
     from megatron_qwen.training.preflight import check_run
