@@ -5,6 +5,7 @@ costs a second, not a cluster allocation: one line on stderr and exit code 2.
 """
 
 import os
+import re
 import sys
 
 from megatron_qwen.config.arguments import parse_run_config
@@ -38,8 +39,37 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
         _exit_with(e)
     except TrainingHalted as e:  # every rank raises it at the same iteration
         _exit_with(e, code=1)
+    except RuntimeError as e:
+        if not _is_peer_failure(e):
+            raise
+        _exit_with(_peer_failure_message(e, cfg), code=1)
     finally:
         destroy_distributed()
+
+
+# What gloo and NCCL raise on the surviving ranks when another process of the job died or hangs.
+_PEER_FAILURE = re.compile(r"Connection (reset|closed) by peer|timed out|Timeout|NCCL communicator was aborted")
+
+
+def _is_peer_failure(error: RuntimeError) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or bool(_PEER_FAILURE.search(str(error)))
+
+
+def _peer_failure_message(error: RuntimeError, cfg) -> str:
+    """One line instead of a traceback per rank: what happened, and where the run resumes from."""
+    import torch.distributed as dist
+
+    from megatron_qwen.training.checkpoint_dirs import latest_iteration
+
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    save = cfg.checkpoint.save
+    latest = latest_iteration(save) if save and os.path.isdir(save) else None
+    resume = (f"the last complete checkpoint is iteration {latest} under --save {save}; the same command resumes it"
+              if latest is not None else "no checkpoint has been saved (--save)")
+    return f"rank {rank}: another process of this job failed or stopped responding ({cause}); {resume}"
 
 
 def _exit_with(error: Exception, code: int = 2):
