@@ -105,6 +105,19 @@ def test_resume_with_another_global_batch_is_refused(checkpoint_at_3):
     assert last.startswith("error: ") and "--override-data-state" in last and "global_batch_size" in last
 
 
+def test_resume_with_another_model_shape_is_refused_before_any_process_group(checkpoint_at_3):
+    # Rank 0 of a 4-process job whose peers never come: creating a process group would block, so a
+    # prompt exit 2 shows the checkpoint's shape was checked first (training/preflight.py).
+    env = quiet_env(WORLD_SIZE="4", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    proc = subprocess.run([sys.executable, "-m", "megatron_qwen.pretrain", *COMMON, *TP2_DP2, "--hidden-size", "128",
+                           "--load", str(checkpoint_at_3)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith("error: "), proc.stderr[-3000:]
+    assert "hidden size 64 saved, 128 asked (--hidden-size)" in last[0], last[0]
+
+
 def test_tensorboard_and_offline_wandb(tmp_path):
     env = quiet_env(WANDB_API_KEY="", HOME=str(tmp_path))  # no key, no ~/.netrc: offline
     env.pop("WANDB_MODE", None)

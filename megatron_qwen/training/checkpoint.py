@@ -93,6 +93,19 @@ class Checkpointer:
         return _restore(self.cfg, self.model, self.optimizer, self.scheduler)
 
 
+def check_same_model(ckpt_dir: str, cfg: RunConfig) -> dict:
+    """The checkpoint's common state (run config, data state, layout), once its model is the shape this
+    run builds; else one line naming each field, the flag that sets it, and both values."""
+    common = dist_checkpointing.load_common_state_dict(ckpt_dir)
+    saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]
+    diff = [f"{k.replace('_', ' ')} {saved_model.get(k)} saved, {v} asked (--{k.replace('_', '-')})"
+            for k, v in model_now.items() if saved_model.get(k) != v]
+    if diff:
+        raise ConfigError(f"--load {ckpt_dir} holds another model shape: {'; '.join(diff)}; pass the saved "
+                          f"run's --model-size and shape flags (its config: {ckpt_dir}/common.pt)")
+    return common
+
+
 def _room_to_save(root: str, iteration: int) -> bool:
     """Rank 0 checks the free disk space for every rank (a collective); a refused save is one line."""
     problem = [too_little_disk(root) if dist.get_rank() == 0 else None]
@@ -255,12 +268,7 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     if fallback_reason and dist.get_rank() == 0:
         print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     ckpt_dir = iteration_dir(s.load, iteration)
-    common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]
-    if saved_model != model_now:
-        diff = {k: (saved_model.get(k), v) for k, v in model_now.items() if saved_model.get(k) != v}
-        raise ConfigError(f"--load {ckpt_dir} holds a different model; (saved, now) per field: {diff}; "
-                          "pass the same --model-size and shape flags as the saved run")
+    common = check_same_model(ckpt_dir, cfg)
     if not s.finetune and not s.override_data_state and common["data_state"] != _data_state(cfg):
         raise ConfigError(
             f"--load {ckpt_dir} was saved with data settings {common['data_state']} but this run has "

@@ -9,7 +9,7 @@ import os
 from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.zero import deepspeed_config
-from megatron_qwen.training.checkpoint_dirs import TRACKER, latest_iteration, loadable_iteration
+from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration, loadable_iteration
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -84,6 +84,11 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice).
     it, _ = loadable_iteration(s.load, s.load_fallback) if os.path.isdir(s.load) else (None, None)
     if it is not None:
+        from megatron_qwen.training.checkpoint import check_same_model
+        from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
+
+        if not is_deepspeed_checkpoint(s.load):  # DeepSpeed's files hold no run config of ours
+            check_same_model(iteration_dir(s.load, it), cfg)  # before any process group, not after
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.
