@@ -153,8 +153,9 @@ def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
                                       context_parallel_size=cp, sequence_parallel=tp > 1,
                                       use_distributed_optimizer=zero)
             build = dataclasses.replace(cfg.build, recompute_granularity=recompute)
+            zero_stage = dataclasses.replace(cfg.zero, stage=1 if zero else 0)  # megatron's ZeRO-1 or none
             try:
-                dataclasses.replace(cfg, parallel=parallel, build=build).validate(num_gpus)
+                dataclasses.replace(cfg, parallel=parallel, build=build, zero=zero_stage).validate(num_gpus)
             except ConfigError:
                 continue
             layouts.append(Layout(tp=tp, pp=pp, dp=dp, cp=cp, vp=vp, distributed_optimizer=zero, recompute=recompute))
