@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, quiet_env, torchrun
 
 BASE = ["--model-size", "tiny", "--mock-data", "--micro-batch-size", "2", "--global-batch-size", "4",
@@ -38,10 +39,16 @@ print("UNTRAINED_LOSS", loss())
 """
 
 
-def test_code_qwen_starts_from_base_weights(tmp_path):
-    base_ckpt = tmp_path / "base"
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    """A base model trained 3 iterations at TP2: what Code-Qwen starts from, in both tests."""
+    ckpt = tmp_path_factory.mktemp("base") / "ckpt"
     torchrun(2, ["-m", "megatron_qwen.pretrain", *BASE, "--seq-length", "32", "--train-iters", "3",
-                 "--tensor-model-parallel-size", "2", "--save", str(base_ckpt)])
+                 "--tensor-model-parallel-size", "2", "--save", str(ckpt)])
+    return ckpt
+
+
+def test_code_qwen_starts_from_base_weights(tmp_path, base_ckpt):
     code_args = [*BASE, *CODE, "--load", str(base_ckpt)]
     metrics = tmp_path / "code.jsonl"
     out = torchrun(2, ["-m", "megatron_qwen.pretrain_code", *code_args, "--tensor-model-parallel-size", "2",
@@ -59,10 +66,8 @@ def test_code_qwen_starts_from_base_weights(tmp_path):
     assert abs(untrained - ref_loss) > 100 * 1e-5 * ref_loss, (untrained, ref_loss)
 
 
-def test_code_qwen_resumes_its_own_checkpoint_after_a_crash(tmp_path):
-    base_ckpt, code_ckpt = tmp_path / "base", tmp_path / "code"
-    torchrun(1, ["-m", "megatron_qwen.pretrain", *BASE, "--seq-length", "32", "--train-iters", "1",
-                 "--save", str(base_ckpt)])
+def test_code_qwen_resumes_its_own_checkpoint_after_a_crash(tmp_path, base_ckpt):
+    code_ckpt = tmp_path / "code"  # the base was saved at TP2; this job runs at TP1
     args = ["-m", "megatron_qwen.pretrain_code", *BASE, "--seq-length", "64", "--train-iters", "3",
             "--load", str(base_ckpt), "--save", str(code_ckpt)]
     torchrun(1, [*args, "--exit-interval", "2"])
