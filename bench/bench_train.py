@@ -179,9 +179,9 @@ def build_session(flags: list[str], steps: int, fused_adam: bool = False) -> Ses
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
     _synchronize()
     t0 = time.perf_counter()
-    model = wrap_for_training(build_model(cfg), cfg.parallel)
+    model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
-                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+                                use_distributed_optimizer=cfg.zero.distributed_optimizer)
     if fused_adam and not use_fused_adam(optimizer):
         print("bench_train: --fused-adam ignored: megatron-core uses transformer-engine's or apex's FusedAdam here")
     scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
@@ -235,7 +235,7 @@ def measure(session: Session, warmup: int, iters: int, peak: float | None) -> di
         "precision": cfg.build.precision, "transformer_impl": cfg.build.transformer_impl,
         "recompute": cfg.build.recompute_granularity or "none",
         "tp": cfg.parallel.tensor_model_parallel_size, "pp": cfg.parallel.pipeline_model_parallel_size,
-        "distributed_optimizer": cfg.parallel.use_distributed_optimizer,
+        "distributed_optimizer": cfg.zero.distributed_optimizer,
         "warmup": warmup, "iters": iters, "build_s": session.build_s,
         "step_s": step_s, "step_s_all": [s for _, s, _ in timed], "breakdown_s": parts,
         "timer": "cuda events" if on_gpu() else "wall clock",

@@ -74,7 +74,7 @@ def main():
             cfg = parse_run_config(PRETRAIN, flags + (["--save", os.path.join(a.out, "saved")] if save else []))
             init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
             # Random initial weights (megatron-core's own init): the load must overwrite every one.
-            model = wrap_for_training(build_model(cfg, initialize=False), cfg.parallel)
+            model = wrap_for_training(build_model(cfg, initialize=False), cfg.parallel, False)
             optimizer = build_optimizer(model, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
             scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
             checkpointer = Checkpointer(cfg, model, optimizer, scheduler)

@@ -23,7 +23,7 @@ cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--num-
                                   "--seq-length", "16", "--micro-batch-size", "2", "--global-batch-size", "2",
                                   "--lr", "1e-2", "--lr-warmup-iters", "0", "--train-iters", "2", "--save", root])
 init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-model = wrap_for_training(build_model(cfg), cfg.parallel)
+model = wrap_for_training(build_model(cfg), cfg.parallel, False)
 optimizer = build_optimizer(model, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
 scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
 g = torch.Generator().manual_seed(0)

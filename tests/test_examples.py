@@ -129,7 +129,7 @@ def test_flags_are_accepted_and_layout_is_valid(script, tmp_path):
                             if line.startswith("#SBATCH --nodes=")))
     for nodes in (1, sbatch_nodes):
         cfg.validate(world_size=8 * nodes)  # raises ConfigError naming the flag on a bad layout
-    assert cfg.parallel.use_distributed_optimizer and cfg.build.precision == "bf16"
+    assert cfg.zero.distributed_optimizer and cfg.build.precision == "bf16"
 
 
 def test_missing_data_path_is_a_clear_error(tmp_path):

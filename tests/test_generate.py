@@ -58,7 +58,7 @@ with torch.no_grad():
         else:  # norm weights around 1, QKV bias around 0
             p.add_(torch.randn(p.shape, generator=g), alpha=0.1)
 torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, weights_file)
-ddp = wrap_for_training([model], cfg.parallel)
+ddp = wrap_for_training([model], cfg.parallel, False)
 optimizer = build_optimizer(ddp, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
 scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
 Checkpointer(cfg, ddp, optimizer, scheduler).save(TrainState(iteration=1))

@@ -97,9 +97,9 @@ def measure(flags: list[str]) -> dict:
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--train-iters", "2", "--lr-warmup-iters", "0", *flags])
     t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    model = wrap_for_training(build_model(cfg), cfg.parallel)
+    model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer)
     optimizer = build_optimizer(model, t.optim, bf16=cfg.build.precision == "bf16",
-                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+                                use_distributed_optimizer=cfg.zero.distributed_optimizer)
     scheduler = build_scheduler(optimizer, t.optim, t.train_iters, t.global_batch_size)
     params = [p for chunk in model for p in unwrap(chunk).parameters()]
     buffers = [b for chunk in model for b in unwrap(chunk).buffers()]
@@ -148,7 +148,7 @@ def workload_and_layout(flags: list[str], world: int) -> tuple[Workload, Layout]
                     precision=cfg.build.precision, backend=cfg.build.transformer_impl, gpu=False)
     layout = Layout(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                     dp=p.data_parallel_size(world), cp=p.context_parallel_size,
-                    vp=p.virtual_pipeline_size(L) or 1, distributed_optimizer=p.use_distributed_optimizer,
+                    vp=p.virtual_pipeline_size(L) or 1, distributed_optimizer=cfg.zero.distributed_optimizer,
                     recompute=cfg.build.recompute_granularity)
     return work, layout
 

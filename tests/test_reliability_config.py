@@ -2,9 +2,12 @@
 rule, exit code 2, before any process group exists. In-process (entry.main, as every launcher runs
 it), so the whole table costs about a second; tests/test_config_errors.py runs a few as real processes."""
 
+import json
+
 import pytest
 import torch.distributed as dist
 
+from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.training.entry import main
 
@@ -52,6 +55,8 @@ CASES = {
     "load_mistyped": (1, ["--load", "{tmp}/chekpoints", "--save", "{tmp}/checkpoints"], "does not exist"),
     "load_tracker_garbage": (1, ["--load", "{tmp}/garbage"], "expected an iteration number"),
     "load_tracker_names_missing_iteration": (1, ["--load", "{tmp}/dangling"], "iter_0000007 is missing"),
+    "deepspeed_checkpoint_of_another_shape": (1, ["--zero-engine", "deepspeed", "--load", "{tmp}/ds_wide"],
+                                              "hidden size 128 saved, 64 asked (--hidden-size)"),
 }
 
 
@@ -61,6 +66,11 @@ def files(tmp_path):
     for name, text in (("garbage", "seven"), ("dangling", "7")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "latest_checkpointed_iteration.txt").write_text(text)
+    # A deepspeed-engine checkpoint keeps our run config in deepspeed.json beside DeepSpeed's files.
+    wide = parse_run_config(PRETRAIN, [*BASE, "--hidden-size", "128"])
+    (tmp_path / "ds_wide" / "iter_0000002").mkdir(parents=True)
+    (tmp_path / "ds_wide" / "iter_0000002" / "deepspeed.json").write_text(json.dumps({"run_config": wide.to_dict()}))
+    (tmp_path / "ds_wide" / "latest_checkpointed_iteration.txt").write_text("2")
     return tmp_path
 
 

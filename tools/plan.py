@@ -150,8 +150,7 @@ def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
                 continue
             parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                       num_layers_per_virtual_pipeline_stage=L // (pp * vp) if vp > 1 else None,
-                                      context_parallel_size=cp, sequence_parallel=tp > 1,
-                                      use_distributed_optimizer=zero)
+                                      context_parallel_size=cp, sequence_parallel=tp > 1)
             build = dataclasses.replace(cfg.build, recompute_granularity=recompute)
             zero_stage = dataclasses.replace(cfg.zero, stage=1 if zero else 0)  # megatron's ZeRO-1 or none
             try:

@@ -84,14 +84,18 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        """The inverse of to_dict: a run's configuration as a checkpoint stores it."""
+        """The inverse of to_dict: a run's configuration as a checkpoint stores it. Checkpoints from
+        before the zero section kept ZeRO-1 as parallel.use_distributed_optimizer."""
+        parallel = dict(d["parallel"])
+        zero = d.get("zero", {"stage": int(parallel.get("use_distributed_optimizer", False))})
+        parallel.pop("use_distributed_optimizer", None)
         return cls(
             recipe=d["recipe"], model_size=d["model_size"], model=QwenModelConfig(**d["model"]),
-            build=BuildSettings(**d["build"]), parallel=ParallelConfig(**d["parallel"]),
+            build=BuildSettings(**d["build"]), parallel=ParallelConfig(**parallel),
             train=TrainSettings(**{**d["train"], "optim": OptimizerSettings(**d["train"]["optim"])}),
             data=DataSettings(**{**d["data"], "data_path": tuple(d["data"]["data_path"])}),
             log=LogSettings(**d["log"]), checkpoint=CheckpointSettings(**d["checkpoint"]),
-            zero=ZeroSettings(**d.get("zero", {})),  # checkpoints from before the zero section
+            zero=ZeroSettings(**zero),
         )
 
     def describe(self) -> str:
@@ -348,9 +352,6 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         num_layers_per_virtual_pipeline_stage=args.num_layers_per_virtual_pipeline_stage,
         context_parallel_size=args.context_parallel_size,
         sequence_parallel=args.sequence_parallel,
-        # --zero-stage 1 on the megatron engine is its distributed optimizer.
-        use_distributed_optimizer=args.use_distributed_optimizer
-        or (args.zero_engine == "megatron" and args.zero_stage == 1),
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
         distributed_timeout_minutes=args.distributed_timeout_minutes,

@@ -13,7 +13,6 @@ class ParallelConfig:
     num_layers_per_virtual_pipeline_stage: int | None = None
     context_parallel_size: int = 1
     sequence_parallel: bool = False
-    use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     distributed_timeout_minutes: int = 30

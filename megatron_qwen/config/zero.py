@@ -31,6 +31,11 @@ class ZeroSettings:
     def deepspeed(self) -> bool:
         return self.engine == "deepspeed"
 
+    @property
+    def distributed_optimizer(self) -> bool:
+        """megatron-core's distributed optimizer: ZeRO-1 on the megatron engine."""
+        return not self.deepspeed and self.stage == 1
+
     def validate(self, parallel: ParallelConfig, async_save: bool) -> None:
         if not self.deepspeed:
             for flag, value in (("--zero-offload-optimizer", self.offload_optimizer),
@@ -43,8 +48,6 @@ class ZeroSettings:
             if self.stage > 1:
                 raise ConfigError(f"--zero-stage {self.stage} needs --zero-engine deepspeed (megatron-core's "
                                   "distributed optimizer is ZeRO-1)")
-            if self.stage == 0 and parallel.use_distributed_optimizer:
-                raise ConfigError("--zero-stage 0 contradicts --use-distributed-optimizer (ZeRO-1); drop one")
             return
         if self.stage == 0:
             raise ConfigError("--zero-engine deepspeed runs --zero-stage 1, 2 or 3; stage 0 is the megatron "
@@ -57,8 +60,7 @@ class ZeroSettings:
                               "megatron --zero-stage 1")
         if parallel.context_parallel_size > 1:
             raise ConfigError("--zero-engine deepspeed runs TP x DP only; drop --context-parallel-size")
-        for flag, on in (("--use-distributed-optimizer", parallel.use_distributed_optimizer),
-                         ("--overlap-param-gather", parallel.overlap_param_gather),
+        for flag, on in (("--overlap-param-gather", parallel.overlap_param_gather),
                          ("--async-save", async_save)):
             if on:
                 raise ConfigError(f"{flag} belongs to the megatron engine; with --zero-engine deepspeed "
@@ -82,6 +84,13 @@ def zero_settings(args) -> ZeroSettings:
                               f"{args.deepspeed_config}; drop one of them")
         return next(v for v in (given, json_value, default) if v is not None)
 
+    if args.use_distributed_optimizer:  # Megatron-LM's name for the megatron engine's ZeRO-1
+        if args.zero_engine == "deepspeed":
+            raise ConfigError("--use-distributed-optimizer belongs to the megatron engine; with --zero-engine "
+                              "deepspeed drop it (--zero-stage sets the sharding)")
+        if args.zero_stage not in (None, 1):
+            raise ConfigError(f"--zero-stage {args.zero_stage} contradicts --use-distributed-optimizer (ZeRO-1); "
+                              "drop one")
     stage_default = 1 if args.use_distributed_optimizer or args.zero_engine == "deepspeed" else 0
     return ZeroSettings(
         engine=args.zero_engine,

@@ -124,8 +124,10 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
     return chunks
 
 
-def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig) -> list[DistributedDataParallel]:
-    """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP."""
+def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig,
+                      distributed_optimizer: bool) -> list[DistributedDataParallel]:
+    """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP
+    (with its buffers laid out for the distributed optimizer, ZeRO-1, if asked)."""
     tcfg = chunks[0].config
     if on_gpu():
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
@@ -135,7 +137,7 @@ def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig) -> list[
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
-        use_distributed_optimizer=parallel.use_distributed_optimizer,
+        use_distributed_optimizer=distributed_optimizer,
     )
     return [
         DistributedDataParallel(

@@ -6,6 +6,7 @@ rank has finished writing: a crash mid-save leaves the previous checkpoint as th
 """
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from megatron_qwen.training.checkpoint_dirs import (
     too_little_disk,
     write_manifest,
 )
+from megatron_qwen.training.deepspeed_checkpoint import MARKER as DEEPSPEED_MARKER
 
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
 # copy each time: megatron-core writes the data-parallel group into the dict it is given.
@@ -93,17 +95,22 @@ class Checkpointer:
         return _restore(self.cfg, self.model, self.optimizer, self.scheduler)
 
 
-def check_same_model(ckpt_dir: str, cfg: RunConfig) -> dict:
-    """The checkpoint's common state (run config, data state, layout), once its model is the shape this
-    run builds; else one line naming each field, the flag that sets it, and both values."""
-    common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    saved_model, model_now = common["run_config"]["model"], cfg.to_dict()["model"]
+def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
+    """Refuse a checkpoint (either engine's) of another model shape than this run builds: one line
+    naming each field, the flag that sets it, and both values. Run in preflight, before any process group."""
+    source = os.path.join(ckpt_dir, DEEPSPEED_MARKER)
+    if os.path.isfile(source):  # DeepSpeed's files hold no run config: ours is stored beside them
+        with open(source) as f:
+            saved_model = json.load(f)["run_config"]["model"]
+    else:
+        source = os.path.join(ckpt_dir, "common.pt")
+        saved_model = dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"]["model"]
+    model_now = cfg.to_dict()["model"]
     diff = [f"{k.replace('_', ' ')} {saved_model.get(k)} saved, {v} asked (--{k.replace('_', '-')})"
             for k, v in model_now.items() if saved_model.get(k) != v]
     if diff:
         raise ConfigError(f"--load {ckpt_dir} holds another model shape: {'; '.join(diff)}; pass the saved "
-                          f"run's --model-size and shape flags (its config: {ckpt_dir}/common.pt)")
-    return common
+                          f"run's --model-size and shape flags (its config: {source})")
 
 
 def _room_to_save(root: str, iteration: int) -> bool:
@@ -268,7 +275,7 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     if fallback_reason and dist.get_rank() == 0:
         print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     ckpt_dir = iteration_dir(s.load, iteration)
-    common = check_same_model(ckpt_dir, cfg)
+    common = dist_checkpointing.load_common_state_dict(ckpt_dir)  # model shape: checked in preflight
     if not s.finetune and not s.override_data_state and common["data_state"] != _data_state(cfg):
         raise ConfigError(
             f"--load {ckpt_dir} was saved with data settings {common['data_state']} but this run has "

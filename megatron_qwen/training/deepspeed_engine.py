@@ -27,6 +27,7 @@ from megatron_qwen.training.checkpoint import (
     Checkpointer,
     TrainState,
     _data_state,
+    _room_to_save,
     _set_rng_state,
     effective_load,
     load_weights,
@@ -34,7 +35,7 @@ from megatron_qwen.training.checkpoint import (
     rng_states,
     staging_dir,
 )
-from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration, loadable_iteration
 from megatron_qwen.training.deepspeed_checkpoint import MARKER, is_deepspeed_checkpoint, load_deepspeed_weights
 from megatron_qwen.training.optimizer import build_scheduler
 from megatron_qwen.training.step import forward_step
@@ -162,6 +163,8 @@ class DeepSpeedCheckpointer(Checkpointer):
     def save(self, state: TrainState) -> None:
         cfg, engine = self.cfg, self.ds.engine
         root, iteration = cfg.checkpoint.save, state.iteration
+        if not _room_to_save(root, iteration):
+            return
         staging = staging_dir(root, iteration)
         if dist.get_rank() == 0:
             os.makedirs(root, exist_ok=True)
@@ -179,11 +182,15 @@ class DeepSpeedCheckpointer(Checkpointer):
 
     def load(self) -> TrainState:
         s = self.ds.load
-        iteration = latest_iteration(s.load) if s.load else None
-        if iteration is None or s.finetune:  # nothing to resume, or weights already loaded before sharding
+        if not s.load or s.finetune:  # nothing to resume, or weights already loaded before sharding
             return TrainState()
+        iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback)
+        if iteration is None:
+            return TrainState()
+        if fallback_reason and dist.get_rank() == 0:
+            print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
         ckpt_dir = iteration_dir(s.load, iteration)
-        if not is_deepspeed_checkpoint(s.load):
+        if not os.path.isfile(os.path.join(ckpt_dir, MARKER)):
             raise ConfigError(f"--load {ckpt_dir} is a megatron-engine checkpoint; resume it with --zero-engine "
                               "megatron, or start from its weights with --finetune")
         with open(os.path.join(ckpt_dir, MARKER)) as f:

@@ -13,11 +13,12 @@ class MegatronEngine:
     """megatron-core DDP, with its distributed optimizer for ZeRO-1, at any TP/PP/VP layout."""
 
     def __init__(self, cfg: RunConfig, device):
-        t, p = cfg.train, cfg.parallel
+        t = cfg.train
         self.cfg, self.device = cfg, device
-        self.model = wrap_for_training(build_model(cfg), p)
+        zero1 = cfg.zero.distributed_optimizer
+        self.model = wrap_for_training(build_model(cfg), cfg.parallel, distributed_optimizer=zero1)
         self.optimizer = build_optimizer(self.model, t.optim, bf16=cfg.build.precision == "bf16",
-                                         use_distributed_optimizer=p.use_distributed_optimizer)
+                                         use_distributed_optimizer=zero1)
         self.scheduler = build_scheduler(self.optimizer, t.optim, t.train_iters, t.global_batch_size)
         self.checkpointer = Checkpointer(cfg, self.model, self.optimizer, self.scheduler)
 

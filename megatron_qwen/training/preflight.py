@@ -9,7 +9,7 @@ import os
 from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.zero import deepspeed_config
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration, loadable_iteration
+from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, loadable_iteration
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -74,30 +74,26 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
+    from megatron_qwen.hf.source import is_hf_dir, open_hf
+    from megatron_qwen.training.checkpoint import check_same_model, effective_load
+
+    target = effective_load(s).load  # a fine-tuning job that already saved resumes its own --save
     # A Hugging Face model directory is a valid --load once its weight files
     # match its config.json (every name and shape, from the file headers).
-    from megatron_qwen.hf.source import is_hf_dir, open_hf
-
-    if is_hf_dir(s.load):
-        open_hf(s.load)
+    if is_hf_dir(target):
+        open_hf(target)
         return
-    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice).
-    it, _ = loadable_iteration(s.load, s.load_fallback) if os.path.isdir(s.load) else (None, None)
+    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice),
+    # of the model this run builds: refused here, before any process group, rather than after.
+    it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
     if it is not None:
-        from megatron_qwen.training.checkpoint import check_same_model
-        from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
-
-        if not is_deepspeed_checkpoint(s.load):  # DeepSpeed's files hold no run config of ours
-            check_same_model(iteration_dir(s.load, it), cfg)  # before any process group, not after
+        check_same_model(iteration_dir(target, it), cfg)
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.
-    own_save = s.save and os.path.abspath(s.save) == os.path.abspath(s.load)
-    if own_save and not s.finetune:
+    if s.save and os.path.abspath(s.save) == os.path.abspath(s.load) and not s.finetune:
         print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
         return
-    if s.finetune and s.save and latest_iteration(s.save) is not None:
-        return  # a fine-tuning job resumes its own --save (training/checkpoint.py)
     what = "does not exist" if not os.path.exists(s.load) else f"holds no checkpoint ({TRACKER} is missing)"
     raise ConfigError(f"--load {s.load} {what}; pass a directory written by --save, or drop --load "
                       "to train from scratch")

@@ -7,14 +7,16 @@ grad_norms.json, params.json (parameters per rank) and, for the deepspeed engine
 and weights_rank{r}.pt: this rank's full fp32 weights by name (tp rank, partition dim, tensor).
 
 ``--jobs`` runs the entry points' train() on the deepspeed engine: ZeRO-3 pretraining 4 iterations
-uninterrupted, then 2 + resume to 4 (OUT/jobs/*.jsonl), and 2 iterations of sft (from scratch) and
-sft_math (from that checkpoint's weights).
+uninterrupted, then 2 saving each, a truncated file in the second checkpoint, and a --load-fallback
+resume from the first to 4 (OUT/jobs/*.jsonl); and 2 iterations of sft (from scratch) and sft_math
+(from that checkpoint's weights).
 
 ``--convert '{"name": "ds checkpoint root"}'`` (one process) converts each with tools/convert_checkpoint.py,
 exports the result to Hugging Face, and writes the converted weights (OUT/convert/name.pt).
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -109,8 +111,13 @@ def run_jobs(root: str) -> None:
 
     z3 = ["--zero-stage", "3", "--train-iters", "4"]
     job(PRETRAIN, *z3, "--metrics-file", f"{out}/uninterrupted.jsonl")
-    job(PRETRAIN, *z3, "--save", ckpt, "--exit-interval", "2", "--metrics-file", f"{out}/first.jsonl")
-    job(PRETRAIN, *z3, "--save", ckpt, "--load", ckpt, "--metrics-file", f"{out}/resumed.jsonl")
+    job(PRETRAIN, *z3, "--save", ckpt, "--save-interval", "1", "--exit-interval", "2",
+        "--metrics-file", f"{out}/first.jsonl")
+    if dist.get_rank() == 0:  # damage the latest checkpoint after it was written: its largest file loses a byte
+        damaged = max(glob.glob(f"{ckpt}/iter_0000002/*.pt"), key=os.path.getsize)
+        os.truncate(damaged, os.path.getsize(damaged) - 1)
+    dist.barrier()
+    job(PRETRAIN, *z3, "--save", ckpt, "--load", ckpt, "--load-fallback", "--metrics-file", f"{out}/resumed.jsonl")
     # 2 iterations of each SFT job, evaluating at the second (the engine's model through megatron-core's schedule):
     # chat SFT from scratch at ZeRO-2, Math SFT from the ZeRO-3 checkpoint's weights (its recipe's --finetune).
     sft = ["--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]

@@ -115,7 +115,7 @@ def run_layout(a: argparse.Namespace) -> None:
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
 
     def build(cfg):
-        model = wrap_for_training(build_model(cfg), cfg.parallel)
+        model = wrap_for_training(build_model(cfg), cfg.parallel, a.distopt)
         return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
 
     model, optimizer = build(cfg)
