@@ -129,3 +129,29 @@ def test_splits_without_documents(sources, tok, tmp_path):
     with pytest.raises(DataPathError, match=f"the test split gets no document of {tmp_path / 'tiny'}"):
         build_pretrain_datasets(["0.5", str(root / "web"), "0.5", str(tmp_path / "tiny")], "90,5,5", SEQ, 1,
                                 (10, 10, 10), tok, cache_path=str(tmp_path / "cache"))
+
+
+def test_shards_of_ids_train_without_a_tokenizer(tmp_path):
+    # --tokenizer-type NullTokenizer: shards of ids for another vocabulary (here 1024), read as they are.
+    from megatron_qwen.config.arguments import parse_run_config
+    from megatron_qwen.config.errors import ConfigError
+    from megatron_qwen.config.recipes import PRETRAIN, SFT
+    from megatron_qwen.training.datasets import build_datasets
+    from megatron_qwen.training.preflight import check_run
+
+    ids = np.arange(3000, dtype=np.int32) % 1000
+    with IndexedShardWriter(str(tmp_path / "ids")) as writer:
+        writer.add_documents(ids, [1000, 1000, 1000])
+    flags = ["--model-size", "tiny", "--data-path", str(tmp_path / "ids"), "--split", "100,0,0", "--seq-length",
+             str(SEQ), "--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "4",
+             "--data-cache-path", str(tmp_path / "cache")]
+    with pytest.raises(ConfigError, match="the tokenizer has 151851 ids"):  # Qwen's tokenizer: refused
+        check_run(parse_run_config(PRETRAIN, flags), world_size=1)
+    cfg = parse_run_config(PRETRAIN, [*flags, "--tokenizer-type", "NullTokenizer"])
+    check_run(cfg, world_size=1)
+    train, _, _ = build_datasets(cfg)
+    for i in range(len(train)):  # every sample is SEQ + 1 consecutive ids of the shard (it counts modulo 1000)
+        tokens = np.concatenate([train[i]["tokens"].numpy(), train[i]["labels"].numpy()[-1:]])
+        assert np.array_equal(np.diff(tokens) % 1000, np.ones(SEQ, dtype=np.int64)), tokens
+    with pytest.raises(ConfigError, match="--tokenizer-type NullTokenizer is for pretraining"):
+        parse_run_config(SFT, [*flags, "--tokenizer-type", "NullTokenizer"]).validate(1)

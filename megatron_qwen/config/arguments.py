@@ -35,6 +35,8 @@ class DataSettings:
     data_cache_path: str | None
     pack_sft: bool
     num_workers: int
+    # "NullTokenizer" (Megatron-LM's name): shards already hold ids below --vocab-size, no text is read.
+    tokenizer_type: str = "QwenTokenizer"
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ class RunConfig:
                               f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
         if not self.data.mock_data and not self.data.data_path:
             raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
+        if self.data.tokenizer_type == "NullTokenizer" and self.data.data_format == "chatml":
+            raise ConfigError("--tokenizer-type NullTokenizer is for pretraining shards; chat SFT renders its "
+                              "turns with Qwen's tokenizer: drop the flag")
         if t.train_iters < 1:
             raise ConfigError("--train-iters must be at least 1")
         if self.checkpoint.keep_last_checkpoints is not None and self.checkpoint.keep_last_checkpoints < 1:
@@ -162,6 +167,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+TOKENIZER_TYPES = ("QwenTokenizer", "NullTokenizer")
 FUSIONS = ("bias_swiglu_fusion", "bias_dropout_fusion", "masked_softmax_fusion", "rope_fusion",
            "gradient_accumulation_fusion")
 
@@ -263,6 +269,8 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                    help="shard prefixes, optionally weighted: --data-path 0.7 web 0.3 code")
     g.add_argument("--split", default="969,30,1", help="train,valid,test proportions")
     g.add_argument("--tokenizer-model", default=None, help="path to qwen.tiktoken (default: the fetched copy)")
+    g.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="QwenTokenizer",
+                   help="NullTokenizer: pretraining shards of ids for another vocabulary (--vocab-size), no tokenizer")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--no-pack-sft", action="store_true",
                    help="pad SFT samples instead of packing them (GPU back ends always pad)")
@@ -380,7 +388,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         # Packed samples carry block-diagonal attention masks; back ends that run plain causal
         # attention (transformer-engine, flash-attn) pad each sample instead.
         pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, tokenizer_type=args.tokenizer_type,
     )
     log = LogSettings(
         log_interval=args.log_interval, eval_interval=args.eval_interval, eval_iters=args.eval_iters,

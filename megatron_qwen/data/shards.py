@@ -151,6 +151,11 @@ def _header(prefix: str) -> tuple[type[np.number], int, int]:
     return DTYPE_CODES[code], num_seq, num_doc_indices - 1
 
 
+def token_dtype(prefix: str) -> type[np.number]:
+    """The token dtype a dataset's .idx declares."""
+    return _header(prefix)[0]
+
+
 def read_index_counts(prefix: str) -> tuple[int, int]:
     """(documents, tokens) of a finished dataset; ShardError (one line) if .idx/.bin are missing,
     unreadable or disagree. Reads only the header and the last length and pointer: instant on any size."""

@@ -7,7 +7,8 @@ from megatron_qwen.config.arguments import RunConfig
 
 @dataclass(frozen=True)
 class MockVocab:
-    """What megatron-core's mock dataset needs of a tokenizer, sized to the model's vocabulary."""
+    """What megatron-core's datasets need of a tokenizer, sized to the model's vocabulary: for mock data,
+    and for shards of ids with no tokenizer (--tokenizer-type NullTokenizer)."""
 
     vocab_size: int
     eod: int
@@ -30,10 +31,11 @@ def build_datasets(cfg: RunConfig):
     from megatron_qwen import data
 
     d, t = cfg.data, cfg.train
-    if d.mock_data:
+    if d.mock_data or d.tokenizer_type == "NullTokenizer":  # ids only, no text
         vocab = MockVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
-        return data.build_pretrain_datasets(None, d.split, t.seq_length, cfg.build.seed, num_samples(cfg), vocab,
-                                            mock=True, cache_path=d.data_cache_path)
+        return data.build_pretrain_datasets(None if d.mock_data else list(d.data_path), d.split, t.seq_length,
+                                            cfg.build.seed, num_samples(cfg), vocab, mock=d.mock_data,
+                                            cache_path=d.data_cache_path)
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(d.tokenizer_model)  # its vocabulary was checked in training/preflight.py

@@ -44,6 +44,8 @@ def _check_data(cfg: RunConfig) -> None:
     check_data_path(list(cfg.data.data_path))
     check_split(cfg.data.split)
     _check_token_ids(cfg)
+    if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
+        return
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
