@@ -6,7 +6,7 @@ from megatron_qwen.config.arguments import RunConfig
 
 
 @dataclass(frozen=True)
-class MockVocab:
+class IdsOnlyVocab:
     """What megatron-core's datasets need of a tokenizer, sized to the model's vocabulary: for mock data,
     and for shards of ids with no tokenizer (--tokenizer-type NullTokenizer)."""
 
@@ -15,7 +15,7 @@ class MockVocab:
 
     @property
     def unique_identifiers(self) -> dict:  # megatron-core names cached dataset indices by these
-        return {"class": "MockVocab", "vocab_size": self.vocab_size, "eod": self.eod}
+        return {"class": "IdsOnlyVocab", "vocab_size": self.vocab_size, "eod": self.eod}
 
 
 def num_samples(cfg: RunConfig) -> tuple[int, int, int]:
@@ -32,7 +32,7 @@ def build_datasets(cfg: RunConfig):
 
     d, t = cfg.data, cfg.train
     if d.mock_data or d.tokenizer_type == "NullTokenizer":  # ids only, no text
-        vocab = MockVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
+        vocab = IdsOnlyVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
         return data.build_pretrain_datasets(None if d.mock_data else list(d.data_path), d.split, t.seq_length,
                                             cfg.build.seed, num_samples(cfg), vocab, mock=d.mock_data,
                                             cache_path=d.data_cache_path)
