@@ -8,6 +8,7 @@ stream, gradient clipping low enough to act. Memory: the hand count of an unshar
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -106,6 +107,18 @@ def test_zero3_resume_equals_uninterrupted(runs):
     assert sorted(first) == [1, 2] and sorted(resumed) == [2, 3, 4]
     for it, loss in [*first.items(), *resumed.items()]:
         assert loss == ref[it], f"iteration {it}: {loss} vs uninterrupted {ref[it]}"
+
+
+def test_nan_step_is_skipped_as_on_the_megatron_engine(runs):
+    jobs = runs / "jobs"
+    rows = {n: {r["iteration"]: r for r in map(json.loads, open(jobs / f"{n}.jsonl"))}
+            for n in ("nan_zero3", "nan_megatron", "uninterrupted")}
+    ds, mg, clean = rows["nan_zero3"], rows["nan_megatron"], rows["uninterrupted"]
+    assert math.isnan(ds[2]["lm_loss"]) and ds[4]["skipped_iterations"] == mg[4]["skipped_iterations"] == 1
+    for it in (1, 3, 4):  # the same weights, optimizer state and LR after the skipped step
+        assert abs(ds[it]["lm_loss"] - mg[it]["lm_loss"]) <= 1e-5 * mg[it]["lm_loss"], (it, ds[it], mg[it])
+        assert ds[it]["lr"] == pytest.approx(mg[it]["lr"], rel=1e-12)
+    assert abs(ds[3]["lm_loss"] - clean[3]["lm_loss"]) > 1e-3 * clean[3]["lm_loss"]  # the skip changed something
 
 
 def test_sft_entry_points_run_on_deepspeed(runs):

@@ -55,6 +55,8 @@ CASES = {
     "load_mistyped": (1, ["--load", "{tmp}/chekpoints", "--save", "{tmp}/checkpoints"], "does not exist"),
     "load_tracker_garbage": (1, ["--load", "{tmp}/garbage"], "expected an iteration number"),
     "load_tracker_names_missing_iteration": (1, ["--load", "{tmp}/dangling"], "iter_0000007 is missing"),
+    "skip_spikes_on_deepspeed": (1, ["--zero-engine", "deepspeed", "--loss-spike-factor", "3", "--skip-loss-spikes"],
+                                 "--skip-loss-spikes needs --zero-engine megatron"),
     "deepspeed_checkpoint_of_another_shape": (1, ["--zero-engine", "deepspeed", "--load", "{tmp}/ds_wide"],
                                               "hidden size 128 saved, 64 asked (--hidden-size)"),
 }

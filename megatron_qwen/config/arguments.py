@@ -124,6 +124,9 @@ class RunConfig:
                               f"{m.vocab_size}; raise --make-vocab-size-divisible-by or --vocab-size")
         p.validate(world_size, m.num_layers, m.num_attention_heads, m.padded_vocab_size)
         self.zero.validate(p, self.checkpoint.async_save)
+        if self.zero.deepspeed and t.skip_loss_spikes:
+            raise ConfigError("--skip-loss-spikes needs --zero-engine megatron: DeepSpeed applies the update before "
+                              "the batch's loss is known; drop it (--loss-spike-factor alone still reports spikes)")
         dp = p.data_parallel_size(world_size)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             raise ConfigError(

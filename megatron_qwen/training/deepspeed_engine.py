@@ -23,6 +23,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.zero import deepspeed_config
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import on_gpu
+from megatron_qwen.training.anomalies import StepHealth, injects_nan
 from megatron_qwen.training.checkpoint import (
     Checkpointer,
     TrainState,
@@ -130,25 +131,30 @@ class DeepSpeedEngine:
         if dist.get_rank() == 0:
             print(f" loaded weights only from {s.load}; continuing at iteration 0", flush=True)
 
-    def train_step(self, microbatches: list[dict], num_microbatches: int, iteration: int, health):
+    def train_step(self, microbatches: list[dict], num_microbatches: int, iteration: int, health: StepHealth):
         """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful).
-        Non-finite steps: DeepSpeed's own overflow check decides (``iteration`` and ``health`` are the
-        megatron engine's, training/anomalies.py)."""
+        A non-finite step is skipped by DeepSpeed itself (every stage discards a step whose gradient norm is
+        not finite); ``health`` names the data-parallel ranks whose loss was, and the LR stays where it was."""
         engine, dp_group = self.engine, parallel_state.get_data_parallel_group()
         tokens = torch.stack([mb["loss_mask"].sum() for mb in microbatches]).sum().float().to(self.device)
         dist.all_reduce(tokens, group=dp_group)
         scale = num_microbatches * parallel_state.get_data_parallel_world_size() / tokens.clamp(min=1)
-        total = torch.zeros(2, device=self.device)
+        local = torch.zeros(2, device=self.device)
+        poison = [True] if injects_nan(iteration) else None
         for mb in microbatches:
-            output, loss_func = forward_step(iter([mb]), engine, self.device)
+            output, loss_func = forward_step(iter([mb]), engine, self.device, poison=poison)
             loss_sum, _, report = loss_func(output)
             engine.backward(loss_sum * scale)
             engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation
-            total += report["lm loss"]
+            local += report["lm loss"]
+        total = local.clone()
         dist.all_reduce(total, group=dp_group)
-        self.scheduler.step(increment=self.cfg.train.global_batch_size)
-        grad_norm = engine.get_global_grad_norm()
-        return (total[0] / total[1].clamp(min=1)).item(), float(grad_norm), engine.was_step_applied()
+        loss = (total[0] / total[1].clamp(min=1)).item()
+        health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
+        applied = engine.was_step_applied()
+        if applied:
+            self.scheduler.step(increment=self.cfg.train.global_batch_size)
+        return loss, float(engine.get_global_grad_norm()), applied
 
 
 class DeepSpeedCheckpointer(Checkpointer):

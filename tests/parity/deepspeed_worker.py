@@ -8,8 +8,9 @@ and weights_rank{r}.pt: this rank's full fp32 weights by name (tp rank, partitio
 
 ``--jobs`` runs the entry points' train() on the deepspeed engine: ZeRO-3 pretraining 4 iterations
 uninterrupted, then 2 saving each, a truncated file in the second checkpoint, and a --load-fallback
-resume from the first to 4 (OUT/jobs/*.jsonl); and 2 iterations of sft (from scratch) and sft_math
-(from that checkpoint's weights).
+resume from the first to 4 (OUT/jobs/*.jsonl); 4 iterations with a NaN injected at the second, on ZeRO-3
+and on the megatron engine; and 2 iterations of sft (from scratch) and sft_math (from that checkpoint's
+weights).
 
 ``--convert '{"name": "ds checkpoint root"}'`` (one process) converts each with tools/convert_checkpoint.py,
 exports the result to Hugging Face, and writes the converted weights (OUT/convert/name.pt).
@@ -29,7 +30,7 @@ from parity_worker import GLOBAL_BATCH, MICRO_BATCH, SEED, SEQ, STEPS, sample
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN, SFT, SFT_MATH
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import INJECT_NAN_ENV, StepHealth
 from megatron_qwen.training.batches import collate, microbatch_indices
 from megatron_qwen.training.engine import build_engine
 
@@ -118,6 +119,13 @@ def run_jobs(root: str) -> None:
         os.truncate(damaged, os.path.getsize(damaged) - 1)
     dist.barrier()
     job(PRETRAIN, *z3, "--save", ckpt, "--load", ckpt, "--load-fallback", "--metrics-file", f"{out}/resumed.jsonl")
+    # A NaN loss in data-parallel rank 1's first micro-batch at iteration 2, on ZeRO-3 and on the megatron
+    # engine (whose skip test_reliability_nan.py checks against a run that never applied that batch).
+    os.environ[INJECT_NAN_ENV] = "2:1"
+    job(PRETRAIN, *z3, "--metrics-file", f"{out}/nan_zero3.jsonl")
+    job(PRETRAIN, "--zero-engine", "megatron", "--zero-stage", "0", "--train-iters", "4",
+        "--metrics-file", f"{out}/nan_megatron.jsonl")
+    del os.environ[INJECT_NAN_ENV]
     # 2 iterations of each SFT job, evaluating at the second (the engine's model through megatron-core's schedule):
     # chat SFT from scratch at ZeRO-2, Math SFT from the ZeRO-3 checkpoint's weights (its recipe's --finetune).
     sft = ["--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]
