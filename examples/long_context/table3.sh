@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table 3 of the Qwen report reproduced on a small Qwen trained here (docs/long_context.md):
 # data (prepare.py), training at 128 tokens until the validation loss flattens, then perplexity at
-# 1x-16x the training length with each technique. About 12 minutes on 2 quiet CPU cores.
+# 1x-16x the training length with each technique. About 16 minutes on 2 quiet CPU cores.
 #   bash examples/long_context/table3.sh [OUT_DIR]      (default runs/long_context)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
