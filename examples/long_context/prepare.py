@@ -7,7 +7,7 @@ model's work; a model trained that way for 20 CPU minutes stayed near a unigram 
 ~740) and barely used positions, so it could show nothing about RoPE past the training length.
 Ids outside the kept set become one "other" id (the last); the held-out text uses the training map.
 
-    python examples/long_context/prepare.py --out runs/long_context --vocab 4096
+    python examples/long_context/prepare.py --out runs/long_context --vocab 8192
 """
 
 import argparse
@@ -47,9 +47,9 @@ def write_corpus(out: Path) -> None:
             (heldout if take else train).write(json.dumps({"text": text}) + "\n")
 
 
-def renumber(prefix: Path, out_prefix: Path, keep: np.ndarray) -> float:
+def renumber(prefix: Path, out_prefix: Path, keep: np.ndarray) -> tuple[float, int]:
     """Copy a shard with each id replaced by its rank in ``keep`` (others: len(keep)); returns the share of
-    tokens that became the "other" id. The .idx is unchanged (same lengths, same dtype)."""
+    tokens that became the "other" id, and the token count. The .idx is unchanged (same lengths, same dtype)."""
     idx = Path(str(prefix) + ".idx").read_bytes()
     dtype = token_dtype(str(prefix))
     tokens = np.fromfile(str(prefix) + ".bin", dtype=dtype)
@@ -59,7 +59,7 @@ def renumber(prefix: Path, out_prefix: Path, keep: np.ndarray) -> float:
     mapped = table[tokens].astype(dtype)
     mapped.tofile(str(out_prefix) + ".bin")
     Path(str(out_prefix) + ".idx").write_bytes(idx)
-    return float((mapped == len(keep)).mean())
+    return float((mapped == len(keep)).mean()), len(mapped)
 
 
 def main() -> int:
@@ -81,8 +81,8 @@ def main() -> int:
     keep = np.argsort(-counts, kind="stable")[: a.vocab - 1]
     report = {"kept_ids": a.vocab - 1, "distinct_ids_in_train": int((counts > 0).sum())}
     for name in ("train", "heldout"):
-        report[f"other_share_{name}"] = renumber(qwen / f"{name}_text_document", data / name, keep)
-        report[f"tokens_{name}"] = int(np.fromfile(str(data / name) + ".bin", dtype=dtype).size)
+        report[f"other_share_{name}"], report[f"tokens_{name}"] = renumber(qwen / f"{name}_text_document",
+                                                                          data / name, keep)
     np.save(a.out / "kept_qwen_ids.npy", keep)
     print(json.dumps(report, indent=1))
     return 0

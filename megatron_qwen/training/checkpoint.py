@@ -32,6 +32,7 @@ from megatron_qwen.training.checkpoint_dirs import (
     write_manifest,
 )
 from megatron_qwen.training.deepspeed_checkpoint import MARKER as DEEPSPEED_MARKER
+from megatron_qwen.training.deepspeed_checkpoint import written_by_deepspeed
 
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
 # copy each time: megatron-core writes the data-parallel group into the dict it is given.
@@ -98,8 +99,8 @@ class Checkpointer:
 def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
     """Refuse a checkpoint (either engine's) of another model shape than this run builds: one line
     naming each field, the flag that sets it, and both values. Run in preflight, before any process group."""
-    source = os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-    if os.path.isfile(source):  # DeepSpeed's files hold no run config: ours is stored beside them
+    if written_by_deepspeed(ckpt_dir):  # DeepSpeed's files hold no run config: ours is stored beside them
+        source = os.path.join(ckpt_dir, DEEPSPEED_MARKER)
         with open(source) as f:
             saved_model = json.load(f)["run_config"]["model"]
     else:
@@ -255,6 +256,15 @@ def effective_load(s: CheckpointSettings) -> CheckpointSettings:
     return s
 
 
+def resume_iteration(s: CheckpointSettings) -> int | None:
+    """The iteration to load from ``s.load`` (either engine): the tracker's, or with --load-fallback the
+    newest whole one before a damaged one (said on rank 0); None when there is nothing to load."""
+    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback) if s.load else (None, None)
+    if fallback_reason and dist.get_rank() == 0:
+        print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
+    return iteration
+
+
 def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
     """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
     s = effective_load(cfg.checkpoint)
@@ -269,11 +279,9 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
             print(f" loaded weights only from Hugging Face model {s.load} (now {_layout()}); "
                   "continuing at iteration 0", flush=True)
         return TrainState()
-    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback) if s.load else (None, None)
+    iteration = resume_iteration(s)
     if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
         return TrainState()
-    if fallback_reason and dist.get_rank() == 0:
-        print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     ckpt_dir = iteration_dir(s.load, iteration)
     common = dist_checkpointing.load_common_state_dict(ckpt_dir)  # model shape: checked in preflight
     if not s.finetune and not s.override_data_state and common["data_state"] != _data_state(cfg):

@@ -19,10 +19,15 @@ from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, lates
 MARKER = "deepspeed.json"
 
 
+def written_by_deepspeed(ckpt_dir: str) -> bool:
+    """True for an iteration directory (``ROOT/iter_NNNNNNN``) the deepspeed engine wrote."""
+    return os.path.isfile(os.path.join(ckpt_dir, MARKER))
+
+
 def is_deepspeed_checkpoint(root: str) -> bool:
     """True when the latest checkpoint under the --save directory ``root`` was written by the deepspeed engine."""
     iteration = latest_iteration(root) if os.path.isdir(root) else None
-    return iteration is not None and os.path.isfile(os.path.join(iteration_dir(root, iteration), MARKER))
+    return iteration is not None and written_by_deepspeed(iteration_dir(root, iteration))
 
 
 def _tp_rank_fp32_weights(ckpt_dir: str, tp_rank: int) -> dict:

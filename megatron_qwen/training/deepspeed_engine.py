@@ -33,13 +33,19 @@ from megatron_qwen.training.checkpoint import (
     effective_load,
     load_weights,
     publish,
+    resume_iteration,
     rng_states,
     staging_dir,
 )
-from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration, loadable_iteration
-from megatron_qwen.training.deepspeed_checkpoint import MARKER, is_deepspeed_checkpoint, load_deepspeed_weights
+from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
+from megatron_qwen.training.deepspeed_checkpoint import (
+    MARKER,
+    is_deepspeed_checkpoint,
+    load_deepspeed_weights,
+    written_by_deepspeed,
+)
 from megatron_qwen.training.optimizer import build_scheduler
-from megatron_qwen.training.step import forward_step
+from megatron_qwen.training.step import forward_step, reduce_loss
 
 
 class MegatronParallelUnit:
@@ -147,9 +153,7 @@ class DeepSpeedEngine:
             engine.backward(loss_sum * scale)
             engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation
             local += report["lm loss"]
-        total = local.clone()
-        dist.all_reduce(total, group=dp_group)
-        loss = (total[0] / total[1].clamp(min=1)).item()
+        loss = reduce_loss(local)
         health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
         applied = engine.was_step_applied()
         if applied:
@@ -188,15 +192,11 @@ class DeepSpeedCheckpointer(Checkpointer):
 
     def load(self) -> TrainState:
         s = self.ds.load
-        if not s.load or s.finetune:  # nothing to resume, or weights already loaded before sharding
-            return TrainState()
-        iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback)
+        iteration = None if s.finetune else resume_iteration(s)  # finetune: weights loaded before sharding
         if iteration is None:
             return TrainState()
-        if fallback_reason and dist.get_rank() == 0:
-            print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
         ckpt_dir = iteration_dir(s.load, iteration)
-        if not os.path.isfile(os.path.join(ckpt_dir, MARKER)):
+        if not written_by_deepspeed(ckpt_dir):
             raise ConfigError(f"--load {ckpt_dir} is a megatron-engine checkpoint; resume it with --zero-engine "
                               "megatron, or start from its weights with --finetune")
         with open(os.path.join(ckpt_dir, MARKER)) as f:
