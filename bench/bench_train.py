@@ -53,7 +53,7 @@ _COMMUNICATION = ("all-grads-sync", "non-tensor-parallel-grads-all-reduce", "emb
                   "backward-recv", "backward-send", "forward-send-backward-recv", "backward-send-forward-recv",
                   "forward-send-forward-recv", "backward-send-backward-recv",
                   "forward-backward-send-forward-backward-recv")
-_OPTIMIZER = "optimizer-step"  # ours, around optimizer.step(); it contains params-all-gather
+_OPTIMIZER = "optimizer-step"  # ours, around the optimizer's part of train_step; it contains params-all-gather
 # Without any job flag: the tiny preset at a shape that runs in seconds on a CPU.
 CPU_DEFAULT_FLAGS = ("--model-size", "tiny", "--seq-length", "256", "--micro-batch-size", "4")
 
@@ -198,15 +198,20 @@ def build_session(flags: list[str], steps: int, fused_adam: bool = False) -> Ses
 
 
 def _time_optimizer_step(optimizer, timers: StepTimers) -> None:
-    step = optimizer.step
+    """Time train_step's optimizer part: from preparing the gradients (the norm and its non-finite check
+    are inside) to the end of the update (training/step.py: _step_unless_nonfinite)."""
+    prepare, update = optimizer.prepare_grads, optimizer.step_with_ready_grads
 
-    def timed_step(*args, **kwargs):
+    def timed_prepare(*args, **kwargs):
         timers(_OPTIMIZER).start()
-        out = step(*args, **kwargs)
+        return prepare(*args, **kwargs)
+
+    def timed_update(*args, **kwargs):
+        out = update(*args, **kwargs)
         timers(_OPTIMIZER).stop()
         return out
 
-    optimizer.step = timed_step
+    optimizer.prepare_grads, optimizer.step_with_ready_grads = timed_prepare, timed_update
 
 
 def device_description() -> str:

@@ -4,14 +4,15 @@
 #
 #   bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]
 #
-# Stages: (1) environment: versions, the GPU, which back ends import; (2) correctness: the tiny model in
-# fp32 on the GPU against the CPU from the same initial weights, each back end in bf16 against fp32, RoPE
-# precision, fused AdamW (bench/gpu/check_correctness.py states each tolerance and why); (3) throughput:
-# the Qwen-1.8B shape (24 layers, bf16, seq 2048), a Qwen-7B-width stack of 8 layers, 1.8B with full
-# recompute; (4) fast paths to measure: 1.8B with fused AdamW, a RoPE micro-benchmark; (5) start-up:
-# weight-draw time per rank, CPU and GPU. Sized for under 8 minutes on one H100 (an estimate: not yet run
-# on a GPU); per-stage time limits hold the stages under 7.5 minutes, and a stage that runs out of time
-# is reported as such while the next one starts.
+# Stages, most important first, so a time budget that runs out cuts the least: (1) environment: versions,
+# the GPU, which back ends import; (2) correctness: the tiny model in fp32 on the GPU against the CPU from
+# the same initial weights, each back end in bf16 against fp32, RoPE precision, fused AdamW
+# (bench/gpu/check_correctness.py states each tolerance and why); (3) throughput: the Qwen-1.8B shape
+# (24 layers, bf16, seq 2048), a Qwen-7B-width stack of 8 layers, 1.8B with full recompute; (5) start-up:
+# weight-draw time per rank on the GPU; (4) fast paths, each the 1.8B run with one thing changed (fused
+# AdamW on, RMSNorm eager, every compiled fusion off) and a RoPE micro-benchmark; (5) the same weight
+# draws on the CPU. Sized for under 8 minutes on one H100: per-stage time limits hold the stages under
+# 7.5 minutes, and a stage that runs out of time is reported as such while the next one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
 # bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
@@ -113,13 +114,17 @@ stage "throughput: 7B width" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN
   --json "$WORK/throughput_7b-width.json"
 stage "throughput: 1.8B recompute" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
   --recompute-granularity full --json "$WORK/throughput_1.8b-recompute.json"
-stage "fast path: fused AdamW" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --fused-adam \
-  --json "$WORK/throughput_1.8b-fused-adam.json"
-stage "fast path: RoPE" 90 "$PY" bench/gpu/bench_rope.py "$WORK/rope.json" $QUICK
 for size in "${INIT_SIZES[@]}"; do
   [ "$DRY" = 1 ] || stage "start-up: $size GPU draws" 60 "$PY" bench/bench_init.py --model-size "$size" \
     --device cuda --json "$WORK/init_${size}_cuda.json"
 done
+stage "fast path: fused AdamW" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --fused-adam \
+  --json "$WORK/throughput_1.8b-fused-adam.json"
+stage "fast path: RMSNorm eager" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --no-rmsnorm-fusion \
+  --json "$WORK/throughput_1.8b-no-rmsnorm-fusion.json"
+stage "fast path: no compiled fusion" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
+  --no-bias-swiglu-fusion --no-bias-dropout-fusion --no-rmsnorm-fusion --json "$WORK/throughput_1.8b-no-fusions.json"
+stage "fast path: RoPE" 90 "$PY" bench/gpu/bench_rope.py "$WORK/rope.json" $QUICK
 stage "start-up: ${INIT_SIZES[0]} CPU draws" 120 "$PY" bench/bench_init.py --model-size "${INIT_SIZES[0]}" \
   --device cpu --json "$WORK/init_${INIT_SIZES[0]}_cpu.json"
 

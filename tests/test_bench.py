@@ -40,6 +40,7 @@ def test_bench_train_prints_every_figure(bench_run):
     breakdown_line = next(line for line in stdout.splitlines() if line.startswith("step breakdown"))
     assert all(part in breakdown_line for part in PARTS)
     assert set(result["breakdown_s"]) == set(PARTS)
+    assert all(result["breakdown_s"][part] > 0 for part in ("forward", "backward", "optimizer"))
     assert result["iters"] == 1 and len(result["losses"]) == 2
 
 

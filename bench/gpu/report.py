@@ -18,6 +18,15 @@ THROUGHPUT_RUNS = {  # file key -> what the row is (gpu_check.sh names the files
     "7b-width": "Qwen-7B width, fewer layers",
     "1.8b-recompute": "Qwen-1.8B shape, full recompute",
     "1.8b-fused-adam": "Qwen-1.8B shape, fused AdamW",
+    "1.8b-no-rmsnorm-fusion": "Qwen-1.8B shape, RMSNorm eager",
+    "1.8b-no-fusions": "Qwen-1.8B shape, no compiled fusion",
+}
+# The fast-path runs: each is the default 1.8B run with one thing changed (gpu_check.sh stage 4).
+FAST_PATHS = {
+    "1.8b-fused-adam": "Fused AdamW (`bench_train.py --fused-adam`; off by default)",
+    "1.8b-no-rmsnorm-fusion": "RMSNorm compiled (on by default on a GPU) against eager (`--no-rmsnorm-fusion`)",
+    "1.8b-no-fusions": "All compiled fusions (SwiGLU, bias-dropout-add, RMSNorm; on by default on a GPU) against "
+                       "none (`--no-bias-swiglu-fusion --no-bias-dropout-fusion --no-rmsnorm-fusion`)",
 }
 
 
@@ -33,8 +42,13 @@ def _fmt(v, spec: str = ".3g") -> str:
 
 
 def _commit(repo: str) -> str:
-    out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown (no git here)"
+    """HEAD's short hash; GPU_CHECK_COMMIT where the tree was copied without its .git or git is absent."""
+    try:
+        out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        head = out.stdout.strip()
+    except OSError:
+        head = ""
+    return head or os.environ.get("GPU_CHECK_COMMIT") or "unknown (no git here)"
 
 
 def environment(env: dict | None) -> list[str]:
@@ -97,14 +111,21 @@ def throughput(runs: dict[str, dict | None]) -> list[str]:
 
 
 def fast_paths(runs: dict, rope: dict | None) -> list[str]:
-    lines = ["## 4. Fast paths without extra libraries (measured here, not enabled by default)", ""]
-    plain, fused = runs.get("1.8b"), runs.get("1.8b-fused-adam")
-    if plain and fused:
-        before, after = (r["breakdown_s"]["optimizer"] * 1e3 for r in (plain, fused))
-        lines.append(f"- Fused AdamW (`bench_train.py --fused-adam`): optimizer step {before:.1f} ms -> {after:.1f} "
-                     f"ms, whole step {plain['step_s'] * 1e3:.1f} -> {fused['step_s'] * 1e3:.1f} ms.")
-    else:
-        lines.append("- Fused AdamW: not measured (a throughput run failed or was skipped).")
+    lines = ["## 4. Fast paths without extra libraries, each against the default 1.8B run", ""]
+    plain = runs.get("1.8b")
+    for key, label in FAST_PATHS.items():
+        other = runs.get(key)
+        if not (plain and other):
+            lines.append(f"- {label}: not measured (a throughput run failed or was skipped).")
+            continue
+        on, off = (plain, other) if "no-" in key else (other, plain)
+        lines.append(f"- {label}: step {off['step_s'] * 1e3:.1f} ms without, {on['step_s'] * 1e3:.1f} ms with "
+                     f"(x{off['step_s'] / on['step_s']:.3f} speed); optimizer {off['breakdown_s']['optimizer'] * 1e3:.1f}"
+                     f" -> {on['breakdown_s']['optimizer'] * 1e3:.1f} ms, forward + backward "
+                     f"{(off['breakdown_s']['forward'] + off['breakdown_s']['backward']) * 1e3:.1f} -> "
+                     f"{(on['breakdown_s']['forward'] + on['breakdown_s']['backward']) * 1e3:.1f} ms; peak memory "
+                     f"{_fmt(off.get('peak_memory_gib', off.get('peak_rss_gib')), '.1f')} -> "
+                     f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB.")
     if rope:
         lines += ["", f"RoPE, one layer's query and key, forward + backward, shape {rope['shape']} bf16 "
                   f"(median of {rope['reps']}, {rope['device']}):", "", "| rotation | ms |", "| --- | --- |"]

@@ -172,7 +172,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 TOKENIZER_TYPES = ("QwenTokenizer", "NullTokenizer")
 FUSIONS = ("bias_swiglu_fusion", "bias_dropout_fusion", "masked_softmax_fusion", "rope_fusion",
-           "gradient_accumulation_fusion")
+           "gradient_accumulation_fusion", "rmsnorm_fusion")
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ class BuildSettings:
     masked_softmax_fusion: bool = True
     rope_fusion: bool = True
     gradient_accumulation_fusion: bool = True
+    rmsnorm_fusion: bool = True  # ours: QwenRMSNorm under torch.compile (model/norm.py)
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {

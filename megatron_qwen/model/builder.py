@@ -25,6 +25,9 @@ from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.distributed import on_gpu
 
 
+_SOFTMAX_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
+
+
 def build_model(cfg: RunConfig, initialize: bool = True) -> list[GPTModel]:
     """This rank's chunks of the model ``cfg`` describes (one per virtual pipeline stage), with
     layout-independent initial weights. Training, inference and checkpoint conversion all build
@@ -84,7 +87,10 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: B
         # Fusions are CUDA kernels; on the CPU the unfused paths compute the same thing.
         bias_activation_fusion=gpu and opts.bias_swiglu_fusion,
         bias_dropout_fusion=gpu and opts.bias_dropout_fusion,
-        masked_softmax_fusion=gpu and opts.masked_softmax_fusion,
+        # The local attention's fused softmax is a compiled extension (Megatron-LM's or apex's), not
+        # part of megatron-core: without it megatron-core would fail at the first bf16 forward.
+        masked_softmax_fusion=gpu and opts.masked_softmax_fusion and all(
+            importlib.util.find_spec(m) is not None for m in _SOFTMAX_KERNELS),
         apply_rope_fusion=gpu and opts.rope_fusion and opts.transformer_impl == "te",
         # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
         gradient_accumulation_fusion=gpu and opts.gradient_accumulation_fusion
@@ -107,7 +113,8 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
         chunk = GPTModel(
             config=tcfg,
             transformer_layer_spec=qwen_block_spec(opts.transformer_impl,
-                                                   get_num_layers_to_build(tcfg, vp_stage=stage)),
+                                                   get_num_layers_to_build(tcfg, vp_stage=stage),
+                                                   fused_norm=on_gpu() and opts.rmsnorm_fusion),
             vocab_size=model.padded_vocab_size,
             max_sequence_length=model.max_position_embeddings,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),

@@ -29,11 +29,12 @@ from megatron_qwen.model.rope import UpcastForRope, downcast_after_rope
 from megatron_qwen.platform.backends import BACKENDS
 
 
-def _local_layer_spec(core_attention: type) -> ModuleSpec:
+def _local_layer_spec(core_attention: type, fused_norm: bool) -> ModuleSpec:
+    norm = _norm_spec(fused_norm)
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=QwenRMSNorm,
+            input_layernorm=norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.causal},
@@ -48,7 +49,7 @@ def _local_layer_spec(core_attention: type) -> ModuleSpec:
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=QwenRMSNorm,
+            pre_mlp_layernorm=norm,
             mlp=ModuleSpec(
                 module=MLP,
                 submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear),
@@ -61,29 +62,34 @@ def _local_layer_spec(core_attention: type) -> ModuleSpec:
     )
 
 
-def qwen_layer_spec(backend: str) -> ModuleSpec:
+def _norm_spec(fused: bool) -> ModuleSpec:
+    return ModuleSpec(module=QwenRMSNorm, params={"fused": fused})
+
+
+def qwen_layer_spec(backend: str, fused_norm: bool = False) -> ModuleSpec:
+    """One layer on ``backend``; ``fused_norm``: the local specs' RMSNorm as one compiled kernel (GPU)."""
     if backend == "te":
         return get_gpt_layer_with_transformer_engine_spec()
     if backend == "flash":
-        return _local_layer_spec(FlashSelfAttention)
+        return _local_layer_spec(FlashSelfAttention, fused_norm)
     if backend == "sdpa":
-        return _local_layer_spec(SDPASelfAttention)
+        return _local_layer_spec(SDPASelfAttention, fused_norm)
     if backend == "local":
-        return _local_layer_spec(DotProductAttention)
+        return _local_layer_spec(DotProductAttention, fused_norm)
     raise ValueError(f"unknown --transformer-impl {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def qwen_block_spec(backend: str, num_layers_in_chunk: int) -> ModuleSpec:
+def qwen_block_spec(backend: str, num_layers_in_chunk: int, fused_norm: bool = False) -> ModuleSpec:
     """The decoder block of one pipeline chunk: its layers and, on the last stage, the final norm."""
     if backend == "te":
         from megatron.core.extensions.transformer_engine import TENorm
 
         final_norm = TENorm
     else:
-        final_norm = QwenRMSNorm
+        final_norm = _norm_spec(fused_norm)
     return ModuleSpec(
         module=TransformerBlock,
         submodules=TransformerBlockSubmodules(
-            layer_specs=[qwen_layer_spec(backend)] * num_layers_in_chunk, layer_norm=final_norm
+            layer_specs=[qwen_layer_spec(backend, fused_norm)] * num_layers_in_chunk, layer_norm=final_norm
         ),
     )
