@@ -41,7 +41,7 @@ from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed, on_gpu
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler, use_fused_adam
+from megatron_qwen.training.optimizer import adam_kernel, build_optimizer, build_scheduler
 from megatron_qwen.training.step import train_step
 
 # Megatron-LM on H100, bf16, seq 4096, vocabulary 131,072 (docs/qwen.md section 9): MFU by model size.
@@ -169,7 +169,7 @@ def job_flags(flags: list[str], steps: int, world_size: int) -> list[str]:
     return out
 
 
-def build_session(flags: list[str], steps: int, fused_adam: bool = False) -> Session:
+def build_session(flags: list[str], steps: int) -> Session:
     """Process groups, model, optimizer and data for ``flags`` (pretrain flags; with
     ``--use-cpu-initialization`` the CPU run's initial weights on a GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -182,8 +182,6 @@ def build_session(flags: list[str], steps: int, fused_adam: bool = False) -> Ses
     model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=cfg.zero.distributed_optimizer)
-    if fused_adam and not use_fused_adam(optimizer):
-        print("bench_train: --fused-adam ignored: megatron-core uses transformer-engine's or apex's FusedAdam here")
     scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
     _synchronize()
     build_s = time.perf_counter() - t0
@@ -240,7 +238,7 @@ def measure(session: Session, warmup: int, iters: int, peak: float | None) -> di
         "precision": cfg.build.precision, "transformer_impl": cfg.build.transformer_impl,
         "recompute": cfg.build.recompute_granularity or "none",
         "tp": cfg.parallel.tensor_model_parallel_size, "pp": cfg.parallel.pipeline_model_parallel_size,
-        "distributed_optimizer": cfg.zero.distributed_optimizer,
+        "distributed_optimizer": cfg.zero.distributed_optimizer, "adam_kernel": adam_kernel(session.optimizer),
         "warmup": warmup, "iters": iters, "build_s": session.build_s,
         "step_s": step_s, "step_s_all": [s for _, s, _ in timed], "breakdown_s": parts,
         "timer": "cuda events" if on_gpu() else "wall clock",
@@ -263,7 +261,7 @@ def report(r: dict) -> str:
         f"heads, FFN {r['ffn_hidden_size']}, {r['vocab_rows']} vocabulary rows), seq {r['seq_length']}, "
         f"micro-batch {r['micro_batch_size']}, global batch {r['global_batch_size']}",
         f"run: {r['precision']}, back end {r['transformer_impl']}, recompute {r['recompute']}, {layout}, "
-        f"device {r['device']}",
+        f"AdamW {r['adam_kernel']}, device {r['device']}",
         f"iterations: {r['warmup']} warm-up + {r['iters']} timed; model built in {r['build_s']:.1f} s",
         f"step time (median): {r['step_s'] * 1e3:.1f} ms",
         f"tokens/s/GPU: {r['tokens_per_s_per_gpu']:,.1f}",
@@ -292,8 +290,6 @@ def parse_args(argv: list[str] | None = None):
     ap.add_argument("--warmup", type=int, default=3, help="steps run first and not timed")
     ap.add_argument("--iters", type=int, default=10, help="timed steps")
     ap.add_argument("--nproc", type=int, default=1, help="processes on this machine (re-launches under torchrun)")
-    ap.add_argument("--fused-adam", action="store_true",
-                    help="torch's fused AdamW kernel instead of its default (foreach) one; to be measured")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak of the device for MFU (default: model/flops.py's table by GPU name)")
     ap.add_argument("--json", default=None, help="write every figure to this file")
@@ -305,16 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(argv)
     flags = flags or list(CPU_DEFAULT_FLAGS)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        own = ["--warmup", str(args.warmup), "--iters", str(args.iters)] + (["--fused-adam"] if args.fused_adam else [])
+        own = ["--warmup", str(args.warmup), "--iters", str(args.iters)]
         own += (["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []) + (
             ["--json", args.json] if args.json else [])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                os.path.abspath(__file__), *own, *flags]
         return subprocess.run(cmd).returncode
-    session = build_session(flags, args.warmup + args.iters, fused_adam=args.fused_adam)
+    session = build_session(flags, args.warmup + args.iters)
     peak = args.peak_tflops or (peak_tflops(device_description()) if on_gpu() else None)
     result = measure(session, args.warmup, args.iters, peak)
-    result["fused_adam"] = args.fused_adam
     if torch.distributed.get_rank() == 0:
         print(report(result), flush=True)
         if args.json:

@@ -260,6 +260,11 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                        ("adam_beta2", "AdamW beta2"), ("adam_eps", "AdamW epsilon"),
                        ("clip_grad", "gradient norm clipping")):
         g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name), help=what)
+    g.add_argument("--fused-adam", dest="fused_adam", action="store_const", const=True, default=None,
+                   help="torch's fused AdamW kernel (default: on a GPU; megatron engine, without transformer-engine "
+                        "or apex, whose FusedAdam megatron-core uses instead)")
+    g.add_argument("--no-fused-adam", dest="fused_adam", action="store_const", const=False,
+                   help="torch's default (foreach) AdamW kernel, also on a GPU")
     g.add_argument("--max-skipped-iterations", type=int, default=TrainSettings.max_skipped_iterations,
                    help="stop after this many skipped updates in a row (non-finite loss or gradient norm); 0: never")
     g.add_argument("--loss-spike-factor", type=float, default=None,
@@ -382,7 +387,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
             lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
             lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
             weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-            adam_eps=args.adam_eps, clip_grad=args.clip_grad,
+            adam_eps=args.adam_eps, clip_grad=args.clip_grad, fused_adam=args.fused_adam,
         ),
     )
     data = DataSettings(

@@ -15,3 +15,4 @@ class OptimizerSettings:
     lr_warmup_iters: int = 0
     lr_decay_iters: int | None = None  # None: decay over the whole run
     lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
+    fused_adam: bool | None = None  # torch's fused AdamW kernel; None: on a GPU (training/optimizer.py)

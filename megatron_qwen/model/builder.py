@@ -24,7 +24,6 @@ from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.distributed import on_gpu
 
-
 _SOFTMAX_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
 
 

@@ -33,6 +33,7 @@ from megatron_qwen.training.checkpoint_dirs import (
 )
 from megatron_qwen.training.deepspeed_checkpoint import MARKER as DEEPSPEED_MARKER
 from megatron_qwen.training.deepspeed_checkpoint import written_by_deepspeed
+from megatron_qwen.training.optimizer import adam_kernel, set_adam_kernel
 
 # Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
 # copy each time: megatron-core writes the data-parallel group into the dict it is given.
@@ -303,6 +304,7 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
         unwrap(chunk).load_state_dict(loaded[key])
     if load_optim:
         optimizer.load_state_dict(loaded["optimizer"])
+        set_adam_kernel(optimizer, cfg.train.optim)  # this run's kernel, not the saving run's
     else:  # bf16 runs keep fp32 main copies, taken from the initial weights
         optimizer.reload_model_params()
     if s.finetune:
@@ -313,7 +315,8 @@ def _restore(cfg: RunConfig, model, optimizer, scheduler) -> TrainState:
         if "rng_state" in loaded:
             _set_rng_state(loaded["rng_state"])
     if dist.get_rank() == 0:
-        what = "weights only" if s.finetune else ("model" if not load_optim else "model and optimizer")
+        what = ("weights only" if s.finetune else "model" if not load_optim
+                else f"model and optimizer (AdamW kernel: {adam_kernel(optimizer)})")
         print(f" loaded {what} from {ckpt_dir} (saved at layout {common['layout']}, "
               f"now {_layout()}); continuing at iteration {state.iteration}", flush=True)
     return state

@@ -6,6 +6,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_qwen.config.optimizer import OptimizerSettings
+from megatron_qwen.platform.distributed import on_gpu
 
 
 def build_optimizer(model_chunks, settings: OptimizerSettings, bf16: bool, use_distributed_optimizer: bool):
@@ -23,6 +24,7 @@ def build_optimizer(model_chunks, settings: OptimizerSettings, bf16: bool, use_d
         use_distributed_optimizer=use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(config, model_chunks)
+    set_adam_kernel(optimizer, settings)
     _connect_to_schedules(model_chunks, optimizer)
     return optimizer
 
@@ -57,17 +59,26 @@ def build_scheduler(optimizer, settings: OptimizerSettings, train_iters: int, gl
     )
 
 
-def use_fused_adam(optimizer) -> bool:
-    """Run the torch AdamW under megatron-core's optimizer with its fused kernel (a few launches per
-    step instead of the default foreach implementation's many). megatron-core builds torch's AdamW
-    only when neither transformer-engine nor apex is installed (with either, it uses their FusedAdam
-    and this returns False). Call before the first step: the fused kernel keeps its step counters on
-    the parameters' device, and the default one creates them on the CPU."""
+def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
+    """torch's fused AdamW kernel (a few launches per step) where ``settings.fused_adam`` asks for it, by
+    default on a GPU, where it halves the optimizer step (docs/PERFORMANCE.md); else its default
+    (foreach) kernel. megatron-core builds torch's AdamW only when neither transformer-engine nor apex
+    is installed; with either it uses their FusedAdam and this changes nothing. Called again after a
+    checkpoint's optimizer state is loaded: torch restores the saved param groups, the kernel choice
+    with them, and the fused kernel wants its step counters on the parameters' device."""
+    fused = on_gpu() if settings.fused_adam is None else settings.fused_adam
     inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
-    if not all(isinstance(o, torch.optim.AdamW) for o in inner):
-        return False
-    for o in inner:
-        o.defaults.update(fused=True, foreach=False)
-        for group in o.param_groups:
-            group.update(fused=True, foreach=False)
-    return True
+    for o in (o for o in inner if type(o) is torch.optim.AdamW):
+        for group in (o.defaults, *o.param_groups):
+            group.update(fused=True if fused else None, foreach=False if fused else None)
+        for param, state in o.state.items():
+            if "step" in state:
+                state["step"] = state["step"].to(param.device if fused else "cpu", torch.float32)
+
+
+def adam_kernel(optimizer) -> str:
+    """Which AdamW kernel steps the weights: "fused", "foreach", or megatron-core's choice of another library."""
+    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+    if not all(type(o) is torch.optim.AdamW for o in inner):
+        return type(inner[0]).__module__ + "." + type(inner[0]).__name__
+    return "fused" if all(g.get("fused") for o in inner for g in o.param_groups) else "foreach"
