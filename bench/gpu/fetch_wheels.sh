@@ -7,8 +7,8 @@
 #
 # Exactly bench/gpu/requirements-gpu-check.txt, for the target's Python and platform (not this machine's),
 # binary wheels only, without dependencies (that file lists them: pip would otherwise fetch torch, which
-# the target already has and must keep). Then checks that the directory resolves offline for that target:
-# a pip dry run in a scratch environment where torch is recorded as installed, as it is on the target.
+# the target already has and must keep). Then checks that the directory serves gpu_check.sh's offline
+# install (pip install --no-index --no-deps) for that target, as a dry run in a scratch environment.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: bench/gpu/fetch_wheels.sh DIR" >&2; exit 2; }
 DIR=$1
@@ -35,13 +35,9 @@ fi
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 "$TARGET_PY" -m venv "$SCRATCH/venv"
-SITE=$("$SCRATCH/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-# Record torch as installed (metadata only), as the target has it; the version satisfies megatron-core's torch>=2.6.
-mkdir -p "$SITE/torch-2.11.0.dist-info"
-printf 'Metadata-Version: 2.1\nName: torch\nVersion: 2.11.0\n' > "$SITE/torch-2.11.0.dist-info/METADATA"
-: > "$SITE/torch-2.11.0.dist-info/RECORD"
-"$SCRATCH/venv/bin/python" -m pip install -q --upgrade-strategy only-if-needed --dry-run --no-index \
-  --find-links "$DIR" -r "$REQ" -c <(echo "torch==2.11.0") --report "$SCRATCH/report.json"
+# The install gpu_check.sh --wheels runs, as a dry run: every listed requirement must have a wheel here.
+"$SCRATCH/venv/bin/python" -m pip install -q --dry-run --no-index --no-deps --find-links "$DIR" -r "$REQ" \
+  --report "$SCRATCH/report.json"
 "$SCRATCH/venv/bin/python" - "$SCRATCH/report.json" <<'EOF'
 import json
 import sys

@@ -42,13 +42,15 @@ def _fmt(v, spec: str = ".3g") -> str:
 
 
 def _commit(repo: str) -> str:
-    """HEAD's short hash; GPU_CHECK_COMMIT where the tree was copied without its .git or git is absent."""
+    """GPU_CHECK_COMMIT where set (a tree copied to the GPU machine may carry another .git, or none), else
+    HEAD's short hash."""
+    if os.environ.get("GPU_CHECK_COMMIT"):
+        return os.environ["GPU_CHECK_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        head = out.stdout.strip()
+        return out.stdout.strip() or "unknown (not a git checkout)"
     except OSError:
-        head = ""
-    return head or os.environ.get("GPU_CHECK_COMMIT") or "unknown (no git here)"
+        return "unknown (no git here)"
 
 
 def environment(env: dict | None) -> list[str]:
