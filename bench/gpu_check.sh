@@ -11,9 +11,10 @@
 # (24 layers, bf16, seq 2048), a Qwen-7B-width stack of 8 layers, 1.8B with full recompute; (5) start-up:
 # weight-draw time per rank on the GPU; (4) fast paths, each the 1.8B run with one thing changed (AdamW
 # foreach instead of fused, RMSNorm eager, every compiled fusion off) and a RoPE micro-benchmark; (5) the
-# same weight draws on the CPU. Measured on one H100 (docs/PERFORMANCE.md): 424 s in all, every stage
-# within its limit; the limits hold the stages under 7.5 minutes, and a stage that runs out of time is
-# reported as such while the next one starts.
+# same weight draws on the CPU; (6) one 1.8B step under torch.profiler. Measured on one H100
+# (docs/PERFORMANCE.md): 424 s in all before stage 6 was added, every stage within its limit; the limits
+# hold the stages under 7.5 minutes, and a stage that runs out of time is reported as such while the next
+# one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
 # bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
@@ -71,13 +72,14 @@ fi
 if [ "$DRY" = 1 ]; then
   # A shared CPU imports megatron-core and steps even the tiny model slowly: three times each stage's limit.
   MODE=cpu-dry-run; BUDGET=3600; CAP_SCALE=3
-  ITERS=(--warmup 1 --iters 1)
+  ITERS=(--warmup 1 --iters 1); FAST_ITERS=("${ITERS[@]}")
   TINY=(--model-size tiny --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --bf16)
   RUN_18B=("${TINY[@]}"); RUN_7B=("${TINY[@]}" --num-layers 2); QUICK=--quick; INIT_SIZES=(tiny)
 else
   # 450 s of stages leaves the 8-minute promise room for start-up and the report.
   MODE=gpu; BUDGET=450; CAP_SCALE=1
   ITERS=(--warmup 3 --iters 10)
+  FAST_ITERS=(--warmup 2 --iters 6)  # the fast-path comparisons: enough for differences of a few percent
   # 1.8B: 33 GB of weights, gradients and AdamW state plus activations at micro-batch 4 (51.6 GiB peak on
   # an H100; micro-batch 8 runs out of memory, 2 leaves the GPU waiting for the host: docs/PERFORMANCE.md);
   # 7B width at 8 layers (2.9B parameters): 52 GB of state at 18 bytes a parameter, micro-batch 1 (no
@@ -122,15 +124,16 @@ for size in "${INIT_SIZES[@]}"; do
   [ "$DRY" = 1 ] || stage "start-up: $size GPU draws" 60 "$PY" bench/bench_init.py --model-size "$size" \
     --device cuda --json "$WORK/init_${size}_cuda.json"
 done
-stage "fast path: AdamW foreach" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --no-fused-adam \
+stage "fast path: AdamW foreach" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" --no-fused-adam \
   --json "$WORK/throughput_1.8b-no-fused-adam.json"
-stage "fast path: RMSNorm eager" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" --no-rmsnorm-fusion \
+stage "fast path: RMSNorm eager" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" --no-rmsnorm-fusion \
   --json "$WORK/throughput_1.8b-no-rmsnorm-fusion.json"
-stage "fast path: no compiled fusion" 90 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
+stage "fast path: no compiled fusion" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" \
   --no-bias-swiglu-fusion --no-bias-dropout-fusion --no-rmsnorm-fusion --json "$WORK/throughput_1.8b-no-fusions.json"
 stage "fast path: RoPE" 90 "$PY" bench/gpu/bench_rope.py "$WORK/rope.json" $QUICK
 stage "start-up: ${INIT_SIZES[0]} CPU draws" 120 "$PY" bench/bench_init.py --model-size "${INIT_SIZES[0]}" \
   --device cpu --json "$WORK/init_${INIT_SIZES[0]}_cpu.json"
+stage "profile: 1.8B step" 60 "$PY" bench/gpu/profile_step.py "$WORK/profile.txt" "${RUN_18B[@]}"
 
 "$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }

@@ -37,6 +37,13 @@ def _load(path: str):
         return json.load(f)
 
 
+def _read(path: str) -> str | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def _fmt(v, spec: str = ".3g") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -157,6 +164,14 @@ def startup(inits: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def profile(text: str | None) -> list[str]:
+    lines = ["## 6. One 1.8B step under torch.profiler (bench/gpu/profile_step.py)", ""]
+    if text is None:
+        return lines + ["Not measured (stage failed or skipped).", ""]
+    head = text.splitlines()
+    return lines + ["```"] + head[:3 + 3 + 25] + ["```", ""]  # flags, times, the table's header and top 25
+
+
 def main() -> int:
     work, out, mode, command = sys.argv[1:5]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -170,13 +185,14 @@ def main() -> int:
     results = {"mode": mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "commit": _commit(repo), "stages": stages, "env": _load(os.path.join(work, "env.json")),
                "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
-               "rope_bench": _load(os.path.join(work, "rope.json")), "init": inits}
+               "rope_bench": _load(os.path.join(work, "rope.json")), "init": inits,
+               "profile": _read(os.path.join(work, "profile.txt"))}
     what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
             if mode == "cpu-dry-run" else "GPU")
     md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
           f"Command: `{command}`", ""]
     md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
-    md += fast_paths(runs, results["rope_bench"]) + startup(inits)
+    md += fast_paths(runs, results["rope_bench"]) + startup(inits) + profile(results["profile"])
     md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     with open(os.path.join(out, "results.json"), "w") as f:
