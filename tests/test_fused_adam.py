@@ -21,8 +21,9 @@ def pretrain(tmp, name: str, *extra: str) -> tuple[dict[int, float], str]:
 
 def test_fused_kernel_takes_over_a_foreach_checkpoint_and_resumes_its_own(tmp_path):
     """foreach for 5 iterations (saving every 2); fused from its iteration 2 to 3, saving; fused from that
-    to 5 (iteration 5's loss is the first to show the update made from the fused checkpoint's state). The same fp32 update in another order stays within 1e-5 of the foreach run; losing the
-    AdamW state on a resume moves these losses by about 1e-3."""
+    to 5 (iteration 5's loss is the first to show the update made from the fused checkpoint's state). The
+    same fp32 update in another order stays within 1e-5 of the foreach run; losing the AdamW state on a
+    resume moves these losses by about 1e-3."""
     foreach, _ = pretrain(tmp_path, "foreach", "--save", str(tmp_path / "foreach"), "--save-interval", "2")
     (tmp_path / "foreach" / "latest_checkpointed_iteration.txt").write_text("2")
     # The checkpoint's param groups say foreach: this run's flag must win.
