@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, quiet_env, torchrun
+from conftest import REPO, quiet_env, run_module, torchrun
 
 BASE = ["--model-size", "tiny", "--mock-data", "--micro-batch-size", "2", "--global-batch-size", "4",
         "--lr", "1e-3", "--eval-interval", "1000", "--seed", "3"]
@@ -70,6 +70,9 @@ def test_code_qwen_resumes_its_own_checkpoint_after_a_crash(tmp_path, base_ckpt)
     code_ckpt = tmp_path / "code"  # the base was saved at TP2; this job runs at TP1
     args = ["-m", "megatron_qwen.pretrain_code", *BASE, "--seq-length", "64", "--train-iters", "3",
             "--load", str(base_ckpt), "--save", str(code_ckpt)]
-    torchrun(1, [*args, "--exit-interval", "2"])
-    out = torchrun(1, args)  # the same command again, as a restarted job would run it
+    first = run_module(args[1], [*args[2:], "--exit-interval", "2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_module(args[1], args[2:])  # the same command again, as a restarted job would run it
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
     assert "continuing at iteration 2" in out and "loaded model and optimizer" in out

@@ -1,5 +1,5 @@
-"""torch's fused AdamW kernel (on by default on a GPU, forced here with --fused-adam) trains as the default
-foreach kernel does, takes over a foreach checkpoint, and its own checkpoints resume."""
+"""torch's fused AdamW kernel (on by default on a GPU, forced here with --fused-adam) takes over a checkpoint
+the default foreach kernel saved, and trains on as that kernel does."""
 
 import json
 
@@ -19,19 +19,15 @@ def pretrain(tmp, name: str, *extra: str) -> tuple[dict[int, float], str]:
     return {r["iteration"]: r["lm_loss"] for r in rows if "lm_loss" in r}, proc.stdout
 
 
-def test_fused_kernel_takes_over_a_foreach_checkpoint_and_resumes_its_own(tmp_path):
-    """foreach for 5 iterations (saving every 2); fused from its iteration 2 to 3, saving; fused from that
-    to 5 (iteration 5's loss is the first to show the update made from the fused checkpoint's state). The
-    same fp32 update in another order stays within 1e-5 of the foreach run; losing the AdamW state on a
-    resume moves these losses by about 1e-3."""
+def test_fused_kernel_takes_over_a_foreach_checkpoint(tmp_path):
+    """foreach for 5 iterations (saving every 2), then the fused kernel from its iteration 2: the saved param
+    groups say foreach, this run's flag must win. The same fp32 update in another order stays within 1e-5
+    of the foreach run (iteration 4 is the first loss after an update made from the loaded AdamW state);
+    resuming without that state moves these losses by about 1e-3."""
     foreach, _ = pretrain(tmp_path, "foreach", "--save", str(tmp_path / "foreach"), "--save-interval", "2")
     (tmp_path / "foreach" / "latest_checkpointed_iteration.txt").write_text("2")
-    # The checkpoint's param groups say foreach: this run's flag must win.
-    took_over, out = pretrain(tmp_path, "took_over", "--fused-adam", "--load", str(tmp_path / "foreach"),
-                              "--save", str(tmp_path / "fused"), "--exit-interval", "3")
+    took_over, out = pretrain(tmp_path, "took_over", "--fused-adam", "--load", str(tmp_path / "foreach"))
     assert "AdamW kernel: fused" in out
-    resumed, out = pretrain(tmp_path, "resumed", "--fused-adam", "--load", str(tmp_path / "fused"))
-    assert "AdamW kernel: fused" in out
-    assert sorted(took_over) == [3] and sorted(resumed) == [4, 5]
-    for it, got in {**took_over, **resumed}.items():
+    assert sorted(took_over) == [3, 4, 5]
+    for it, got in took_over.items():
         assert abs(got - foreach[it]) <= 1e-5 * abs(foreach[it]), f"iteration {it}: {got} vs {foreach[it]}"
