@@ -90,11 +90,3 @@ def test_mistyped_load_directory_is_refused_before_any_work(tmp_path):
     line = _run_before_any_work(["--mock-data", "--load", str(tmp_path / "chekpoints"),
                                  "--save", str(tmp_path / "checkpoints")], tmp_path)
     assert "--load" in line and "chekpoints" in line and "does not exist" in line
-
-
-def test_own_save_directory_without_checkpoint_is_a_first_start(tmp_path):
-    """--load = --save (a job restarted with the same command) starts from scratch with one line."""
-    ckpt = str(tmp_path / "ckpt")
-    proc = run_module("megatron_qwen.pretrain", BASE + ["--save", ckpt, "--load", ckpt], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"no checkpoint in {ckpt} yet: starting from scratch" in proc.stdout

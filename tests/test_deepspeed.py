@@ -27,7 +27,8 @@ DS = ["--zero-engine", "deepspeed"]
 TP2 = ["--tensor-model-parallel-size", "2"]
 LAYOUTS = {  # name: (processes, flags)
     **{f"dp2_zero{s}": (2, [*DS, "--zero-stage", str(s)]) for s in (1, 2, 3)},
-    **{f"tp2_dp2_zero{s}": (4, [*DS, "--zero-stage", str(s), *TP2]) for s in (1, 2, 3)},
+    # with TP2, stage 3 only: it partitions what stages 1 and 2 do, and the parameters too
+    "tp2_dp2_zero3": (4, [*DS, "--zero-stage", "3", *TP2]),
     "dp2_zero3_offload": (2, [*DS, "--zero-stage", "3", "--zero-offload-optimizer", "cpu",
                               "--zero-offload-param", "cpu"]),
 }

@@ -59,6 +59,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     for mode, (_, bound) in MODES.items():
         attempts = results[mode]
         assert [a["killed"] for a in attempts] == [True] * KILLS + [False], f"{mode}: a cue never came"
+        # --load = --save with nothing saved yet: a restarted job's first start, one line, from scratch.
+        assert f"no checkpoint in {tmp_path / f'ckpt_{mode}'} yet: starting from scratch" in attempts[0]["output"]
         assert attempts[-1]["codes"] == [0], attempts[-1]["output"][-3000:]
         in_save = 0
         for kill, restart in zip(attempts[:-1], attempts[1:]):
