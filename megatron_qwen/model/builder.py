@@ -24,7 +24,10 @@ from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.distributed import on_gpu
 
-_SOFTMAX_KERNELS = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda")
+
+def _installed(*modules: str) -> bool:
+    """Whether every compiled extension a megatron-core fusion imports is there (none ships with it)."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def build_model(cfg: RunConfig, initialize: bool = True) -> list[GPTModel]:
@@ -88,12 +91,12 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: B
         bias_dropout_fusion=gpu and opts.bias_dropout_fusion,
         # The local attention's fused softmax is a compiled extension (Megatron-LM's or apex's), not
         # part of megatron-core: without it megatron-core would fail at the first bf16 forward.
-        masked_softmax_fusion=gpu and opts.masked_softmax_fusion and all(
-            importlib.util.find_spec(m) is not None for m in _SOFTMAX_KERNELS),
+        masked_softmax_fusion=gpu and opts.masked_softmax_fusion and _installed(
+            "scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda"),
         apply_rope_fusion=gpu and opts.rope_fusion and opts.transformer_impl == "te",
         # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
         gradient_accumulation_fusion=gpu and opts.gradient_accumulation_fusion
-        and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None,
+        and _installed("fused_weight_gradient_mlp_cuda"),
         # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
         # p2p pairs sends and receives in posting order: activations and gradients swap
         # silently (Megatron-LM issue 750). Unbatched exchange is exact at every layout.

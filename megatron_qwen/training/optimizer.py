@@ -67,8 +67,7 @@ def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
     checkpoint's optimizer state is loaded: torch restores the saved param groups, the kernel choice
     with them, and the fused kernel wants its step counters on the parameters' device."""
     fused = on_gpu() if settings.fused_adam is None else settings.fused_adam
-    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
-    for o in (o for o in inner if type(o) is torch.optim.AdamW):
+    for o in (o for o in _torch_optimizers(optimizer) if type(o) is torch.optim.AdamW):
         for group in (o.defaults, *o.param_groups):
             group.update(fused=True if fused else None, foreach=False if fused else None)
         for param, state in o.state.items():
@@ -78,7 +77,12 @@ def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
 
 def adam_kernel(optimizer) -> str:
     """Which AdamW kernel steps the weights: "fused", "foreach", or megatron-core's choice of another library."""
-    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+    inner = _torch_optimizers(optimizer)
     if not all(type(o) is torch.optim.AdamW for o in inner):
         return type(inner[0]).__module__ + "." + type(inner[0]).__name__
     return "fused" if all(g.get("fused") for o in inner for g in o.param_groups) else "foreach"
+
+
+def _torch_optimizers(optimizer) -> list:
+    """The optimizers megatron-core's wrapper (chained, for several parameter groups, or not) steps with."""
+    return [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
