@@ -43,6 +43,10 @@ SINGLE_PROCESS = {
     "bf16 local": ["--global-batch-size", "2", "--bf16"],
     "bf16 local full": ["--global-batch-size", "2", "--bf16", "--recompute-granularity", "full"],
     "bf16 sdpa": ["--global-batch-size", "2", "--bf16", "--transformer-impl", "sdpa"],
+    # a vocabulary large enough for the loss to set the peak: the chunked loss, then megatron-core's
+    "bf16 local vocab 16k": ["--global-batch-size", "2", "--bf16", "--vocab-size", "16384"],
+    "bf16 local vocab 16k mcore": ["--global-batch-size", "2", "--bf16", "--vocab-size", "16384",
+                                   "--no-cross-entropy-fusion"],
 }
 # Four ranks: TP2 with sequence parallelism x PP2 interleaved (one layer per chunk), 4 micro-batches.
 MULTI_PROCESS = {
@@ -145,7 +149,8 @@ def workload_and_layout(flags: list[str], world: int) -> tuple[Workload, Layout]
     cfg = parse_run_config(PRETRAIN, ["--mock-data", *flags])
     p, L = cfg.parallel, cfg.model.num_layers
     work = Workload(cfg.model, cfg.train.seq_length, cfg.train.micro_batch_size, cfg.train.global_batch_size,
-                    precision=cfg.build.precision, backend=cfg.build.transformer_impl, gpu=False)
+                    precision=cfg.build.precision, backend=cfg.build.transformer_impl, gpu=False,
+                    chunked_loss=cfg.build.cross_entropy_fusion)
     layout = Layout(tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                     dp=p.data_parallel_size(world), cp=p.context_parallel_size,
                     vp=p.virtual_pipeline_size(L) or 1, distributed_optimizer=cfg.zero.distributed_optimizer,

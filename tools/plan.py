@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--transformer-impl", choices=list(BACKEND_NAMES), default="transformer_engine",
                    help="the layer back end of the GPU run (what --transformer-impl auto picks with TE installed)")
     g.add_argument("--fp32", action="store_true", help="plan an fp32 run instead of bf16 mixed precision")
+    g.add_argument("--no-cross-entropy-fusion", dest="cross_entropy_fusion", action="store_false",
+                   help="plan megatron-core's loss (fp32 softmax kept for every token) instead of the chunked one")
 
     g = p.add_argument_group("batch")
     g.add_argument("--seq-length", type=int, default=PRETRAIN.seq_length)
@@ -123,7 +125,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
         cfg.build, transformer_impl=backend, precision="fp32" if args.fp32 else "bf16"))
     cfg.validate(world_size=1)  # the rules that do not involve the layout, with training's own messages
     work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size,
-                    precision=cfg.build.precision, backend=backend)
+                    precision=cfg.build.precision, backend=backend, chunked_loss=args.cross_entropy_fusion)
     return cfg, work
 
 

@@ -1,5 +1,6 @@
 """Correctness stage of bench/gpu_check.sh: this device against the CPU, bf16 against fp32, RoPE
-precision and fused AdamW, all on the tiny preset from the CPU's initial weights.
+precision, fused AdamW and the chunked loss, on the tiny preset from the CPU's initial weights (the loss also
+at Qwen's vocabulary).
 
     CUDA_VISIBLE_DEVICES= python bench/gpu/check_correctness.py reference REF.pt [--quick]   # the CPU run
     python bench/gpu/check_correctness.py compare REF.pt OUT.json [--quick]                  # on the device
@@ -21,6 +22,14 @@ Tolerances, and why:
   failing on the errors that matter: dropping the causal mask moves the logits by 0.18, and a wrong
   gradient shows in the losses, which fall by 1% over these 5 steps.
 - fused vs foreach AdamW, losses 1e-5 relative: the same update in fp32, in another order.
+- the chunked loss (model/loss.py; compiled on a GPU) vs megatron-core's, bf16 tiny model, losses 1e-4
+  relative: both take the fp32 loss of the same bf16 logits and round its gradient to bf16 once; kernels
+  that round an element the other way move the losses by ~1e-6, a wrong gradient by the 1% these 5 steps
+  fall.
+- the chunked loss vs torch's cross entropy in fp64 at Qwen's 151,936 rows, from the same logits: loss
+  1e-5 relative and, for fp32 logits, logits gradient 1e-5 relative L2 (fp32 sums over 151,936 rows;
+  the CPU measures 6e-8 and 1.7e-7, torch's own fp32 cross entropy 1.7e-6 and 8.8e-6); for bf16 logits,
+  gradient 2e-3, as it is rounded to bf16 once (u = 2^-9 = 2e-3; the CPU measures 3.5e-4).
 The RoPE figures are reported, not judged: they show what rotating in fp32 changes.
 """
 
@@ -29,12 +38,16 @@ import json
 import sys
 
 import torch
+from bench_loss import VOCAB
+from bench_loss import errors as loss_errors
 from bench_train import build_session
+from megatron.core import parallel_state
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.identity_op import IdentityOp
 
 from megatron_qwen.model.builder import unwrap
+from megatron_qwen.model.loss import vocab_parallel_cross_entropy
 from megatron_qwen.platform.distributed import on_gpu
 
 STEPS, QUICK_STEPS = 5, 2
@@ -43,6 +56,7 @@ TINY = ["--model-size", "tiny", "--seq-length", "128", "--micro-batch-size", "2"
 TOL_DEVICE_VS_CPU = 1e-4
 TOL_BF16_LOGITS, TOL_BF16_LOSS = 2e-2, 2e-3
 TOL_FUSED_ADAM = 1e-5
+TOL_LOSS_VS_MEGATRON, TOL_LOSS, TOL_LOSS_GRAD_BF16 = 1e-4, 1e-5, 2e-3
 
 
 def probe_tokens(seq: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +137,24 @@ def rope_model_errors(seq: int = 512) -> dict:
             "bf16, bf16 rotation (megatron-core)": {"rel L2": rel_l2(stock, ref), "rel max": rel_max(stock, ref)}}
 
 
+def loss_checks(tokens: int) -> list[dict]:
+    """The chunked loss as training runs it on this device, at Qwen's vocabulary, against torch's in fp64."""
+    g = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(tokens, 1, VOCAB, generator=g)).to(_device())
+    target = torch.randint(0, VOCAB, (tokens, 1), generator=g).to(_device())
+
+    def ours(x, t):
+        return vocab_parallel_cross_entropy(x, t, parallel_state.get_tensor_model_parallel_group(), on_gpu())
+
+    out = []
+    for dtype, grad_tol in ((torch.float32, TOL_LOSS), (torch.bfloat16, TOL_LOSS_GRAD_BF16)):
+        e = loss_errors(ours, logits.to(dtype), target)
+        name = f"chunked loss vs torch's in fp64, {tokens} tokens x {VOCAB} rows, {str(dtype)[6:]} logits"
+        out.append(check(f"{name}: loss", e["loss rel max"], TOL_LOSS, "max abs diff / max abs"))
+        out.append(check(f"{name}: logits gradient", e["gradient rel L2"], grad_tol, "relative L2"))
+    return out
+
+
 def backends() -> list[str]:
     """Back ends this machine can run: sdpa and local everywhere, te and flash where installed (GPU)."""
     found = ["local", "sdpa"]
@@ -143,8 +175,10 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
             fp32[backend]["logits"], ref["logits"]), TOL_DEVICE_VS_CPU, "max abs diff / max abs"))
         checks.append(check(f"{_device().type} fp32 {backend} vs CPU fp32 local: {steps}-step losses", worst_loss_rel(
             fp32[backend]["losses"], ref["losses"]), TOL_DEVICE_VS_CPU, "worst relative"))
+    bf16_local = None
     for backend in backends():
         bf16 = run_tiny(["--transformer-impl", backend, "--bf16"], steps)
+        bf16_local = bf16_local or bf16
         checks.append(check(f"bf16 {backend} vs fp32 local: logits", rel_l2(bf16["logits"], fp32["local"]["logits"]),
                             TOL_BF16_LOGITS, "relative L2"))
         checks.append(check(f"bf16 {backend} vs fp32 local: {steps}-step losses", worst_loss_rel(
@@ -154,6 +188,10 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
                         for flag in ("--fused-adam", "--no-fused-adam"))
         checks.append(check(f"fused AdamW vs foreach, {'bf16' if precision else 'fp32'}: {steps}-step losses",
                             worst_loss_rel(fused["losses"], plain["losses"]), TOL_FUSED_ADAM, "worst relative"))
+    megatron_loss = run_tiny(["--transformer-impl", "local", "--bf16", "--no-cross-entropy-fusion"], steps)
+    checks.append(check(f"bf16 chunked loss vs megatron-core's loss: {steps}-step losses", worst_loss_rel(
+        bf16_local["losses"], megatron_loss["losses"]), TOL_LOSS_VS_MEGATRON, "worst relative"))
+    checks += loss_checks(64 if quick else 4096)
     rope_shapes = [(512, 4)] if quick else [(2048, 16), (8192, 16)]
     result = {"device": torch.cuda.get_device_name() if on_gpu() else "cpu", "checks": checks,
               "rope_tensor": [rope_tensor_errors(seq, heads) for seq, heads in rope_shapes],

@@ -17,16 +17,14 @@ THROUGHPUT_RUNS = {  # file key -> what the row is (gpu_check.sh names the files
     "1.8b": "Qwen-1.8B shape",
     "7b-width": "Qwen-7B width, fewer layers",
     "1.8b-recompute": "Qwen-1.8B shape, full recompute",
+    "1.8b-mb8": "Qwen-1.8B shape, micro-batch 8",
     "1.8b-no-fused-adam": "Qwen-1.8B shape, AdamW foreach",
     "1.8b-no-rmsnorm-fusion": "Qwen-1.8B shape, RMSNorm eager",
-    "1.8b-no-fusions": "Qwen-1.8B shape, no compiled fusion",
 }
 # The fast-path runs: each is the default 1.8B run with one thing changed (gpu_check.sh stage 4).
 FAST_PATHS = {
     "1.8b-no-fused-adam": "Fused AdamW (on by default on a GPU) against foreach (`--no-fused-adam`)",
     "1.8b-no-rmsnorm-fusion": "RMSNorm compiled (on by default on a GPU) against eager (`--no-rmsnorm-fusion`)",
-    "1.8b-no-fusions": "All compiled fusions (SwiGLU, bias-dropout-add, RMSNorm; on by default on a GPU) against "
-                       "none (`--no-bias-swiglu-fusion --no-bias-dropout-fusion --no-rmsnorm-fusion`)",
 }
 
 
@@ -119,7 +117,7 @@ def throughput(runs: dict[str, dict | None]) -> list[str]:
     return lines + [""]
 
 
-def fast_paths(runs: dict, rope: dict | None) -> list[str]:
+def fast_paths(runs: dict, loss: dict | None) -> list[str]:
     lines = ["## 4. Fast paths without extra libraries, each against the default 1.8B run", ""]
     plain = runs.get("1.8b")
     for key, label in FAST_PATHS.items():
@@ -136,17 +134,15 @@ def fast_paths(runs: dict, rope: dict | None) -> list[str]:
                      f"{(b_on['forward'] + b_on['backward']) * 1e3:.1f} ms; peak memory "
                      f"{_fmt(off.get('peak_memory_gib', off.get('peak_rss_gib')), '.1f')} -> "
                      f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB.")
-    if rope:
-        lines += ["", f"RoPE, one layer's query and key, forward + backward, shape {rope['shape']} bf16 "
-                  f"(median of {rope['reps']}, {rope['device']}):", "", "| rotation | ms |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in rope["ms_per_layer_fwd_bwd"].items()]
-        if "compiled_vs_eager_max_abs" in rope:
-            diff = rope["compiled_vs_eager_max_abs"]
-            lines += ["", f"Compiled vs eager fp32 rotation, max abs difference: {diff:.3g}"]
-        if "note" in rope:
-            lines += ["", rope["note"]]
-    else:
-        lines.append("- RoPE micro-benchmark: not measured (stage failed or skipped).")
+    if loss is None:
+        return lines + ["- The loss alone (bench/gpu/bench_loss.py): not measured (stage failed or skipped).", ""]
+    lines += ["", f"The loss alone over {loss['vocab']:,} rows from bf16 logits, forward + backward (median of "
+              f"{loss['reps']}, {loss['device']}; errors against torch's cross entropy in fp64):", "",
+              "| loss | tokens (seq x micro-batch) | ms | GiB above the logits | loss rel max | gradient rel L2 |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['loss']} | {r['seq']} x {r['micro_batch']} | {r['ms_fwd_bwd']:.1f} | "
+              f"{_fmt(r['extra_gib'], '.2f')} | {r['loss rel max']:.2g} | {r['gradient rel L2']:.2g} |"
+              for r in loss["runs"]]
     return lines + [""]
 
 
@@ -185,14 +181,14 @@ def main() -> int:
     results = {"mode": mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "commit": _commit(repo), "stages": stages, "env": _load(os.path.join(work, "env.json")),
                "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
-               "rope_bench": _load(os.path.join(work, "rope.json")), "init": inits,
+               "loss_bench": _load(os.path.join(work, "loss.json")), "init": inits,
                "profile": _read(os.path.join(work, "profile.txt"))}
     what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
             if mode == "cpu-dry-run" else "GPU")
     md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
           f"Command: `{command}`", ""]
     md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
-    md += fast_paths(runs, results["rope_bench"]) + startup(inits) + profile(results["profile"])
+    md += fast_paths(runs, results["loss_bench"]) + startup(inits) + profile(results["profile"])
     md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -172,7 +172,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 TOKENIZER_TYPES = ("QwenTokenizer", "NullTokenizer")
 FUSIONS = ("bias_swiglu_fusion", "bias_dropout_fusion", "masked_softmax_fusion", "rope_fusion",
-           "gradient_accumulation_fusion", "rmsnorm_fusion")
+           "gradient_accumulation_fusion", "rmsnorm_fusion", "cross_entropy_fusion")
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
@@ -202,7 +202,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=BuildSettings.seed)
     for fusion in FUSIONS:
         g.add_argument(f"--no-{fusion.replace('_', '-')}", dest=fusion, action="store_false",
-                       help="turn this GPU fusion off (on by default where its kernel exists)")
+                       help="turn this fusion off (on by default where it runs; docs/PERFORMANCE.md)")
     g.add_argument("--use-cpu-initialization", action="store_true",
                    help="draw the initial weights on the CPU, also on a GPU: the same weights as a CPU run and "
                         "on every GPU model, slower (by default they are drawn on the device that holds them)")

@@ -21,6 +21,7 @@ from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.model.init import initialize_weights
+from megatron_qwen.model.loss import vocab_parallel_cross_entropy
 from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.distributed import on_gpu
 
@@ -30,7 +31,23 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def build_model(cfg: RunConfig, initialize: bool = True) -> list[GPTModel]:
+class QwenGPTModel(GPTModel):
+    """megatron-core's GPT model, with the loss of model/loss.py where ``chunked_loss``: the loss is the one
+    component megatron-core's specs do not reach."""
+
+    def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunked_loss, self.compiled_loss = chunked_loss, compiled_loss
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if not self.chunked_loss:
+            return super().compute_language_model_loss(labels, logits)
+        # logits [s, b, V/TP], labels [b, s]
+        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.pg_collection.tp, self.compiled_loss)
+        return loss.t().contiguous()  # [b, s]
+
+
+def build_model(cfg: RunConfig, initialize: bool = True) -> list[QwenGPTModel]:
     """This rank's chunks of the model ``cfg`` describes (one per virtual pipeline stage), with
     layout-independent initial weights. Training, inference and checkpoint conversion all build
     through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
@@ -39,7 +56,7 @@ def build_model(cfg: RunConfig, initialize: bool = True) -> list[GPTModel]:
     return _build_chunks(cfg.model, tcfg, cfg.build, initialize)
 
 
-def build_on_meta(cfg: RunConfig) -> list[GPTModel]:
+def build_on_meta(cfg: RunConfig) -> list[QwenGPTModel]:
     """This rank's chunks with shapes but no storage: parameter counts and memory plans of
     models far larger than the machine."""
     tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build),
@@ -107,12 +124,12 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: B
 
 
 def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSettings,
-                  initialize: bool) -> list[GPTModel]:
+                  initialize: bool) -> list[QwenGPTModel]:
     vp_size = tcfg.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None
-        chunk = GPTModel(
+        chunk = QwenGPTModel(
             config=tcfg,
             transformer_layer_spec=qwen_block_spec(opts.transformer_impl,
                                                    get_num_layers_to_build(tcfg, vp_stage=stage),
@@ -126,6 +143,8 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
             rotary_percent=1.0,
             rotary_base=model.rotary_base,
             vp_stage=stage,
+            chunked_loss=opts.cross_entropy_fusion,
+            compiled_loss=on_gpu() and opts.cross_entropy_fusion,
         )
         chunks.append(chunk)
     if initialize:
@@ -133,7 +152,7 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
     return chunks
 
 
-def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig,
+def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig,
                       distributed_optimizer: bool) -> list[DistributedDataParallel]:
     """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP
     (with its buffers laid out for the distributed optimizer, ZeRO-1, if asked)."""
@@ -158,7 +177,7 @@ def wrap_for_training(chunks: list[GPTModel], parallel: ParallelConfig,
     ]
 
 
-def unwrap(chunk) -> GPTModel:
+def unwrap(chunk) -> QwenGPTModel:
     """The GPTModel inside the wrappers of wrap_for_training (DDP, Float16Module)."""
     while hasattr(chunk, "module"):
         chunk = chunk.module

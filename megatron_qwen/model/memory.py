@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.model.flops import training_flops_per_token
+from megatron_qwen.model.loss import CHUNK_ELEMENTS
 
 ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
 BACKENDS = ("te", "flash", "sdpa", "local")
@@ -40,6 +41,7 @@ class Workload:
     # megatron-core fuses SwiGLU and (with apex) accumulates weight gradients straight into main_grad
     # only on a GPU (model/builder.py); the CPU validation runs the unfused paths.
     gpu: bool = True
+    chunked_loss: bool = True  # model/loss.py; False: megatron-core's loss (--no-cross-entropy-fusion)
 
     def __post_init__(self):
         if self.precision not in ACTIVATION_BYTES:
@@ -215,16 +217,23 @@ def pipeline_tensors(work: Workload, layout: Layout) -> float:
 
 
 def loss_working_set(work: Workload, layout: Layout) -> float:
-    """The last stage's final norm, output layer input and loss at the forward-backward turn: megatron-core's
-    vocab-parallel cross entropy keeps fp32 softmax over the rank's V/TP rows for every token of the full
-    sequence; in bf16 the bf16 logits (forward) or their gradient (backward) sit beside it. Without fused
-    gradient accumulation the output layer's weight gradient is a transient of its size, too."""
+    """The last stage's final norm, output layer input and loss at the forward-backward turn, over the rank's
+    V/TP rows of the vocabulary. The chunked loss (model/loss.py) keeps the logits in the activation dtype and
+    works on one chunk of tokens at a time: eager (the CPU), an fp32 copy of the chunk and, in bf16, its
+    gradient; compiled (a GPU), only that gradient. megatron-core's loss keeps an fp32
+    softmax for every token; in bf16 the bf16 logits (forward) or their gradient (backward) sit beside it.
+    Without fused gradient accumulation the output layer's weight gradient is a transient of its size, too."""
     d, tokens = ACTIVATION_BYTES[work.precision], _tokens(work, layout)
-    h, rows = work.model.hidden_size, work.model.padded_vocab_size
+    h, rows = work.model.hidden_size, work.model.padded_vocab_size // layout.tp
     norm = (d * h if work.backend == "te" else FP32 * h + d * h) + FP32  # then the output layer's input
-    total = tokens * (norm + d * h + rows * _softmax_bytes(d)) / layout.tp
+    total = tokens * (norm + d * h) / layout.tp
+    if work.chunked_loss:
+        chunk = min(tokens, max(1, CHUNK_ELEMENTS // rows)) * rows
+        total += tokens * rows * d + chunk * (d if work.gpu else FP32 + (d if d < FP32 else 0))
+    else:
+        total += tokens * rows * _softmax_bytes(d)
     if not work.gpu:  # the weight gradient, and the gradient of the output layer's input
-        total += rows * h / layout.tp * d + tokens * d * h / layout.tp
+        total += rows * h * d + tokens * d * h / layout.tp
     return total
 
 
