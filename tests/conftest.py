@@ -9,6 +9,17 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml: -n 2 --dist loadfile), and
+# a free worker takes the next file in collection order: the longest files first keep both busy to the end.
+LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
+                 "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
+                 "test_generate.py", "test_reliability_dead_rank.py", "test_plan.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -205,7 +205,8 @@ def compare(rows: list[tuple[str, dict]], world: int) -> list[str]:
                      + f"  {ratios['activations']:>12.3f}  {ratios['total']:>14.3f}")
         failures += [f"{name} rank {m['rank']} {k}: estimate/measured {r:.3f}" for k, r in ratios.items()
                      if abs(r - 1) > TOLERANCE]
-    print("\nestimate / measured, tiny Qwen (h128, 4 heads, 4 layers, FFN 352, vocab 1024), seq 128, micro-batch 2")
+    print("\nestimate / measured, tiny Qwen (h128, 4 heads, 4 layers, FFN 352, vocab 1024 unless named), seq 128, "
+          "micro-batch 2")
     print("\n".join(lines))
     return failures
 

@@ -2,15 +2,17 @@
 against megatron-core's vocab-parallel cross entropy (``--no-cross-entropy-fusion``).
 
     python bench/gpu/bench_loss.py OUT.json            # on a GPU: 1.8B's micro-batches 4 and 8 at seq 2048
-    python bench/gpu/bench_loss.py OUT.json --quick    # the CPU dry run: 256 tokens, the eager path
+    python bench/gpu/bench_loss.py OUT.json --cpu      # the CPU's eager path: 512 tokens, fp32 and bf16
+    python bench/gpu/bench_loss.py OUT.json --quick    # the CPU dry run: 256 tokens, one repetition
 
-Forward plus backward from bf16 logits [seq, micro-batch, vocab] (what the output layer hands the loss) to
-their gradient: median milliseconds (CUDA events on a GPU) and the memory the loss adds at its peak above
-the logits (torch.cuda.max_memory_allocated; not measured on the CPU). Both are also checked against torch's
-cross entropy in fp64 (loss and logits gradient), so a fast wrong kernel cannot pass unnoticed. Never fails
-on a timing.
+Forward plus backward from bf16 logits (and fp32 ones with --cpu) [seq, micro-batch, vocab], what the
+output layer hands the loss, to their gradient: median milliseconds (CUDA events on a GPU) and the memory
+the loss adds at its peak above the logits (torch.cuda.max_memory_allocated; not measured on the CPU).
+Both are also checked against torch's cross entropy in fp64 (loss and logits gradient), so a fast wrong
+kernel cannot pass unnoticed. Never fails on a timing.
 """
 
+import itertools
 import json
 import sys
 import time
@@ -75,28 +77,29 @@ def errors(loss_fn, logits, target) -> dict:
 
 
 def main() -> int:
-    out_path, quick = sys.argv[1], "--quick" in sys.argv
-    cuda = torch.cuda.is_available()
+    out_path, quick, cpu = sys.argv[1], "--quick" in sys.argv, "--cpu" in sys.argv
+    cuda = torch.cuda.is_available() and not cpu
     init_distributed(ParallelConfig(), num_layers=1, seed=0)  # megatron-core's loss reads its TP group
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    shapes = [(128, 2)] if quick else [(2048, 4), (2048, 8)]
-    reps, warmup = (1, 1) if quick else (10, 3)
+    shapes = [(128, 2)] if quick else [(256, 2)] if cpu else [(2048, 4), (2048, 8)]
+    reps, warmup = (1, 1) if quick else (3, 1) if cpu else (10, 3)
+    dtypes = [torch.float32, torch.bfloat16] if cpu else [torch.bfloat16]
     group = parallel_state.get_tensor_model_parallel_group()
     variants = {
         "chunked (ours)": lambda x, t: vocab_parallel_cross_entropy(x, t, group, compiled=cuda),
         "megatron-core": lambda x, t: megatron_loss(x, t),
     }
     result = {"device": torch.cuda.get_device_name() if cuda else "cpu", "vocab": VOCAB, "reps": reps, "runs": []}
-    for seq, mbs in shapes:
+    for (seq, mbs), dtype in itertools.product(shapes, dtypes):
         g = torch.Generator().manual_seed(0)
-        logits = (4 * torch.randn(seq, mbs, VOCAB, generator=g)).bfloat16().to(device)
+        logits = (4 * torch.randn(seq, mbs, VOCAB, generator=g)).to(dtype).to(device)
         target = torch.randint(0, VOCAB, (seq, mbs), generator=g).to(device)
         for name, fn in variants.items():
             ms, extra = median_ms(fn, logits, target, reps, warmup)
-            row = {"loss": name, "seq": seq, "micro_batch": mbs, "ms_fwd_bwd": ms,
+            row = {"loss": name, "seq": seq, "micro_batch": mbs, "logits": str(dtype)[6:], "ms_fwd_bwd": ms,
                    "extra_gib": extra / 2**30 if cuda else None, **errors(fn, logits, target)}
             result["runs"].append(row)
-            print(f"{name}, {seq} x {mbs} tokens: {ms:.1f} ms forward + backward, "
+            print(f"{name}, {seq} x {mbs} tokens, {row['logits']} logits: {ms:.1f} ms forward + backward, "
                   + (f"{row['extra_gib']:.2f} GiB above the logits, " if cuda else "")
                   + f"loss rel max {row['loss rel max']:.2g}, gradient rel L2 {row['gradient rel L2']:.2g}",
                   flush=True)

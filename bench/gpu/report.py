@@ -136,11 +136,11 @@ def fast_paths(runs: dict, loss: dict | None) -> list[str]:
                      f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB.")
     if loss is None:
         return lines + ["- The loss alone (bench/gpu/bench_loss.py): not measured (stage failed or skipped).", ""]
-    lines += ["", f"The loss alone over {loss['vocab']:,} rows from bf16 logits, forward + backward (median of "
-              f"{loss['reps']}, {loss['device']}; errors against torch's cross entropy in fp64):", "",
-              "| loss | tokens (seq x micro-batch) | ms | GiB above the logits | loss rel max | gradient rel L2 |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['loss']} | {r['seq']} x {r['micro_batch']} | {r['ms_fwd_bwd']:.1f} | "
+    lines += ["", f"The loss alone over {loss['vocab']:,} rows, forward + backward (median of {loss['reps']}, "
+              f"{loss['device']}; errors against torch's cross entropy in fp64):", "",
+              "| loss | tokens (seq x micro-batch) | logits | ms | GiB above the logits | loss rel max | "
+              "gradient rel L2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['loss']} | {r['seq']} x {r['micro_batch']} | {r['logits']} | {r['ms_fwd_bwd']:.1f} | "
               f"{_fmt(r['extra_gib'], '.2f')} | {r['loss rel max']:.2g} | {r['gradient rel L2']:.2g} |"
               for r in loss["runs"]]
     return lines + [""]

@@ -218,23 +218,23 @@ def pipeline_tensors(work: Workload, layout: Layout) -> float:
 
 def loss_working_set(work: Workload, layout: Layout) -> float:
     """The last stage's final norm, output layer input and loss at the forward-backward turn, over the rank's
-    V/TP rows of the vocabulary. The chunked loss (model/loss.py) keeps the logits in the activation dtype and
-    works on one chunk of tokens at a time: eager (the CPU), an fp32 copy of the chunk and, in bf16, its
-    gradient; compiled (a GPU), only that gradient. megatron-core's loss keeps an fp32
-    softmax for every token; in bf16 the bf16 logits (forward) or their gradient (backward) sit beside it.
-    Without fused gradient accumulation the output layer's weight gradient is a transient of its size, too."""
+    V/TP rows of the vocabulary; the larger of two moments:
+    - the loss. The chunked loss (model/loss.py) keeps the logits in the activation dtype and writes their
+      gradient into the same storage one chunk of tokens at a time, the chunk's temporaries beside it: eager
+      (the CPU) an fp32 copy and, in bf16, the chunk's gradient; compiled (a GPU) only that gradient.
+      megatron-core's keeps an fp32 softmax for every token, with the bf16 logits or their gradient beside it;
+    - the output layer's backward: the logits' gradient in the activation dtype and, without fused gradient
+      accumulation (the CPU), the weight's and the input's gradients."""
     d, tokens = ACTIVATION_BYTES[work.precision], _tokens(work, layout)
     h, rows = work.model.hidden_size, work.model.padded_vocab_size // layout.tp
     norm = (d * h if work.backend == "te" else FP32 * h + d * h) + FP32  # then the output layer's input
-    total = tokens * (norm + d * h) / layout.tp
     if work.chunked_loss:
         chunk = min(tokens, max(1, CHUNK_ELEMENTS // rows)) * rows
-        total += tokens * rows * d + chunk * (d if work.gpu else FP32 + (d if d < FP32 else 0))
+        loss = tokens * rows * d + chunk * (d if work.gpu else FP32 + (d if d < FP32 else 0))
     else:
-        total += tokens * rows * _softmax_bytes(d)
-    if not work.gpu:  # the weight gradient, and the gradient of the output layer's input
-        total += rows * h * d + tokens * d * h / layout.tp
-    return total
+        loss = tokens * rows * _softmax_bytes(d)
+    output_layer = tokens * rows * d + (0 if work.gpu else rows * h * d + tokens * d * h / layout.tp)
+    return tokens * (norm + d * h) / layout.tp + max(loss, output_layer)
 
 
 def embedding_gradient(work: Workload, layout: Layout) -> float:
