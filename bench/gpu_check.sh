@@ -9,10 +9,10 @@
 # the same initial weights, each back end in bf16 against fp32, RoPE precision, fused AdamW, the chunked
 # loss against megatron-core's and against torch's at Qwen's vocabulary (bench/gpu/check_correctness.py
 # states each tolerance and why); (3) throughput: the Qwen-1.8B shape (24 layers, bf16, seq 2048) at
-# micro-batch 4, a Qwen-7B-width stack of 8 layers, 1.8B with full recompute, 1.8B at micro-batch 8;
-# (4) start-up: a 72B rank's weight draws on the GPU; (5) fast paths, each the 1.8B run with one thing
-# changed (AdamW foreach instead of fused, RMSNorm eager) and the loss alone, chunked against
-# megatron-core's; (6) one 1.8B step under torch.profiler. On one H100 (docs/PERFORMANCE.md) the stages of
+# micro-batch 4 and 8, a Qwen-7B-width stack of 8 layers, 1.8B with full recompute; (4) where the time
+# goes: the loss alone, chunked against megatron-core's, and one 1.8B step under torch.profiler; (5) fast
+# paths, each the 1.8B run with one thing changed (AdamW foreach instead of fused, RMSNorm eager);
+# (6) start-up: a 72B rank's weight draws on the GPU. On one H100 (docs/PERFORMANCE.md) the stages of
 # the first form took 424 s; the limits hold these under 7.5 minutes, and a stage that runs out of time is
 # reported as such while the next one starts.
 #
@@ -118,22 +118,22 @@ stage "correctness: device" 180 "$PY" bench/gpu/check_correctness.py compare "$W
   "$WORK/correctness.json" $QUICK
 stage "throughput: 1.8B" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
   --json "$WORK/throughput_1.8b.json"
+stage "throughput: 1.8B micro-batch 8" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B_MB8[@]}" \
+  --json "$WORK/throughput_1.8b-mb8.json"
 stage "throughput: 7B width" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_7B[@]}" \
   --json "$WORK/throughput_7b-width.json"
 stage "throughput: 1.8B recompute" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
   --recompute-granularity full --json "$WORK/throughput_1.8b-recompute.json"
-stage "throughput: 1.8B micro-batch 8" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B_MB8[@]}" \
-  --json "$WORK/throughput_1.8b-mb8.json"
-[ "$DRY" = 1 ] || stage "start-up: $INIT_SIZE GPU draws" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
-  --device cuda --json "$WORK/init_${INIT_SIZE}_cuda.json"
+stage "the loss alone" 60 "$PY" bench/gpu/bench_loss.py "$WORK/loss.json" $QUICK
+stage "profile: 1.8B step" 60 "$PY" bench/gpu/profile_step.py "$WORK/profile.txt" "${RUN_18B[@]}"
 stage "fast path: AdamW foreach" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" --no-fused-adam \
   --json "$WORK/throughput_1.8b-no-fused-adam.json"
 stage "fast path: RMSNorm eager" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" --no-rmsnorm-fusion \
   --json "$WORK/throughput_1.8b-no-rmsnorm-fusion.json"
-stage "fast path: the loss" 60 "$PY" bench/gpu/bench_loss.py "$WORK/loss.json" $QUICK
-[ "$DRY" = 0 ] || stage "start-up: $INIT_SIZE CPU draws" 120 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
-  --device cpu --json "$WORK/init_${INIT_SIZE}_cpu.json"
-stage "profile: 1.8B step" 60 "$PY" bench/gpu/profile_step.py "$WORK/profile.txt" "${RUN_18B[@]}"
+# a 72B rank's weight draws on the GPU; the dry run times the tiny preset's on the CPU
+DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
+stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
+  --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
 
 "$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }

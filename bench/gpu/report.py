@@ -21,7 +21,7 @@ THROUGHPUT_RUNS = {  # file key -> what the row is (gpu_check.sh names the files
     "1.8b-no-fused-adam": "Qwen-1.8B shape, AdamW foreach",
     "1.8b-no-rmsnorm-fusion": "Qwen-1.8B shape, RMSNorm eager",
 }
-# The fast-path runs: each is the default 1.8B run with one thing changed (gpu_check.sh stage 4).
+# The fast-path runs: each is the default 1.8B run with one thing changed (gpu_check.sh stage 5).
 FAST_PATHS = {
     "1.8b-no-fused-adam": "Fused AdamW (on by default on a GPU) against foreach (`--no-fused-adam`)",
     "1.8b-no-rmsnorm-fusion": "RMSNorm compiled (on by default on a GPU) against eager (`--no-rmsnorm-fusion`)",
