@@ -55,7 +55,7 @@ class BuildSettings:
     rope_fusion: bool = True
     gradient_accumulation_fusion: bool = True
     rmsnorm_fusion: bool = True  # ours: QwenRMSNorm under torch.compile (model/norm.py)
-    # ours: the loss in row chunks, keeping only the logits (model/loss.py; compiled on a GPU, on the
+    # ours: the loss over chunks of tokens, keeping only the logits (model/loss.py; compiled on a GPU, on the
     # CPU too but eager); off: megatron-core's vocab-parallel cross entropy
     cross_entropy_fusion: bool = True
 
