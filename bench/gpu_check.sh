@@ -84,10 +84,11 @@ else
   # 1.8B: 33 GB of weights, gradients and AdamW state plus activations at micro-batch 4 (51.6 GiB peak on
   # an H100; 2 leaves the GPU waiting for the host: docs/PERFORMANCE.md). Micro-batch 8 ran out of memory
   # with megatron-core's loss; tools/plan.py puts it at 70.5 GiB with the chunked one. 7B width at 8 layers
-  # (2.9B parameters): 52 GB of state at 18 bytes a parameter, micro-batch 1 (no distributed optimizer).
+  # (2.9B parameters): 52 GB of state at 18 bytes a parameter (no distributed optimizer), micro-batch 2
+  # (58.7 GiB measured at micro-batch 1 with foreach AdamW; tools/plan.py: 55.2 GiB at 2 with fused AdamW).
   RUN_18B=(--model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 4 --global-batch-size 16)
   RUN_18B_MB8=("${RUN_18B[@]}" --micro-batch-size 8)
-  RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 1 --global-batch-size 8)
+  RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 8)
   QUICK=""; INIT_SIZE=72b
 fi
 
