@@ -2,7 +2,7 @@
 # The whole GPU verification in one command; results in OUT_DIR/results.md and OUT_DIR/results.json,
 # every stage's output in OUT_DIR/gpu_check.log (docs/PERFORMANCE.md).
 #
-#   bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]
+#   bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run] [--train-flags "FLAGS"]
 #
 # Stages, most important first, so a time budget that runs out cuts the least: (1) environment: versions,
 # the GPU, which back ends import; (2) correctness: the tiny model in fp32 on the GPU against the CPU from
@@ -20,20 +20,23 @@
 # bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
 # pinned to the installed build, so pip can never replace it.
 # --cpu-dry-run (also chosen when CUDA is absent): every stage with tiny shapes and 1+1 iterations, on the
-# CPU; results.md is written the same way. Exit status: 0 when every stage ran and every check passed.
+# CPU; results.md is written the same way. --train-flags "FLAGS": pretraining flags added to every
+# throughput, profile and fast-path run, e.g. "--no-cross-entropy-fusion" to measure without a path that
+# fails on this machine; results.md names them. Exit status: 0 when every stage ran and every check passed.
 set -uo pipefail
 
-usage() { echo "usage: bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run]" >&2; exit 2; }
+usage() { echo "usage: bench/gpu_check.sh OUT_DIR [--wheels DIR] [--cpu-dry-run] [--train-flags \"FLAGS\"]" >&2; exit 2; }
 case ${1:-} in
-  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   ""|-*) usage ;;
 esac
 OUT=$1; shift
-WHEELS=""; DRY=0
+WHEELS=""; DRY=0; TRAIN_FLAGS=()
 while [ $# -gt 0 ]; do
   case $1 in
     --wheels) [ $# -ge 2 ] || usage; WHEELS=$2; shift 2 ;;
     --cpu-dry-run) DRY=1; shift ;;
+    --train-flags) [ $# -ge 2 ] || usage; read -ra TRAIN_FLAGS <<< "$2"; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -74,7 +77,8 @@ if [ "$DRY" = 1 ]; then
   MODE=cpu-dry-run; BUDGET=3600; CAP_SCALE=3
   ITERS=(--warmup 1 --iters 1); FAST_ITERS=("${ITERS[@]}")
   TINY=(--model-size tiny --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --bf16)
-  RUN_18B=("${TINY[@]}"); RUN_18B_MB8=("${TINY[@]}" --micro-batch-size 4); RUN_7B=("${TINY[@]}" --num-layers 2)
+  RUN_18B=("${TINY[@]}" "${TRAIN_FLAGS[@]}"); RUN_18B_MB8=("${RUN_18B[@]}" --micro-batch-size 4)
+  RUN_7B=("${RUN_18B[@]}" --num-layers 2)
   QUICK=--quick; INIT_SIZE=tiny
 else
   # 450 s of stages leaves the 8-minute promise room for start-up and the report.
@@ -86,9 +90,10 @@ else
   # with megatron-core's loss; tools/plan.py puts it at 70.5 GiB with the chunked one. 7B width at 8 layers
   # (2.9B parameters): 52 GB of state at 18 bytes a parameter (no distributed optimizer), micro-batch 2
   # (58.7 GiB measured at micro-batch 1 with foreach AdamW; tools/plan.py: 55.2 GiB at 2 with fused AdamW).
-  RUN_18B=(--model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 4 --global-batch-size 16)
+  RUN_18B=(--model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 4 --global-batch-size 16 "${TRAIN_FLAGS[@]}")
   RUN_18B_MB8=("${RUN_18B[@]}" --micro-batch-size 8)
-  RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 8)
+  RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 8
+          "${TRAIN_FLAGS[@]}")
   QUICK=""; INIT_SIZE=72b
 fi
 
@@ -136,7 +141,7 @@ DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
   --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
 
-"$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')" \
+"$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')${TRAIN_FLAGS[*]:+ --train-flags \"${TRAIN_FLAGS[*]}\"}" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }
 rm -rf "$WORK"
 say "== done in ${SECONDS}s: $OUT/results.md ($([ "$FAILED" = 0 ] && echo 'every stage ran, every check passed' || echo 'a stage failed or a check did not pass'))"
