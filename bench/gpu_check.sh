@@ -130,7 +130,7 @@ stage "throughput: 7B width" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN
   --json "$WORK/throughput_7b-width.json"
 stage "throughput: 1.8B recompute" 120 "$PY" bench/bench_train.py "${ITERS[@]}" "${RUN_18B[@]}" \
   --recompute-granularity full --json "$WORK/throughput_1.8b-recompute.json"
-stage "the loss alone" 60 "$PY" bench/gpu/bench_loss.py "$WORK/loss.json" $QUICK
+stage "the loss alone" 90 "$PY" bench/gpu/bench_loss.py "$WORK/loss.json" $QUICK
 stage "profile: 1.8B step" 60 "$PY" bench/gpu/profile_step.py "$WORK/profile.txt" "${RUN_18B[@]}"
 stage "fast path: AdamW foreach" 90 "$PY" bench/bench_train.py "${FAST_ITERS[@]}" "${RUN_18B[@]}" --no-fused-adam \
   --json "$WORK/throughput_1.8b-no-fused-adam.json"

@@ -137,7 +137,7 @@ def fast_paths(runs: dict, loss: dict | None) -> list[str]:
     if loss is None:
         return lines + ["- The loss alone (bench/gpu/bench_loss.py): not measured (stage failed or skipped).", ""]
     lines += ["", f"The loss alone over {loss['vocab']:,} rows, forward + backward (median of {loss['reps']}, "
-              f"{loss['device']}; errors against torch's cross entropy in fp64):", "",
+              f"{loss['device']}; errors against torch's cross entropy in fp64, on the first sequence):", "",
               "| loss | tokens (seq x micro-batch) | logits | ms | GiB above the logits | loss rel max | "
               "gradient rel L2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['loss']} | {r['seq']} x {r['micro_batch']} | {r['logits']} | {r['ms_fwd_bwd']:.1f} | "
