@@ -37,7 +37,7 @@ def test_loss_and_gradient_are_torch_cross_entropy(monkeypatch, dtype, chunk_row
 
 
 WORKER = r"""
-import sys, torch, torch.distributed as dist, torch.nn.functional as F
+import torch, torch.distributed as dist, torch.nn.functional as F
 import megatron_qwen.model.loss as chunked
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN

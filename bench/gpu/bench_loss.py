@@ -12,15 +12,16 @@ Both are also checked against torch's cross entropy in fp64 (loss and logits gra
 sequence), so a fast wrong kernel cannot pass unnoticed. Never fails on a timing.
 """
 
+import functools
 import itertools
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy as megatron_loss
+from timing import median_ms
 
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
@@ -29,38 +30,12 @@ from megatron_qwen.platform.distributed import init_distributed
 VOCAB = 151_936
 
 
-def run(loss_fn, logits: torch.Tensor, target: torch.Tensor):
+def run(loss_fn, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of ``logits`` and, after a backward pass from its sum, their gradient."""
     x = logits.clone().requires_grad_()
-    (loss_fn(x * 1, target)).sum().backward()  # x * 1: a non-leaf, as the output layer's logits are
-    return x.grad
-
-
-def median_ms(loss_fn, logits, target, reps: int, warmup: int) -> tuple[float, float]:
-    """(median ms of forward + backward, peak bytes the loss adds above its input logits)."""
-    cuda = logits.is_cuda
-    times, extra = [], 0.0
-    for i in range(warmup + reps):
-        if cuda:
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
-        grad = run(loss_fn, logits, target)
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-            # minus the two copies run() makes (the leaf and x * 1), which the model does not
-            extra = torch.cuda.max_memory_allocated() - base - 2 * logits.numel() * logits.element_size()
-        else:
-            ms = (time.perf_counter() - t0) * 1e3
-        del grad
-        if i >= warmup:
-            times.append(ms)
-    return sorted(times)[len(times) // 2], extra
+    loss = loss_fn(x * 1, target)  # x * 1: a non-leaf, as the output layer's logits are
+    loss.sum().backward()
+    return loss.detach(), x.grad
 
 
 def errors(loss_fn, logits, target) -> dict:
@@ -69,11 +44,9 @@ def errors(loss_fn, logits, target) -> dict:
     x = logits.to(torch.float64, copy=True).requires_grad_()
     reference = F.cross_entropy(x.view(-1, x.size(-1)), target.reshape(-1), reduction="none")
     reference.sum().backward()
-    y = logits.clone().requires_grad_()
-    loss = loss_fn(y * 1, target)
-    loss.sum().backward()
+    loss, grad = run(loss_fn, logits, target)
     return {"loss rel max": ((loss.reshape(-1) - reference).abs().max() / reference.abs().max()).item(),
-            "gradient rel L2": ((y.grad.double() - x.grad).norm() / x.grad.norm()).item()}
+            "gradient rel L2": ((grad.double() - x.grad).norm() / x.grad.norm()).item()}
 
 
 def main() -> int:
@@ -95,7 +68,8 @@ def main() -> int:
         logits = (4 * torch.randn(seq, mbs, VOCAB, generator=g)).to(dtype).to(device)
         target = torch.randint(0, VOCAB, (seq, mbs), generator=g).to(device)
         for name, fn in variants.items():
-            ms, extra = median_ms(fn, logits, target, reps, warmup)
+            ms, peak = median_ms(functools.partial(run, fn, logits, target), reps, warmup, cuda)
+            extra = peak - 2 * logits.numel() * logits.element_size()  # less run()'s two copies of the logits
             row = {"loss": name, "seq": seq, "micro_batch": mbs, "logits": str(dtype)[6:], "ms_fwd_bwd": ms,
                    "extra_gib": extra / 2**30 if cuda else None,
                    # one sequence: the fp64 reference of all 8 x 2048 would need 60 GB

@@ -13,11 +13,11 @@ a minute to compile. Never fails on a timing.
 
 import json
 import sys
-import time
 
 import torch
 from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from timing import median_ms
 
 from megatron_qwen.platform import cpu_shim
 
@@ -32,25 +32,10 @@ def fp32(t, freqs):
 
 def time_fwd_bwd(fn, q, k, freqs, reps: int, warmup: int) -> float:
     """Median milliseconds of rotating q and k and back-propagating through both."""
-    cuda = q.is_cuda
-    times = []
-    for i in range(warmup + reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
-        out = fn(q, freqs).float().sum() + fn(k, freqs).float().sum()
-        out.backward()
-        if cuda:
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            ms = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            times.append(ms)
-    return sorted(times)[len(times) // 2]
+    def step():
+        (fn(q, freqs).float().sum() + fn(k, freqs).float().sum()).backward()
+
+    return median_ms(step, reps, warmup, q.is_cuda)[0]
 
 
 def main() -> int:
