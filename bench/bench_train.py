@@ -179,7 +179,8 @@ def build_session(flags: list[str], steps: int) -> Session:
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
     _synchronize()
     t0 = time.perf_counter()
-    model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer)
+    model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer,
+                              cfg.train.compile_layers)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=cfg.zero.distributed_optimizer)
     scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
@@ -219,7 +220,10 @@ def device_description() -> str:
 def measure(session: Session, warmup: int, iters: int, peak: float | None) -> dict:
     """Run the steps and return every figure (the same on every rank but the loss)."""
     cfg, t = session.cfg, session.cfg.train
+    start = time.perf_counter()
     losses = [session.step()[0] for _ in range(warmup)]
+    _synchronize()
+    warmup_s = time.perf_counter() - start  # with --compile-layers, the compilation is in here
     if on_gpu():
         torch.cuda.reset_peak_memory_stats()
     timed = [session.step() for _ in range(iters)]
@@ -236,10 +240,10 @@ def measure(session: Session, warmup: int, iters: int, peak: float | None) -> di
         "vocab_rows": cfg.model.padded_vocab_size, "seq_length": t.seq_length,
         "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
         "precision": cfg.build.precision, "transformer_impl": cfg.build.transformer_impl,
-        "recompute": cfg.build.recompute_granularity or "none",
+        "recompute": cfg.build.recompute_granularity or "none", "compile_layers": t.compile_layers,
         "tp": cfg.parallel.tensor_model_parallel_size, "pp": cfg.parallel.pipeline_model_parallel_size,
         "distributed_optimizer": cfg.zero.distributed_optimizer, "adam_kernel": adam_kernel(session.optimizer),
-        "warmup": warmup, "iters": iters, "build_s": session.build_s,
+        "warmup": warmup, "iters": iters, "build_s": session.build_s, "warmup_s": warmup_s,
         "step_s": step_s, "step_s_all": [s for _, s, _ in timed], "breakdown_s": parts,
         "timer": "cuda events" if on_gpu() else "wall clock",
         "tokens_per_s_per_gpu": tokens_per_gpu / step_s, "gflop_per_token": flops_per_token / 1e9,
@@ -260,9 +264,11 @@ def report(r: dict) -> str:
         f"model: {r['model_size']} ({r['num_layers']} layers, hidden {r['hidden_size']}, {r['num_attention_heads']} "
         f"heads, FFN {r['ffn_hidden_size']}, {r['vocab_rows']} vocabulary rows), seq {r['seq_length']}, "
         f"micro-batch {r['micro_batch_size']}, global batch {r['global_batch_size']}",
-        f"run: {r['precision']}, back end {r['transformer_impl']}, recompute {r['recompute']}, {layout}, "
+        f"run: {r['precision']}, back end {r['transformer_impl']}{', compiled layers' * r['compile_layers']}, "
+        f"recompute {r['recompute']}, {layout}, "
         f"AdamW {r['adam_kernel']}, device {r['device']}",
-        f"iterations: {r['warmup']} warm-up + {r['iters']} timed; model built in {r['build_s']:.1f} s",
+        f"iterations: {r['warmup']} warm-up ({r['warmup_s']:.1f} s) + {r['iters']} timed; model built in "
+        f"{r['build_s']:.1f} s",
         f"step time (median): {r['step_s'] * 1e3:.1f} ms",
         f"tokens/s/GPU: {r['tokens_per_s_per_gpu']:,.1f}",
         f"TFLOP/s/GPU: {r['tflops_per_gpu']:.3f} (model FLOPs, {r['gflop_per_token']:.3f} GFLOP/token)",

@@ -35,6 +35,10 @@ LAYOUTS = {
     # PyTorch's fused attention for the whole 5-step curve; every local layout above also repeats
     # its first step with it (test_sdpa_matches_local_at_every_layout).
     "sdpa": (1, ["--transformer-impl", "sdpa"]),
+    # each layer as one compiled graph (--compile-layers), on the GPU's default back end; with TP and
+    # sequence parallelism, the layer's collectives run inside the compiled forward and backward
+    "sdpa_compiled": (1, ["--transformer-impl", "sdpa", "--compile-layers"]),
+    "tp2_sp_compiled": (2, ["--tp", "2", "--sp", "--transformer-impl", "sdpa", "--compile-layers"]),
 }
 
 

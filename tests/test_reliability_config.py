@@ -57,6 +57,9 @@ CASES = {
     "load_tracker_names_missing_iteration": (1, ["--load", "{tmp}/dangling"], "iter_0000007 is missing"),
     "skip_spikes_on_deepspeed": (1, ["--zero-engine", "deepspeed", "--loss-spike-factor", "3", "--skip-loss-spikes"],
                                  "--skip-loss-spikes needs --zero-engine megatron"),
+    "compile_layers_on_deepspeed": (1, ["--zero-engine", "deepspeed", "--compile-layers"], "--compile-layers"),
+    "compile_layers_on_transformer_engine": (1, ["--transformer-impl", "transformer_engine", "--compile-layers"],
+                                             "--compile-layers"),
     "deepspeed_checkpoint_of_another_shape": (1, ["--zero-engine", "deepspeed", "--load", "{tmp}/ds_wide"],
                                               "hidden size 128 saved, 64 asked (--hidden-size)"),
 }

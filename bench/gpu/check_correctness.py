@@ -1,5 +1,5 @@
-"""Correctness stage of bench/gpu_check.sh: this device against the CPU, bf16 against fp32, RoPE
-precision, fused AdamW and the chunked loss, on the tiny preset from the CPU's initial weights (the loss also
+"""Correctness stage of bench/gpu_check.sh: this device against the CPU, bf16 against fp32 (each back end,
+and compiled layers), RoPE precision, fused AdamW and the chunked loss, on the tiny preset from the CPU's initial weights (the loss also
 at Qwen's vocabulary).
 
     CUDA_VISIBLE_DEVICES= python bench/gpu/check_correctness.py reference REF.pt [--quick]   # the CPU run
@@ -15,8 +15,8 @@ Tolerances, and why:
 - device fp32 vs CPU fp32, 1e-4 relative (max |logit difference| / max |logit|; each of 5 losses):
   the same fp32 arithmetic in another order (GPU kernels reduce differently) stays near 1e-6;
   1e-4 is the parity suite's bound for its 5-step curves.
-- bf16 vs fp32 on the device, logits 2e-2 relative (L2) and losses 2e-3 relative: bf16 keeps
-  8 significant bits (unit roundoff u = 2^-9 = 2e-3); the bf16 model rounds its weights, every
+- bf16 vs fp32 on the device (each back end, and sdpa with compiled layers), logits 2e-2 relative (L2)
+  and losses 2e-3 relative: bf16 keeps 8 significant bits (unit roundoff u = 2^-9 = 2e-3); the bf16 model rounds its weights, every
   matmul output and activation, and the CPU measures 5.8e-3 (3u) on the logits and at most 3.5e-4 on
   the losses. 2e-2 and 2e-3 leave room for GPU kernels that accumulate in other orders while still
   failing on the errors that matter: dropping the causal mask moves the logits by 0.18, and a wrong
@@ -176,12 +176,14 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
         checks.append(check(f"{_device().type} fp32 {backend} vs CPU fp32 local: {steps}-step losses", worst_loss_rel(
             fp32[backend]["losses"], ref["losses"]), TOL_DEVICE_VS_CPU, "worst relative"))
     bf16_local = None
-    for backend in backends():
-        bf16 = run_tiny(["--transformer-impl", backend, "--bf16"], steps)
+    # each back end, and sdpa with each layer compiled (model/compile.py: inductor's kernels, here Triton's)
+    for name, flags in [(b, ["--transformer-impl", b]) for b in backends()] + [
+            ("sdpa, compiled layers", ["--transformer-impl", "sdpa", "--compile-layers"])]:
+        bf16 = run_tiny([*flags, "--bf16"], steps)
         bf16_local = bf16_local or bf16
-        checks.append(check(f"bf16 {backend} vs fp32 local: logits", rel_l2(bf16["logits"], fp32["local"]["logits"]),
+        checks.append(check(f"bf16 {name} vs fp32 local: logits", rel_l2(bf16["logits"], fp32["local"]["logits"]),
                             TOL_BF16_LOGITS, "relative L2"))
-        checks.append(check(f"bf16 {backend} vs fp32 local: {steps}-step losses", worst_loss_rel(
+        checks.append(check(f"bf16 {name} vs fp32 local: {steps}-step losses", worst_loss_rel(
             bf16["losses"], fp32["local"]["losses"]), TOL_BF16_LOSS, "worst relative"))
     for precision in ([], ["--bf16"]):  # fp32["local"] ran with this machine's default kernel: name both here
         fused, plain = (run_tiny(["--transformer-impl", "local", *precision, flag], steps)

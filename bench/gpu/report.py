@@ -15,17 +15,15 @@ import sys
 
 THROUGHPUT_RUNS = {  # file key -> what the row is (gpu_check.sh names the files)
     "1.8b": "Qwen-1.8B shape",
+    "1.8b-mb8": "Qwen-1.8B shape, micro-batch 8",
+    "1.8b-compiled": "Qwen-1.8B shape, compiled layers",
+    "1.8b-mb8-compiled": "Qwen-1.8B shape, micro-batch 8, compiled layers",
     "7b-width": "Qwen-7B width, fewer layers",
     "1.8b-recompute": "Qwen-1.8B shape, full recompute",
-    "1.8b-mb8": "Qwen-1.8B shape, micro-batch 8",
-    "1.8b-no-fused-adam": "Qwen-1.8B shape, AdamW foreach",
-    "1.8b-no-rmsnorm-fusion": "Qwen-1.8B shape, RMSNorm eager",
 }
-# The fast-path runs: each is the default 1.8B run with one thing changed (gpu_check.sh stage 5).
-FAST_PATHS = {
-    "1.8b-no-fused-adam": "Fused AdamW (on by default on a GPU) against foreach (`--no-fused-adam`)",
-    "1.8b-no-rmsnorm-fusion": "RMSNorm compiled (on by default on a GPU) against eager (`--no-rmsnorm-fusion`)",
-}
+# Each fast-path run against the run it differs from by one flag: (what, run with it, run without).
+COMPILED = "Compiled layers (`--compile-layers`, off by default)"
+FAST_PATHS = [(COMPILED, "1.8b-compiled", "1.8b"), (COMPILED, "1.8b-mb8-compiled", "1.8b-mb8")]
 
 
 def _load(path: str):
@@ -104,7 +102,8 @@ def throughput(runs: dict[str, dict | None]) -> list[str]:
         mfu = None if r["mfu"] is None else r["mfu"] * 100
         lines.append(
             f"| {label} | {r['num_layers']} x {r['hidden_size']} ({r['ffn_hidden_size']}) | {r['seq_length']} | "
-            f"{r['micro_batch_size']} / {r['global_batch_size']} | {r['transformer_impl']} {r['precision']} | "
+            f"{r['micro_batch_size']} / {r['global_batch_size']} | {r['transformer_impl']} {r['precision']}"
+            f"{', compiled layers' * r['compile_layers']} | "
             f"{r['recompute']} | {r['step_s'] * 1e3:.1f} | {r['tokens_per_s_per_gpu']:,.0f} | "
             f"{r['tflops_per_gpu']:.1f} | {_fmt(mfu, '.1f')}{'%' if mfu is not None else ''} | {_fmt(mem, '.1f')} | "
             + " | ".join(f"{b[k] * 1e3:.1f}" for k in ("forward", "backward", "communication", "optimizer", "other"))
@@ -118,22 +117,21 @@ def throughput(runs: dict[str, dict | None]) -> list[str]:
 
 
 def fast_paths(runs: dict, loss: dict | None) -> list[str]:
-    lines = ["## 4. Fast paths without extra libraries, each against the default 1.8B run", ""]
-    plain = runs.get("1.8b")
-    for key, label in FAST_PATHS.items():
-        other = runs.get(key)
-        if not (plain and other):
-            lines.append(f"- {label}: not measured (a throughput run failed or was skipped).")
+    lines = ["## 4. Fast paths without extra libraries, each against the same 1.8B run without it", ""]
+    for label, with_key, without_key in FAST_PATHS:
+        on, off = runs.get(with_key), runs.get(without_key)
+        if not (on and off):
+            lines.append(f"- {label}, `{with_key}`: not measured (a throughput run failed or was skipped).")
             continue
-        on, off = plain, other
         b_off, b_on = off["breakdown_s"], on["breakdown_s"]
-        lines.append(f"- {label}: step {off['step_s'] * 1e3:.1f} ms without, {on['step_s'] * 1e3:.1f} ms with "
+        lines.append(f"- {label}, micro-batch {on['micro_batch_size']}: step {off['step_s'] * 1e3:.1f} ms without, {on['step_s'] * 1e3:.1f} ms with "
                      f"(x{off['step_s'] / on['step_s']:.3f} speed); optimizer {b_off['optimizer'] * 1e3:.1f}"
                      f" -> {b_on['optimizer'] * 1e3:.1f} ms, forward + backward "
                      f"{(b_off['forward'] + b_off['backward']) * 1e3:.1f} -> "
                      f"{(b_on['forward'] + b_on['backward']) * 1e3:.1f} ms; peak memory "
                      f"{_fmt(off.get('peak_memory_gib', off.get('peak_rss_gib')), '.1f')} -> "
-                     f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB.")
+                     f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB; warm-up "
+                     f"{off['warmup_s']:.0f} -> {on['warmup_s']:.0f} s (compilation included).")
     if loss is None:
         return lines + ["- The loss alone (bench/gpu/bench_loss.py): not measured (stage failed or skipped).", ""]
     lines += ["", f"The loss alone over {loss['vocab']:,} rows, forward + backward (median of {loss['reps']}, "

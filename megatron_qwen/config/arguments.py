@@ -23,6 +23,7 @@ class TrainSettings:
     max_skipped_iterations: int | None = 10
     loss_spike_factor: float | None = None
     skip_loss_spikes: bool = False
+    compile_layers: bool = False  # each transformer layer as one torch.compile graph (model/compile.py)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ class RunConfig:
         if self.zero.deepspeed and t.skip_loss_spikes:
             raise ConfigError("--skip-loss-spikes needs --zero-engine megatron: DeepSpeed applies the update before "
                               "the batch's loss is known; drop it (--loss-spike-factor alone still reports spikes)")
+        if t.compile_layers and (self.zero.deepspeed or b.transformer_impl == "te"):
+            raise ConfigError("--compile-layers is built for the megatron engine with the local, sdpa or flash back "
+                              "end (transformer-engine's layer is fused already; the DeepSpeed engine wraps the "
+                              "model itself): drop it, or pass --zero-engine megatron --transformer-impl sdpa")
         dp = p.data_parallel_size(world_size)
         if t.global_batch_size % (t.micro_batch_size * dp) != 0:
             raise ConfigError(
@@ -265,6 +270,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
                         "or apex, whose FusedAdam megatron-core uses instead)")
     g.add_argument("--no-fused-adam", dest="fused_adam", action="store_const", const=False,
                    help="torch's default (foreach) AdamW kernel, also on a GPU")
+    g.add_argument("--compile-layers", action="store_true",
+                   help="each transformer layer's forward and backward as compiled graphs (torch.compile; megatron "
+                        "engine, local/sdpa/flash back ends; docs/PERFORMANCE.md)")
     g.add_argument("--max-skipped-iterations", type=int, default=TrainSettings.max_skipped_iterations,
                    help="stop after this many skipped updates in a row (non-finite loss or gradient norm); 0: never")
     g.add_argument("--loss-spike-factor", type=float, default=None,
@@ -383,6 +391,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
         seq_length=args.seq_length, max_skipped_iterations=args.max_skipped_iterations,
         loss_spike_factor=args.loss_spike_factor, skip_loss_spikes=args.skip_loss_spikes,
+        compile_layers=args.compile_layers,
         optim=OptimizerSettings(
             lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
             lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,

@@ -20,6 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.model.compile import compile_layers
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
 from megatron_qwen.model.spec import qwen_block_spec
@@ -152,13 +153,16 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
     return chunks
 
 
-def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig,
-                      distributed_optimizer: bool) -> list[DistributedDataParallel]:
-    """Move to the device, cast to bf16 if asked, and wrap each chunk in megatron-core DDP
-    (with its buffers laid out for the distributed optimizer, ZeRO-1, if asked)."""
+def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig, distributed_optimizer: bool,
+                      compiled_layers: bool = False) -> list[DistributedDataParallel]:
+    """Move to the device, compile the layers if asked (model/compile.py), cast to bf16 if asked, and wrap
+    each chunk in megatron-core DDP (with its buffers laid out for the distributed optimizer, ZeRO-1, if
+    asked)."""
     tcfg = chunks[0].config
     if on_gpu():
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
+    if compiled_layers:
+        compile_layers(chunks)
     if tcfg.bf16:
         chunks = [Float16Module(tcfg, c) for c in chunks]
     ddp_config = DistributedDataParallelConfig(

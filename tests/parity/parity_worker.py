@@ -94,6 +94,7 @@ def layout_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather with --distopt)")
     ap.add_argument("--recompute", choices=["full", "selective"], default=None)
     ap.add_argument("--transformer-impl", default="local")
+    ap.add_argument("--compile-layers", action="store_true")
     ap.add_argument("--out", required=True)
     return ap
 
@@ -115,7 +116,7 @@ def run_layout(a: argparse.Namespace) -> None:
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
 
     def build(cfg):
-        model = wrap_for_training(build_model(cfg), cfg.parallel, a.distopt)
+        model = wrap_for_training(build_model(cfg), cfg.parallel, a.distopt, a.compile_layers)
         return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
 
     model, optimizer = build(cfg)
