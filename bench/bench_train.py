@@ -35,8 +35,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch._dynamo.utils import counters
 
 from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
@@ -249,6 +251,10 @@ def measure(session: Session, warmup: int, iters: int, peak: float | None) -> di
         "tokens_per_s_per_gpu": tokens_per_gpu / step_s, "gflop_per_token": flops_per_token / 1e9,
         "tflops_per_gpu": tflops, "peak_tflops": peak, "mfu": tflops / peak if peak else None,
         "losses": losses,
+        # torch.compile's count over the whole run: the layer graph (one per grad mode) plus the fused
+        # kernels compiled outside the layers; a graph break means part of a layer ran eagerly
+        "compiled_graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
     }
     if on_gpu():
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -286,6 +292,7 @@ def report(r: dict) -> str:
                      "reserved")
     else:
         lines.append(f"peak memory: {r['peak_rss_gib']:.2f} GiB process peak RSS (CPU)")
+    lines.append(f"torch.compile: {r['compiled_graphs']} graphs, {r['graph_breaks']} graph breaks")
     parts = " | ".join(f"{k} {v * 1e3:.1f}" for k, v in r["breakdown_s"].items())
     lines.append(f"step breakdown (median ms, {r['timer']}): {parts}")
     return "\n".join(lines)
@@ -313,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
                os.path.abspath(__file__), *own, *flags]
         return subprocess.run(cmd).returncode
-    session = build_session(flags, args.warmup + args.iters)
+    try:
+        session = build_session(flags, args.warmup + args.iters)
+    except ConfigError as e:  # a flag that cannot run: one line, as the training entry points say it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     peak = args.peak_tflops or (peak_tflops(device_description()) if on_gpu() else None)
     result = measure(session, args.warmup, args.iters, peak)
     if torch.distributed.get_rank() == 0:

@@ -19,7 +19,8 @@ from megatron_qwen.model.builder import build_model
 from megatron_qwen.model.rope import UpcastForRope
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
-FIGURES = ("step time (median):", "tokens/s/GPU:", "TFLOP/s/GPU:", "MFU:", "peak memory:", "step breakdown")
+FIGURES = ("step time (median):", "tokens/s/GPU:", "TFLOP/s/GPU:", "MFU:", "peak memory:", "torch.compile:",
+           "step breakdown")
 PARTS = ("forward", "backward", "communication", "optimizer", "other")
 
 
@@ -42,6 +43,15 @@ def test_bench_train_prints_every_figure(bench_run):
     assert set(result["breakdown_s"]) == set(PARTS)
     assert all(result["breakdown_s"][part] > 0 for part in ("forward", "backward", "optimizer"))
     assert result["iters"] == 1 and len(result["losses"]) == 2
+
+
+def test_bench_train_refuses_a_bad_flag_in_one_line():
+    proc = subprocess.run([sys.executable, "bench/bench_train.py", "--model-size", "tiny", "--seq-length", "4096"],
+                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --seq-length 4096 exceeds --max-position-embeddings 512; raise --max-position-embeddings or "
+        "shorten --seq-length"], proc.stderr[-2000:]
 
 
 def test_report_writes_results_md(bench_run, tmp_path):

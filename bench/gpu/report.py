@@ -131,7 +131,8 @@ def fast_paths(runs: dict, loss: dict | None) -> list[str]:
                      f"{(b_on['forward'] + b_on['backward']) * 1e3:.1f} ms; peak memory "
                      f"{_fmt(off.get('peak_memory_gib', off.get('peak_rss_gib')), '.1f')} -> "
                      f"{_fmt(on.get('peak_memory_gib', on.get('peak_rss_gib')), '.1f')} GiB; warm-up "
-                     f"{off['warmup_s']:.0f} -> {on['warmup_s']:.0f} s (compilation included).")
+                     f"{off['warmup_s']:.0f} -> {on['warmup_s']:.0f} s (compilation included); torch.compile "
+                     f"{on['compiled_graphs']} graphs, {on['graph_breaks']} graph breaks.")
     if loss is None:
         return lines + ["- The loss alone (bench/gpu/bench_loss.py): not measured (stage failed or skipped).", ""]
     lines += ["", f"The loss alone over {loss['vocab']:,} rows, forward + backward (median of {loss['reps']}, "
