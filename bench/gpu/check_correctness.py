@@ -1,6 +1,6 @@
 """Correctness stage of bench/gpu_check.sh: this device against the CPU, bf16 against fp32 (each back end,
-and compiled layers), RoPE precision, fused AdamW and the chunked loss, on the tiny preset from the CPU's initial weights (the loss also
-at Qwen's vocabulary).
+and compiled layers), RoPE precision, fused AdamW and the chunked loss, on the tiny preset from the CPU's
+initial weights (the loss also at Qwen's vocabulary).
 
     CUDA_VISIBLE_DEVICES= python bench/gpu/check_correctness.py reference REF.pt [--quick]   # the CPU run
     python bench/gpu/check_correctness.py compare REF.pt OUT.json [--quick]                  # on the device
@@ -16,11 +16,11 @@ Tolerances, and why:
   the same fp32 arithmetic in another order (GPU kernels reduce differently) stays near 1e-6;
   1e-4 is the parity suite's bound for its 5-step curves.
 - bf16 vs fp32 on the device (each back end, and sdpa with compiled layers), logits 2e-2 relative (L2)
-  and losses 2e-3 relative: bf16 keeps 8 significant bits (unit roundoff u = 2^-9 = 2e-3); the bf16 model rounds its weights, every
-  matmul output and activation, and the CPU measures 5.8e-3 (3u) on the logits and at most 3.5e-4 on
-  the losses. 2e-2 and 2e-3 leave room for GPU kernels that accumulate in other orders while still
-  failing on the errors that matter: dropping the causal mask moves the logits by 0.18, and a wrong
-  gradient shows in the losses, which fall by 1% over these 5 steps.
+  and losses 2e-3 relative: bf16 keeps 8 significant bits (unit roundoff u = 2^-9 = 2e-3); the bf16
+  model rounds its weights, every matmul output and activation, and the CPU measures 5.8e-3 (3u) on the
+  logits and at most 3.5e-4 on the losses. 2e-2 and 2e-3 leave room for GPU kernels that accumulate in
+  other orders while still failing on the errors that matter: dropping the causal mask moves the logits
+  by 0.18, and a wrong gradient shows in the losses, which fall by 1% over these 5 steps.
 - fused vs foreach AdamW, losses 1e-5 relative: the same update in fp32, in another order.
 - the chunked loss (model/loss.py; compiled on a GPU) vs megatron-core's, bf16 tiny model, losses 1e-4
   relative: both take the fp32 loss of the same bf16 logits and round its gradient to bf16 once; kernels

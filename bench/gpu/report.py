@@ -124,9 +124,9 @@ def fast_paths(runs: dict, loss: dict | None) -> list[str]:
             lines.append(f"- {label}, `{with_key}`: not measured (a throughput run failed or was skipped).")
             continue
         b_off, b_on = off["breakdown_s"], on["breakdown_s"]
-        lines.append(f"- {label}, micro-batch {on['micro_batch_size']}: step {off['step_s'] * 1e3:.1f} ms without, {on['step_s'] * 1e3:.1f} ms with "
-                     f"(x{off['step_s'] / on['step_s']:.3f} speed); optimizer {b_off['optimizer'] * 1e3:.1f}"
-                     f" -> {b_on['optimizer'] * 1e3:.1f} ms, forward + backward "
+        lines.append(f"- {label}, micro-batch {on['micro_batch_size']}: step {off['step_s'] * 1e3:.1f} ms without, "
+                     f"{on['step_s'] * 1e3:.1f} ms with (x{off['step_s'] / on['step_s']:.3f} speed); optimizer "
+                     f"{b_off['optimizer'] * 1e3:.1f} -> {b_on['optimizer'] * 1e3:.1f} ms, forward + backward "
                      f"{(b_off['forward'] + b_off['backward']) * 1e3:.1f} -> "
                      f"{(b_on['forward'] + b_on['backward']) * 1e3:.1f} ms; peak memory "
                      f"{_fmt(off.get('peak_memory_gib', off.get('peak_rss_gib')), '.1f')} -> "
