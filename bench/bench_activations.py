@@ -1,5 +1,5 @@
 """Bytes one transformer layer keeps for its backward pass, per token: eager layers against compiled ones
-(--compile-layers), beside the planner's estimate for the eager layer (model/memory.py).
+(--compile-layers), each beside the planner's estimate (model/memory.py).
 
     python bench/bench_activations.py                          # 1.8B width, 2 layers, seq 128, bf16, sdpa
     python bench/bench_activations.py --hidden-size 4096 --num-attention-heads 32 --ffn-hidden-size 11008
@@ -8,7 +8,8 @@ Every tensor autograd saves inside the layers is seen by a saved-tensor hook and
 storage; parameters are not activations and are left out. What a compiled layer keeps is decided by
 torch.compile's partitioner, which recomputes cheap elementwise work in the backward instead of keeping
 it: the same partitioner on the CPU as on a GPU, which is why this runs on the CPU. The eager figure
-here is the CPU's layer (SwiGLU and RMSNorm unfused); the planner's row for it is printed beside it.
+here is the CPU's layer (SwiGLU and RMSNorm unfused), and so is the planner's row beside it. Counted once,
+the model's RoPE input, which every compiled layer keeps, is shared out over the layers.
 """
 
 import argparse
@@ -69,19 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     eager, cfg = saved_bytes_per_token(flags, compiled=False)
     compiled, _ = saved_bytes_per_token(flags, compiled=True)
     t = cfg.train
-    work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size, cfg.build.precision,
-                    cfg.build.transformer_impl, gpu=False)
-    # the per-position terms (RoPE tables) spread over the micro-batch's sequences
-    planned = layer_bytes_per_token(work, None) + layer_bytes_per_position(work, None) / t.micro_batch_size
+    def planned(compiled_layers: bool) -> float:
+        work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size, cfg.build.precision,
+                        cfg.build.transformer_impl, gpu=False, compiled_layers=compiled_layers)
+        # the per-position terms (RoPE tables) spread over the micro-batch's sequences
+        return layer_bytes_per_token(work, None) + layer_bytes_per_position(work, None) / t.micro_batch_size
+
     m = cfg.model
     result = {"hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size, "heads": m.num_attention_heads,
               "seq_length": t.seq_length, "precision": cfg.build.precision, "backend": cfg.build.transformer_impl,
               "eager_bytes_per_token": eager, "compiled_bytes_per_token": compiled,
-              "planner_eager_bytes_per_token": planned}
+              "planner_eager_bytes_per_token": planned(False), "planner_compiled_bytes_per_token": planned(True)}
     print(f"hidden {m.hidden_size}, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads, seq {t.seq_length}, "
           f"{cfg.build.precision}, {cfg.build.transformer_impl}: bytes one layer keeps per token")
-    print(f"  eager layers:    {eager:,.0f} (the planner: {planned:,.0f})")
-    print(f"  compiled layers: {compiled:,.0f} ({compiled / eager:.2f} of eager)")
+    print(f"  eager layers:    {eager:,.0f} (the planner: {planned(False):,.0f})")
+    print(f"  compiled layers: {compiled:,.0f}, {compiled / eager:.2f} of eager (the planner: {planned(True):,.0f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -313,6 +313,7 @@ def test_planner_by_default_lists_each_slower_layout_only_if_it_needs_less_memor
     (["--model-size", "7b", "--num-gpus", "7"], "error: no TP x PP x CP x DP split of --num-gpus 7"),
     (["--model-size", "7b", "--headroom", "1.5"], "error: --headroom must be a fraction"),
     (["--model-size", "7b", "--transformer-impl", "cuda"], "error: argument --transformer-impl: invalid choice"),
+    (["--model-size", "7b", "--compile-layers"], "error: --compile-layers is planned for the sdpa and flash"),
 ])
 def test_planner_refuses_bad_flags_in_one_line(capsys, flags, message):
     assert run_plan(flags) == 2

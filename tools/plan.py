@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp32", action="store_true", help="plan an fp32 run instead of bf16 mixed precision")
     g.add_argument("--no-cross-entropy-fusion", dest="cross_entropy_fusion", action="store_false",
                    help="plan megatron-core's loss (fp32 softmax kept for every token) instead of the chunked one")
+    g.add_argument("--compile-layers", action="store_true",
+                   help="plan compiled layers (sdpa or flash back end): what torch.compile keeps for the backward, "
+                        "as bench/bench_activations.py measures it")
 
     g = p.add_argument_group("batch")
     g.add_argument("--seq-length", type=int, default=PRETRAIN.seq_length)
@@ -121,11 +124,15 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
         raise PlanError(f"--global-batch-size {t.global_batch_size} is not a multiple of --micro-batch-size "
                         f"{t.micro_batch_size}")
     backend = BACKEND_NAMES[args.transformer_impl]
+    if args.compile_layers and backend not in ("sdpa", "flash"):
+        raise PlanError(f"--compile-layers is planned for the sdpa and flash back ends, not --transformer-impl "
+                        f"{args.transformer_impl}: pass --transformer-impl sdpa")
     cfg = dataclasses.replace(cfg, build=dataclasses.replace(
         cfg.build, transformer_impl=backend, precision="fp32" if args.fp32 else "bf16"))
     cfg.validate(world_size=1)  # the rules that do not involve the layout, with training's own messages
     work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size,
-                    precision=cfg.build.precision, backend=backend, chunked_loss=args.cross_entropy_fusion)
+                    precision=cfg.build.precision, backend=backend, chunked_loss=args.cross_entropy_fusion,
+                    compiled_layers=args.compile_layers)
     return cfg, work
 
 

@@ -42,6 +42,7 @@ class Workload:
     # only on a GPU (model/builder.py); the CPU validation runs the unfused paths.
     gpu: bool = True
     chunked_loss: bool = True  # model/loss.py; False: megatron-core's loss (--no-cross-entropy-fusion)
+    compiled_layers: bool = False  # model/compile.py (--compile-layers), on the sdpa or flash back end
 
     def __post_init__(self):
         if self.precision not in ACTIVATION_BYTES:
@@ -133,6 +134,8 @@ def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
     s = work.seq_length
     if recompute == "full":
         return d * h
+    if _compiled_inventory(work, recompute):
+        return _compiled_layer_bytes_per_token(work)
     te = work.backend == "te"
     # Each norm: transformer-engine's fused norm+linear keeps the input and the normed output; QwenRMSNorm
     # keeps an fp32 copy of the input, the normed output and the linear after it its own input.
@@ -158,11 +161,31 @@ def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
     return 2 * norm + qkv_output + rotated_qk + core + projection_input + swiglu
 
 
+def _compiled_inventory(work: Workload, recompute: str | None) -> bool:
+    """Whether a layer keeps what torch.compile's partitioner chooses (measured on the fused-attention back
+    ends without recompute; elsewhere the eager inventory stands as an upper bound)."""
+    return work.compiled_layers and recompute is None and work.backend in ("sdpa", "flash")
+
+
+def _compiled_layer_bytes_per_token(work: Workload) -> float:
+    """A compiled layer (model/compile.py), as bench/bench_activations.py finds it: the layer's input and both
+    norms' outputs, and 1/rms per norm; the fused QKV output (the value is a view into it), the rotated query
+    and key rounded back to the activation dtype, the attention output with its fp32 log-sum-exp, and the
+    projection's contiguous input; [gate; up] and the down projection's input. The fp32 copies of the eager
+    norms and RoPE, and silu's output, are recomputed in the backward instead."""
+    m, d = work.model, ACTIVATION_BYTES[work.precision]
+    h, f, a = m.hidden_size, m.ffn_hidden_size, m.num_attention_heads
+    q = a * m.head_dim
+    norms = 3 * d * h + 2 * FP32
+    attention = 3 * d * q + 2 * d * q + d * q + FP32 * a + d * q
+    return norms + attention + 3 * d * f
+
+
 def layer_bytes_per_position(work: Workload, recompute: str | None) -> float:
     """Per-layer bytes that scale with the sequence but not the batch or TP: on the local spec, the
     four fp32 RoPE cos/sin tables megatron-core builds per layer, and the local back end's s x s causal
-    mask (one bool per key)."""
-    if work.backend == "te" or recompute == "full":
+    mask (one bool per key). A compiled layer recomputes the tables from the model's one RoPE input."""
+    if work.backend == "te" or recompute == "full" or _compiled_inventory(work, recompute):
         return 0.0
     rope_tables = 4 * work.model.head_dim * FP32
     mask = work.seq_length if work.backend == "local" and recompute is None else 0
