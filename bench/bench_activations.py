@@ -81,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
               "seq_length": t.seq_length, "precision": cfg.build.precision, "backend": cfg.build.transformer_impl,
               "eager_bytes_per_token": eager, "compiled_bytes_per_token": compiled,
               "planner_eager_bytes_per_token": planned(False), "planner_compiled_bytes_per_token": planned(True)}
-    print(f"hidden {m.hidden_size}, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads, seq {t.seq_length}, "
-          f"{cfg.build.precision}, {cfg.build.transformer_impl}: bytes one layer keeps per token")
-    print(f"  eager layers:    {eager:,.0f} (the planner: {planned(False):,.0f})")
-    print(f"  compiled layers: {compiled:,.0f}, {compiled / eager:.2f} of eager (the planner: {planned(True):,.0f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    print(f"hidden {m.hidden_size}, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads, seq {t.seq_length}, "
+          f"{cfg.build.precision}, {cfg.build.transformer_impl}: bytes one layer keeps per token")
+    print(f"  eager layers:    {eager:,.0f} (the planner: {result['planner_eager_bytes_per_token']:,.0f})")
+    print(f"  compiled layers: {compiled:,.0f}, {compiled / eager:.2f} of eager (the planner: "
+          f"{result['planner_compiled_bytes_per_token']:,.0f})")
     return 0
 
 
