@@ -15,8 +15,8 @@ import torch
 def compile_layers(chunks: list[torch.nn.Module]) -> None:
     """Compile each layer's forward in place (hooks and the modules around the layers stay eager)."""
     # megatron-core's row-parallel linear passes no TP group and warns about it, on rank 0 only, at every
-    # call: traced, that warning would cut each layer into three graphs on rank 0 alone. Compiled code
-    # skips warnings.warn instead (torch 2.11 and later; older versions keep the extra graphs).
+    # call: traced, that warning cuts each layer into several graphs (nine with torch 2.13) on rank 0 alone.
+    # Compiled code skips warnings.warn instead (torch 2.11 and later; older versions keep the extra graphs).
     ignored = getattr(torch._dynamo.config, "ignore_logging_functions", None)
     if ignored is not None:
         ignored.add(warnings.warn)

@@ -162,8 +162,9 @@ def layer_bytes_per_token(work: Workload, recompute: str | None) -> float:
 
 
 def _compiled_inventory(work: Workload, recompute: str | None) -> bool:
-    """Whether a layer keeps what torch.compile's partitioner chooses (measured on the fused-attention back
-    ends without recompute; elsewhere the eager inventory stands as an upper bound)."""
+    """Whether a layer keeps what torch.compile's partitioner chooses: measured with sdpa, taken as the same
+    for flash-attn (which also keeps only its output and log-sum-exp), without recompute. Elsewhere the
+    eager inventory stands, an upper bound."""
     return work.compiled_layers and recompute is None and work.backend in ("sdpa", "flash")
 
 
