@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     eager, cfg = saved_bytes_per_token(flags, compiled=False)
     compiled, _ = saved_bytes_per_token(flags, compiled=True)
     t = cfg.train
+
     def planned(compiled_layers: bool) -> float:
         work = Workload(cfg.model, t.seq_length, t.micro_batch_size, t.global_batch_size, cfg.build.precision,
                         cfg.build.transformer_impl, gpu=False, compiled_layers=compiled_layers)

@@ -18,6 +18,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.memory import (
+    COMPILED_LAYER_BACKENDS,
     GIB,
     RECOMPUTE,
     Cluster,
@@ -124,7 +125,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
         raise PlanError(f"--global-batch-size {t.global_batch_size} is not a multiple of --micro-batch-size "
                         f"{t.micro_batch_size}")
     backend = BACKEND_NAMES[args.transformer_impl]
-    if args.compile_layers and backend not in ("sdpa", "flash"):
+    if args.compile_layers and backend not in COMPILED_LAYER_BACKENDS:
         raise PlanError(f"--compile-layers is planned for the sdpa and flash back ends, not --transformer-impl "
                         f"{args.transformer_impl}: pass --transformer-impl sdpa")
     cfg = dataclasses.replace(cfg, build=dataclasses.replace(

@@ -24,6 +24,7 @@ from megatron_qwen.model.loss import CHUNK_ELEMENTS
 ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
 BACKENDS = ("te", "flash", "sdpa", "local")
 RECOMPUTE = (None, "selective", "full")
+COMPILED_LAYER_BACKENDS = ("sdpa", "flash")  # the back ends whose compiled layer's inventory is modelled
 FP32 = 4
 GIB = 2**30
 
@@ -165,7 +166,7 @@ def _compiled_inventory(work: Workload, recompute: str | None) -> bool:
     """Whether a layer keeps what torch.compile's partitioner chooses: measured with sdpa, taken as the same
     for flash-attn (which also keeps only its output and log-sum-exp), without recompute. Elsewhere the
     eager inventory stands, an upper bound."""
-    return work.compiled_layers and recompute is None and work.backend in ("sdpa", "flash")
+    return work.compiled_layers and recompute is None and work.backend in COMPILED_LAYER_BACKENDS
 
 
 def _compiled_layer_bytes_per_token(work: Workload) -> float:
