@@ -48,7 +48,7 @@ def write_random_hf(directory: str, num_layers: int) -> int:
         writer.write(name, t + 1 if ".ln_" in name else t)  # RMSNorm weights around 1
     writer.close()
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config(cfg, "qwen", torch.bfloat16), f, indent=2)
+        json.dump(hf_config(cfg, "qwen", torch.bfloat16, cfg.seq_length), f, indent=2)
     return sum(torch.Size(s).numel() for s in shapes.values())
 
 

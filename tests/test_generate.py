@@ -18,10 +18,13 @@ from conftest import REPO, quiet_env
 from test_hf_parity import hf_model
 
 from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.hf.layouts import to_hf_state_dict
-from megatron_qwen.inference.generate import Sampling, sample_next
+from megatron_qwen.inference.generate import Sampling, generation_defaults, penalize_repeats, sample_next
 from megatron_qwen.tokenizer import load_tokenizer, render_chat
+
+transformers = pytest.importorskip("transformers")
 
 MODEL_FLAGS = ["--mock-data", "--model-size", "tiny-qwen-vocab", "--hidden-size", "64", "--ffn-hidden-size", "176",
                "--num-layers", "2"]
@@ -185,11 +188,12 @@ def reference(worker):
     return model
 
 
-def reference_greedy(model, ids: list[int]) -> list[int]:
+def reference_greedy(model, ids: list[int], repetition_penalty: float = 1.0) -> list[int]:
     """transformers' greedy continuation of one prompt (no padding), cut where ours stops."""
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0)
+                             do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0,
+                             repetition_penalty=repetition_penalty)
     new = out[0, len(ids):].tolist()
     return next((new[:i] for i, t in enumerate(new) if t in STOP_IDS), new)
 
@@ -247,10 +251,62 @@ def test_tool_chat_matches_transformers_on_rendered_chatml(checkpoint, reference
 def test_tool_sampling_flags(tool):
     parse = tool.build_parser().parse_args
     base = ["--load", "x", "--prompt", "y"]
-    assert tool.sampling_of(parse(base)) is None and tool.sampling_of(parse([*base, "--greedy"])) is None
+    assert tool.sampling_of(parse(base)) == (None, 1.0) and tool.sampling_of(parse([*base, "--greedy"])) == (None, 1.0)
     assert tool.sampling_of(parse([*base, "--temperature", "0.7", "--top-p", "0.8", "--top-k", "20", "--seed", "3"])) \
-        == Sampling(temperature=0.7, top_k=20, top_p=0.8, seed=3)
-    assert tool.sampling_of(parse([*base, "--seed", "3"])) == Sampling(seed=3)
+        == (Sampling(temperature=0.7, top_k=20, top_p=0.8, seed=3), 1.0)
+    assert tool.sampling_of(parse([*base, "--seed", "3"])) == (Sampling(seed=3), 1.0)
+    # The checkpoint's generation_config.json gives the defaults; each flag overrides its own value.
+    chat = (Sampling(top_k=0, top_p=0.8), 1.1)
+    assert tool.sampling_of(parse(base), chat) == chat
+    assert tool.sampling_of(parse([*base, "--greedy"]), chat) == (None, 1.1)
+    assert tool.sampling_of(parse([*base, "--temperature", "0.5", "--repetition-penalty", "1"]), chat) \
+        == (Sampling(temperature=0.5, top_k=0, top_p=0.8), 1.0)
+    tok = load_tokenizer()
+    assert tool.stop_ids(tok, chat=False) == {151_643, 151_645}
+    assert tool.stop_ids(tok, chat=True) == {151_643, 151_645, 151_644}  # a reply opening another turn has ended
+
+
+def test_generation_defaults_read_as_transformers(tmp_path):
+    """Qwen-7B-Chat's generation_config.json samples with top_p 0.8 over all tokens (top_k 0) and penalty 1.1;
+    keys it leaves out take transformers' GenerationConfig defaults."""
+    published = {"chat_format": "chatml", "eos_token_id": 151643, "pad_token_id": 151643, "max_window_size": 6144,
+                 "max_new_tokens": 512, "do_sample": True, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1}
+    (tmp_path / "generation_config.json").write_text(json.dumps(published))
+    assert generation_defaults(str(tmp_path)) == (Sampling(temperature=1.0, top_k=0, top_p=0.8), 1.1)
+    unset = transformers.GenerationConfig._get_default_generation_params()  # what generate() applies to unset keys
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True}))
+    assert generation_defaults(str(tmp_path)) == (Sampling(temperature=unset["temperature"], top_k=unset["top_k"],
+                                                           top_p=unset["top_p"]), unset["repetition_penalty"])
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 151643, "repetition_penalty": 1.2}))
+    assert generation_defaults(str(tmp_path)) == (None, 1.2)
+    (tmp_path / "generation_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="generation_config.json: cannot read it"):
+        generation_defaults(str(tmp_path))
+    assert generation_defaults(str(tmp_path / "nowhere")) == (None, 1.0)
+
+
+def test_repetition_penalty_is_transformers_processor():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1)) * 4
+    rows = [[1, 2, 2, 40], [7], [0, 49, 13]]
+    seen = torch.zeros(3, 50, dtype=torch.bool)
+    for r, ids in enumerate(rows):
+        seen[r, ids] = True
+    processor = transformers.RepetitionPenaltyLogitsProcessor(1.7)
+    for r, ids in enumerate(rows):
+        expected = processor(torch.tensor([ids]), logits[r:r + 1].clone())
+        assert torch.equal(penalize_repeats(logits, seen, 1.7)[r:r + 1], expected)
+
+
+def test_tool_repetition_penalty_greedy_matches_transformers(checkpoint, reference):
+    texts = ["The capital of France is", "1 + 1 ="]
+    rc, out, err = run_tool(["--load", str(checkpoint), "--greedy", "--json", "--max-new-tokens", str(NEW_TOKENS),
+                             "--repetition-penalty", "0.5", *[a for t in texts for a in ("--prompt", t)]])
+    assert rc == 0, err[-4000:]
+    tokenizer = load_tokenizer()
+    expected = [reference_greedy(reference, tokenizer.tokenize(t), repetition_penalty=0.5) for t in texts]
+    assert [json.loads(line)["ids"] for line in out.split("\n")[:-1]] == expected
+    # Below 1 the penalty favours ids already seen, so it changes a greedy continuation of distinct tokens.
+    assert expected != [reference_greedy(reference, tokenizer.tokenize(t)) for t in texts]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -72,7 +72,9 @@ def qwen1_config(model) -> dict:
             "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
             "kv_channels": c.hidden_size // c.num_attention_heads, "intermediate_size": 2 * c.intermediate_size,
             "vocab_size": c.vocab_size, "layer_norm_epsilon": c.rms_norm_eps, "rotary_emb_base": 10000,
-            "rotary_pct": 1.0, "seq_length": c.max_position_embeddings, "no_bias": True, "tie_word_embeddings": False}
+            "rotary_pct": 1.0, "no_bias": True, "tie_word_embeddings": False,
+            # Qwen-1's two lengths apart, as Qwen-7B's (8192 trained, 32768 positions): kept apart both ways
+            "seq_length": c.max_position_embeddings // 2, "max_position_embeddings": c.max_position_embeddings}
 
 
 def write_qwen1(directory, model, as_bin: bool) -> None:
@@ -164,6 +166,8 @@ def test_export_both_layouts_bit_for_bit(hf, layouts, tmp_path):
         ["--load-dir", hf.root / "ours_a_qwen", "--save-dir", a_qwen, "--hf-layout", "qwen"],
         # model B (152,064 rows) -> Qwen-1 layout in bf16
         ["--load-dir", hf.root / "ours_b_qwen", "--save-dir", b_qwen, "--hf-layout", "qwen", "--dtype", "bf16"],
+        # the run that trained at --seq-length 16 -> Qwen-1 layout: its seq_length is 16
+        ["--load-dir", layouts / "saved", "--save-dir", tmp_path / "saved_qwen", "--hf-layout", "qwen"],
     )
     assert not list(tmp_path.glob("*.partial-*"))
 
@@ -178,7 +182,7 @@ def test_export_both_layouts_bit_for_bit(hf, layouts, tmp_path):
         err = (model(input_ids=hf.tokens).logits - hf.references[0]).abs().max().item()
     assert err <= 1e-6, err
     gen = json.load(open(a_qwen2 / "generation_config.json"))
-    assert gen["eos_token_id"] == 151643 and gen["pad_token_id"] == 151643
+    assert gen["eos_token_id"] == [151643, 151645] and gen["pad_token_id"] == 151643
 
     assert_bit_equal(read_safetensors_dir(a_qwen), qwen1_state(hf.a))
     config = json.load(open(a_qwen / "config.json"))
@@ -187,7 +191,11 @@ def test_export_both_layouts_bit_for_bit(hf, layouts, tmp_path):
 
     assert_bit_equal(read_safetensors_dir(b_qwen), {k: v.to(torch.bfloat16) for k, v in qwen1_state(hf.b).items()})
     config = json.load(open(b_qwen / "config.json"))
-    assert config["vocab_size"] == 152_064 and config["bf16"] and config["torch_dtype"] == "bfloat16"
+    assert config["vocab_size"] == 152_064 and config["torch_dtype"] == "bfloat16"
+    assert not (config["bf16"] or config["fp16"] or config["fp32"])  # as published: the remote code picks
+
+    config = json.load(open(tmp_path / "saved_qwen" / "config.json"))
+    assert (config["seq_length"], config["max_position_embeddings"]) == (hf.tokens.shape[1], 128)
 
 
 def test_pretrain_code_loads_hf_dir_at_tp2(hf, tmp_path):
@@ -280,6 +288,19 @@ def test_bad_hf_input_is_one_line(case, tmp_path, capsys):
 
         with pytest.raises(ConfigError, match="k_proj.bias' is missing"):
             check_run(parse_run_config(PRETRAIN, ["--load", str(src), "--mock-data", "--seq-length", "64"]), 1)
+
+
+def test_random_bytes_as_safetensors_is_one_line(tmp_path, capsys):
+    """1,000 random bytes named model.safetensors: its first 8 read as a header length of exabytes, which
+    used to be allocated (a MemoryError traceback); now one line naming the file, before any allocation."""
+    src = _bad_dir(tmp_path, "src")
+    (src / "model.safetensors").write_bytes(torch.randint(0, 256, (1000,), dtype=torch.uint8,
+                                                          generator=torch.Generator().manual_seed(0)).numpy().tobytes())
+    capsys.readouterr()
+    assert _tool().main(["--load-dir", str(src), "--save-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{src / 'model.safetensors'}: not a readable safetensors file" in err, err
+    assert "exceeds the file's 1000 bytes" in err, err
 
 
 def test_source_of_no_known_kind_is_one_line(tmp_path, capsys):

@@ -166,7 +166,7 @@ def run(args) -> dict:
         raise ConfigError(f"--data-path: {e}") from None
     if args.chunk < 1:
         raise ConfigError(f"--chunk {args.chunk} must be at least 1")
-    model = load_model_for_inference(args.load)
+    model = load_model_for_inference(args.load, args.max_position_embeddings)
     train_length = args.train_length or model.train_length
     lengths = sorted(args.lengths or [train_length * k for k in (1, 2, 4, 8)])
     eval_tokens = args.eval_tokens or 4 * lengths[-1]
@@ -176,7 +176,8 @@ def run(args) -> dict:
         raise ConfigError(f"--eval-tokens {eval_tokens} must be at least the longest length {lengths[-1]} and at "
                           f"most the {stream_tokens:,} tokens of --data-path {args.data_path}")
     if lengths[-1] > model.max_sequence_length:
-        raise ConfigError(f"--lengths {lengths[-1]} exceeds the model's {model.max_sequence_length} positions")
+        raise ConfigError(f"--lengths {lengths[-1]} exceeds the model's {model.max_sequence_length} positions (its "
+                          "max_position_embeddings); lift the limit with --max-position-embeddings")
     stream = np.memmap(args.data_path + ".bin", dtype=IndexedDataset(args.data_path).index.dtype, mode="r")
     rows = row_settings(args, model.config.num_layers, train_length)
     # Only cells whose techniques change something at their length are run.

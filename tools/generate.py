@@ -6,16 +6,20 @@
 
 --load is a --save directory of ours, saved at any layout, or a Hugging Face model directory (Qwen-1
 or Qwen2 layout, docs/checkpoints.md); the model runs in this one process. All prompts run as one
-batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) is given. Generation
+batch. Greedy unless a sampling flag (--temperature, --top-k, --top-p, --seed) is given or the
+checkpoint's generation_config.json samples (a Hugging Face directory's; flags override each of its
+values, --greedy turns its sampling off); --repetition-penalty as transformers applies it. Generation
 stops at <|endoftext|>, <|im_end|> or --max-new-tokens; the stop token is not printed. --chat wraps
 each prompt as a user turn in ChatML, after Qwen's default system turn, and opens the assistant's
-turn. --json prints one object per prompt: {"prompt", "ids", "text"}.
+turn; it also stops at <|im_start|>. --json prints one object per prompt: {"prompt", "ids", "text"}.
+--max-position-embeddings lifts the checkpoint's position limit (with a warning).
 
 Past the training length: --dynamic-ntk, --logn-attn and --window-attn switch on Qwen's training-free
 long-context techniques (docs/long_context.md).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,6 +44,9 @@ def build_parser() -> _OneLineErrorParser:
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (0: all)")
     p.add_argument("--top-p", type=float, default=None, help="sample from the most likely tokens up to this mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed: the same seed gives the same output")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="transformers' repetition penalty: logits of ids already in the text divided by it when "
+                        "positive, multiplied when negative (1: none)")
     p.add_argument("--tokenizer-model", default=None, help="qwen.tiktoken (default: the fetched copy)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, ids, text")
     add_long_context_arguments(p, switches=True)
@@ -53,18 +60,26 @@ def long_context_of(args, num_layers: int, train_length: int) -> LongContext:
                        logn_attn=args.logn_attn, windows=windows)
 
 
-def sampling_of(args):
-    """None for greedy decoding, else the Sampling the flags ask for."""
+def sampling_of(args, defaults=(None, 1.0)):
+    """(Sampling or None for greedy decoding, repetition penalty): the checkpoint's ``defaults`` (from its
+    generation_config.json, inference.generation_defaults), each overridden by the flags given."""
+    from megatron_qwen.inference import Sampling
+
     flags = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     given = {k: v for k, v in flags.items() if v is not None}
     if args.greedy and given:
         names = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"--greedy contradicts {names}; pass either --greedy or sampling flags")
-    if not given:
-        return None
-    from megatron_qwen.inference import Sampling
+    checkpoint_sampling, checkpoint_penalty = defaults
+    penalty = checkpoint_penalty if args.repetition_penalty is None else args.repetition_penalty
+    if args.greedy or not (given or checkpoint_sampling):
+        return None, penalty
+    return dataclasses.replace(checkpoint_sampling or Sampling(), **given), penalty
 
-    return Sampling(**given)
+
+def stop_ids(tokenizer, chat: bool) -> set[int]:
+    """<|endoftext|> and <|im_end|>; in chat also <|im_start|>: a reply that opens another turn has ended."""
+    return {tokenizer.eod, tokenizer.im_end_id, *([tokenizer.im_start_id] if chat else [])}
 
 
 def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
@@ -84,21 +99,27 @@ def run(args) -> list[dict]:
     if not os.path.isdir(args.load):
         raise ConfigError(f"--load {args.load} does not exist; pass the --save directory of a training run "
                           "or a Hugging Face model directory")
-    sampling = sampling_of(args)
-    from megatron_qwen.inference import generate, load_model_for_inference
+    from megatron_qwen.inference import generate, generation_defaults, load_model_for_inference
+
+    defaults = generation_defaults(args.load)
+    sampling, penalty = sampling_of(args, defaults)
+    if defaults[0] is not None and sampling is not None:
+        print(f"sampling as {args.load}/generation_config.json says, flags overriding: {sampling}; --greedy for "
+              "greedy decoding", file=sys.stderr, flush=True)
     from megatron_qwen.model.long_context import set_long_context
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer_model)
     prompts = [prompt_ids(text, args.chat, tokenizer) for text in args.prompt]
-    model = load_model_for_inference(args.load)  # ours at any layout, or a Hugging Face directory
+    model = load_model_for_inference(args.load, args.max_position_embeddings)  # ours at any layout, or Hugging Face
     if model.vocab_size_unpadded < tokenizer.vocab_size:
         raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
                           f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")
     settings = long_context_of(args, model.config.num_layers, model.train_length)
     if settings.active:
         set_long_context(model, settings)
-    outputs = generate(model, prompts, args.max_new_tokens, {tokenizer.eod, tokenizer.im_end_id}, sampling)
+    outputs = generate(model, prompts, args.max_new_tokens, stop_ids(tokenizer, args.chat), sampling,
+                       repetition_penalty=penalty)
     return [{"prompt": text, "ids": ids, "text": tokenizer.detokenize(ids)} for text, ids in zip(args.prompt, outputs)]
 
 

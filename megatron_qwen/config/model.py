@@ -22,7 +22,12 @@ class QwenModelConfig:
     # with the layout and breaks checkpoint conversion).
     padded_vocab_size: int = QWEN_PADDED_VOCAB_SIZE
     kv_channels: int | None = None  # None: hidden_size // num_attention_heads
+    # Qwen-1's two lengths (docs/qwen.md section 1): the position limit (config.json's max_position_embeddings;
+    # RoPE has no learned positions, so a flag may lift it) and the length the model was trained at (its
+    # seq_length: where dynamic NTK and LogN begin). A run of ours trains at its own --seq-length, which its
+    # checkpoint keeps as train.seq_length; seq_length here is the published or imported model's.
     max_position_embeddings: int = 8192
+    seq_length: int | None = None
     rotary_base: int = 10000
     norm_epsilon: float = 1e-6
     init_method_std: float = 0.02
@@ -65,19 +70,23 @@ MODEL_PRESETS: dict[str, QwenModelConfig] = {
     # the real tokenizer's vocab is used whenever real text is trained on.
     "tiny": QwenModelConfig(
         hidden_size=64, num_layers=4, num_attention_heads=4, ffn_hidden_size=176,
-        vocab_size=1024, padded_vocab_size=1024, max_position_embeddings=512,
+        vocab_size=1024, padded_vocab_size=1024, max_position_embeddings=512, seq_length=512,
     ),
     "tiny-qwen-vocab": QwenModelConfig(
         hidden_size=128, num_layers=4, num_attention_heads=4, ffn_hidden_size=352,
-        max_position_embeddings=8192,
+        max_position_embeddings=8192, seq_length=8192,
     ),
-    "1.8b": QwenModelConfig(hidden_size=2048, num_layers=24, num_attention_heads=16, ffn_hidden_size=5504),
-    "7b": QwenModelConfig(hidden_size=4096, num_layers=32, num_attention_heads=32, ffn_hidden_size=11008),
+    # The published config.json values of both lengths, with their sources: docs/qwen.md section 1.
+    "1.8b": QwenModelConfig(hidden_size=2048, num_layers=24, num_attention_heads=16, ffn_hidden_size=5504,
+                            max_position_embeddings=8192, seq_length=8192),
+    "7b": QwenModelConfig(hidden_size=4096, num_layers=32, num_attention_heads=32, ffn_hidden_size=11008,
+                          max_position_embeddings=32768, seq_length=8192),
     "14b": QwenModelConfig(hidden_size=5120, num_layers=40, num_attention_heads=40, ffn_hidden_size=13696,
-                           padded_vocab_size=QWEN_LARGE_PADDED_VOCAB_SIZE),
+                           padded_vocab_size=QWEN_LARGE_PADDED_VOCAB_SIZE, max_position_embeddings=8192,
+                           seq_length=2048),
     "72b": QwenModelConfig(hidden_size=8192, num_layers=80, num_attention_heads=64, ffn_hidden_size=24576,
                            padded_vocab_size=QWEN_LARGE_PADDED_VOCAB_SIZE, rotary_base=1_000_000,
-                           max_position_embeddings=32768),
+                           max_position_embeddings=32768, seq_length=32768),
 }
 
 

@@ -27,6 +27,7 @@ from megatron_qwen.hf.layouts import (
     hf_shapes,
     to_hf_state_dict,
 )
+from megatron_qwen.hf.tokenizer_files import write_tokenizer_files
 from megatron_qwen.model.layout import LAYER_NAME, TE_NORM_PREFIXES
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.tokenizer.files import read_tokenizer_file
@@ -91,10 +92,13 @@ def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
                               f"model in its run_config implies {list(want)}")
 
 
-def _side_files(cfg, layout: str, dtype: torch.dtype, chat: bool) -> dict[str, dict]:
-    """The json files next to the weights."""
-    files = {"config.json": hf_config(cfg, layout, dtype), "generation_config.json": generation_config(layout, chat)}
+def _side_files(run: RunConfig, layout: str, dtype: torch.dtype, chat: bool) -> dict[str, dict]:
+    """The json files next to the weights (a qwen2 export's tokenizer files come from tokenizer_files.py).
+    Qwen-1's seq_length is the length the run trained at, its --seq-length."""
+    cfg = run.model
+    files = {"config.json": hf_config(cfg, layout, dtype, run.train.seq_length)}
     if layout == "qwen":  # read by Qwen's remote-code tokenizer (tokenization_qwen.py, from the original model)
+        files["generation_config.json"] = generation_config(chat, run.train.seq_length)
         files["tokenizer_config.json"] = {"tokenizer_class": "QWenTokenizer",
                                           "model_max_length": cfg.max_position_embeddings,
                                           "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}
@@ -133,12 +137,14 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
                         writer.write(hf_name, tensor.to(out_dtype))
                     bar.update(len(group))
             files = writer.close()
-            side = _side_files(cfg, layout, out_dtype, run.data.data_format == "chatml" if chat is None else chat)
+            side = _side_files(run, layout, out_dtype, run.data.data_format == "chatml" if chat is None else chat)
             for file, content in side.items():
                 with open(os.path.join(staging, file), "w") as f:
                     json.dump(content, f, indent=2)
             with open(os.path.join(staging, "qwen.tiktoken"), "wb") as f:
                 f.write(tokenizer)
+            if layout == "qwen2":  # transformers and vLLM read these, not qwen.tiktoken
+                side = [*side, *write_tokenizer_files(staging, cfg.max_position_embeddings, tokenizer_model)]
         return sorted([*files, *side, "qwen.tiktoken"])
     finally:
         destroy_distributed()

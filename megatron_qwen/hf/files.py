@@ -40,6 +40,8 @@ class _SafetensorsFile:
         try:
             with open(path, "rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
+                if length > os.path.getsize(path) - 8:  # random bytes read as a length: never allocate it
+                    raise ValueError(f"its header length {length} exceeds the file's {os.path.getsize(path)} bytes")
                 header = json.loads(f.read(length))
             self.start = 8 + length
             self.entries = {k: (v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"]))

@@ -197,6 +197,15 @@ def hf_layout_of(config: dict, path: str) -> str:
                       "qwen) or Qwen2ForCausalLM (model_type qwen2) with Qwen-1's shape")
 
 
+def qwen1_lengths(config: dict) -> tuple[int, int]:
+    """(seq_length, max_position_embeddings) of a Qwen-1 config.json, absent keys as QWenConfig's defaults
+    (8192 both; the first releases spelled the limit n_positions). The limit is never below the training
+    length: the model has been run at that many positions."""
+    seq_length = config.get("seq_length", 8192)
+    positions = config.get("max_position_embeddings") or config.get("n_positions") or 8192
+    return seq_length, max(positions, seq_length)
+
+
 def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
     """(our model config, layout) of the Hugging Face model in ``directory``. Missing optional
     keys take the defaults of the layout's own config class."""
@@ -218,7 +227,7 @@ def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
         k.expect("no_bias", (True,), "no bias except on QKV")
         ffn, head_dim = intermediate // 2, config.get("kv_channels", 128)
         eps, base = config.get("layer_norm_epsilon", 1e-6), config.get("rotary_emb_base", 10000)
-        positions = config.get("seq_length", 8192)
+        seq_length, positions = qwen1_lengths(config)
     else:
         kv_heads = config.get("num_key_value_heads") or heads
         if kv_heads != heads:
@@ -234,12 +243,13 @@ def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
         eps = config.get("rms_norm_eps", 1e-6)
         base = config.get("rope_theta", rope.get("rope_theta", 10000.0))
         positions = config.get("max_position_embeddings", 32768)
+        seq_length = positions  # Qwen2Config has no training length of its own
     rows = k.need("vocab_size")
     cfg = QwenModelConfig(
         hidden_size=hidden, num_layers=k.need("num_hidden_layers"), num_attention_heads=heads,
         ffn_hidden_size=ffn, vocab_size=min(QWEN_VOCAB_SIZE, rows), padded_vocab_size=rows,
         kv_channels=None if head_dim * heads == hidden else head_dim, max_position_embeddings=positions,
-        rotary_base=_number(base), norm_epsilon=float(eps),
+        seq_length=seq_length, rotary_base=_number(base), norm_epsilon=float(eps),
     )
     return cfg, layout
 
@@ -247,8 +257,10 @@ def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
 _TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype) -> dict:
-    """config.json of ``cfg`` in ``layout``: Qwen-1's published keys, or transformers' Qwen2Config keys."""
+def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length: int) -> dict:
+    """config.json of ``cfg`` in ``layout``: Qwen-1's published keys, or transformers' Qwen2Config keys.
+    ``seq_length``: the length the run trained at (Qwen-1's seq_length, where NTK and LogN begin); the
+    position limit is the model's max_position_embeddings."""
     common = {"architectures": [LAYOUTS[layout]], "model_type": layout, "hidden_size": cfg.hidden_size,
               "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
               "vocab_size": cfg.padded_vocab_size, "max_position_embeddings": cfg.max_position_embeddings,
@@ -257,12 +269,14 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype) -> dict:
     if layout == "qwen":
         return {**common, "kv_channels": cfg.head_dim, "intermediate_size": 2 * cfg.ffn_hidden_size,
                 "layer_norm_epsilon": cfg.norm_epsilon, "rotary_emb_base": cfg.rotary_base, "rotary_pct": 1.0,
-                "seq_length": cfg.max_position_embeddings, "no_bias": True, "emb_dropout_prob": 0.0,
+                "seq_length": seq_length, "no_bias": True, "emb_dropout_prob": 0.0,
                 "attn_dropout_prob": 0.0, "scale_attn_weights": True, "softmax_in_fp32": False,
                 # Qwen's remote code: dynamic NTK and LogN past seq_length (docs/long_context.md); it has
                 # no window attention.
                 "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": "auto",
-                "bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16, "fp32": dtype == torch.float32,
+                # All false, as published: the remote code then runs in the weights' dtype (torch_dtype) or
+                # the one the user asks for, instead of forcing one.
+                "bf16": False, "fp16": False, "fp32": False,
                 "tokenizer_class": "QWenTokenizer",
                 "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
                              "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}
@@ -276,11 +290,16 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype) -> dict:
             "max_window_layers": cfg.num_layers, "bos_token_id": None, "eos_token_id": ENDOFTEXT_ID}
 
 
-def generation_config(layout: str, chat: bool) -> dict:
-    """generation_config.json: <|endoftext|> ends and pads; a chat model also stops at <|im_end|>."""
-    eos = [ENDOFTEXT_ID, IM_END_ID] if chat else ENDOFTEXT_ID
-    out = {"eos_token_id": eos, "pad_token_id": ENDOFTEXT_ID}
-    if layout == "qwen":  # what Qwen's remote-code chat() and generate() read
-        out.update(chat_format="chatml" if chat else "raw",
-                   stop_words_ids=[[ENDOFTEXT_ID], [IM_END_ID]] if chat else [[ENDOFTEXT_ID]])
-    return out
+# Qwen-7B-Chat's published generation_config.json (docs/checkpoints.md): nucleus sampling over all tokens with
+# a mild repetition penalty, at most 512 new tokens.
+QWEN_CHAT_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1, "max_new_tokens": 512}
+
+
+def generation_config(chat: bool, seq_length: int) -> dict:
+    """generation_config.json of a qwen export, with the keys Qwen's remote code reads: <|endoftext|> ends and
+    pads; chat_format "chatml" (a chat model, which also stops at <|im_end|>, with Qwen-7B-Chat's sampling
+    defaults) or "raw"; max_window_size, the history model.chat() keeps, the run's training length."""
+    out = {"eos_token_id": ENDOFTEXT_ID, "pad_token_id": ENDOFTEXT_ID, "max_window_size": seq_length,
+           "chat_format": "chatml" if chat else "raw",
+           "stop_words_ids": [[ENDOFTEXT_ID], [IM_END_ID]] if chat else [[ENDOFTEXT_ID]]}
+    return {**out, **QWEN_CHAT_SAMPLING} if chat else out

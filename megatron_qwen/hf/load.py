@@ -74,15 +74,16 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
     from megatron_qwen.training.checkpoint import _model_state  # the exact sharded layout training saves
 
-    _, layout, weights = open_hf(source)
+    model, layout, weights = open_hf(source)
     if dtype is None:
         dtype = "bf16" if set(weights.dtypes.values()) == {torch.bfloat16} else "fp32"
     if dtype not in ("bf16", "fp32"):
         raise ConfigError(f"--dtype {dtype} for a checkpoint of ours: choose bf16 or fp32 (our models train in "
                           "one of these)")
-    # The run configuration a job reading the checkpoint would resolve from this --load.
+    # The run configuration a job reading the checkpoint would resolve from this --load, at the length the
+    # model was trained at (generation and export read it as the checkpoint's training length).
     cfg = parse_run_config(PRETRAIN, ["--load", source, "--mock-data", "--transformer-impl", "local",
-                                      *(["--bf16"] if dtype == "bf16" else [])])
+                                      "--seq-length", str(model.seq_length), *(["--bf16"] if dtype == "bf16" else [])])
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     try:
         # Shapes without initial values: every parameter is overwritten from the files.

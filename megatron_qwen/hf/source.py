@@ -5,6 +5,7 @@ and fix the model's shape; neither needs megatron-core to be recognized.
 
 import json
 import os
+import sys
 from dataclasses import asdict
 
 from megatron_qwen.config.errors import ConfigError
@@ -75,13 +76,28 @@ def open_hf(directory: str) -> tuple[QwenModelConfig, str, HFWeights]:
     return cfg, layout, weights
 
 
+def lift_position_limit(limit: int, wanted: int, what: str) -> int:
+    """``wanted`` positions instead of the checkpoint's ``limit`` (the --max-position-embeddings flag),
+    with a warning on stderr when it lifts the limit."""
+    if wanted < 1:
+        raise ConfigError(f"--max-position-embeddings {wanted} must be at least 1")
+    if wanted > limit:
+        print(f"warning: --max-position-embeddings {wanted} lifts the position limit of {what} ({limit}); RoPE has "
+              "no learned positions, but the model has never been run that far", file=sys.stderr, flush=True)
+    return wanted
+
+
 def check_flags_against(imported: QwenModelConfig, load: str, flags: dict, model_size: str | None) -> QwenModelConfig:
     """The model of a run whose --load fixes the shape: ``imported``, with --vocab-size (the
-    tokenizer's ids) as the only flag that may change it. A shape flag (``flags``: field ->
-    value or None) or a --model-size preset (``model_size`` when named) that contradicts it is
-    refused."""
+    tokenizer's ids) and --max-position-embeddings (a limit, not a shape: RoPE has no learned
+    positions) as the only flags that may change it. A shape flag (``flags``: field -> value or
+    None) or a --model-size preset (``model_size`` when named) that contradicts it is refused."""
     flags = dict(flags)
     vocab = flags.pop("vocab_size", None)
+    positions = flags.pop("max_position_embeddings", None)
+    if positions is not None:
+        imported = imported.with_overrides(max_position_embeddings=lift_position_limit(
+            imported.max_position_embeddings, positions, f"--load {load}"))
     for field, value in flags.items():
         has = imported.head_dim if field == "kv_channels" else getattr(imported, field)
         if value is not None and value != has:

@@ -1,3 +1,9 @@
-from megatron_qwen.inference.generate import KVCacheDecoder, Sampling, generate, load_model_for_inference
+from megatron_qwen.inference.generate import (
+    KVCacheDecoder,
+    Sampling,
+    generate,
+    generation_defaults,
+    load_model_for_inference,
+)
 
-__all__ = ["generate", "Sampling", "KVCacheDecoder", "load_model_for_inference"]
+__all__ = ["generate", "generation_defaults", "Sampling", "KVCacheDecoder", "load_model_for_inference"]

@@ -19,6 +19,7 @@ LogN and window attention use the cache slots as positions, as Qwen uses its key
 """
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.hf.load import load_hf_weights
-from megatron_qwen.hf.source import is_hf_dir
+from megatron_qwen.hf.source import is_hf_dir, lift_position_limit
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 from megatron_qwen.training.checkpoint import load_weights
@@ -42,20 +43,21 @@ from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, lates
 PAD_ID = 0  # what fills a left-padded row's empty slots; any id will do, those slots are masked out
 
 
-def load_model_for_inference(checkpoint_root: str):
+def load_model_for_inference(checkpoint_root: str, max_positions: int | None = None):
     """The model of the latest checkpoint under ``checkpoint_root`` (a ``--save`` directory, or a
     Hugging Face model directory), built for a single process (TP1, PP1) in eval mode; the model
     shape is read from the checkpoint. ``model.vocab_size_unpadded`` is the number of ids the
     tokenizer can produce; ``model.train_length`` the context it was trained at (ours: its
     --seq-length; Hugging Face: Qwen-1's ``seq_length``, Qwen2's ``max_position_embeddings``), the
-    length long-context inference extends."""
+    length long-context inference extends; ``model.max_sequence_length`` the position limit (the
+    checkpoint's max_position_embeddings, or ``max_positions``, with a warning when that lifts it)."""
     if not os.path.isdir(checkpoint_root):
         raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
                           "or a Hugging Face model directory")
     if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
         trained = parse_run_config(PRETRAIN, ["--mock-data", "--load", checkpoint_root])
         load = partial(load_hf_weights, checkpoint_root)
-        train_length = trained.model.max_position_embeddings  # hf/layouts.py reads Qwen-1's seq_length into it
+        train_length = trained.model.seq_length or trained.model.max_position_embeddings
     else:
         iteration = latest_iteration(checkpoint_root)
         if iteration is None:
@@ -68,7 +70,11 @@ def load_model_for_inference(checkpoint_root: str):
     # and a single query against the cached keys, which megatron-core's local attention (CPU) and
     # PyTorch's sdpa (GPU) do; checkpoint keys are the same for every back end.
     build = dataclasses.replace(trained.build, transformer_impl="sdpa" if on_gpu() else "local")
-    cfg = dataclasses.replace(trained, parallel=ParallelConfig(), build=build)
+    model_cfg = trained.model
+    if max_positions is not None:
+        limit = lift_position_limit(model_cfg.max_position_embeddings, max_positions, checkpoint_root)
+        model_cfg = dataclasses.replace(model_cfg, max_position_embeddings=limit)
+    cfg = dataclasses.replace(trained, model=model_cfg, parallel=ParallelConfig(), build=build)
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     (model,) = build_model(cfg, initialize=False)
     load([model])
@@ -96,6 +102,40 @@ class Sampling:
             raise ConfigError(f"top_k {self.top_k} must be 0 (no limit) or positive")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p {self.top_p} must be in (0, 1]")
+
+
+def generation_defaults(directory: str) -> tuple[Sampling | None, float]:
+    """(sampling, repetition penalty) of ``directory``'s generation_config.json (a Hugging Face model's), read
+    as transformers reads it: sampling only when it says do_sample, absent keys at transformers' defaults
+    (temperature 1, top_k 50, top_p 1, penalty 1). (None, 1.0) when there is no such file."""
+    path = os.path.join(directory, "generation_config.json")
+    if not os.path.isfile(path):
+        return None, 1.0
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e}); fix or remove the file") from None
+
+    def value(key, default):
+        return default if config.get(key) is None else config[key]
+
+    penalty = float(value("repetition_penalty", 1.0))
+    if not config.get("do_sample"):
+        return None, penalty
+    return Sampling(temperature=float(value("temperature", 1.0)), top_k=int(value("top_k", 50)),
+                    top_p=float(value("top_p", 1.0))), penalty
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty (RepetitionPenaltyLogitsProcessor): the logit of every id already in
+    the row (``seen``, [batch, vocab], prompt and generated ids) is divided by ``penalty`` when positive and
+    multiplied by it when negative."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 class KVCacheDecoder:
@@ -152,7 +192,8 @@ def _check(prompts: list[list[int]], max_new_tokens: int, vocab: int, max_positi
             raise ConfigError(f"prompts[{i}]: id {bad[0]} is outside the model's vocabulary [0, {vocab})")
         if len(prompt) + max_new_tokens - 1 > max_positions:
             raise ConfigError(f"prompts[{i}] ({len(prompt)} tokens) + max_new_tokens {max_new_tokens} exceeds the "
-                              f"model's {max_positions} positions; shorten the prompt or generate fewer tokens")
+                              f"model's {max_positions} positions (its max_position_embeddings); shorten the prompt, "
+                              "generate fewer tokens or lift the limit with --max-position-embeddings")
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
@@ -175,15 +216,19 @@ def sample_next(logits: torch.Tensor, sampling: Sampling | None, generator: torc
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: Iterable[int],
-             sampling: Sampling | None = None, vocab_size: int | None = None) -> list[list[int]]:
+             sampling: Sampling | None = None, vocab_size: int | None = None,
+             repetition_penalty: float = 1.0) -> list[list[int]]:
     """Continue each prompt (token ids) until one of ``stop_ids`` or ``max_new_tokens``; the stop id
-    itself is not returned. Greedy unless ``sampling``. All prompts run as one batch; each gets the
-    ids it would get alone (greedy; sampled ids depend on the batch through the shared generator).
-    Ids from ``vocab_size`` on (default ``model.vocab_size_unpadded``: the embedding's padding rows)
-    are never produced. ``model``: a GPTModel in eval mode, e.g. from load_model_for_inference."""
+    itself is not returned. Greedy unless ``sampling``; ``repetition_penalty`` as transformers applies
+    it, before sampling. All prompts run as one batch; each gets the ids it would get alone (greedy;
+    sampled ids depend on the batch through the shared generator). Ids from ``vocab_size`` on (default
+    ``model.vocab_size_unpadded``: the embedding's padding rows) are never produced. ``model``: a
+    GPTModel in eval mode, e.g. from load_model_for_inference."""
     vocab = vocab_size if vocab_size is not None else getattr(model, "vocab_size_unpadded", None)
     if vocab is None:
         raise ConfigError("the model does not say how many ids its tokenizer has: pass vocab_size")
+    if not repetition_penalty > 0:
+        raise ConfigError(f"repetition penalty {repetition_penalty} must be positive (1: none)")
     if model.training:
         raise ConfigError("generate needs the model in eval mode (model.eval())")
     _check(prompts, max_new_tokens, vocab, model.max_sequence_length)
@@ -202,9 +247,13 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: Ite
     kept = torch.full((len(prompts),), max_new_tokens, device=device)  # ids each row keeps
     running = torch.ones(len(prompts), dtype=torch.bool, device=device)
     steps = []
+    seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)  # ids in each row so far
+    for row, prompt in enumerate(prompts):
+        seen[row, prompt] = True
     logits = decoder.prefill()
     for step in range(max_new_tokens):
-        ids = sample_next(logits[:, :vocab], sampling, generator)
+        ids = sample_next(penalize_repeats(logits[:, :vocab], seen, repetition_penalty), sampling, generator)
+        seen[torch.arange(len(prompts), device=device), ids] = True
         steps.append(ids)
         stopped = running & torch.isin(ids, stops)
         kept[stopped] = step

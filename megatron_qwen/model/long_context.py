@@ -175,3 +175,6 @@ def add_long_context_arguments(parser, switches: bool) -> None:
     g.add_argument("--train-length", type=int, default=None,
                    help="the context the model was trained at (default: the checkpoint's --seq-length; "
                         "Qwen-1's seq_length in a Hugging Face config.json)")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="lift the position limit (default: the checkpoint's max_position_embeddings); RoPE has no "
+                        "learned positions, so longer inputs run, with a warning")
