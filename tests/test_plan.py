@@ -284,7 +284,7 @@ def test_planner_lists_only_layouts_that_fit_fastest_first():
         assert tp * pp * cp * dp == 8
         layouts.add((tp, pp, vp, cp, dp, row[6], row[7]))
         totals.append(float(row[13]))
-        times.append(float(row[15]))
+        times.append(float(row[16]))
     assert max(totals) <= 72.0  # 80 GiB less the 10% headroom
     assert times == sorted(times)
     # By hand: without ZeRO every GPU holds 7.721e9 x 18 bytes = 129 GiB; with it 7.721e9 x (2 + 4 + 12 / 8)
@@ -322,8 +322,64 @@ def test_planner_refuses_bad_flags_in_one_line(capsys, flags, message):
 
 
 def test_planner_says_when_nothing_fits(capsys):
-    assert run_plan(["--model-size", "72b", "--num-gpus", "8"]) == 1
+    assert run_plan(["--model-size", "72b", "--num-gpus", "8", "--zero-engine", "megatron"]) == 1
     assert "no layout fits in 72.0 GiB: the least memory is" in capsys.readouterr().out
+    # DeepSpeed's ZeRO-3 with offload fits the GPUs; its 16 bytes a parameter do not fit 1 TiB of host memory.
+    assert run_plan(["--model-size", "72b", "--num-gpus", "8"]) == 1
+    assert "offload to CPU memory, the least 134.6 GiB per GPU" in capsys.readouterr().out  # 16 x 72.29e9 / 8
+
+
+# DeepSpeed's own estimators (deepspeed.runtime.zero.stage_1_and_2 / stage3; the _all_cold variants print them):
+# bf16 parameters (whole at stage 2, a partition at 3) and 18 bytes a parameter over all GPUs: at stage 2 a bf16
+# gradient partition (2), an fp32 one (4), the fp32 master (4) and Adam's moments (8); stage 3 adds 4 bytes a
+# parameter of the largest module. Our fp32 gradient accumulation keeps no bf16 gradient partition at stage 2:
+# like with like, those 2 bytes are added to ours. additional_buffer_factor=1: the state itself, without
+# DeepSpeed's 50% margin on CPU memory.
+ESTIMATOR_CASES = [(2, False, False), (2, True, False), (3, False, False), (3, True, False), (3, True, True)]
+
+
+@pytest.mark.parametrize("size", ["1.8b", "7b", "14b", "72b"])
+def test_deepspeed_states_match_deepspeeds_estimators(size):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    from megatron_qwen.config.model import model_preset
+    from megatron_qwen.model.memory import Layout, stage_parameters
+    from megatron_qwen.model.zero_memory import deepspeed_states, largest_module
+
+    model = model_preset(size)
+    params = stage_parameters(model, Layout(), "only")
+    largest = model.padded_vocab_size * model.hidden_size  # by hand: the embedding is every preset's largest module
+    assert largest_module(model, 1) == largest
+    for gpus_per_node, nodes in ((4, 1), (8, 4)):
+        dp = gpus_per_node * nodes
+        for stage, off_opt, off_param in ESTIMATOR_CASES:
+            ours = deepspeed_states(params, largest, dp, stage, True, off_opt, off_param)
+            bf16_partition = 2 * params / dp if stage == 2 and not off_opt else 0.0
+            if stage == 2:
+                cpu, gpu = estimate_zero2_model_states_mem_needs(params, gpus_per_node, nodes, off_opt, 1.0)
+            else:
+                cpu, gpu, _ = estimate_zero3_model_states_mem_needs(params, largest, gpus_per_node, nodes, off_opt,
+                                                                     off_param, True, 1.0)
+            case = (size, dp, stage, off_opt, off_param)
+            on_gpu = ours.parameters + ours.gradients + ours.optimizer + bf16_partition
+            assert on_gpu == pytest.approx(gpu, rel=0.05), case
+            if off_opt and (stage == 3 or nodes == 1):
+                # DeepSpeed's figure is per node; its ZeRO-2 figure is max(4 x GPUs per node, 16) bytes a
+                # parameter, the larger being the fp32 model each process loads at start: 16 with 4 GPUs a node.
+                assert ours.cpu * gpus_per_node == pytest.approx(cpu, rel=0.05), case
+
+
+def test_deepspeed_stage1_by_hand():
+    """ZeRO-1 in bf16 with fp32 gradient accumulation: 2 + 4 bytes a parameter whole and 12 over DP;
+    offloaded, the fp32 gradients stay whole on the GPU and 16 bytes over DP go to the CPU."""
+    from megatron_qwen.model.zero_memory import deepspeed_states
+
+    p = 1e9
+    s = deepspeed_states(p, 0, 8, 1, True)
+    assert (s.parameters, s.gradients, s.optimizer, s.cpu) == (2 * p, 4 * p, 12 * p / 8, 0)
+    s = deepspeed_states(p, 0, 8, 1, True, offload_optimizer=True)
+    assert (s.parameters, s.gradients, s.optimizer, s.cpu) == (2 * p, 4 * p, 0, 16 * p / 8)
 
 
 def test_planner_pads_a_custom_vocabulary_as_training_does(capsys):

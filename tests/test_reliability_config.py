@@ -62,6 +62,29 @@ CASES = {
                                              "--compile-layers"),
     "deepspeed_checkpoint_of_another_shape": (1, ["--zero-engine", "deepspeed", "--load", "{tmp}/ds_wide"],
                                               "hidden size 128 saved, 64 asked (--hidden-size)"),
+    # Megatron-DeepSpeed's command line and DeepSpeed JSONs (tests/test_deepspeed_config.py: what is accepted).
+    "deepspeed_vs_megatron_engine": (1, ["--deepspeed", "--zero-engine", "megatron"], "--deepspeed contradicts"),
+    "torch_adamw_without_deepspeed": (1, ["--use-torch-adamw"], "--use-torch-adamw chooses the DeepSpeed engine"),
+    "deepspeed_config_without_deepspeed": (1, ["--deepspeed_config", "{tmp}/ds_adamw.json"], "needs --deepspeed"),
+    "no_pipeline_parallel_with_pp": (2, ["--no-pipeline-parallel", "--pipeline-model-parallel-size", "2"],
+                                     "--no-pipeline-parallel contradicts"),
+    "ds_fp16": (1, ["--deepspeed", "--deepspeed_config", "{tmp}/ds_fp16.json"], "fp16.enabled = true"),
+    "ds_optimizer_lamb": (1, ["--deepspeed", "--deepspeed_config", "{tmp}/ds_lamb.json"], "optimizer.type 'Lamb'"),
+    "ds_lr_vs_flag": (1, ["--deepspeed", "--deepspeed_config", "{tmp}/ds_adamw.json", "--lr", "0.1"],
+                      "--lr 0.1 contradicts optimizer.params.lr = 0.0002"),
+    "ds_scheduler_one_cycle": (1, ["--deepspeed", "--deepspeed_config", "{tmp}/ds_one_cycle.json"],
+                               "scheduler.type 'OneCycle'"),
+    "ds_scheduler_log_warmup": (1, ["--deepspeed", "--deepspeed_config", "{tmp}/ds_log_warmup.json"],
+                                "scheduler.params.warmup_type 'log'"),
+}
+
+# DeepSpeed JSONs for the cases above, by file name.
+DS_JSONS = {
+    "ds_adamw": {"optimizer": {"type": "AdamW", "params": {"lr": 2e-4}}},
+    "ds_fp16": {"fp16": {"enabled": True, "loss_scale": 0}},
+    "ds_lamb": {"optimizer": {"type": "Lamb", "params": {"lr": 2e-4}}},
+    "ds_one_cycle": {"scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 1e-5, "cycle_max_lr": 1e-4}}},
+    "ds_log_warmup": {"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 2}}},
 }
 
 
@@ -76,6 +99,8 @@ def files(tmp_path):
     (tmp_path / "ds_wide" / "iter_0000002").mkdir(parents=True)
     (tmp_path / "ds_wide" / "iter_0000002" / "deepspeed.json").write_text(json.dumps({"run_config": wide.to_dict()}))
     (tmp_path / "ds_wide" / "latest_checkpointed_iteration.txt").write_text("2")
+    for name, config in DS_JSONS.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
     return tmp_path
 
 

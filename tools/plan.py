@@ -30,6 +30,7 @@ from megatron_qwen.model.memory import (
     stage_parameters,
     step_time,
 )
+from megatron_qwen.model.zero_memory import zero_suffix
 
 SHAPE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--vocab-size")
 BACKEND_NAMES = {"transformer_engine": "te", "flash": "flash", "sdpa": "sdpa", "local": "local"}
@@ -76,12 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--headroom", type=float, default=0.10,
                    help="fraction of GPU memory kept free for the CUDA context, NCCL buffers and fragmentation")
     g.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node)
+    g.add_argument("--cpu-memory-gb", type=float, default=1024.0,
+                   help="CPU memory per node, GiB, for DeepSpeed's offloaded state (the same headroom kept free)")
     g.add_argument("--achievable-tflops", type=float, default=Cluster.achievable_tflops,
                    help="bf16 dense TFLOP/s one GPU sustains on the model's matmuls (H100 peak 989: ~40%%)")
     g.add_argument("--intra-node-bandwidth", type=float, default=Cluster.intra_node_gbs,
                    help="GB/s per GPU that collectives reach inside a node (NVLink)")
     g.add_argument("--inter-node-bandwidth", type=float, default=Cluster.inter_node_gbs,
                    help="GB/s per GPU between nodes (one 400 Gb/s InfiniBand rail per GPU)")
+    g.add_argument("--zero-engine", choices=["megatron", "deepspeed", "both"], default="both",
+                   help="which data-parallel engines to plan: megatron-core's (ZeRO-0/1, any layout) and DeepSpeed's "
+                        "(ZeRO-1/2/3 with optimizer and parameter offload, TP x DP)")
     g.add_argument("--all", action="store_true",
                    help="list every layout that fits, not only those no other layout beats on both time and memory")
     g.add_argument("--top", type=int, default=20, help="show at most this many layouts (0: no limit)")
@@ -94,7 +100,7 @@ def _check_positive(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise PlanError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-    for name in ("gpu_memory_gb", "achievable_tflops", "intra_node_bandwidth", "inter_node_bandwidth"):
+    for name in ("gpu_memory_gb", "cpu_memory_gb", "achievable_tflops", "intra_node_bandwidth", "inter_node_bandwidth"):
         if getattr(args, name) <= 0:
             raise PlanError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
     if not 0 <= args.headroom < 1:
@@ -141,10 +147,16 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
+# DeepSpeed's variants: (ZeRO stage, optimizer offload, parameter offload)
+DEEPSPEED_VARIANTS = ((1, False, False), (2, False, False), (3, False, False), (1, True, False), (2, True, False),
+                      (3, True, False), (3, True, True))
+
+
+def candidate_layouts(cfg: RunConfig, num_gpus: int, engines: str = "both") -> list[Layout]:
     """Every layout training accepts on ``num_gpus`` GPUs: RunConfig.validate's rules, plus the FFN width
     divisible by TP and megatron-core's interleaving rule (micro-batches a multiple of PP). Sequence
-    parallelism is on whenever TP > 1: the same compute and communication, and activations divided by TP."""
+    parallelism is on whenever TP > 1: the same compute and communication, and activations divided by TP.
+    ``engines``: "megatron", "deepspeed" or "both"."""
     layouts = []
     L = cfg.model.num_layers
     for tp, pp, cp in itertools.product(_divisors(num_gpus), repeat=3):
@@ -155,19 +167,25 @@ def candidate_layouts(cfg: RunConfig, num_gpus: int) -> list[Layout]:
         chunk_counts = [1]
         if pp > 1 and L % pp == 0 and num_mb % pp == 0:  # megatron-core interleaves whole groups of PP micro-batches
             chunk_counts += _divisors(L // pp)[1:]
-        for vp, zero, recompute in itertools.product(chunk_counts, (False, True), RECOMPUTE):
-            if zero and dp * cp == 1:
+        zeros = [(0, False, False), (-1, False, False)] if engines != "deepspeed" else []  # -1: megatron ZeRO-1
+        zeros += list(DEEPSPEED_VARIANTS) if engines != "megatron" else []
+        for vp, (stage, off_opt, off_param), recompute in itertools.product(chunk_counts, zeros, RECOMPUTE):
+            if stage and dp * cp == 1:
                 continue
             parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                       num_layers_per_virtual_pipeline_stage=L // (pp * vp) if vp > 1 else None,
                                       context_parallel_size=cp, sequence_parallel=tp > 1)
             build = dataclasses.replace(cfg.build, recompute_granularity=recompute)
-            zero_stage = dataclasses.replace(cfg.zero, stage=1 if zero else 0)  # megatron's ZeRO-1 or none
+            zero = dataclasses.replace(cfg.zero, engine="deepspeed" if stage > 0 else "megatron", stage=abs(stage),
+                                       offload_optimizer="cpu" if off_opt else "none",
+                                       offload_param="cpu" if off_param else "none")
             try:
-                dataclasses.replace(cfg, parallel=parallel, build=build, zero=zero_stage).validate(num_gpus)
+                dataclasses.replace(cfg, parallel=parallel, build=build, zero=zero).validate(num_gpus)
             except ConfigError:
                 continue
-            layouts.append(Layout(tp=tp, pp=pp, dp=dp, cp=cp, vp=vp, distributed_optimizer=zero, recompute=recompute))
+            layouts.append(Layout(tp=tp, pp=pp, dp=dp, cp=cp, vp=vp, distributed_optimizer=stage == -1,
+                                  recompute=recompute, deepspeed_stage=max(stage, 0), offload_optimizer=off_opt,
+                                  offload_param=off_param))
     return layouts
 
 
@@ -178,10 +196,10 @@ class Plan:
     time: StepTime
 
 
-def plan(cfg: RunConfig, work: Workload, num_gpus: int, cluster: Cluster) -> list[Plan]:
+def plan(cfg: RunConfig, work: Workload, num_gpus: int, cluster: Cluster, engines: str = "both") -> list[Plan]:
     """Every valid layout with its peak memory and step time, fastest first (ties: less memory)."""
     plans = [Plan(layout, peak_stage(work, layout), step_time(work, layout, cluster))
-             for layout in candidate_layouts(cfg, num_gpus)]
+             for layout in candidate_layouts(cfg, num_gpus, engines)]
     return sorted(plans, key=lambda p: (p.time.total, p.memory.total))
 
 
@@ -200,18 +218,25 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.1f}"
 
 
+def _zero_name(layout: Layout) -> str:
+    """megatron engine: "no" / "yes" (its ZeRO-1); DeepSpeed: "ds1"-"ds3", "+o" / "+op" for offload."""
+    if layout.deepspeed_stage:
+        return f"ds{layout.deepspeed_stage}{zero_suffix(layout)}"
+    return "yes" if layout.distributed_optimizer else "no"
+
+
 def format_table(plans: list[Plan], work: Workload) -> list[str]:
-    header = (f"{'#':>3}  {'TP':>2} {'PP':>2} {'VP':>2} {'CP':>2} {'DP':>3} {'ZeRO':<4} {'recompute':<9} {'micro':>5}  "
-              f"{'params':>6} {'grads':>6} {'optim':>6} {'activ':>6} {'total':>6}  {'stage':<5}  "
+    header = (f"{'#':>3}  {'TP':>2} {'PP':>2} {'VP':>2} {'CP':>2} {'DP':>3} {'ZeRO':<6} {'recompute':<9} {'micro':>5}  "
+              f"{'params':>6} {'grads':>6} {'optim':>6} {'activ':>6} {'total':>6} {'cpu':>6}  {'stage':<5}  "
               f"{'step s':>7} {'bubble':>6} {'comm':>5}")
     lines = [header, "-" * len(header)]
     for i, p in enumerate(plans, 1):
         lay, m, t = p.layout, p.memory, p.time
         num_mb = work.global_batch_size // (work.micro_batch_size * lay.dp)
         lines.append(f"{i:>3}  {lay.tp:>2} {lay.pp:>2} {lay.vp:>2} {lay.cp:>2} {lay.dp:>3} "
-                     f"{'yes' if lay.distributed_optimizer else 'no':<4} {lay.recompute or 'none':<9} {num_mb:>5}  "
+                     f"{_zero_name(lay):<6} {lay.recompute or 'none':<9} {num_mb:>5}  "
                      f"{_gib(m.parameters):>6} {_gib(m.gradients):>6} {_gib(m.optimizer):>6} {_gib(m.activations):>6} "
-                     f"{_gib(m.total):>6}  {m.stage:<5}  {t.total:>7.2f} {t.bubble / t.total:>6.1%} "
+                     f"{_gib(m.total):>6} {_gib(m.cpu):>6}  {m.stage:<5}  {t.total:>7.2f} {t.bubble / t.total:>6.1%} "
                      f"{t.communication / t.total:>5.1%}")
     return lines
 
@@ -225,14 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cluster = Cluster(achievable_tflops=args.achievable_tflops, gpus_per_node=args.gpus_per_node,
                       intra_node_gbs=args.intra_node_bandwidth, inter_node_gbs=args.inter_node_bandwidth)
-    plans = plan(cfg, work, args.num_gpus, cluster)
+    plans = plan(cfg, work, args.num_gpus, cluster, args.zero_engine)
     if not plans:
         print(f"error: no TP x PP x CP x DP split of --num-gpus {args.num_gpus} suits {cfg.model.num_layers} layers, "
               f"{cfg.model.num_attention_heads} heads and --global-batch-size {work.global_batch_size} / "
               f"--micro-batch-size {work.micro_batch_size}; change one of them", file=sys.stderr)
         return 2
     usable = args.gpu_memory_gb * GIB * (1 - args.headroom)
-    fitting = [p for p in plans if p.memory.total <= usable]
+    host = args.cpu_memory_gb * GIB * (1 - args.headroom) / min(args.gpus_per_node, args.num_gpus)  # per GPU
+    fitting = [p for p in plans if p.memory.total <= usable and p.memory.cpu <= host]
     m = cfg.model
     params = stage_parameters(m, Layout(), "only")
     print(f"model: {args.model_size or 'custom shape'}, {params / 1e9:.3f}B parameters (hidden {m.hidden_size}, "
@@ -245,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{usable / GIB:.1f} GiB usable; {args.achievable_tflops:g} TFLOP/s per GPU, {args.gpus_per_node} GPUs "
           f"per node, {args.intra_node_bandwidth:g} / {args.inter_node_bandwidth:g} GB/s within / between nodes")
     if not fitting:
+        on_gpu = [p for p in plans if p.memory.total <= usable]
+        if on_gpu:  # only DeepSpeed's offload fits the GPUs, and its state does not fit the host
+            least = min(on_gpu, key=lambda p: p.memory.cpu)
+            print(f"no layout fits: those that fit in {usable / GIB:.1f} GiB per GPU offload to CPU memory, the least "
+                  f"{_gib(least.memory.cpu)} GiB per GPU ({least.layout.describe()}), more than --cpu-memory-gb "
+                  f"{args.cpu_memory_gb:g} allows; add GPUs or CPU memory")
+            return 1
         least = min(plans, key=lambda p: p.memory.total)
         print(f"no layout fits in {usable / GIB:.1f} GiB: the least memory is {_gib(least.memory.total)} GiB "
               f"({least.layout.describe()}); add GPUs or shorten --micro-batch-size or --seq-length")
@@ -253,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = listed[:args.top] if args.top else listed
     which = "" if args.all else ", those no other layout beats on both step time and memory"
     print(f"{len(fitting)} of {len(plans)} valid layouts fit{which}: {len(shown)} shown, fastest first by estimated "
-          f"step time (a ranking heuristic, not a prediction). GiB on the most loaded GPU; micro: micro-batches "
-          f"per step per pipeline")
+          f"step time (a ranking heuristic, not a prediction). GiB on the most loaded GPU; cpu: CPU memory per GPU "
+          f"(DeepSpeed offload, not in total); micro: micro-batches per step per pipeline; ZeRO: no/yes megatron "
+          f"engine, dsN DeepSpeed stage N, +o optimizer offload, +op optimizer and parameter offload")
     print("\n".join(format_table(shown, work)))
     return 0
 

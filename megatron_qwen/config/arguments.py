@@ -3,12 +3,13 @@
 import argparse
 from dataclasses import asdict, dataclass
 
+from megatron_qwen.config.deepspeed_json import fill_unset_flags, read_json
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig, model_preset
-from megatron_qwen.config.optimizer import OptimizerSettings
+from megatron_qwen.config.optimizer import OptimizerSettings, add_optimizer_arguments, optimizer_settings
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
-from megatron_qwen.config.zero import ENGINES, OFFLOAD_DEVICES, ZeroSettings, zero_settings
+from megatron_qwen.config.zero import ZeroSettings, add_zero_arguments, zero_settings
 from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS, available_backend
 
 
@@ -223,53 +224,16 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     g.add_argument("--overlap-param-gather", action="store_true")
     g.add_argument("--distributed-timeout-minutes", type=int, default=ParallelConfig.distributed_timeout_minutes)
 
-    g = p.add_argument_group("ZeRO (docs/zero.md)")
-    g.add_argument("--zero-engine", choices=ENGINES, default="megatron",
-                   help="megatron: megatron-core DDP and distributed optimizer (any TP/PP); deepspeed: DeepSpeed ZeRO "
-                        "(TP x DP, PP=1)")
-    g.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
-                   help="1: optimizer state sharded over DP, 2: and gradients, 3: and parameters (deepspeed engine). "
-                        "Unset: the --deepspeed-config's, else 1 with --use-distributed-optimizer or the deepspeed "
-                        "engine, else 0")
-    g.add_argument("--zero-offload-optimizer", choices=OFFLOAD_DEVICES, default=None,
-                   help="deepspeed engine: keep optimizer state and step in CPU memory (unset: the "
-                        "--deepspeed-config's, else none)")
-    g.add_argument("--zero-offload-param", choices=OFFLOAD_DEVICES, default=None,
-                   help="deepspeed engine, stage 3: keep parameter shards in CPU memory (unset: the "
-                        "--deepspeed-config's, else none)")
-    g.add_argument("--zero-bucket-size", type=int, default=None,
-                   help=f"deepspeed engine: elements per reduce / all-gather bucket (unset: the --deepspeed-config's "
-                        f"reduce_bucket_size, else {ZeroSettings.bucket_size})")
-    g.add_argument("--deepspeed-config", default=None,
-                   help="a DeepSpeed JSON config to start from; our flags win where both set a key (a conflict "
-                        "is an error)")
+    add_zero_arguments(p)
 
     g = p.add_argument_group("training")
     g.add_argument("--train-iters", type=int, default=recipe.train_iters, help="optimizer steps")
-    g.add_argument("--micro-batch-size", type=int, default=recipe.micro_batch_size,
-                   help="sequences per forward pass on one data-parallel rank")
+    g.add_argument("--micro-batch-size", type=int, default=None,
+                   help=f"sequences per forward pass on one data-parallel rank (recipe: {recipe.micro_batch_size})")
     g.add_argument("--global-batch-size", type=int, default=None,
                    help=f"sequences per step (recipe: {recipe.global_batch_size}, or its per-size value)")
     g.add_argument("--seq-length", type=int, default=recipe.seq_length, help="tokens per sequence")
-    g.add_argument("--lr", type=float, default=None, help=f"peak LR (recipe: {recipe.lr})")
-    g.add_argument("--min-lr", type=float, default=None,
-                   help=f"final LR (recipe: {recipe.min_lr_ratio:g} x peak)")
-    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default=recipe.lr_decay_style,
-                   help="LR after the warmup")
-    recipe_warmup = (f"{recipe.lr_warmup_fraction:.0%} of --train-iters" if recipe.lr_warmup_fraction
-                     else f"{recipe.lr_warmup_iters} iterations, shortened for shorter runs")
-    g.add_argument("--lr-warmup-iters", type=int, default=None, help=f"linear warmup (recipe: {recipe_warmup})")
-    g.add_argument("--lr-warmup-fraction", type=float, default=None, help="warmup as a fraction of --train-iters")
-    g.add_argument("--lr-decay-iters", type=int, default=None, help="decay horizon (recipe: --train-iters)")
-    for name, what in (("weight_decay", "AdamW decoupled weight decay"), ("adam_beta1", "AdamW beta1"),
-                       ("adam_beta2", "AdamW beta2"), ("adam_eps", "AdamW epsilon"),
-                       ("clip_grad", "gradient norm clipping")):
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(OptimizerSettings, name), help=what)
-    g.add_argument("--fused-adam", dest="fused_adam", action="store_const", const=True, default=None,
-                   help="torch's fused AdamW kernel (default: on a GPU; megatron engine, without transformer-engine "
-                        "or apex, whose FusedAdam megatron-core uses instead)")
-    g.add_argument("--no-fused-adam", dest="fused_adam", action="store_const", const=False,
-                   help="torch's default (foreach) AdamW kernel, also on a GPU")
+    add_optimizer_arguments(g, recipe)
     g.add_argument("--compile-layers", action="store_true",
                    help="each transformer layer's forward and backward as compiled graphs (torch.compile; megatron "
                         "engine, local/sdpa/flash back ends; docs/PERFORMANCE.md)")
@@ -357,19 +321,10 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
                                         args.model_size if named else None)
             args.model_size = args.model_size if named else "hf"
     size_defaults = recipe.per_size.get(args.model_size.lower().removeprefix("qwen-"), {})
-    lr = args.lr if args.lr is not None else size_defaults.get("lr", recipe.lr)
+    if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
+        fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
+                         default_lr=size_defaults.get("lr", recipe.lr))
     gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
-    decay_iters = args.lr_decay_iters or args.train_iters
-    if args.lr_warmup_iters is not None or args.lr_warmup_fraction is not None:
-        warmup = (args.lr_warmup_iters if args.lr_warmup_iters is not None
-                  else int(round(args.lr_warmup_fraction * args.train_iters)))
-        if warmup >= decay_iters:
-            raise ConfigError(f"LR warmup of {warmup} iterations does not end before the decay horizon "
-                              f"({decay_iters} iterations); lower --lr-warmup-iters/--lr-warmup-fraction")
-    else:  # the recipe's warmup, shortened for runs shorter than it
-        warmup = (int(round(recipe.lr_warmup_fraction * args.train_iters)) if recipe.lr_warmup_fraction
-                  else recipe.lr_warmup_iters)
-        warmup = min(warmup, decay_iters - 1)
     parallel = ParallelConfig(
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
@@ -388,16 +343,12 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         **{fusion: getattr(args, fusion) for fusion in FUSIONS},
     )
     train = TrainSettings(
-        train_iters=args.train_iters, micro_batch_size=args.micro_batch_size, global_batch_size=gbs,
+        train_iters=args.train_iters, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
+        global_batch_size=gbs,
         seq_length=args.seq_length, max_skipped_iterations=args.max_skipped_iterations,
         loss_spike_factor=args.loss_spike_factor, skip_loss_spikes=args.skip_loss_spikes,
         compile_layers=args.compile_layers,
-        optim=OptimizerSettings(
-            lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
-            lr_decay_style=args.lr_decay_style, lr_warmup_iters=warmup, lr_decay_iters=args.lr_decay_iters,
-            weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-            adam_eps=args.adam_eps, clip_grad=args.clip_grad, fused_adam=args.fused_adam,
-        ),
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)),
     )
     data = DataSettings(
         data_format=recipe.data_format, mock_data=args.mock_data, data_path=tuple(args.data_path),

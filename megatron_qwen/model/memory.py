@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.model.flops import training_flops_per_token
 from megatron_qwen.model.loss import CHUNK_ELEMENTS
+from megatron_qwen.model.zero_memory import deepspeed_layout_states, deepspeed_traffic, zero_suffix
 
 ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
 BACKENDS = ("te", "flash", "sdpa", "local")
@@ -61,6 +62,9 @@ class Layout:
     vp: int = 1  # model chunks per pipeline stage: > 1 is interleaved 1F1B
     distributed_optimizer: bool = False
     recompute: str | None = None  # None, "selective" or "full"
+    deepspeed_stage: int = 0  # > 0: the DeepSpeed engine at this ZeRO stage (model/zero_memory.py)
+    offload_optimizer: bool = False  # DeepSpeed: optimizer state and step in CPU memory
+    offload_param: bool = False  # DeepSpeed stage 3: parameter partitions in CPU memory too
 
     @property
     def num_gpus(self) -> int:
@@ -71,6 +75,7 @@ class Layout:
         parts += [f"CP{self.cp}"] if self.cp > 1 else []
         parts += [f"VP{self.vp}"] if self.vp > 1 else []
         parts += ["ZeRO-1"] if self.distributed_optimizer else []
+        parts += [f"DeepSpeed ZeRO-{self.deepspeed_stage}{zero_suffix(self)}"] if self.deepspeed_stage else []
         parts += [f"{self.recompute} recompute"] if self.recompute else []
         return " ".join(parts)
 
@@ -84,6 +89,7 @@ class StageMemory:
     gradients: float
     optimizer: float
     activations: float
+    cpu: float = 0.0  # CPU memory of this GPU's process for offloaded state (not in total)
 
     @property
     def total(self) -> float:
@@ -304,6 +310,9 @@ def stage_activations(work: Workload, layout: Layout, stage: str) -> float:
 def stage_memory(work: Workload, layout: Layout, stage: str) -> StageMemory:
     params = stage_parameters(work.model, layout, stage)
     bf16 = work.precision == "bf16"
+    if layout.deepspeed_stage:
+        z = deepspeed_layout_states(params, work.model, layout, bf16)
+        return StageMemory(stage, z.parameters, z.gradients, z.optimizer, stage_activations(work, layout, stage), z.cpu)
     # fp32 runs update the parameters in place: Adam's m and v only; bf16 runs add an fp32 main weight.
     optimizer_bytes = 3 * FP32 if bf16 else 2 * FP32
     if layout.distributed_optimizer:
@@ -337,6 +346,7 @@ class Cluster:
     gpus_per_node: int = 8
     intra_node_gbs: float = 300.0  # NVLink, achieved collective bandwidth per GPU
     inter_node_gbs: float = 40.0  # one 400 Gb/s InfiniBand rail per GPU, achieved
+    host_link_gbs: float = 25.0  # PCIe 5 x16 between a GPU and CPU memory, achieved (DeepSpeed offload)
 
 
 @dataclass(frozen=True)
@@ -383,4 +393,7 @@ def step_time(work: Workload, layout: Layout, cluster: Cluster) -> StepTime:
     if layout.pp > 1:
         # one activation forward and one gradient backward per chunk boundary and micro-batch
         comm += num_mb * layout.vp * 2 * activation / layout.tp / bandwidth(layout.num_gpus)
+    if layout.deepspeed_stage:  # DeepSpeed's extra traffic (model/zero_memory.py); its CPU Adam's time is not modelled
+        gathers, host = deepspeed_traffic(stage_parameters(m, layout, "only"), layout, work.precision == "bf16")
+        comm += gathers / bandwidth(layout.num_gpus) + host / (cluster.host_link_gbs * 1e9)
     return StepTime(compute=compute, bubble=bubble, communication=comm)

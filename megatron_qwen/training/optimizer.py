@@ -46,7 +46,7 @@ def build_scheduler(optimizer, settings: OptimizerSettings, train_iters: int, gl
     decay_iters = settings.lr_decay_iters or train_iters
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0,
+        init_lr=settings.lr_warmup_init,
         max_lr=settings.lr,
         min_lr=settings.min_lr,
         lr_warmup_steps=settings.lr_warmup_iters * global_batch_size,
