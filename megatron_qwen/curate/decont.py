@@ -1,8 +1,10 @@
 """Step 5: 13-gram decontamination against evaluation sets the user provides.
 
 The index is ours (`EvalNgramIndexer`): each evaluation jsonl file is one benchmark (named by the file, or
-by a record's `benchmark` field), and every 13-gram of a record's text (its string fields, and lists of
-strings, e.g. question, choices and answer, joined) is hashed. datatrove's own indexer loads benchmarks
+by a record's `benchmark` field), and a folder laid out as tools/evaluate.py's --data-dir gives every
+benchmark file it holds, read as the evaluation reads it (megatron_qwen/evaluation/local_data.py). Every
+13-gram of a record's text (its string fields, and lists of strings, e.g. question, choices and answer,
+joined) is hashed. datatrove's own indexer loads benchmarks
 through lighteval only. The filter is datatrove's `NGramsDecontFilter`, given our tokens (`text.tokens`,
 a Chinese character is one token) and the same hash (xxhash64); it drops a training document sharing any 13-gram
 with a benchmark and counts it as `contaminated_<benchmark>`.
@@ -24,6 +26,7 @@ from datatrove.utils.text import ngrams
 from megatron_qwen.curate.fuzzy import NO_NORMALIZATION
 from megatron_qwen.curate.text import CurationTokenizer, tokens
 from megatron_qwen.data.sources import InputError, expand_inputs, parse_block, read_blocks
+from megatron_qwen.evaluation.local_data import is_data_dir, iter_benchmark_records
 
 NGRAM = 13
 
@@ -60,14 +63,25 @@ class EvalNgramIndexer(PipelineStep):
 
     def __init__(self, eval_inputs: list[str], output_folder: DataFolderLike, n: int = NGRAM):
         super().__init__()
-        self.files = expand_inputs(eval_inputs)
+        self.data_dirs = [p for p in eval_inputs if is_data_dir(p)]
+        jsonl = [p for p in eval_inputs if p not in self.data_dirs]
+        self.files = expand_inputs(jsonl) if jsonl else []
         if not all(f.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")) for f in self.files):
-            raise InputError(f"--eval-data {eval_inputs}: evaluation sets must be jsonl files")
+            raise InputError(f"--eval-data {eval_inputs}: evaluation sets must be jsonl files or an evaluation "
+                             "--data-dir (docs/evaluation.md)")
         self.output_folder = get_datafolder(output_folder)
         self.config = decont_config(n)
 
+    def _add(self, hashes: dict[str, set[int]], name: str, record: dict) -> None:
+        grams = ngrams(tokens(record_text(record)), self.config.n_grams)
+        hashes[name].update(ngram_hash(" ".join(g)) for g in grams)
+        self.stat_update(f"samples_{name}")
+
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
         hashes: dict[str, set[int]] = defaultdict(set)
+        for folder in self.data_dirs:
+            for name, record in iter_benchmark_records(folder):
+                self._add(hashes, name, record)
         for path in self.files:
             default_name = os.path.basename(path).split(".")[0]
             for block in read_blocks(path, []):
@@ -76,10 +90,7 @@ class EvalNgramIndexer(PipelineStep):
                     where, reason = batch.bad[0]
                     raise InputError(f"--eval-data {path}: line {where}: {reason}")
                 for record in batch.records:
-                    name = str(record.get("benchmark", default_name))
-                    grams = ngrams(tokens(record_text(record)), self.config.n_grams)
-                    hashes[name].update(ngram_hash(" ".join(g)) for g in grams)
-                    self.stat_update(f"samples_{name}")
+                    self._add(hashes, str(record.get("benchmark", default_name)), record)
         for name, values in hashes.items():
             with self.output_folder.open(f"{name.replace(' ', '_')}.index.hashes", mode="wb") as f:
                 f.write(np.array(sorted(values), dtype=self.config.hash_config.np_descr).tobytes())

@@ -1,0 +1,135 @@
+"""One evaluation: the model as a Hugging Face directory, lm-eval's tasks on the local files, the scores
+beside the published ones. lm-eval's `hf` back end (transformers) on the export is the one model path."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.evaluation.benchmarks import Benchmark, select
+from megatron_qwen.evaluation.local_data import check_data
+from megatron_qwen.evaluation.published import PUBLISHED, SOURCE, size_of
+from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, check_sandbox_available
+from megatron_qwen.evaluation.task_configs import write_task_configs
+
+
+@dataclass
+class EvalConfig:
+    load: str
+    data_dir: str
+    tasks: list[str]
+    limit: float | None = None
+    batch_size: int = 8
+    output: str | None = None
+    chat: bool = False
+    allow_code_execution: bool = False
+    device: str = "cpu"
+    dtype: str = "auto"
+    max_gen_toks: int | None = None
+    code_timeout: float = 10.0
+    code_memory_mb: int = 1024
+
+
+def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
+    """Every check that needs no model: tasks, data files, code execution, the model's place."""
+    benchmarks = select(cfg.tasks)
+    code = [b.name for b in benchmarks if b.code]
+    if code and not cfg.allow_code_execution:
+        raise ConfigError(f"--tasks {' '.join(code)} run the model's code: add --allow-code-execution (each sample "
+                          "runs in a sandbox: docs/evaluation.md), or leave them out of --tasks")
+    if code:
+        check_sandbox_available()
+    from megatron_qwen.hf.source import is_hf_dir
+    from megatron_qwen.training.checkpoint_dirs import TRACKER
+
+    if not (is_hf_dir(cfg.load) or os.path.isfile(os.path.join(cfg.load, TRACKER))):
+        what = "does not exist" if not os.path.exists(cfg.load) else f"has neither config.json nor {TRACKER}"
+        raise ConfigError(f"--load {cfg.load} {what}; give a Hugging Face model directory or a --save directory "
+                          "of ours")
+    check_data(benchmarks, cfg.data_dir)
+    return benchmarks
+
+
+def hf_model_dir(load: str, scratch: str) -> str:
+    """``load`` as a directory transformers reads with its tokenizer: as it is when it is a self-contained
+    qwen2-layout export; otherwise exported (through ours for a Qwen-1 directory) into ``scratch``."""
+    from megatron_qwen.hf.source import is_hf_dir
+
+    if is_hf_dir(load):
+        from megatron_qwen.hf.layouts import read_hf_config
+
+        _, layout = read_hf_config(load)
+        if layout == "qwen2" and os.path.isfile(os.path.join(load, "tokenizer.json")):
+            return load
+        from megatron_qwen.hf.load import import_hf
+
+        print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
+        import_hf(load, os.path.join(scratch, "ours"))
+        load = os.path.join(scratch, "ours")
+    from megatron_qwen.hf.export import export_hf
+
+    print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
+    export_hf(load, os.path.join(scratch, "hf"), "qwen2")
+    return os.path.join(scratch, "hf")
+
+
+def _lm_eval(cfg: EvalConfig, benchmarks: list[Benchmark], model_dir: str, include: str) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    os.environ[TIMEOUT_ENV], os.environ[MEMORY_ENV] = str(cfg.code_timeout), str(cfg.code_memory_mb)
+    gen_kwargs = {"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None
+    return simple_evaluate(
+        model="hf", model_args={"pretrained": model_dir, "dtype": cfg.dtype}, device=cfg.device,
+        tasks=[b.lm_eval_name for b in benchmarks], task_manager=TaskManager(include_path=include,
+                                                                              include_defaults=False),
+        batch_size=cfg.batch_size, limit=cfg.limit, log_samples=True, apply_chat_template=cfg.chat,
+        fewshot_as_multiturn=False, gen_kwargs=gen_kwargs, confirm_run_unsafe_code=cfg.allow_code_execution)
+
+
+def headline_scores(benchmarks: list[Benchmark], results: dict, size: str | None) -> dict:
+    """{benchmark: {title, shots, metric, score (percent), published}} from lm-eval's results."""
+    scores = {}
+    for b in benchmarks:
+        row = results.get("groups", {}).get(b.lm_eval_name) or results["results"][b.lm_eval_name]
+        published = {s: None if b.partial else PUBLISHED[s][b.name] for s in ([size] if size else PUBLISHED)}
+        scores[b.name] = {"title": b.title, "shots": results["n-shot"].get(b.task_name(b.subjects[0] if b.subjects
+                                                                                          else None)),
+                          "metric": b.metric, "score": 100.0 * row[b.metric], "published": published}
+    return scores
+
+
+def format_table(scores: dict, size: str | None) -> str:
+    sizes = [size] if size else list(PUBLISHED)
+    head = f"{'benchmark':<10} {'shots':>5} {'score':>7} " + " ".join(f"{'Qwen-' + s.upper():>10}" for s in sizes)
+    lines = [head, "-" * len(head)]
+    for s in scores.values():
+        pub = " ".join(f"{'-' if s['published'][z] is None else format(s['published'][z], '.1f'):>10}" for z in sizes)
+        lines.append(f"{s['title']:<10} {s['shots']:>5} {s['score']:>7.1f} {pub}")
+    lines.append(f"(score: lm-eval's {', '.join(sorted({s['metric'] for s in scores.values()}))}, in percent; "
+                 f"published: {SOURCE})")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    benchmarks = check_inputs(cfg)
+    with tempfile.TemporaryDirectory(prefix="megatron_qwen_eval_") as scratch:
+        model_dir = hf_model_dir(cfg.load, scratch)
+        with open(os.path.join(model_dir, "config.json")) as f:
+            size = size_of(json.load(f))
+        include = write_task_configs(benchmarks, cfg.data_dir, os.path.join(scratch, "tasks"), cfg.chat)
+        out = _lm_eval(cfg, benchmarks, model_dir, include)
+    report = {"settings": asdict(cfg), "published_size": size,
+              "scores": headline_scores(benchmarks, out, size),
+              "lm_eval": {k: out.get(k) for k in ("results", "groups", "n-shot", "versions", "higher_is_better")},
+              "samples": out.get("samples", {})}
+    if cfg.output:
+        from lm_eval.utils import handle_non_serializable
+
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
+        with open(cfg.output, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False, default=handle_non_serializable)
+    return report
