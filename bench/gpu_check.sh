@@ -12,9 +12,10 @@
 # layers, bf16, seq 2048) at micro-batch 4 and 8, each also with compiled layers (--compile-layers: the
 # fast path this check decides on), a Qwen-7B-width stack of 8 layers, 1.8B with full recompute; (4) where
 # the time goes: the loss alone, chunked against megatron-core's, and one 1.8B step under torch.profiler;
-# (5) start-up: a 72B rank's weight draws on the GPU. On one H100 (docs/PERFORMANCE.md) the stages of the
-# first form took 424 s; the limits hold these under 7.5 minutes, and a stage that runs out of time is
-# reported as such while the next one starts.
+# (5) start-up: a 72B rank's weight draws on the GPU; (6) DeepSpeed: the deepspeed engine with DeepSpeed's
+# FusedAdam (its CUDA build, its step against torch's AdamW, the tiny model's losses against torch's AdamW
+# and the megatron engine; bench/gpu/check_deepspeed.py). Each stage has a time limit (measured durations:
+# docs/PERFORMANCE.md); a stage that runs out of time is reported as such while the next one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
 # bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
@@ -22,9 +23,9 @@
 # --cpu-dry-run (also chosen when CUDA is absent): every stage with tiny shapes and 1+1 iterations, on the
 # CPU; results.md is written the same way. --train-flags "FLAGS": pretraining flags added to every
 # throughput and profile run, e.g. "--no-cross-entropy-fusion" to measure without a path that
-# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (450 on a GPU,
-# which keeps the whole check under 8 minutes; a longer one lets every stage run where compilation is
-# slow). Exit status: 0 when every stage ran and every check passed.
+# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (630 on a GPU:
+# 450 for stages 1-5 and 180 for DeepSpeed's, which keeps the whole check under 11 minutes; a longer one
+# lets every stage run where compilation is slow). Exit status: 0 when every stage ran and every check passed.
 set -uo pipefail
 
 usage() {
@@ -87,14 +88,12 @@ if [ "$DRY" = 1 ]; then
   RUN_7B=("${RUN_18B[@]}" --num-layers 2)
   QUICK=--quick; INIT_SIZE=tiny
 else
-  # 450 s of stages leaves the 8-minute promise room for start-up and the report.
-  MODE=gpu; BUDGET=${BUDGET_FLAG:-450}; CAP_SCALE=1
+  # 630 s of stages (450 for 1-5, 180 for DeepSpeed) leaves the 11-minute promise room for start-up and the report.
+  MODE=gpu; BUDGET=${BUDGET_FLAG:-630}; CAP_SCALE=1
   ITERS=(--warmup 3 --iters 10)  # the first warm-up step compiles (fused kernels; with --compile-layers, the layer)
-  # 1.8B: 33 GB of weights, gradients and AdamW state plus activations at micro-batch 4 (51.6 GiB peak on
-  # an H100; 2 leaves the GPU waiting for the host: docs/PERFORMANCE.md). Micro-batch 8 ran out of memory
-  # with megatron-core's loss; tools/plan.py puts it at 70.5 GiB with the chunked one. 7B width at 8 layers
-  # (2.9B parameters): 52 GB of state at 18 bytes a parameter (no distributed optimizer), micro-batch 2
-  # (58.7 GiB measured at micro-batch 1 with foreach AdamW; tools/plan.py: 55.2 GiB at 2 with fused AdamW).
+  # Shapes chosen to fit one 80 GB GPU: 1.8B at micro-batch 4 (2 leaves the GPU waiting for the host) and 8
+  # (fits with the chunked loss only); 7B width at 8 layers (2.9B parameters, no distributed optimizer) at
+  # micro-batch 2. Their measured and planned memory, with the commands: docs/PERFORMANCE.md.
   RUN_18B=(--model-size 1.8b --bf16 --seq-length 2048 --micro-batch-size 4 --global-batch-size 16 "${TRAIN_FLAGS[@]}")
   RUN_18B_MB8=("${RUN_18B[@]}" --micro-batch-size 8)
   RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 8
@@ -145,6 +144,7 @@ stage "profile: 1.8B step" 60 "$PY" bench/gpu/profile_step.py "$WORK/profile.txt
 DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
   --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
+stage "deepspeed: fused Adam" 180 "$PY" bench/gpu/check_deepspeed.py "$WORK/deepspeed.json" $QUICK
 
 "$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')${TRAIN_FLAGS[*]:+ --train-flags \"${TRAIN_FLAGS[*]}\"}${BUDGET_FLAG:+ --budget $BUDGET_FLAG}" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }

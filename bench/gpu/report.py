@@ -167,6 +167,25 @@ def profile(text: str | None) -> list[str]:
     return lines + ["```"] + head[:3 + 3 + 25] + ["```", ""]  # flags, times, the table's header and top 25
 
 
+def deepspeed(d: dict | None) -> list[str]:
+    lines = ["## 7. DeepSpeed engine with DeepSpeed's Adam (bench/gpu/check_deepspeed.py)", ""]
+    if d is None:
+        return lines + ["Not measured (stage failed or skipped; see gpu_check.log).", ""]
+    a = d["adam"]
+    built = f"built in {a['build_s']} s (first use)" if a["build_error"] is None else f"not built ({a['build_error']})"
+    lines += [f"{a['deepspeed_optimizer'] or 'DeepSpeed Adam'}: {built}. Step on {a['params']:,} fp32 parameters "
+              f"({a['device']}, median of {a['steps']}):", "", "| optimizer | ms/step | max abs weight difference "
+              "from torch AdamW (foreach) |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {r['step_s'] * 1e3:.1f} | {r['max_abs_diff_vs_foreach']:.2g} |"
+              for name, r in a["optimizers"].items()]
+    picked = d["runs"]["deepspeed ZeRO-2, its optimizer"]["optimizer"]
+    lines += ["", f"The tiny model in fp32 (the deepspeed engine's own choice here: {picked}):", "",
+              "| check | metric | value | tolerance | result |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {x['name']} | {x['metric']} | {x['value']:.3g} | {x['tolerance']:g} | "
+              f"{'pass' if x['pass'] else '**FAIL**'} |" for x in d["checks"]]
+    return lines + [""]
+
+
 def main() -> int:
     work, out, mode, command = sys.argv[1:5]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,13 +200,15 @@ def main() -> int:
                "commit": _commit(repo), "stages": stages, "env": _load(os.path.join(work, "env.json")),
                "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
                "loss_bench": _load(os.path.join(work, "loss.json")), "init": inits,
-               "profile": _read(os.path.join(work, "profile.txt"))}
+               "profile": _read(os.path.join(work, "profile.txt")),
+               "deepspeed": _load(os.path.join(work, "deepspeed.json"))}
     what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
             if mode == "cpu-dry-run" else "GPU")
     md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
           f"Command: `{command}`", ""]
     md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
     md += fast_paths(runs, results["loss_bench"]) + startup(inits) + profile(results["profile"])
+    md += deepspeed(results["deepspeed"])
     md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -3,20 +3,26 @@
 A deepspeed-engine checkpoint is DeepSpeed's own files (``mp_rank_XX_model_states.pt``,
 ``*zero_pp_rank_D_mp_rank_XX_*_states.pt``) in our directory layout (``ROOT/iter_NNNNNNN/``, the
 tracker file), with ``deepspeed.json`` (ZeRO stage, layout, effective DeepSpeed config, run
-configuration) beside them. It resumes only at its own TP x DP layout; ``convert_to_megatron``
-turns it into a megatron-core checkpoint of ours (weights only) that every layout, the Hugging Face
-export and generation read.
+configuration) beside them. It resumes as it is at its own TP x DP layout and ZeRO stage; at any other,
+``to_universal`` converts it once with DeepSpeed's ``ds_to_universal`` (into ``iter_NNNNNNN/universal/``:
+per-parameter fp32 weights and Adam moments, TP slices merged) for DeepSpeed's universal load, which
+re-slices them for the new layout. ``convert_to_megatron`` turns it into a megatron-core checkpoint of
+ours (weights only) that every layout, the Hugging Face export and generation read.
 """
 
+import argparse
 import dataclasses
 import json
 import os
+import re
+import shutil
 import tempfile
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
 
 MARKER = "deepspeed.json"
+UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
 
 
 def written_by_deepspeed(ckpt_dir: str) -> bool:
@@ -114,3 +120,99 @@ def convert_to_megatron(source: str, destination: str) -> str:
     finally:
         destroy_distributed()
     return iteration_dir(destination, iteration)
+
+
+def check_resumable(ckpt_dir: str, stage: int, layout: dict) -> None:
+    """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``ckpt_dir`` at ZeRO
+    ``stage`` and ``layout`` ({"tp", "dp"}) that DeepSpeed's universal checkpoint cannot carry (deepspeed
+    0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
+    TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
+    with open(os.path.join(ckpt_dir, MARKER)) as f:
+        saved = json.load(f)
+    was = saved["zero_stage"]
+    if (was == 3) != (stage == 3):
+        raise ConfigError(f"--load {ckpt_dir} was saved at ZeRO-{was}; DeepSpeed's universal checkpoint does not "
+                          f"take it to ZeRO-{stage}: resume it at ZeRO-{'3' if was == 3 else '1 or 2'} (any TP x DP "
+                          "layout), or start from its weights with --finetune")
+    if saved["layout"] != layout and saved["layout"]["tp"] > 1 and not saved.get("universal_checkpoint_info"):
+        raise ConfigError(f"--load {ckpt_dir} was saved at {saved['layout']} without the tensor-parallel slicing a "
+                          "universal checkpoint needs (an earlier version): resume it at that layout, or start from "
+                          "its weights with --finetune")
+
+
+def universal_checkpoint_info(module) -> dict:
+    """How ds_to_universal merges each parameter's tensor-parallel slices, from megatron-core's
+    ``tensor_model_parallel`` / ``partition_dim`` attributes (DeepSpeed saves it with the model states when
+    the module carries it): replicated (the norms), split along dim 1 (row-parallel), SwiGLU's stacked
+    [gate; up] fc1 (two sub-parameters along dim 0), or along dim 0 (everything else: DeepSpeed's default).
+    One pattern per parameter name, the layer index generalized."""
+    from deepspeed.checkpoint.constants import (
+        PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0,
+        PARAMETER_WITH_ROW_PARALLELISM_PATTERNS,
+        TP_REPLICATED_PARAMETER_PATTERNS,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
+
+    kinds: dict[str, set] = {TP_REPLICATED_PARAMETER_PATTERNS: set(), PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: set(),
+                             PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0: set()}
+    for name, p in module.named_parameters():
+        layer = LAYER_NAME.match(name)
+        pattern = (r"^decoder\.layers\.\d+\." + re.escape(layer.group(2)) if layer else "^" + re.escape(name)) + "$"
+        if not getattr(p, "tensor_model_parallel", False):
+            kinds[TP_REPLICATED_PARAMETER_PATTERNS].add(pattern)
+        elif is_gated_fc1(name) and p.partition_dim == 0:
+            kinds[PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0].add(pattern)
+        elif p.partition_dim == 1:
+            kinds[PARAMETER_WITH_ROW_PARALLELISM_PATTERNS].add(pattern)
+        elif p.partition_dim != 0:
+            raise ValueError(f"{name}: tensor-parallel along dim {p.partition_dim}, which a universal checkpoint "
+                             "cannot describe")
+    return {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+            **{kind: sorted(patterns) for kind, patterns in kinds.items()}}
+
+
+def to_universal(ckpt_dir: str) -> None:
+    """DeepSpeed's universal checkpoint of the deepspeed-engine checkpoint ``ckpt_dir``, converted by its own
+    ds_to_universal into ``ckpt_dir/universal`` (the tag to load) on the first call (written under a staging
+    name, renamed when whole) and reused after. Call on one rank."""
+    out = os.path.join(ckpt_dir, UNIVERSAL)
+    if os.path.isdir(out):
+        return
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    staging, source = out + ".partial", out + ".input"
+    for leftover in (staging, source):
+        shutil.rmtree(leftover, ignore_errors=True)
+    _without_extra_state(ckpt_dir, source)
+    ds_to_universal(argparse.Namespace(input_folder=source, output_folder=staging, num_extract_workers=1,
+                                       num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                       inject_missing_state=False))
+    shutil.rmtree(source)
+    os.rename(staging, out)
+    with open(os.path.join(ckpt_dir, "latest_universal"), "w") as f:  # DeepSpeed's own pointer, renamed too
+        f.write(UNIVERSAL)
+
+
+def _without_extra_state(ckpt_dir: str, source: str) -> None:
+    """``ckpt_dir`` as ds_to_universal can read it, in ``source``: links to its files, but the model-states
+    files rewritten without megatron-core's ``_extra_state`` entries (None in its linear layers), which
+    ds_to_universal would try to save as fp32 weights (stages 1 and 2)."""
+    import torch
+
+    os.makedirs(source)
+    for f in os.listdir(ckpt_dir):
+        path = os.path.join(ckpt_dir, f)
+        if not f.endswith("_model_states.pt"):
+            if os.path.isfile(path):
+                os.symlink(os.path.abspath(path), os.path.join(source, f))
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        module = state.get("module") or {}
+        if all(torch.is_tensor(v) for v in module.values()):
+            os.symlink(os.path.abspath(path), os.path.join(source, f))
+            continue
+        state["module"] = type(module)((k, v) for k, v in module.items() if torch.is_tensor(v))
+        torch.save(state, os.path.join(source, f))

@@ -40,10 +40,14 @@ from megatron_qwen.training.checkpoint import (
 from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
 from megatron_qwen.training.deepspeed_checkpoint import (
     MARKER,
+    UNIVERSAL,
     is_deepspeed_checkpoint,
     load_deepspeed_weights,
+    to_universal,
+    universal_checkpoint_info,
     written_by_deepspeed,
 )
+from megatron_qwen.training.deepspeed_optimizer import build_optimizer
 from megatron_qwen.training.optimizer import build_scheduler
 from megatron_qwen.training.step import forward_step, reduce_loss
 
@@ -76,15 +80,25 @@ def _import_deepspeed():
     return deepspeed
 
 
-def _adamw(model, cfg: RunConfig) -> torch.optim.AdamW:
-    """torch's AdamW with megatron-core's parameter groups: no weight decay on biases and norms."""
-    o = cfg.train.optim
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.dim() == 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
-                             weight_decay=o.weight_decay)
+def sum_sequence_parallel_grads(module) -> list:
+    """Under sequence parallelism each tensor-parallel rank's gradient of a replicated parameter that
+    megatron-core marks ``sequence_parallel`` (the norms) covers only its share of the sequence; sum it over
+    the TP group, as megatron-core's grad finalization does for its DDP. The sum runs in a hook on each
+    incoming micro-batch gradient, before it is accumulated: DeepSpeed's own hooks run after accumulation
+    and reduce (ZeRO-2/3: reduce-scatter) the accumulated gradient at once, so this is the last point where
+    every stage still holds the parameter's full gradient. Sums in fp32; returns the hook handles."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return []
+
+    def summed_over_tp(grad: torch.Tensor) -> torch.Tensor:
+        total = grad.float()  # a copy for bf16; for fp32 the clone keeps the incoming tensor untouched
+        total = total.clone() if total is grad else total
+        dist.all_reduce(total, group=group)
+        return total.to(grad.dtype)
+
+    return [p.register_hook(summed_over_tp) for p in module.parameters()
+            if p.requires_grad and getattr(p, "sequence_parallel", False)]
 
 
 class DeepSpeedEngine:
@@ -100,10 +114,15 @@ class DeepSpeedEngine:
         if on_gpu():
             module = module.cuda(torch.cuda.current_device())
         self._load_weights_before_sharding(module)
+        self._sp_hooks = sum_sequence_parallel_grads(module) if cfg.parallel.sequence_parallel else []
+        # DeepSpeed saves it with the model states: what ds_to_universal needs to merge the TP slices
+        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+        setattr(module, UNIVERSAL_CHECKPOINT_INFO, universal_checkpoint_info(module))
         self.ds_config = deepspeed_config(
             cfg.zero, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(world_size),
             t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
-        optimizer = _adamw(module, cfg)
+        optimizer, self.optimizer_name = build_optimizer(module, cfg, device)
         self.engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=self.ds_config,
                                                mpu=MegatronParallelUnit(), dist_init_required=False)
         # The schedule sets the LR and weight decay of the AdamW groups DeepSpeed steps with.
@@ -112,7 +131,8 @@ class DeepSpeedEngine:
         self.model = [self.engine.module]  # for evaluation: stage 3 gathers through hooks on the module
         self.checkpointer = DeepSpeedCheckpointer(self)
         if dist.get_rank() == 0:
-            print(" DeepSpeed config: " + json.dumps(self.ds_config, sort_keys=True), flush=True)
+            print(f" DeepSpeed config: {json.dumps(self.ds_config, sort_keys=True)}; optimizer: {self.optimizer_name}",
+                  flush=True)
 
     @property
     def lr(self) -> float:
@@ -163,8 +183,8 @@ class DeepSpeedEngine:
 
 class DeepSpeedCheckpointer(Checkpointer):
     """DeepSpeed's own checkpoint files under our directory layout (iter_NNNNNNN/, the tracker file),
-    written under a staging name and published whole. Resumes at the same TP x DP layout; any other
-    layout goes through tools/convert_checkpoint.py."""
+    written under a staging name and published whole. Resumes at the same TP x DP layout and ZeRO stage as
+    it is, at any other through DeepSpeed's universal checkpoint, with the optimizer state."""
 
     def __init__(self, ds: DeepSpeedEngine):
         super().__init__(ds.cfg, ds.model, None, ds.scheduler)
@@ -185,8 +205,8 @@ class DeepSpeedCheckpointer(Checkpointer):
         dist.barrier()
         if dist.get_rank() == 0:
             with open(os.path.join(staging, MARKER), "w") as f:
-                json.dump({"zero_stage": cfg.zero.stage, "layout": _layout(), "deepspeed_config": self.ds.ds_config,
-                           "run_config": cfg.to_dict()}, f, indent=1)
+                json.dump({"zero_stage": cfg.zero.stage, "layout": _layout(), "universal_checkpoint_info": True,
+                           "deepspeed_config": self.ds.ds_config, "run_config": cfg.to_dict()}, f, indent=1)
             publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
         dist.barrier()
 
@@ -201,24 +221,52 @@ class DeepSpeedCheckpointer(Checkpointer):
                               "megatron, or start from its weights with --finetune")
         with open(os.path.join(ckpt_dir, MARKER)) as f:
             saved = json.load(f)
-        if saved["layout"] != _layout() or saved["zero_stage"] != self.cfg.zero.stage:
-            raise ConfigError(f"--load {ckpt_dir} was saved by DeepSpeed ZeRO-{saved['zero_stage']} at "
-                              f"{saved['layout']}; this run is ZeRO-{self.cfg.zero.stage} at {_layout()}: resume at "
-                              "the saved layout, or convert it with tools/convert_checkpoint.py and load that")
-        _, client = self.ds.engine.load_checkpoint(s.load, tag=os.path.basename(ckpt_dir),
-                                                   load_optimizer_states=not s.no_load_optim,
-                                                   load_lr_scheduler_states=False)
+        changed = saved["layout"] != _layout() or saved["zero_stage"] != self.cfg.zero.stage
+        client = self._load_universal(ckpt_dir) if changed else self.ds.engine.load_checkpoint(
+            s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
+            load_lr_scheduler_states=False)[1]
         if not s.override_data_state and client["data_state"] != _data_state(self.cfg):
             raise ConfigError(f"--load {ckpt_dir} was saved with data settings {client['data_state']} but this run "
                               f"has {_data_state(self.cfg)}; pass --override-data-state to resume anyway")
         self.scheduler.load_state_dict(client["scheduler"])
-        if not s.no_load_rng:
+        if not s.no_load_rng and not changed:  # each rank's saved RNG belongs to its place in the saved layout
             _set_rng_state(client["rng_state"])
         state = TrainState(**client["train_state"])
         if dist.get_rank() == 0:
-            print(f" loaded DeepSpeed ZeRO-{saved['zero_stage']} checkpoint {ckpt_dir}; continuing at iteration "
+            how = (f" through a universal checkpoint (ZeRO-{saved['zero_stage']} at {saved['layout']} -> "
+                   f"ZeRO-{self.cfg.zero.stage} at {_layout()}; fresh RNG states)" if changed else "")
+            print(f" loaded DeepSpeed ZeRO-{saved['zero_stage']} checkpoint {ckpt_dir}{how}; continuing at iteration "
                   f"{state.iteration}", flush=True)
         return state
+
+    def _load_universal(self, ckpt_dir: str) -> dict:
+        """Resume at another TP x DP layout or ZeRO stage: DeepSpeed's universal checkpoint of ``ckpt_dir``
+        (converted by rank 0 on the first such resume), loaded with its universal loader, which re-slices the
+        fp32 weights and Adam moments for this layout. Returns the client state (of a saved rank)."""
+        failure = [None]  # rank 0's, told to every rank so that none waits for a conversion that failed
+        if dist.get_rank() == 0:
+            try:
+                to_universal(ckpt_dir)
+            except Exception as e:
+                failure[0] = f"converting {ckpt_dir} to a universal checkpoint failed: {type(e).__name__}: {e}"
+                dist.broadcast_object_list(failure, src=0)
+                raise
+        dist.broadcast_object_list(failure, src=0)
+        if failure[0]:
+            raise RuntimeError(failure[0])
+        engine, groups = self.ds.engine, self.ds._optimizer.param_groups
+        # ZeRO-3's universal load gives every parameter group the first one's hyperparameters (deepspeed 0.19.8,
+        # stage3.py), the no-decay group its wd_mult too; the groups' own come from the flags and the schedule.
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        engine._config.load_universal_checkpoint = True  # read by load_checkpoint only; set at load, not start
+        try:
+            _, client = engine.load_checkpoint(ckpt_dir, tag=UNIVERSAL, load_lr_scheduler_states=False,
+                                               load_optimizer_states=not self.ds.load.no_load_optim)
+        finally:
+            engine._config.load_universal_checkpoint = False
+        for group, own in zip(groups, hyper):
+            group.update(own)
+        return client
 
     def finish_pending(self, blocking: bool) -> None:
         """Saves are synchronous (--async-save is refused for this engine)."""
@@ -229,13 +277,21 @@ def _layout() -> dict:
             "dp": parallel_state.get_data_parallel_world_size()}
 
 
+def master_partitions(zero_optimizer) -> list:
+    """This rank's partitions of the master weights the optimizer steps: ZeRO-1/2's, ZeRO-3's, or those of the
+    optimizer DeepSpeed picks for bf16 at stage 1 with fp32 gradient accumulation (BF16_Optimizer)."""
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups_flat_partition"):
+        if hasattr(zero_optimizer, name):
+            return getattr(zero_optimizer, name)
+    raise TypeError(f"no master weight partitions known in {type(zero_optimizer).__name__}")
+
+
 def sharded_state_bytes(ds: DeepSpeedEngine) -> dict:
     """Bytes this rank holds of Adam's two moments, of the fp32 master partitions the optimizer steps, and of
     the parameters (stage 3: its partitions)."""
-    inner, zero = ds._optimizer, ds.engine.optimizer
+    inner = ds._optimizer
     moments = sum(v.numel() * v.element_size() for st in inner.state.values() for v in st.values()
                   if torch.is_tensor(v) and v.dim() > 0)
-    flats = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(zero, "fp32_partitioned_groups_flat")
-    master = sum(t.numel() * t.element_size() for t in flats)
+    master = sum(t.numel() * t.element_size() for t in master_partitions(ds.engine.optimizer))
     params = sum(getattr(p, "ds_tensor", p).numel() * p.element_size() for p in ds.engine.module.parameters())
     return {"adam_moments": moments, "fp32_master": master, "parameters": params}

@@ -29,10 +29,23 @@ def _check_zero(cfg: RunConfig, world_size: int) -> None:
     if z.deepspeed:
         deepspeed_config(z, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(world_size),
                          t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
+        _check_deepspeed_resume(cfg, world_size)
     elif cfg.checkpoint.load and is_deepspeed_checkpoint(cfg.checkpoint.load):
         raise ConfigError(f"--load {cfg.checkpoint.load} holds a DeepSpeed-engine checkpoint: resume it with "
                           "--zero-engine deepspeed, or convert it with tools/convert_checkpoint.py --load-dir "
                           f"{cfg.checkpoint.load} --save-dir NEW_DIR and --load that")
+
+
+def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
+    """A deepspeed-engine checkpoint resumed at a ZeRO stage or layout its universal checkpoint cannot reach."""
+    from megatron_qwen.training.checkpoint import effective_load
+    from megatron_qwen.training.deepspeed_checkpoint import check_resumable, written_by_deepspeed
+
+    s = effective_load(cfg.checkpoint)
+    it, _ = loadable_iteration(s.load, s.load_fallback) if s.load and os.path.isdir(s.load) else (None, None)
+    if it is not None and not s.finetune and written_by_deepspeed(iteration_dir(s.load, it)):
+        layout = {"tp": cfg.parallel.tensor_model_parallel_size, "dp": cfg.parallel.data_parallel_size(world_size)}
+        check_resumable(iteration_dir(s.load, it), cfg.zero.stage, layout)
 
 
 def _check_data(cfg: RunConfig) -> None:

@@ -8,9 +8,10 @@ and weights_rank{r}.pt: this rank's full fp32 weights by name (tp rank, partitio
 
 ``--jobs`` runs the entry points' train() on the deepspeed engine: ZeRO-3 pretraining 4 iterations
 uninterrupted, then 2 saving each, a truncated file in the second checkpoint, and a --load-fallback
-resume from the first to 4 (OUT/jobs/*.jsonl); 4 iterations with a NaN injected at the second, on ZeRO-3
-and on the megatron engine; and 2 iterations of sft (from scratch) and sft_math (from that checkpoint's
-weights).
+resume from the first to 4 (OUT/jobs/*.jsonl); 2 iterations at TP2 saved and resumed to 4 at DP2
+(ZeRO-3 to ZeRO-3, ZeRO-1 to ZeRO-2: universal checkpoints, OUT/jobs/ckpt_tp2_zero{1,3}); 4 iterations
+with a NaN injected at the second, on ZeRO-3 and on the megatron engine; and 2 iterations of sft (from
+scratch) and sft_math (from that checkpoint's weights).
 
 ``--convert '{"name": "ds checkpoint root"}'`` (one process) converts each with tools/convert_checkpoint.py,
 exports the result to Hugging Face, and writes the converted weights (OUT/convert/name.pt).
@@ -42,7 +43,9 @@ PARITY_FLAGS = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--s
                 "--clip-grad", "0.3"]
 JOB_FLAGS = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
              "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "1", "--eval-interval", "1000",
-             "--seed", "7", "--zero-engine", "deepspeed", "--zero-bucket-size", "200000", "--transformer-impl", "local"]
+             "--seed", "7", "--zero-engine", "deepspeed", "--zero-bucket-size", "200000", "--transformer-impl", "local",
+             # large enough that weight decay applied to the no-decay group (biases, norms) shows in 2 steps
+             "--weight-decay", "1.0"]
 
 
 def run_parity(name: str, extra: list[str], root: str) -> None:
@@ -69,17 +72,48 @@ def run_parity(name: str, extra: list[str], root: str) -> None:
         for file, value in (("losses", losses), ("grad_norms", norms), ("params", params)):
             with open(f"{out}/{file}.json", "w") as f:
                 json.dump(value, f)
+    if cfg.parallel.sequence_parallel:
+        spread = tp_replica_spread(module, cfg.zero.deepspeed and cfg.zero.stage == 3)
+        if rank == 0:
+            with open(f"{out}/tp_replica_spread.json", "w") as f:
+                json.dump(spread, f)
     if cfg.zero.deepspeed:
         from megatron_qwen.training.deepspeed_engine import sharded_state_bytes
 
         with open(f"{out}/bytes_rank{rank}.json", "w") as f:
             json.dump(sharded_state_bytes(engine), f)
+        with open(f"{out}/dtypes.json", "w") as f:
+            json.dump(deepspeed_dtypes(engine), f)
     if cfg.checkpoint.save:
         from megatron_qwen.training.checkpoint import TrainState
 
         engine.checkpointer.save(TrainState(iteration=STEPS, consumed_samples=STEPS * GLOBAL_BATCH))
         dump_full_weights(engine, f"{out}/weights_rank{rank}.pt")
     parallel_state.destroy_model_parallel()
+
+
+def tp_replica_spread(module, stage3: bool) -> float:
+    """The largest difference between the tensor-parallel ranks' copies of the parameters megatron-core marks
+    ``sequence_parallel`` (replicated over TP: the norms), gathered from ZeRO-3's partitions first."""
+    import deepspeed
+
+    params = [p for p in module.parameters() if getattr(p, "sequence_parallel", False)]
+    assert params
+    with deepspeed.zero.GatheredParameters(params, enabled=stage3):
+        mine = torch.cat([p.detach().float().flatten() for p in params])
+    copies = [torch.empty_like(mine) for _ in range(parallel_state.get_tensor_model_parallel_world_size())]
+    dist.all_gather(copies, mine, group=parallel_state.get_tensor_model_parallel_group())
+    return max((c - copies[0]).abs().max().item() for c in copies)
+
+
+def deepspeed_dtypes(engine) -> dict:
+    """What DeepSpeed itself runs in: the model, the gradient accumulation and reduction, the fp32 master copy."""
+    from megatron_qwen.training.deepspeed_engine import master_partitions
+
+    model, accumulation = engine.engine.get_data_types()
+    return {"model": str(model), "grad_accum": str(accumulation),
+            "communication": str(engine.engine.communication_data_type),
+            "master": sorted({str(t.dtype) for t in master_partitions(engine.engine.optimizer)})}
 
 
 def dump_full_weights(engine, path: str) -> None:
@@ -119,6 +153,14 @@ def run_jobs(root: str) -> None:
         os.truncate(damaged, os.path.getsize(damaged) - 1)
     dist.barrier()
     job(PRETRAIN, *z3, "--save", ckpt, "--load", ckpt, "--load-fallback", "--metrics-file", f"{out}/resumed.jsonl")
+    # Layout changes through DeepSpeed's universal checkpoint, with the optimizer state: 2 iterations at TP2 x DP1,
+    # then 2 at TP1 x DP2, ZeRO-3 to ZeRO-3 and ZeRO-1 to ZeRO-2 (its stage 1/2 conversion and loader).
+    for saved, resumed in (("3", "3"), ("1", "2")):
+        tp2 = os.path.join(out, f"ckpt_tp2_zero{saved}")
+        job(PRETRAIN, "--zero-stage", saved, "--train-iters", "4", "--tensor-model-parallel-size", "2", "--save", tp2,
+            "--save-interval", "2", "--exit-interval", "2")
+        job(PRETRAIN, "--zero-stage", resumed, "--train-iters", "4", "--load", tp2,
+            "--metrics-file", f"{out}/tp2_zero{saved}_to_dp2_zero{resumed}.jsonl")
     # A NaN loss in data-parallel rank 1's first micro-batch at iteration 2, on ZeRO-3 and on the megatron
     # engine (whose skip test_reliability_nan.py checks against a run that never applied that batch).
     os.environ[INJECT_NAN_ENV] = "2:1"
