@@ -307,6 +307,35 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert "task logs" in errors[0] and "--input is required" in errors[1] and "min_score" in errors[2]
 
 
+def test_input_with_no_document_is_one_line_error(tmp_path, capsys):
+    """Only malformed JSON: the run stops after extraction with one line naming the file, its line and the
+    reason (not the next stage's 'No files found'); once the file is fixed, the same command reruns the step."""
+    raw = tmp_path / "bad.jsonl"
+    raw.write_text('{"text": "hello\n')  # an unterminated string
+    args = ["run", "--input", str(raw), "--output", str(tmp_path / "out"), "--workers", "1"]
+    assert curate_cli.main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("curate: error:")]
+    assert errors == [f"curate: error: --input {raw}: no document read: every record is bad (malformed JSON 1; "
+                      f"the first: {raw}:1: malformed JSON); expected one JSON object per line with --text-key text "
+                      f"or --html-key html"], err
+    assert "Traceback" not in err and not (tmp_path / "out" / FOLDERS["exact"]).exists()
+    raw.write_text(json.dumps({"text": "The river runs past the old mill and the market square."}) + "\n")
+    assert curate_cli.main(["extract", *args[1:]]) == 0
+    assert [d["id"] for d in read_folder(tmp_path / "out" / FOLDERS["extract"])] == ["bad.jsonl/0"]
+
+
+def test_step_that_keeps_nothing_is_an_error(tmp_path, capsys):
+    raw = tmp_path / "web.jsonl"
+    raw.write_text(json.dumps({"text": "The river runs past the old mill and the market square."}) + "\n")
+    assert curate_cli.main(["extract", "--input", str(raw), "--output", str(tmp_path / "out"), "--workers", "1",
+                            "--languages", "zh"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("curate: error:")]
+    assert len(errors) == 1 and "extract: kept no document of 1 (dropped_language 1)" in errors[0], errors
+    assert curate_cli.main(["exact", "--output", str(tmp_path / "out")]) == 2
+    assert "1_extract holds no documents" in capsys.readouterr().err
+
+
 # --- slurm -----------------------------------------------------------------------------------------------
 def test_slurm_job_scripts_without_slurm(tmp_path, monkeypatch):
     """The slurm path writes one array job per stage, chained by afterok dependencies; a fake `sbatch`

@@ -121,6 +121,23 @@ def test_bad_records_are_counted_and_located(tmp_path, tok, capsys):
     assert _documents(prefix + "_text_document") == [tok.tokenize("good one"), tok.tokenize("good two")]
 
 
+def test_input_with_no_good_record_is_an_error(tmp_path, capsys):
+    """A run that keeps no document exits 2 with one line naming the file, line and reason, and leaves no
+    empty dataset that a rerun would skip as complete; so does an input with no record at all."""
+    bad, empty = tmp_path / "bad.jsonl", tmp_path / "empty.jsonl"
+    bad.write_text('{"text": "hello\n')  # an unterminated string
+    empty.write_text("\n")
+    for path, reason in [(bad, f"every record was skipped (malformed JSON 1; the first: {bad}:1: malformed JSON); "
+                               "expected records with a 'text' string (--json-keys)"),
+                         (empty, "the input holds no record (expected one JSON object per line, records with a "
+                                 "'text' string)")]:
+        prefix = str(tmp_path / "out" / path.stem)
+        assert preprocess.main(["--input", str(path), "--output-prefix", prefix, "--log-interval", "0"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"preprocess_data: error: --input {path}: no document kept: {reason}\n"
+        assert captured.out == "" and not os.listdir(tmp_path / "out")
+
+
 def test_strict_stops_at_first_bad_record(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     _bad_corpus(path)

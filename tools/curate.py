@@ -14,6 +14,7 @@ import sys
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate.fuzzy import FuzzyConfig
 from megatron_qwen.curate.pipeline import (
+    FOLDERS,
     STEPS,
     CurateConfig,
     ExecutorOptions,
@@ -23,6 +24,7 @@ from megatron_qwen.curate.pipeline import (
     format_summary,
     make_executors,
     run,
+    step_input_files,
     summary,
 )
 from megatron_qwen.curate.quality import DEFAULT_RULES_FILE
@@ -48,7 +50,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-scorer", default=None, metavar="MODULE:FUNCTION",
                    help="model-based scorer, text -> score; documents under the config's min_score are dropped")
     p.add_argument("--eval-data", nargs="+", default=[], metavar="PATH",
-                   help="evaluation sets (jsonl, one benchmark per file) for 13-gram decontamination")
+                   help="evaluation sets for 13-gram decontamination: jsonl (one benchmark per file) or the "
+                        "--data-dir of tools/evaluate.py (docs/evaluation.md)")
     p.add_argument("--upsample", nargs="+", default=[], metavar="SOURCE=WEIGHT",
                    help="source weights, e.g. wiki=2.5 code=0 (source: a record's `source`, else its input file)")
     p.add_argument("--upsample-mode", default="repeat", choices=["repeat", "blend"],
@@ -121,10 +124,14 @@ def main(argv=None) -> int:
             return 0
         cfg = config_from(args)
         stages = build_stages(cfg, STEPS if args.command == "run" else (args.command,))
+        if args.command not in ("run", "extract") and not step_input_files(cfg, args.command):
+            previous = STEPS[STEPS.index(args.command) - 1]
+            raise ConfigError(f"{args.command}: {cfg.folder(FOLDERS[previous])} holds no documents (*.jsonl.gz); "
+                              f"run the {previous} step first")
         opts = ExecutorOptions(kind=args.executor, workers=args.workers, partition=args.partition, time=args.time,
                                cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                                env_command=args.env_command)
-        run(make_executors(stages, cfg.output, opts))
+        run(make_executors(stages, cfg.output, opts), cfg, stages)
     except (ConfigError, InputError, ImportError, StageFailed) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2

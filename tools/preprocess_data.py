@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from megatron_qwen.data.preprocess import Options, plan_shards, run_shards, shard_outputs
+from megatron_qwen.data.preprocess import Options, nothing_kept, plan_shards, remove_shards, run_shards, shard_outputs
 from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
@@ -118,6 +118,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("preprocess_data: interrupted; unfinished shards were not renamed and will be redone", file=sys.stderr)
         return 130
+    if result.done and not result.skipped and not result.failed and not result.stats.documents:
+        remove_shards(tasks, opts)  # empty datasets would pass for complete on a rerun
+        print(f"preprocess_data: error: --input {' '.join(args.input)}: {nothing_kept(result.stats, opts)}",
+              file=sys.stderr)
+        return 2
     print_summary(result, max(time.monotonic() - start, 1e-9), tasks, opts)
     return 1 if result.failed else 0
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 
 from datatrove.pipeline.readers import JsonlReader
@@ -25,7 +27,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate import decont, exact, fuzzy, quality, upsample
 from megatron_qwen.curate.extract import HtmlExtraction, LanguageTagger, make_extractor
 from megatron_qwen.curate.to_shards import TokenizeShards
-from megatron_qwen.data.sources import expand_inputs, shard_names
+from megatron_qwen.data.sources import expand_inputs, parse_block, read_blocks, shard_names
 
 STEPS = ("extract", "exact", "fuzzy", "quality", "decont", "upsample", "tokenize")
 FOLDERS = {step: f"{i}_{step}" for i, step in enumerate(STEPS[:-1], 1)}
@@ -85,6 +87,37 @@ def raw_reader(cfg: CurateConfig) -> tuple[JsonlReader, int]:
     return JsonlReader(root, paths_file=paths_file, adapter=adapter, add_file_path=False), len(files)
 
 
+def describe_raw_input(cfg: CurateConfig) -> str:
+    """Why the raw input gave no document, from a scan of it: its bad records counted by reason, with the
+    first one located (file:line), or that it holds no record at all."""
+
+    def check(obj):
+        if not isinstance(obj, dict):
+            return "malformed JSON"
+        value = obj.get(cfg.text_key, obj.get(cfg.html_key))
+        if value is None:
+            return f"no {cfg.text_key!r} or {cfg.html_key!r} key"
+        return value if isinstance(value, str) and value else "empty text"
+
+    reasons: Counter = Counter()
+    first = None
+    for path in expand_inputs(cfg.inputs):
+        for block in read_blocks(path, []):
+            for line, reason in parse_block(block, check).bad:
+                reasons[reason] += 1
+                first = first or f"{path}:{line}: {reason}"
+    if not reasons:
+        return "the files hold no record (one JSON object per line)"
+    counts = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+    return (f"every record is bad ({counts}; the first: {first}); expected one JSON object per line with "
+            f"--text-key {cfg.text_key} or --html-key {cfg.html_key}")
+
+
+def step_input_files(cfg: CurateConfig, step: str) -> list[str]:
+    """The documents a step reads when run alone: the previous step's output."""
+    return glob.glob(cfg.folder(FOLDERS[STEPS[STEPS.index(step) - 1]], "**", "*.jsonl.gz"), recursive=True)
+
+
 def reader(cfg: CurateConfig, step: str) -> JsonlReader:
     return JsonlReader(cfg.folder(FOLDERS[step]), glob_pattern="*.jsonl.gz", recursive=False)
 
@@ -113,8 +146,7 @@ def build_stages(cfg: CurateConfig, steps: tuple[str, ...] = STEPS) -> list[Stag
     if "extract" in steps:
         raw, files = raw_reader(cfg)
     else:  # a step run alone: as many tasks as the files its input folder holds
-        raw, files = None, len(glob.glob(cfg.folder(FOLDERS[STEPS[STEPS.index(steps[0]) - 1]], "**", "*.jsonl.gz"),
-                                         recursive=True))
+        raw, files = None, len(step_input_files(cfg, steps[0]))
     tasks = cfg.tasks or max(files, 1)
     fz = cfg.fuzzy
     bands, _ = fz.band_rows()
@@ -212,18 +244,20 @@ def make_executors(stages: list[Stage], output: str, opts: ExecutorOptions) -> l
 
 
 class StageFailed(RuntimeError):
-    """A stage finished with failed tasks; the message names the stage and its log folder."""
+    """A stage finished with failed tasks, or kept no document; the message names the stage and what to look at."""
 
 
-def run(executors: list) -> None:
+def run(executors: list, cfg: CurateConfig | None = None, stages: list[Stage] | None = None) -> None:
     """Runs every stage: locally one after the other, stopping at a stage with a failed task (datatrove's
-    own chaining would wait for it forever); elsewhere the last executor submits the whole chain."""
+    own chaining would wait for it forever) or, with `cfg` and `stages` given, at a step that kept no
+    document (the next step would only fail to find its input); elsewhere the last executor submits the
+    whole chain."""
     from datatrove.executor import LocalPipelineExecutor
 
     if executors and not isinstance(executors[-1], LocalPipelineExecutor):
         executors[-1].run()
         return
-    for executor in executors:
+    for i, executor in enumerate(executors):
         executor.depends = None  # the stages before it have run
         logs = executor.logging_dir.resolve_paths("logs")
         try:
@@ -233,6 +267,27 @@ def run(executors: list) -> None:
         failed = executor.get_incomplete_ranks()
         if failed:
             raise StageFailed(f"{len(failed)} task(s) failed (ranks {failed[:10]}); task logs: {logs}")
+        if cfg is not None and stages is not None and kept_nothing(cfg, stages[i]):
+            # A rerun on fixed input must redo this stage rather than skip it as complete.
+            shutil.rmtree(executor.logging_dir.resolve_paths("completions"), ignore_errors=True)
+            raise StageFailed(nothing_kept_message(cfg, stages[i]))
+
+
+def kept_nothing(cfg: CurateConfig, stage: Stage) -> bool:
+    """A stage that writes its step's folder and left no document there (datatrove writes no file then)."""
+    stats = stage_stats(cfg.output, stage.name)
+    writes = bool(stats) and "WRITER" in stats[-1]["name"]
+    return writes and not glob.glob(cfg.folder(FOLDERS[stage.step], "**", "*.jsonl.gz"), recursive=True)
+
+
+def nothing_kept_message(cfg: CurateConfig, stage: Stage) -> str:
+    [(_, read, _, details)] = summary(cfg.output, [stage.name])
+    if stage.name == "extract" and read == 0:
+        return f"--input {' '.join(cfg.inputs)}: no document read: {describe_raw_input(cfg)}"
+    reasons = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(details.items()) if k.startswith(("dropped_",
+                                                                                          "contaminated_")))
+    return (f"{stage.step}: kept no document of {read:,} ({reasons or 'see the stage logs'}); nothing is left to "
+            f"curate (logs: {cfg.folder('logs', stage.name)})")
 
 
 # --- the summary ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections import Counter, deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -107,6 +108,25 @@ def shard_outputs(task: ShardTask, opts: Options) -> list[str]:
 
 def shard_is_done(task: ShardTask, opts: Options) -> bool:
     return all(is_complete(p) for p in shard_outputs(task, opts))
+
+
+def remove_shards(tasks: list[ShardTask], opts: Options) -> None:
+    """Deletes the tasks' datasets (.bin/.idx), so that a rerun redoes them instead of skipping them as complete."""
+    for task in tasks:
+        for prefix in shard_outputs(task, opts):
+            for suffix in (".idx", ".bin"):  # the index first: without it the shard is not complete
+                Path(prefix + suffix).unlink(missing_ok=True)
+
+
+def nothing_kept(stats: ShardStats, opts: Options) -> str:
+    """Why a run kept no document: its skipped records by reason with the first one located, or none at all."""
+    expected = f"records with a {opts.keys[0]!r} {'conversation' if opts.chatml else 'string'}" if len(
+        opts.keys) == 1 else f"records with the keys {', '.join(opts.keys)}"
+    if not stats.bad:
+        return f"no document kept: the input holds no record (expected one JSON object per line, {expected})"
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.bad.most_common())
+    return (f"no document kept: every record was skipped ({reasons}; the first: {stats.examples[0]}); "
+            f"expected {expected} (--json-keys)")
 
 
 # --- encoding one block (in a thread or a worker process) ---------------------------------------

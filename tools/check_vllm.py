@@ -1,0 +1,143 @@
+"""vLLM serves our qwen2 export as it is: its greedy ids equal tools/generate.py's and transformers'.
+
+    bash tools/vllm_env.sh                 # once: vLLM's CPU build in its own environment (.venv-vllm)
+    python tools/check_vllm.py             # a tiny random export, checked; exit 0 when all three agree
+    python tools/check_vllm.py --export hf/qwen2-export --load runs/7b/ckpt --vllm-python /opt/vllm/bin/python
+
+Without --export, a tiny random Qwen2ForCausalLM (transformers' own; the published 151,936 vocabulary rows,
+head dim 64, as vLLM's CPU attention takes no head dim under 32) is converted into a checkpoint of ours and
+exported back with tools/convert_checkpoint.py --hf-layout qwen2: the directory vLLM loads is the one our
+converter writes, tokenizer and generation config included. For each prompt (English, Chinese, code):
+- vLLM's `LLM` (offline, CPU, fp32) reads the prompt text with the export's tokenizer.json and decodes greedily,
+  stopping where the export's generation_config.json says (tools/vllm_generate.py, in vLLM's environment);
+- tools/generate.py --greedy --json on the checkpoint of ours the export was written from (--load; default:
+  the export itself), in this environment, so a fault of the export shows as a difference;
+- transformers' `generate` on the same weights, fed the ids of our tokenizer (tiktoken on qwen.tiktoken).
+The prompt ids vLLM tokenized and the new ids of all three must be equal. Runs in a few minutes on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["The capital of France is", "你好，世界！今天我们", "def fib(n):\n    if n < 2:\n        return n\n"]
+STOP_IDS = (151_643, 151_645)  # <|endoftext|>, <|im_end|>: where tools/generate.py stops
+DEFAULT_VLLM_PYTHON = os.path.join(REPO, ".venv-vllm", "bin", "python")
+
+
+def quiet_env() -> dict:
+    return dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+
+
+def run_tool(cmd: list[str], what: str, timeout: int = 900) -> str:
+    """stdout of a command of this repository; a failure ends the check with the command's last output."""
+    proc = subprocess.run(cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        sys.exit(f"check_vllm: {what} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def tiny_qwen2(seed: int = 0):
+    """A random Qwen2ForCausalLM whose greedy continuations are runs of distinct tokens (unit-variance
+    activations, logits that prefer some tokens), so equal ids mean equal models, not a repeated token."""
+    import torch
+    import transformers
+
+    config = transformers.Qwen2Config(vocab_size=151_936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                                      rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3 if p.shape[0] == 151_936 else p.shape[1] ** -0.5, generator=g)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + float("norm" in name))
+    return model
+
+
+def build_tiny_export(root: str) -> tuple[str, str]:
+    """root/src (transformers) -> root/ours (our checkpoint) -> root/export (our qwen2 export); returns the last two."""
+    tiny_qwen2().save_pretrained(os.path.join(root, "src"))
+    tool = os.path.join("tools", "convert_checkpoint.py")
+    for src, dst, extra in (("src", "ours", []), ("ours", "export", ["--hf-layout", "qwen2"])):
+        run_tool([sys.executable, tool, "--load-dir", os.path.join(root, src), "--save-dir", os.path.join(root, dst),
+                  *extra], f"convert_checkpoint.py {src} -> {dst}")
+    return os.path.join(root, "ours"), os.path.join(root, "export")
+
+
+def vllm_generate(python: str, export: str, prompts: list[str], new_tokens: int, ignore_eos: bool = False,
+                  rounds: int = 1) -> dict:
+    """tools/vllm_generate.py's JSON: {"ids", "prompt_ids", "seconds", "rounds"}."""
+    if not os.path.isfile(python):
+        sys.exit(f"check_vllm: --vllm-python {python} does not exist; build vLLM's environment first: "
+                 "bash tools/vllm_env.sh")
+    cmd = [python, os.path.join("tools", "vllm_generate.py"), "--model", export, "--max-new-tokens", str(new_tokens),
+           "--rounds", str(rounds), *(["--ignore-eos"] if ignore_eos else []),
+           *[a for p in prompts for a in ("--prompt", p)]]
+    out = run_tool(cmd, "vLLM")
+    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith('{"ids"')))
+
+
+def ours_generate(load: str, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    out = run_tool([sys.executable, os.path.join("tools", "generate.py"), "--load", load, "--greedy", "--json",
+                    "--max-new-tokens", str(new_tokens), *[a for p in prompts for a in ("--prompt", p)]],
+                   "tools/generate.py")
+    return [json.loads(line)["ids"] for line in out.splitlines()]
+
+
+def transformers_greedy(export: str, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt, cut before the first stop id."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+    result = []
+    for ids in prompt_ids:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=new_tokens)
+        new = out[0, len(ids):].tolist()
+        result.append(next((new[:i] for i, t in enumerate(new) if t in STOP_IDS), new))
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export", default=None, help="a qwen2 export to check (default: build a tiny random one)")
+    p.add_argument("--load", default=None, help="with --export: the checkpoint of ours it was exported from")
+    p.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON),
+                   help="the python of vLLM's environment (default: $VLLM_PYTHON, else .venv-vllm/bin/python)")
+    p.add_argument("--new-tokens", type=int, default=16)
+    args = p.parse_args()
+
+    from megatron_qwen.tokenizer import load_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="check_vllm_") as root:
+        load, export = (args.load or args.export, args.export) if args.export else build_tiny_export(root)
+        vllm = vllm_generate(args.vllm_python, export, PROMPTS, args.new_tokens)
+        ours = ours_generate(load, PROMPTS, args.new_tokens)
+        prompt_ids = [load_tokenizer().tokenize(text) for text in PROMPTS]
+        reference = transformers_greedy(export, prompt_ids, args.new_tokens)
+    ok = True
+    for i, text in enumerate(PROMPTS):
+        same = vllm["prompt_ids"][i] == prompt_ids[i] and vllm["ids"][i] == ours[i] == reference[i]
+        ok &= same
+        print(f"{'same' if same else 'DIFFERENT'}: {text!r}\n  vLLM         {vllm['ids'][i]}\n"
+              f"  generate.py  {ours[i]}\n  transformers {reference[i]}")
+        if vllm["prompt_ids"][i] != prompt_ids[i]:
+            print(f"  prompt ids: vLLM {vllm['prompt_ids'][i]}, ours {prompt_ids[i]}")
+    print("vLLM serves the export: greedy ids equal ours and transformers'" if ok else
+          "check_vllm: vLLM's ids differ from ours (above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
