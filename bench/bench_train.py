@@ -182,7 +182,7 @@ def build_session(flags: list[str], steps: int) -> Session:
     _synchronize()
     t0 = time.perf_counter()
     model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer,
-                              cfg.train.compile_layers)
+                              cfg.build.compile_layers)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=cfg.zero.distributed_optimizer)
     scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
@@ -242,7 +242,7 @@ def measure(session: Session, warmup: int, iters: int, peak: float | None) -> di
         "vocab_rows": cfg.model.padded_vocab_size, "seq_length": t.seq_length,
         "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
         "precision": cfg.build.precision, "transformer_impl": cfg.build.transformer_impl,
-        "recompute": cfg.build.recompute_granularity or "none", "compile_layers": t.compile_layers,
+        "recompute": cfg.build.recompute_granularity or "none", "compile_layers": cfg.build.compile_layers,
         "tp": cfg.parallel.tensor_model_parallel_size, "pp": cfg.parallel.pipeline_model_parallel_size,
         "distributed_optimizer": cfg.zero.distributed_optimizer, "adam_kernel": adam_kernel(session.optimizer),
         "warmup": warmup, "iters": iters, "build_s": session.build_s, "warmup_s": warmup_s,

@@ -1,4 +1,4 @@
-"""Math-Qwen SFT on math instructions (report section 5.1)."""
+"""Math-Qwen SFT on math instructions (report section 5.1, docs/qwen.md section 6)."""
 
 from megatron_qwen.config.recipes import SFT_MATH
 from megatron_qwen.training.entry import main

@@ -1,24 +1,43 @@
-"""Shared test helpers: launching torchrun jobs on this machine over gloo."""
+"""Shared test helpers: the repository's paths, one-process model parallelism, torchrun jobs over gloo."""
 
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from megatron_qwen.training.checkpoint_dirs import TRACKER  # noqa: F401  (tests import it from here)
+
+REPO = Path(__file__).resolve().parent.parent
 
 # The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml: -n 2 --dist loadfile), and
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
 LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
                  "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
-                 "test_generate.py", "test_reliability_dead_rank.py", "test_plan.py")
+                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_plan.py",
+                 "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def _join_alone():
+    """This process as a world of one, model parallel groups included (what building a model needs)."""
+    from megatron_qwen.config.parallel import ParallelConfig
+    from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+
+    init_distributed(ParallelConfig(), 1, seed=0)
+    yield
+    destroy_distributed()
+
+
+# Per test (the RNGs reseeded for each) or per file (where rebuilding the groups would only cost time).
+single_process = pytest.fixture(_join_alone, name="single_process")
+single_process_per_module = pytest.fixture(_join_alone, scope="module", name="single_process_per_module")
 
 
 def free_port() -> int:

@@ -87,7 +87,9 @@ def _save_dir_state(argv: list[str]) -> dict:
     root = argv[argv.index("--save") + 1] if "--save" in argv else None
     if not root or not os.path.isdir(root):
         return {"entries": [], "tracker": None}
-    tracker = os.path.join(root, "latest_checkpointed_iteration.txt")
+    from megatron_qwen.training.checkpoint_dirs import TRACKER
+
+    tracker = os.path.join(root, TRACKER)
     return {"entries": sorted(os.listdir(root)),
             "tracker": int(open(tracker).read()) if os.path.isfile(tracker) else None}
 

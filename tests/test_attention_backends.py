@@ -12,11 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from megatron_qwen.config.arguments import parse_run_config
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model import attention
 from megatron_qwen.model.builder import build_model
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 
 def sdpa_as_flash_attn(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
@@ -26,11 +24,8 @@ def sdpa_as_flash_attn(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False)
 
 
 @pytest.fixture
-def single_process(monkeypatch):
+def flash_attn_on_cpu(monkeypatch):
     monkeypatch.setattr(attention, "flash_attn_func", sdpa_as_flash_attn)
-    init_distributed(ParallelConfig(), 1, seed=0)
-    yield
-    destroy_distributed()
 
 
 def tiny(backend: str):
@@ -45,7 +40,7 @@ def logits(backend: str, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens, positions, None)
 
 
-def test_flash_backend_matches_local(single_process):
+def test_flash_backend_matches_local(single_process, flash_attn_on_cpu):
     tokens = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
     local, flash = logits("local", tokens), logits("flash", tokens)
     assert (local - flash).abs().max().item() < 1e-5

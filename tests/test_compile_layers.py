@@ -9,23 +9,20 @@ import torch
 from torch._dynamo.utils import counters
 
 from megatron_qwen.config.arguments import parse_run_config
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, wrap_for_training
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 
 @pytest.fixture
-def single_process():
-    init_distributed(ParallelConfig(), 4, seed=0)
+def fresh_dynamo():
+    """No graph compiled by another test, no counts from it."""
     torch._dynamo.reset()
     counters.clear()
     yield
-    destroy_distributed()
     torch._dynamo.reset()
 
 
-def test_each_layer_is_one_graph(single_process):
+def test_each_layer_is_one_graph(single_process, fresh_dynamo):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--transformer-impl", "sdpa",
                                       "--compile-layers"])
     (model,) = wrap_for_training(build_model(cfg), cfg.parallel, False, compiled_layers=True)

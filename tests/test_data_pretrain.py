@@ -102,10 +102,20 @@ def test_blend_proportions_follow_weights(sources, tok):
     assert np.allclose(counts, list(weights.values()), atol=0.01), counts
 
 
-def test_mock_data(tok):
-    train, valid, test = build_pretrain_datasets(None, "1,1,1", SEQ, 1, (8, 4, 4), tok, mock=True)
-    assert len(train) >= 8 and train[0]["tokens"].shape == (SEQ,)
-    assert int(train[0]["tokens"].max()) < tok.vocab_size
+def test_mock_data_is_a_next_token_stream(tok):
+    """--mock-data (megatron-core's MockGPTDataset): every split built with at least the samples asked for,
+    each a sequence of SEQ token ids below the vocabulary size, labels the tokens shifted by one, every
+    position trained (pad == eod: nothing masked), positions 0..SEQ-1."""
+    splits = build_pretrain_datasets(None, "1,1,1", SEQ, 1, (8, 4, 4), tok, mock=True)
+    for dataset, asked in zip(splits, (8, 4, 4)):
+        assert len(dataset) >= asked
+        for i in range(asked):
+            s = dataset[i]
+            assert s["tokens"].shape == s["labels"].shape == (SEQ,)
+            assert 0 <= int(s["tokens"].min()) and int(s["labels"].max()) < tok.vocab_size
+            assert torch.equal(s["tokens"][1:], s["labels"][:-1])
+            assert torch.equal(s["loss_mask"], torch.ones(SEQ))
+            assert torch.equal(s["position_ids"], torch.arange(SEQ))
 
 
 def test_builds_with_torch_distributed_initialized(sources, tok, tmp_path):

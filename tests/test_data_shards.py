@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from megatron_qwen.data import DataPathError, check_data_path
@@ -20,8 +21,6 @@ from megatron_qwen.data.shards import (
     merge_datasets,
     read_index_counts,
 )
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _docs(seed: int, n: int) -> list[np.ndarray]:

@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TRACKER
 
 from megatron_qwen.config.arguments import build_parser, parse_run_config
 from megatron_qwen.config.recipes import RECIPES
 
-REPO = Path(__file__).resolve().parent.parent
 JOB_SCRIPTS = sorted((REPO / "examples").glob("*/qwen_*.sh"))
 HOSTS = ["gpu-a017", "gpu-a018", "gpu-b003", "gpu-b004"]
 JOB_ID = 73519
@@ -49,7 +49,7 @@ def job_of(script: Path) -> tuple[str, str]:
 def base_env(tmp_path: Path, **extra) -> dict:
     base = tmp_path / "base_ckpt"
     base.mkdir(exist_ok=True)
-    (base / "latest_checkpointed_iteration.txt").write_text("1000")
+    (base / TRACKER).write_text("1000")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update({"DRY_RUN": "1", "DATA_PATH": "0.7 /data/web_text_document 0.3 /data/code_text_document",
                 "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "BASE_CHECKPOINT": str(base), **extra})
@@ -149,7 +149,7 @@ def test_finetune_needs_a_base_checkpoint_and_resumes_its_own(tmp_path):
     # Restarted after a checkpoint of its own: resume it exactly (not the base weights again).
     ckpt = Path(env["CHECKPOINT_DIR"])
     ckpt.mkdir()
-    (ckpt / "latest_checkpointed_iteration.txt").write_text("200")
+    (ckpt / TRACKER).write_text("200")
     result = run_script(script, {**env, "EXTRA_ARGS": "--train-iters 10 --exit-interval 5"})
     assert result.returncode == 0, result.stderr
     _, _, args = torchrun_args(result.stdout.strip())

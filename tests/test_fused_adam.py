@@ -3,7 +3,7 @@ the default foreach kernel saved, and trains on as that kernel does."""
 
 import json
 
-from conftest import run_module
+from conftest import TRACKER, run_module
 
 RUN = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
        "--global-batch-size", "4", "--train-iters", "5", "--lr", "1e-3", "--lr-warmup-iters", "1",
@@ -25,7 +25,7 @@ def test_fused_kernel_takes_over_a_foreach_checkpoint(tmp_path):
     of the foreach run (iteration 4 is the first loss after an update made from the loaded AdamW state);
     resuming without that state moves these losses by about 1e-3."""
     foreach, _ = pretrain(tmp_path, "foreach", "--save", str(tmp_path / "foreach"), "--save-interval", "2")
-    (tmp_path / "foreach" / "latest_checkpointed_iteration.txt").write_text("2")
+    (tmp_path / "foreach" / TRACKER).write_text("2")
     took_over, out = pretrain(tmp_path, "took_over", "--fused-adam", "--load", str(tmp_path / "foreach"))
     assert "AdamW kernel: fused" in out
     assert sorted(took_over) == [3, 4, 5]

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, quiet_env
+from conftest import REPO, TRACKER, quiet_env
 from test_hf_parity import hf_model
 
 from megatron_qwen.config.arguments import parse_run_config
@@ -311,10 +311,10 @@ def test_tool_repetition_penalty_greedy_matches_transformers(checkpoint, referen
 
 @pytest.mark.parametrize("args, message", [
     (["--load", "/nonexistent/ckpt", "--prompt", "x"], "--load /nonexistent/ckpt does not exist"),
-    (["--load", REPO, "--prompt", "x"], "no latest_checkpointed_iteration.txt"),
-    (["--load", REPO, "--prompt", "x", "--greedy", "--temperature", "0.5"], "--greedy contradicts --temperature"),
-    (["--load", REPO, "--prompt", "x", "--top-p", "0"], "top_p 0.0 must be in (0, 1]"),
-    (["--load", REPO, "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+    (["--load", str(REPO), "--prompt", "x"], f"no {TRACKER}"),
+    (["--load", str(REPO), "--prompt", "x", "--greedy", "--temperature", "0.5"], "--greedy contradicts --temperature"),
+    (["--load", str(REPO), "--prompt", "x", "--top-p", "0"], "top_p 0.0 must be in (0, 1]"),
+    (["--load", str(REPO), "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
 ])
 def test_tool_refuses_bad_input_in_one_line(tool, capsys, args, message):
     assert tool.main(args) == 2

@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from megatron_qwen.config.arguments import parse_run_config
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.model.init import rank_slice
 from megatron_qwen.model.layout import global_param_names, unshard
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 # sha256 over (name, fp32 bytes) of every parameter of the tiny preset, recorded from model/init.py
 # before the GPU path was added (torch 2.13 CPU build, x86-64).
@@ -22,13 +20,6 @@ RECORDED = {
     1234: "fc38eb1539b40925b88d379ef26d4fe6d198ec8a8070583d9c3ea84cf71ba24c",
     5: "1b07f0058b678a9db7da41dac8332714ce12b6e588350f4ad9e888bd5ae80bdc",
 }
-
-
-@pytest.fixture
-def single_process():
-    init_distributed(ParallelConfig(), 1, seed=0)
-    yield
-    destroy_distributed()
 
 
 def tiny_model(seed: int):

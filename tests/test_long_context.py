@@ -14,7 +14,6 @@ from conftest import REPO
 
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import KVCacheDecoder
 from megatron_qwen.model.builder import build_model
@@ -27,7 +26,6 @@ from megatron_qwen.model.long_context import (
     window_mask,
     window_schedule,
 )
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 TRAIN = 16  # the tiny models' "training length"
 FLAGS = ["--mock-data", "--model-size", "tiny", "--seq-length", str(TRAIN)]
@@ -65,13 +63,6 @@ def test_window_schedule_and_mask_by_hand():
     assert torch.equal(window_mask(torch.arange(2, 5), torch.arange(5), 2), expected)
 
 
-@pytest.fixture(scope="module")
-def single_process():
-    init_distributed(ParallelConfig(), 4, seed=0)
-    yield
-    destroy_distributed()
-
-
 def tiny(flags=(), rotary_base=None):
     cfg = parse_run_config(PRETRAIN, [*FLAGS, *flags])
     if rotary_base is not None:
@@ -93,7 +84,7 @@ def logits(model, ids):
 
 
 @pytest.fixture(scope="module")
-def model(single_process):
+def model(single_process_per_module):
     return tiny()
 
 
@@ -151,7 +142,7 @@ def test_logn_scales_the_queries_past_the_training_length(model, ids):
     torch.testing.assert_close(q1, q0 * by_hand, rtol=1e-6, atol=0)
 
 
-def test_window_is_the_model_on_the_window_alone(single_process, ids):
+def test_window_is_the_model_on_the_window_alone(single_process_per_module, ids):
     """One layer with window w: position p's logits are those of the model run on tokens p-w+1..p only
     (RoPE is relative, so the shift to position 0 changes only fp32 rounding)."""
     one = tiny(["--num-layers", "1"])

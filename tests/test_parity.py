@@ -18,27 +18,32 @@ from megatron_qwen.model.layout import unshard
 
 WORKER = os.path.join(REPO, "tests", "parity", "parity_worker.py")
 
+TP2 = ["--tensor-model-parallel-size", "2"]
+PP2 = ["--pipeline-model-parallel-size", "2"]
+VP2 = ["--num-layers-per-virtual-pipeline-stage", "1"]  # the tiny model's 4 layers over PP 2: 2 stages each
+COMPILED_SDPA = ["--transformer-impl", "sdpa", "--compile-layers"]
+
 LAYOUTS = {
-    # name: (processes, worker flags)
-    "tp2": (2, ["--tp", "2"]),
-    "tp2_sp": (2, ["--tp", "2", "--sp"]),
-    "pp2": (2, ["--pp", "2"]),
+    # name: (processes, the layout's training flags)
+    "tp2": (2, TP2),
+    "tp2_sp": (2, [*TP2, "--sequence-parallel"]),
+    "pp2": (2, PP2),
     "dp2": (2, []),
-    "tp2_pp2": (4, ["--tp", "2", "--pp", "2"]),
-    "pp2_dp2": (4, ["--pp", "2"]),
-    "dp2_distopt": (2, ["--distopt"]),
-    "dp2_distopt_overlap": (2, ["--distopt", "--overlap"]),
-    "pp2_vp2": (2, ["--pp", "2", "--vp-layers", "1"]),
-    "tp2_pp2_vp2_sp": (4, ["--tp", "2", "--pp", "2", "--vp-layers", "1", "--sp"]),
-    "recompute_full": (1, ["--recompute", "full"]),
-    "tp2_recompute_selective": (2, ["--tp", "2", "--recompute", "selective"]),
+    "tp2_pp2": (4, [*TP2, *PP2]),
+    "pp2_dp2": (4, PP2),
+    "dp2_distopt": (2, ["--use-distributed-optimizer"]),
+    "dp2_distopt_overlap": (2, ["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather"]),
+    "pp2_vp2": (2, [*PP2, *VP2]),
+    "tp2_pp2_vp2_sp": (4, [*TP2, *PP2, *VP2, "--sequence-parallel"]),
+    "recompute_full": (1, ["--recompute-granularity", "full"]),
+    "tp2_recompute_selective": (2, [*TP2, "--recompute-granularity", "selective"]),
     # PyTorch's fused attention for the whole 5-step curve; every local layout above also repeats
     # its first step with it (test_sdpa_matches_local_at_every_layout).
     "sdpa": (1, ["--transformer-impl", "sdpa"]),
     # each layer as one compiled graph (--compile-layers), on the GPU's default back end; with TP and
     # sequence parallelism, the layer's collectives run inside the compiled forward and backward
-    "sdpa_compiled": (1, ["--transformer-impl", "sdpa", "--compile-layers"]),
-    "tp2_sp_compiled": (2, ["--tp", "2", "--sp", "--transformer-impl", "sdpa", "--compile-layers"]),
+    "sdpa_compiled": (1, COMPILED_SDPA),
+    "tp2_sp_compiled": (2, [*TP2, "--sequence-parallel", *COMPILED_SDPA]),
 }
 
 
@@ -75,6 +80,11 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_layout_matches_single_process(runs, layout):
     ref, got = runs / "ref", runs / layout
+    # The processes built the layout its name says from its flags (else a TP2 run could pass as DP2).
+    nproc = LAYOUTS[layout][0]
+    tp, pp = 2 if "tp2" in layout else 1, 2 if "pp2" in layout else 1
+    expected = {"tp": tp, "pp": pp, "dp": nproc // (tp * pp), "chunks": 2 if "vp2" in layout else 1}
+    assert json.load(open(got / "layout.json")) == expected
     # Same initial weights from the same seed, whatever the layout.
     w_ref, w = merge(ref, "weights"), merge(got, "weights")
     assert w.keys() == w_ref.keys()

@@ -23,7 +23,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from megatron_qwen.config.arguments import parse_run_config
-from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, build_on_meta, unwrap, wrap_for_training
 from megatron_qwen.model.memory import GIB, Layout, StageMemory, Workload, chunks_in_flight, estimate, stage_parameters
@@ -228,15 +227,8 @@ def test_estimate_matches_memory_measured_at_tp2_pp2_interleaved(tmp_path):
 # ---------------------------------------------------------------------------------------------- counts and schedules
 
 
-@pytest.fixture(scope="module")
-def single_process():
-    init_distributed(ParallelConfig(), 1, seed=0)
-    yield
-    destroy_distributed()
-
-
 @pytest.mark.parametrize("size", ["1.8b", "7b", "14b", "72b"])
-def test_parameter_count_is_the_built_models(single_process, size):
+def test_parameter_count_is_the_built_models(single_process_per_module, size):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size])
     (model,) = build_on_meta(cfg)
     assert stage_parameters(cfg.model, Layout(), "only") == sum(p.numel() for p in model.parameters())

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

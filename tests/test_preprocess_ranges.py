@@ -6,12 +6,12 @@ import json
 import os
 
 import pytest
+from conftest import REPO
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_qwen.data import sources
 from megatron_qwen.data.shards import read_index_counts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "tools", "preprocess_data.py"))
 preprocess = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(preprocess)

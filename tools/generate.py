@@ -24,16 +24,16 @@ import json
 import os
 import sys
 
-from megatron_qwen.config.arguments import _OneLineErrorParser
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError
 
 
-def build_parser() -> _OneLineErrorParser:
-    p = _OneLineErrorParser(prog="tools/generate.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> OneLineErrorParser:
+    p = OneLineErrorParser(prog="tools/generate.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True,
                    help="a --save directory of a training run (any layout) or a Hugging Face model directory")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")

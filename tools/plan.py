@@ -14,6 +14,7 @@ import itertools
 import sys
 
 from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
@@ -31,23 +32,18 @@ from megatron_qwen.model.memory import (
     step_time,
 )
 from megatron_qwen.model.zero_memory import zero_suffix
+from megatron_qwen.platform.backends import BACKEND_FLAGS
 
 SHAPE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--vocab-size")
-BACKEND_NAMES = {"transformer_engine": "te", "flash": "flash", "sdpa": "sdpa", "local": "local"}
 
 
 class PlanError(Exception):
     """Flags that cannot be planned; the message names the flag."""
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineErrorParser(description=__doc__.split("\n\n")[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model (Megatron-LM's flags; shapes resolve as in training)")
     g.add_argument("--model-size", default=None,
                    help="preset: 1.8b, 7b, 14b, 72b, tiny, tiny-qwen-vocab; without it pass every shape flag")
@@ -55,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(flag, type=int, default=None, help="override the preset")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="with --vocab-size: pad the vocabulary rows to a multiple of this")
-    g.add_argument("--transformer-impl", choices=list(BACKEND_NAMES), default="transformer_engine",
+    g.add_argument("--transformer-impl", choices=list(BACKEND_FLAGS), default="transformer_engine",
                    help="the layer back end of the GPU run (what --transformer-impl auto picks with TE installed)")
     g.add_argument("--fp32", action="store_true", help="plan an fp32 run instead of bf16 mixed precision")
     g.add_argument("--no-cross-entropy-fusion", dest="cross_entropy_fusion", action="store_false",
@@ -130,7 +126,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
     if t.global_batch_size % t.micro_batch_size != 0:
         raise PlanError(f"--global-batch-size {t.global_batch_size} is not a multiple of --micro-batch-size "
                         f"{t.micro_batch_size}")
-    backend = BACKEND_NAMES[args.transformer_impl]
+    backend = BACKEND_FLAGS[args.transformer_impl]
     if args.compile_layers and backend not in COMPILED_LAYER_BACKENDS:
         raise PlanError(f"--compile-layers is planned for the sdpa and flash back ends, not --transformer-impl "
                         f"{args.transformer_impl}: pass --transformer-impl sdpa")

@@ -67,10 +67,3 @@ def read_conversations(path: Path) -> list[tuple[str, str]]:
             user, assistant = json.loads(line)["messages"]
             pairs.append((user["content"], assistant["content"]))
     return pairs
-
-
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Fraction of predictions equal to their reference once surrounding whitespace is stripped."""
-    if not references:
-        return 0.0
-    return sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)) / len(references)

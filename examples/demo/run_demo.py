@@ -2,6 +2,8 @@
 
     python examples/demo/run_demo.py                 # ~7 minutes on 2 idle CPU cores
     python examples/demo/run_demo.py --quick         # a smoke run (tests)
+    python examples/demo/run_demo.py --record        # also record its figures (figures.txt here)
+    python examples/demo/run_demo.py --quick --record    # and the quick run's (figures-quick.txt)
 
 Stages: fetch the tokenizer -> build a corpus from text already on the machine (corpus.py) and
 arithmetic SFT problems (arithmetic.py) -> tools/preprocess_data.py -> pretrain a tiny Qwen with
@@ -13,11 +15,13 @@ Everything lands under --workdir (default runs/demo); each stage's full output i
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +31,10 @@ sys.path.insert(0, str(HERE))
 import arithmetic  # noqa: E402
 import corpus  # noqa: E402
 
+FIGURES = "figures.txt"
+# --record: the figures of each size, committed beside this file. README.md quotes the full run's; tests/test_demo.py
+# compares README.md with it and its own --quick run with the quick one, so a change of the numerics fails there.
+RECORDED = {"full": "figures.txt", "quick": "figures-quick.txt"}
 MARKER = ".megatron_qwen_demo"  # only a directory carrying this is ever wiped
 
 
@@ -35,6 +43,7 @@ class DemoSize:
     """How much of everything. FULL measured 427 s on 2 idle CPU cores (666 s with other jobs
     running), inside the 15-minute budget."""
 
+    name: str  # "full" or "quick"
     code_chars: int  # characters of standard-library code in the corpus
     heldout_problems: int
     seq_length: int  # base pretraining context; Code-Qwen trains at twice this
@@ -45,12 +54,15 @@ class DemoSize:
     eval_interval: int
     eval_iters: int
     log_interval: int
+    loss_decimals: int  # in the figures; the quick run shows every digit, so any change of the numerics shows
 
 
-FULL = DemoSize(code_chars=3_000_000, heldout_problems=150, seq_length=128, global_batch_size=8,
-                pretrain_iters=200, code_iters=40, sft_iters=120, eval_interval=20, eval_iters=2, log_interval=5)
-QUICK = DemoSize(code_chars=200_000, heldout_problems=8, seq_length=32, global_batch_size=2,
-                 pretrain_iters=2, code_iters=1, sft_iters=2, eval_interval=1, eval_iters=1, log_interval=1)
+FULL = DemoSize(name="full", code_chars=3_000_000, heldout_problems=150, seq_length=128, global_batch_size=8,
+                pretrain_iters=200, code_iters=40, sft_iters=120, eval_interval=20, eval_iters=2, log_interval=5,
+                loss_decimals=3)
+QUICK = DemoSize(name="quick", code_chars=200_000, heldout_problems=8, seq_length=32, global_batch_size=2,
+                 pretrain_iters=2, code_iters=1, sft_iters=2, eval_interval=1, eval_iters=1, log_interval=1,
+                 loss_decimals=12)
 
 # A tiny Qwen with the real 151,851-token vocabulary: the output layer is most of the compute.
 MODEL_FLAGS = ["--model-size", "tiny-qwen-vocab", "--hidden-size", "64", "--ffn-hidden-size", "176"]
@@ -65,6 +77,7 @@ class Demo:
         self.work, self.size = workdir, size
         self.logs = workdir / "logs"
         self.timings: list[tuple[str, float]] = []
+        self.sources: list[str] = []  # the corpus's sources on this machine (build_data)
 
     # --- plumbing ------------------------------------------------------------------------------
     def stage(self, name: str, fn, *args):
@@ -104,6 +117,7 @@ class Demo:
         for line in corpus.describe_sources():
             print(f"  {line}")
         summary = corpus.build_corpus(self.work / "corpus", self.size.code_chars)
+        self.sources = sorted({source for s in summary.values() for source in s["sources"]})
         for name, s in summary.items():
             print(f"  {s['path']}: {s['documents']} documents, {s['chars'] / 1e6:.2f}M characters "
                   f"(sources: {', '.join(s['sources'])})")
@@ -201,7 +215,7 @@ def prepare_workdir(workdir: Path) -> None:
     (workdir / MARKER).touch()
 
 
-def run_demo(workdir: Path, size: DemoSize) -> dict:
+def run_demo(workdir: Path, size: DemoSize, record: bool = False) -> dict:
     t0 = time.monotonic()
     prepare_workdir(workdir)
     demo = Demo(workdir, size)
@@ -239,21 +253,42 @@ def run_demo(workdir: Path, size: DemoSize) -> dict:
                                "heldout_problems": after["total"]},
                "plot": str(png), "seconds": round(total, 1), "stages": dict(demo.timings)}
     (w / "summary.json").write_text(json.dumps(summary, indent=1))
-    print_summary(summary, before, after)
+    figures = [environment_line(demo.sources), *figure_lines(summary, before, after, s.loss_decimals)]
+    (w / FIGURES).write_text("\n".join(figures) + "\n")
+    if record:
+        (HERE / RECORDED[size.name]).write_text("\n".join(figures) + "\n")
+    print_summary(summary, figures)
     return summary
 
 
-def print_summary(summary: dict, before: dict, after: dict) -> None:
-    print("\n== results ==")
+def environment_line(sources: list[str]) -> str:
+    """What the figures depend on besides the code: they repeat exactly, whatever the load, where this line is
+    the same (the corpus is read from the interpreter's own files; fortunes-zh adds a Chinese part)."""
+    return (f"Python {platform.python_version()}, torch {version('torch')}, megatron-core {version('megatron-core')}, "
+            f"{platform.machine()}; corpus: {', '.join(sources)}")
+
+
+def figure_lines(summary: dict, before: dict, after: dict, decimals: int) -> list[str]:
+    """The demo's results as README.md quotes them: validation losses, then the harness's exact match."""
     names = {"pretrain": "base pretraining", "code": "Code-Qwen", "sft": "Math SFT"}
+    lines = []
     for key, losses in summary["validation_loss"].items():
         if losses:
             (i0, first), (i1, last) = losses[0], losses[-1]
-            print(f"  {names[key]:17s} validation loss {first:.3f} (iteration {i0}) -> {last:.3f} (iteration {i1})")
+            lines.append(f"{names[key]:17s} validation loss {first:.{decimals}f} (iteration {i0}) -> "
+                         f"{last:.{decimals}f} (iteration {i1})")
         else:
-            print(f"  {names[key]:17s} no validation loss recorded")
-    print(f"  held-out arithmetic exact match: {before['accuracy']:.1%} ({before['correct']}/{before['total']}) "
-          f"before SFT -> {after['accuracy']:.1%} ({after['correct']}/{after['total']}) after SFT")
+            lines.append(f"{names[key]:17s} no validation loss recorded")
+    lines.append(f"held-out arithmetic, lm-eval GSM8K-format exact match {before['accuracy']:.1%} "
+                 f"({before['correct']}/{before['total']}) before SFT -> {after['accuracy']:.1%} "
+                 f"({after['correct']}/{after['total']}) after SFT")
+    return lines
+
+
+def print_summary(summary: dict, figures: list[str]) -> None:
+    print("\n== results ==")
+    for line in figures:
+        print(f"  {line}")
     print(f"  plot: {summary['plot']}")
     print(f"  total time: {summary['seconds'] / 60:.1f} min ({summary['seconds']:.0f} s)")
 
@@ -263,9 +298,12 @@ def main() -> int:
     parser.add_argument("--workdir", default="runs/demo", help="where data, checkpoints, logs and the plot go "
                         "(wiped and rebuilt if it holds an earlier demo run)")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    parser.add_argument("--record", action="store_true",
+                        help="also write the figures to examples/demo/figures.txt (figures-quick.txt with --quick), "
+                        "which README.md quotes and tests/test_demo.py checks; commit both after any change")
     args = parser.parse_args()
     try:
-        run_demo(Path(args.workdir).resolve(), QUICK if args.quick else FULL)
+        run_demo(Path(args.workdir).resolve(), QUICK if args.quick else FULL, args.record)
     except DemoError as e:
         print(f"run_demo: error: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 # data (prepare.py), training at 128 tokens until the validation loss flattens, then perplexity at
 # 1x-16x the training length with each technique. About 16 minutes on 2 quiet CPU cores.
 #   bash examples/long_context/table3.sh [OUT_DIR]      (default runs/long_context)
+# The table goes to examples/long_context/table3.md, which docs/long_context.md quotes (tests check it):
+# commit it with the docs after any change of the numerics.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${1:-runs/long_context}
@@ -18,3 +20,5 @@ python -m megatron_qwen.pretrain --model-size tiny-qwen-vocab --vocab-size 8192 
 python tools/eval_long_context.py --load "$R/ckpt" --data-path "$R/data/heldout" \
   --lengths 128 256 512 1024 2048 --eval-tokens 32768 --chunk 1024 \
   --output "$R/table3.png" --json "$R/table3.json"
+python examples/long_context/markdown_table.py "$R/table3.json" > "$R/table3.md"
+cp "$R/table3.md" examples/long_context/table3.md

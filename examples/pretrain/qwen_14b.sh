@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Qwen-14B base pretraining (report Table 1: 3.0T tokens, 4M-token batches, peak LR 3e-4).
+# Qwen-14B base pretraining (report section 2, Table 1; docs/qwen.md section 3):
+# 3.0T tokens in 4M-token batches; the LR schedule is the recipe's default (docs/launching.md).
 #   one 8-GPU node:  DATA_PATH=... CHECKPOINT_DIR=... bash examples/pretrain/qwen_14b.sh
 #   slurm:           DATA_PATH=... CHECKPOINT_DIR=... sbatch --nodes=32 examples/pretrain/qwen_14b.sh
 #SBATCH --job-name=qwen14b-pretrain

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Qwen-7B base pretraining (report Table 1: 2.4T tokens, 4M-token batches, peak LR 3e-4).
+# Qwen-7B base pretraining (report section 2, Table 1; docs/qwen.md section 3):
+# 2.4T tokens in 4M-token batches; the LR schedule is the recipe's default (docs/launching.md).
 #   one 8-GPU node:  DATA_PATH=... CHECKPOINT_DIR=... bash examples/pretrain/qwen_7b.sh
 #   slurm:           DATA_PATH=... CHECKPOINT_DIR=... sbatch --nodes=16 examples/pretrain/qwen_7b.sh
 #SBATCH --job-name=qwen7b-pretrain
@@ -26,7 +27,7 @@ FLAGS=(
     # 4M tokens per step = 2048 sequences of 2048; micro-batch 2 per GPU, the rest is
     # gradient accumulation (2048 / (2 x DP) micro-batches).
     --seq-length 2048 --micro-batch-size 2 --global-batch-size 2048
-    # 2.4T tokens / 4M per step; warmup 2000, cosine to 10% of 3e-4 (the recipe's defaults).
+    # 2.4T tokens / 4M per step.
     --train-iters 572000
 )
 launch megatron_qwen.pretrain "${FLAGS[@]}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Code-Qwen-14B: continued pretraining of the base model on code (report 4.1: ~90B tokens,
-# context 8192, LR 6e-5, 3% warmup and no decay -- the recipe's defaults for 14b).
+# Code-Qwen-14B: continued pretraining of the base model on code (report section 4.1, docs/qwen.md section 5:
+# ~90B tokens; context, LR and schedule are the recipe's defaults for 14b: docs/launching.md).
 #   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<code shards> CHECKPOINT_DIR=... \
 #       bash examples/pretrain_code/qwen_14b.sh                (one node)
 #       sbatch --nodes=16 examples/pretrain_code/qwen_14b.sh   (slurm)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Code-Qwen-7B: continued pretraining of the base model on code (report 4.1: ~90B tokens,
-# context 8192, LR 3e-5, 3% warmup and no decay -- the recipe's defaults for 7b).
+# Code-Qwen-7B: continued pretraining of the base model on code (report section 4.1, docs/qwen.md section 5:
+# ~90B tokens; context, LR and schedule are the recipe's defaults for 7b: docs/launching.md).
 #   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<code shards> CHECKPOINT_DIR=... \
 #       bash examples/pretrain_code/qwen_7b.sh                 (one node)
 #       sbatch --nodes=8 examples/pretrain_code/qwen_7b.sh     (slurm)

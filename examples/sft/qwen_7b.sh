@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Qwen-7B-Chat SFT on ChatML conversations (report 3.1: sequence 2048, batch 128, 4000 steps,
-# warmup 1430 to 2e-6, dropout 0.1 -- the recipe's defaults).
+# Qwen-7B-Chat SFT on ChatML conversations (report section 3.1, docs/qwen.md section 4;
+# sequence, batch, steps, LR schedule and dropout are the recipe's defaults: docs/launching.md).
 #   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
 #   CHECKPOINT_DIR=... bash examples/sft/qwen_7b.sh             (one node)
 #                      sbatch --nodes=2 examples/sft/qwen_7b.sh        (slurm)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Math-Qwen-14B: SFT of the base model on math instructions (report 4.2: sequence 1024, batch 128,
-# peak LR 2e-5, 50,000 steps; system and user turns masked out of the loss -- the recipe's defaults).
+# Math-Qwen-14B: SFT of the base model on math instructions (report section 5.1, docs/qwen.md section 6;
+# system and user turns masked out of the loss; sequence, batch, LR and steps are the recipe's defaults:
+# docs/launching.md).
 #   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
 #   CHECKPOINT_DIR=... bash examples/sft_math/qwen_14b.sh       (one node)
 #                      sbatch --nodes=2 examples/sft_math/qwen_14b.sh  (slurm)

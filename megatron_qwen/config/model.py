@@ -5,31 +5,39 @@ Every size shares the architecture of docs/qwen.md section 1; only the numbers b
 
 from dataclasses import dataclass, replace
 
+from megatron_qwen.config.flags import FUSIONS, INIT, PRECISION, RECOMPUTE, REGULARIZATION, SHAPE, flag
+from megatron_qwen.platform.backends import BACKEND_FLAGS, available_backend
+
 QWEN_VOCAB_SIZE = 151_851  # 151,643 BPE ranks + 208 special tokens
 QWEN_PADDED_VOCAB_SIZE = 151_936  # rows of the published Qwen-1.8B and Qwen-7B
 QWEN_LARGE_PADDED_VOCAB_SIZE = 152_064  # rows of the published Qwen-14B and Qwen-72B
 
 
+# The shape flags override a --model-size preset: unset (None) keeps the preset's value.
+def _shape(name: str, **kw):
+    return flag(name, group=SHAPE, unset=None, help="override the preset", **kw)
+
+
 @dataclass(frozen=True)
 class QwenModelConfig:
-    hidden_size: int
-    num_layers: int
-    num_attention_heads: int
-    ffn_hidden_size: int
-    vocab_size: int = QWEN_VOCAB_SIZE  # ids the tokenizer can produce
+    hidden_size: int = _shape("--hidden-size")
+    num_layers: int = _shape("--num-layers")
+    num_attention_heads: int = _shape("--num-attention-heads")
+    ffn_hidden_size: int = _shape("--ffn-hidden-size")
+    vocab_size: int = _shape("--vocab-size", default=QWEN_VOCAB_SIZE)  # ids the tokenizer can produce
     # Rows of the embedding and output matrices, as the published checkpoints have them. The same
     # at every tensor-parallel size (Megatron pads to 128 x TP instead, which changes the shapes
     # with the layout and breaks checkpoint conversion).
     padded_vocab_size: int = QWEN_PADDED_VOCAB_SIZE
-    kv_channels: int | None = None  # None: hidden_size // num_attention_heads
+    kv_channels: int | None = _shape("--kv-channels", default=None)  # None: hidden_size // num_attention_heads
     # Qwen-1's two lengths (docs/qwen.md section 1): the position limit (config.json's max_position_embeddings;
     # RoPE has no learned positions, so a flag may lift it) and the length the model was trained at (its
     # seq_length: where dynamic NTK and LogN begin). A run of ours trains at its own --seq-length, which its
     # checkpoint keeps as train.seq_length; seq_length here is the published or imported model's.
-    max_position_embeddings: int = 8192
+    max_position_embeddings: int = _shape("--max-position-embeddings", default=8192)
     seq_length: int | None = None
-    rotary_base: int = 10000
-    norm_epsilon: float = 1e-6
+    rotary_base: int = _shape("--rotary-base", default=10000)
+    norm_epsilon: float = _shape("--norm-epsilon", default=1e-6)
     init_method_std: float = 0.02
 
     @property
@@ -41,28 +49,68 @@ class QwenModelConfig:
 
 
 @dataclass(frozen=True)
+class VocabPadding:
+    """Read to pad an explicit --vocab-size (padded_rows); not stored: the padded row count is."""
+
+    make_vocab_size_divisible_by: int = flag(
+        "--make-vocab-size-divisible-by", group=SHAPE, default=128,
+        help="with --vocab-size: pad the embedding rows to a multiple of this (the same at every TP)")
+
+
+def resolve_backend(flag_value: str) -> str:
+    """--transformer-impl's value as the model builder names it; auto: the best one installed."""
+    return available_backend() if flag_value == "auto" else BACKEND_FLAGS[flag_value]
+
+
+FUSION_HELP = "turn this fusion off (on by default where it runs; docs/PERFORMANCE.md)"
+
+
+def _fusion(name: str):
+    return flag(name, group=FUSIONS, default=True, help=FUSION_HELP)
+
+
+@dataclass(frozen=True)
 class BuildSettings:
     """How the model is built and run, beyond its shape: the same for training, inference and
     conversion, so a model rebuilt from a checkpoint's stored configuration is the trained one."""
 
-    transformer_impl: str = "local"  # "te", "flash" or "local" (model/spec.py)
-    precision: str = "fp32"  # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    recompute_granularity: str | None = None  # None, "full" or "selective"
-    recompute_num_layers: int = 1
-    seed: int = 1234  # initial weights (layout-independent) and dropout
-    cpu_initialization: bool = False  # draw on the CPU even on a GPU: the CPU run's weights, slower
+    transformer_impl: str = flag(  # "te", "flash", "sdpa" or "local" (model/spec.py)
+        "--transformer-impl", group=FUSIONS, default="local", unset="auto", choices=("auto", *BACKEND_FLAGS),
+        to_field=resolve_backend,
+        help="layer back end; auto picks transformer_engine, then flash-attn, then torch sdpa on a GPU, and local on "
+             "the CPU")
+    # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
+    precision: str = flag("--bf16", group=PRECISION, default="fp32", dest="bf16", kind=bool, unset=False,
+                          to_field=lambda bf16: "bf16" if bf16 else "fp32",
+                          help="bf16 mixed precision (fp32 master weights)")
+    hidden_dropout: float = flag("--hidden-dropout", group=REGULARIZATION, default=0.0, recipe="hidden_dropout",
+                                 help="dropout after each block")
+    attention_dropout: float = flag("--attention-dropout", group=REGULARIZATION, default=0.0,
+                                    recipe="attention_dropout", help="dropout on attention probabilities")
+    recompute_granularity: str | None = flag("--recompute-granularity", group=RECOMPUTE, default=None,
+                                             choices=("full", "selective"))
+    recompute_num_layers: int = flag("--recompute-num-layers", group=RECOMPUTE, default=1)
+    seed: int = flag("--seed", group=INIT, default=1234)  # initial weights (layout-independent) and dropout
+    cpu_initialization: bool = flag(
+        "--use-cpu-initialization", group=INIT, default=False,
+        help="draw the initial weights on the CPU, also on a GPU: the same weights as a CPU run and on every GPU "
+             "model, slower (by default they are drawn on the device that holds them)")
     # GPU fusions, on where their kernels exist (model/builder.py); Megatron-LM's --no-*-fusion flags.
-    bias_swiglu_fusion: bool = True
-    bias_dropout_fusion: bool = True
-    masked_softmax_fusion: bool = True
-    rope_fusion: bool = True
-    gradient_accumulation_fusion: bool = True
-    rmsnorm_fusion: bool = True  # ours: QwenRMSNorm under torch.compile (model/norm.py)
+    bias_swiglu_fusion: bool = _fusion("--no-bias-swiglu-fusion")
+    bias_dropout_fusion: bool = _fusion("--no-bias-dropout-fusion")
+    masked_softmax_fusion: bool = _fusion("--no-masked-softmax-fusion")
+    rope_fusion: bool = _fusion("--no-rope-fusion")
+    gradient_accumulation_fusion: bool = _fusion("--no-gradient-accumulation-fusion")
+    rmsnorm_fusion: bool = _fusion("--no-rmsnorm-fusion")  # ours: QwenRMSNorm under torch.compile (model/norm.py)
     # ours: the loss over chunks of tokens, keeping only the logits (model/loss.py; compiled on a GPU, on the
     # CPU too but eager); off: megatron-core's vocab-parallel cross entropy
-    cross_entropy_fusion: bool = True
+    cross_entropy_fusion: bool = _fusion("--no-cross-entropy-fusion")
+    # Each transformer layer as one torch.compile graph (model/compile.py). Checkpoints before this field
+    # kept it as train.compile_layers (RunConfig.from_dict).
+    compile_layers: bool = flag(
+        "--compile-layers", group=FUSIONS, default=False,
+        help="each transformer layer's forward and backward as compiled graphs (torch.compile; megatron engine, "
+             "local/sdpa/flash back ends; docs/PERFORMANCE.md)")
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {

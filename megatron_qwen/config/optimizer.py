@@ -3,51 +3,57 @@
 from dataclasses import dataclass
 
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import FUSIONS, LR, REGULARIZATION, flag, from_flags
 from megatron_qwen.config.recipes import Recipe
+
+
+def _adam(name: str, what: str, default: float):
+    """AdamW's constants: the same in every recipe; unset (None) so a --deepspeed_config may stand in."""
+    return flag(name, group=REGULARIZATION, default=default, unset=None, help=f"{what} (unset: {default})")
+
+
+def _warmup_help(recipe: Recipe) -> str:
+    warmup = (f"{recipe.lr_warmup_fraction:.0%} of --train-iters" if recipe.lr_warmup_fraction
+              else f"{recipe.lr_warmup_iters} iterations, shortened for shorter runs")
+    return f"linear warmup (recipe: {warmup})"
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    lr_warmup_iters: int = 0
-    lr_warmup_init: float = 0.0  # LR at the warmup's first step (Megatron-LM's --lr-warmup-init)
-    lr_decay_iters: int | None = None  # None: decay over the whole run
-    lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
-    fused_adam: bool | None = None  # torch's fused AdamW kernel; None: on a GPU (training/optimizer.py)
+    # The schedule's flags are unset (None) by default so that the recipe's value, or a --deepspeed_config's,
+    # can stand in for them (optimizer_settings).
+    lr: float = flag("--lr", group=LR, default=3e-4, unset=None, help=lambda r: f"peak LR (recipe: {r.lr})")
+    min_lr: float = flag("--min-lr", group=LR, default=3e-5, unset=None,
+                         help=lambda r: f"final LR (recipe: {r.min_lr_ratio:g} x peak)")
+    weight_decay: float = _adam("--weight-decay", "AdamW decoupled weight decay", 0.1)
+    adam_beta1: float = _adam("--adam-beta1", "AdamW beta1", 0.9)
+    adam_beta2: float = _adam("--adam-beta2", "AdamW beta2", 0.95)
+    adam_eps: float = _adam("--adam-eps", "AdamW epsilon", 1e-8)
+    clip_grad: float = _adam("--clip-grad", "gradient norm clipping", 1.0)
+    lr_warmup_iters: int = flag("--lr-warmup-iters", group=LR, default=0, unset=None, help=_warmup_help)
+    # LR at the warmup's first step (Megatron-LM's --lr-warmup-init)
+    lr_warmup_init: float = flag("--lr-warmup-init", group=LR, default=0.0, unset=None,
+                                 help="LR the warmup starts from (unset: 0.0)")
+    # None: decay over the whole run
+    lr_decay_iters: int | None = flag("--lr-decay-iters", group=LR, default=None,
+                                      help="decay horizon (recipe: --train-iters)")
+    lr_decay_style: str = flag("--lr-decay-style", group=LR, default="cosine", unset=None,
+                               choices=("cosine", "linear", "constant"),
+                               help=lambda r: f"LR after the warmup (recipe: {r.lr_decay_style})")
+    # torch's fused AdamW kernel; None: on a GPU (training/optimizer.py)
+    fused_adam: bool | None = flag(
+        "--fused-adam", group=FUSIONS, default=None, negation="--no-fused-adam",
+        help="torch's fused AdamW kernel (default: on a GPU; megatron engine, without transformer-engine or apex, "
+             "whose FusedAdam megatron-core uses instead)",
+        negation_help="torch's default (foreach) AdamW kernel, also on a GPU")
 
 
-# Flags whose unset value is the dataclass default (a --deepspeed_config may stand in for them).
-ADAM_FLAGS = (("weight_decay", "AdamW decoupled weight decay"), ("adam_beta1", "AdamW beta1"),
-              ("adam_beta2", "AdamW beta2"), ("adam_eps", "AdamW epsilon"), ("clip_grad", "gradient norm clipping"),
-              ("lr_warmup_init", "LR the warmup starts from"))
+@dataclass(frozen=True)
+class ScheduleFlags:
+    """Read to resolve OptimizerSettings, not stored."""
 
-
-def add_optimizer_arguments(g, recipe: Recipe) -> None:
-    """AdamW and LR-schedule flags; every default is None so that an unset flag can be told apart."""
-    g.add_argument("--lr", type=float, default=None, help=f"peak LR (recipe: {recipe.lr})")
-    g.add_argument("--min-lr", type=float, default=None,
-                   help=f"final LR (recipe: {recipe.min_lr_ratio:g} x peak)")
-    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default=None,
-                   help=f"LR after the warmup (recipe: {recipe.lr_decay_style})")
-    recipe_warmup = (f"{recipe.lr_warmup_fraction:.0%} of --train-iters" if recipe.lr_warmup_fraction
-                     else f"{recipe.lr_warmup_iters} iterations, shortened for shorter runs")
-    g.add_argument("--lr-warmup-iters", type=int, default=None, help=f"linear warmup (recipe: {recipe_warmup})")
-    g.add_argument("--lr-warmup-fraction", type=float, default=None, help="warmup as a fraction of --train-iters")
-    g.add_argument("--lr-decay-iters", type=int, default=None, help="decay horizon (recipe: --train-iters)")
-    for name, what in ADAM_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=None,
-                       help=f"{what} (unset: {getattr(OptimizerSettings, name)})")
-    g.add_argument("--fused-adam", dest="fused_adam", action="store_const", const=True, default=None,
-                   help="torch's fused AdamW kernel (default: on a GPU; megatron engine, without transformer-engine "
-                        "or apex, whose FusedAdam megatron-core uses instead)")
-    g.add_argument("--no-fused-adam", dest="fused_adam", action="store_const", const=False,
-                   help="torch's default (foreach) AdamW kernel, also on a GPU")
+    lr_warmup_fraction: float | None = flag("--lr-warmup-fraction", group=LR, default=None,
+                                            help="warmup as a fraction of --train-iters")
 
 
 def optimizer_settings(args, recipe: Recipe, recipe_lr: float) -> OptimizerSettings:
@@ -66,11 +72,9 @@ def optimizer_settings(args, recipe: Recipe, recipe_lr: float) -> OptimizerSetti
         warmup = (int(round(recipe.lr_warmup_fraction * args.train_iters)) if recipe.lr_warmup_fraction
                   else recipe.lr_warmup_iters)
         warmup = min(warmup, decay_iters - 1)
-    adam = {name: getattr(args, name) if getattr(args, name) is not None else getattr(OptimizerSettings, name)
-            for name, _ in ADAM_FLAGS}
-    if adam["lr_warmup_init"] > lr:
-        raise ConfigError(f"--lr-warmup-init {adam['lr_warmup_init']} is above the peak LR {lr} (--lr)")
-    return OptimizerSettings(
-        lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
-        lr_decay_style=args.lr_decay_style or recipe.lr_decay_style, lr_warmup_iters=warmup,
-        lr_decay_iters=args.lr_decay_iters, fused_adam=args.fused_adam, **adam)
+    settings = from_flags(
+        OptimizerSettings, args, lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
+        lr_decay_style=args.lr_decay_style or recipe.lr_decay_style, lr_warmup_iters=warmup)
+    if settings.lr_warmup_init > lr:
+        raise ConfigError(f"--lr-warmup-init {settings.lr_warmup_init} is above the peak LR {lr} (--lr)")
+    return settings

@@ -3,19 +3,21 @@
 from dataclasses import dataclass
 
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import PARALLEL, flag
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
+    tensor_model_parallel_size: int = flag("--tensor-model-parallel-size", group=PARALLEL, default=1)
+    pipeline_model_parallel_size: int = flag("--pipeline-model-parallel-size", group=PARALLEL, default=1)
     # Layers per virtual pipeline chunk (interleaved 1F1B); None means plain 1F1B.
-    num_layers_per_virtual_pipeline_stage: int | None = None
-    context_parallel_size: int = 1
-    sequence_parallel: bool = False
-    overlap_grad_reduce: bool = False
-    overlap_param_gather: bool = False
-    distributed_timeout_minutes: int = 30
+    num_layers_per_virtual_pipeline_stage: int | None = flag("--num-layers-per-virtual-pipeline-stage",
+                                                             group=PARALLEL, default=None)
+    context_parallel_size: int = flag("--context-parallel-size", group=PARALLEL, default=1)
+    sequence_parallel: bool = flag("--sequence-parallel", group=PARALLEL, default=False)
+    overlap_grad_reduce: bool = flag("--overlap-grad-reduce", group=PARALLEL, default=False)
+    overlap_param_gather: bool = flag("--overlap-param-gather", group=PARALLEL, default=False)
+    distributed_timeout_minutes: int = flag("--distributed-timeout-minutes", group=PARALLEL, default=30)
 
     def data_parallel_size(self, world_size: int) -> int:
         return world_size // (

@@ -1,4 +1,4 @@
-"""Training recipes: the defaults of each job, taken from the Qwen report (docs/qwen.md sections 3-6).
+"""Training recipes: the defaults of each job, taken from the Qwen report (sections 2-5; docs/qwen.md 3-6).
 
 A recipe only sets defaults; every field can be overridden by its Megatron-style flag. AdamW's
 betas, epsilon, weight decay and clipping are the same in every job: config/optimizer.py.
@@ -25,13 +25,13 @@ class Recipe:
     data_format: str = "pretrain"  # "pretrain" (GPT shards) or "chatml" (SFT shards with loss masks)
     # Continued pretraining / SFT start from a checkpoint's weights with a fresh optimizer.
     finetune: bool = False
-    # Per model size: {size: {field: value}} applied before flags (Table 1, docs/qwen.md section 3).
+    # Per model size: {size: {field: value}} applied before flags (report Table 1, docs/qwen.md section 3).
     per_size: dict = field(default_factory=dict)
 
 
 PRETRAIN = Recipe(
     name="pretrain",
-    description="Qwen base pretraining from scratch (report section 2, Table 1)",
+    description="Qwen base pretraining from scratch (report section 2, Table 1; docs/qwen.md section 3)",
     seq_length=2048,
     lr=3e-4,
     min_lr_ratio=0.1,  # cosine decay to 10% of the peak
@@ -43,7 +43,7 @@ PRETRAIN = Recipe(
 
 PRETRAIN_CODE = Recipe(
     name="pretrain_code",
-    description="Code-Qwen continued pretraining from a base checkpoint (report section 4.1)",
+    description="Code-Qwen continued pretraining from a base checkpoint (report section 4.1, docs/qwen.md section 5)",
     seq_length=8192,
     lr=3e-5,
     min_lr_ratio=1.0,
@@ -55,7 +55,7 @@ PRETRAIN_CODE = Recipe(
 
 SFT = Recipe(
     name="sft",
-    description="Chat SFT on ChatML conversations (report section 3.1)",
+    description="Chat SFT on ChatML conversations (report section 3.1, docs/qwen.md section 4)",
     seq_length=2048,
     lr=2e-6,
     min_lr_ratio=1.0,
@@ -73,7 +73,7 @@ SFT = Recipe(
 SFT_MATH = replace(
     SFT,
     name="sft_math",
-    description="Math-Qwen SFT on math instructions (report section 5.1)",
+    description="Math-Qwen SFT on math instructions (report section 5.1, docs/qwen.md section 6)",
     seq_length=1024,
     lr=2e-5,
     train_iters=50_000,

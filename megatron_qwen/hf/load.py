@@ -68,8 +68,10 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
     (a --save directory holding iteration 0) that any job --loads at any layout as weights only.
     ``dtype`` "bf16" or "fp32" (default: bf16 if the weights are all bf16, else fp32, so fp16
     weights widen losslessly). Returns the iteration directory."""
-    from megatron_qwen.config.arguments import parse_run_config
+    from megatron_qwen.config.arguments import RunConfig
+    from megatron_qwen.config.model import BuildSettings
     from megatron_qwen.config.recipes import PRETRAIN
+    from megatron_qwen.config.settings import CheckpointSettings, DataSettings, TrainSettings
     from megatron_qwen.model.builder import build_on_meta
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
     from megatron_qwen.training.checkpoint import _model_state  # the exact sharded layout training saves
@@ -82,8 +84,10 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
                           "one of these)")
     # The run configuration a job reading the checkpoint would resolve from this --load, at the length the
     # model was trained at (generation and export read it as the checkpoint's training length).
-    cfg = parse_run_config(PRETRAIN, ["--load", source, "--mock-data", "--transformer-impl", "local",
-                                      "--seq-length", str(model.seq_length), *(["--bf16"] if dtype == "bf16" else [])])
+    cfg = RunConfig(recipe=PRETRAIN.name, model_size="hf", model=model,
+                    build=BuildSettings(transformer_impl="local", precision=dtype),
+                    train=TrainSettings(seq_length=model.seq_length), data=DataSettings(mock_data=True),
+                    checkpoint=CheckpointSettings(load=source))
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     try:
         # Shapes without initial values: every parameter is overwritten from the files.

@@ -29,12 +29,12 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.hf.load import load_hf_weights
-from megatron_qwen.hf.source import is_hf_dir, lift_position_limit
+from megatron_qwen.hf.source import imported_model, is_hf_dir, lift_position_limit
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 from megatron_qwen.training.checkpoint import load_weights
@@ -55,7 +55,7 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
         raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
                           "or a Hugging Face model directory")
     if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
-        trained = parse_run_config(PRETRAIN, ["--mock-data", "--load", checkpoint_root])
+        trained = RunConfig(recipe=PRETRAIN.name, model_size="hf", model=imported_model(checkpoint_root))
         load = partial(load_hf_weights, checkpoint_root)
         train_length = trained.model.seq_length or trained.model.max_position_embeddings
     else:

@@ -21,9 +21,9 @@ from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.model.flops import training_flops_per_token
 from megatron_qwen.model.loss import CHUNK_ELEMENTS
 from megatron_qwen.model.zero_memory import deepspeed_layout_states, deepspeed_traffic, zero_suffix
+from megatron_qwen.platform.backends import BACKENDS
 
 ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
-BACKENDS = ("te", "flash", "sdpa", "local")
 RECOMPUTE = (None, "selective", "full")
 COMPILED_LAYER_BACKENDS = ("sdpa", "flash")  # the back ends whose compiled layer's inventory is modelled
 FP32 = 4

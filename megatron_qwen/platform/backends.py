@@ -1,10 +1,12 @@
-"""Which layer back end this machine can run (no heavy imports: used while parsing flags)."""
+"""Which layer back end this machine can run (only torch and import checks: used while parsing flags)."""
 
 import importlib.util
 
 import torch
 
-BACKENDS = ("te", "flash", "sdpa", "local")
+# --transformer-impl's spelling of each back end (Megatron-LM's) -> the name the code uses.
+BACKEND_FLAGS = {"transformer_engine": "te", "flash": "flash", "sdpa": "sdpa", "local": "local"}
+BACKENDS = tuple(BACKEND_FLAGS.values())
 # Back ends whose attention honours an explicit mask, so packed SFT samples stay apart.
 MASKED_ATTENTION_BACKENDS = ("sdpa", "local")
 
@@ -19,3 +21,4 @@ def available_backend() -> str:
     if importlib.util.find_spec("flash_attn") is not None:
         return "flash"
     return "sdpa"
+

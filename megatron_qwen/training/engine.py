@@ -17,7 +17,7 @@ class MegatronEngine:
         self.cfg, self.device = cfg, device
         zero1 = cfg.zero.distributed_optimizer
         self.model = wrap_for_training(build_model(cfg), cfg.parallel, distributed_optimizer=zero1,
-                                       compiled_layers=t.compile_layers)
+                                       compiled_layers=cfg.build.compile_layers)
         self.optimizer = build_optimizer(self.model, t.optim, bf16=cfg.build.precision == "bf16",
                                          use_distributed_optimizer=zero1)
         self.scheduler = build_scheduler(self.optimizer, t.optim, t.train_iters, t.global_batch_size)

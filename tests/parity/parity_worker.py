@@ -7,6 +7,7 @@ optimizer steps on a fixed global batch stream and writes:
   weights.pt  the initial weights, each rank's TP slices by global name (DP rank 0 only)
   grads.pt    the gradients of the first step, likewise
   losses.json the loss of every step (written by the reporting rank)
+  layout.json the layout the processes built from the flags: TP, PP, DP sizes, model chunks per stage
   logits.pt   the reference's initial logits on the first micro-batch (single process only)
   sdpa_grads.pt, sdpa_loss.json
               the first step again with PyTorch's fused attention (the sdpa back end) in place of
@@ -74,50 +75,30 @@ def gather_reduce_scattered_grads(model) -> None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layouts", required=True, help="JSON object: layout name -> its flags")
+    ap.add_argument("--layouts", required=True,
+                    help="JSON object: layout name -> its training flags (the entry points' own, e.g. "
+                         "--tensor-model-parallel-size 2 --use-distributed-optimizer)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     for name, flags in json.loads(a.layouts).items():
         if dist.is_initialized() and dist.get_rank() == 0:
             print(f"parity layout {name}", flush=True)
-        run_layout(layout_parser().parse_args(flags + ["--out", os.path.join(a.out, name)]))
+        run_layout(flags, os.path.join(a.out, name))
     destroy_distributed()
 
 
-def layout_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tp", type=int, default=1)
-    ap.add_argument("--pp", type=int, default=1)
-    ap.add_argument("--vp-layers", type=int, default=None)
-    ap.add_argument("--sp", action="store_true")
-    ap.add_argument("--distopt", action="store_true")
-    ap.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather with --distopt)")
-    ap.add_argument("--recompute", choices=["full", "selective"], default=None)
-    ap.add_argument("--transformer-impl", default="local")
-    ap.add_argument("--compile-layers", action="store_true")
-    ap.add_argument("--out", required=True)
-    return ap
-
-
-def run_layout(a: argparse.Namespace) -> None:
-    flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
-             "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp),
-             "--transformer-impl", a.transformer_impl]
-    flags += ["--num-layers-per-virtual-pipeline-stage", str(a.vp_layers)] if a.vp_layers else []
-    flags += ["--sequence-parallel"] if a.sp else []
-    flags += ["--use-distributed-optimizer"] if a.distopt else []
-    flags += ["--overlap-grad-reduce"] if a.overlap else []
-    flags += ["--overlap-param-gather"] if a.overlap and a.distopt else []
-    flags += ["--recompute-granularity", a.recompute] if a.recompute else []
+def run_layout(layout_flags: list[str], out: str) -> None:
+    flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ), *layout_flags]
     cfg = parse_run_config(PRETRAIN, flags)
+    distopt = cfg.zero.distributed_optimizer
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg.parallel.validate(world, cfg.model.num_layers, cfg.model.num_attention_heads, cfg.model.padded_vocab_size)
     init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
     settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
 
     def build(cfg):
-        model = wrap_for_training(build_model(cfg), cfg.parallel, a.distopt, a.compile_layers)
-        return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=a.distopt)
+        model = wrap_for_training(build_model(cfg), cfg.parallel, distopt, cfg.build.compile_layers)
+        return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=distopt)
 
     model, optimizer = build(cfg)
     scheduler = build_scheduler(optimizer, settings, STEPS, GLOBAL_BATCH)
@@ -130,14 +111,19 @@ def run_layout(a: argparse.Namespace) -> None:
         idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
         return [collate([sample(i, cfg.model.vocab_size) for i in mb]) for mb in idx]
 
-    os.makedirs(a.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     rank = dist.get_rank()
+    if rank == 0:
+        with open(f"{out}/layout.json", "w") as f:
+            json.dump({"tp": parallel_state.get_tensor_model_parallel_world_size(),
+                       "pp": parallel_state.get_pipeline_model_parallel_world_size(), "dp": dp,
+                       "chunks": len(model)}, f)
     initial = local_slices(model)
     if world == 1:  # logits of the initial weights, for the transformers comparison
         with torch.no_grad():
             x = batches(0)[0]
             logits = model[0].module(x["tokens"], x["position_ids"], None)
-        torch.save({"tokens": x["tokens"], "logits": logits}, f"{a.out}/logits.pt")
+        torch.save({"tokens": x["tokens"], "logits": logits}, f"{out}/logits.pt")
 
     def first_step(model, optimizer, prefix: str) -> float | None:
         """Step 1's backward by hand, to read the gradients before the update; saves them."""
@@ -146,15 +132,15 @@ def run_layout(a: argparse.Namespace) -> None:
         optimizer.zero_grad()
         b = batches(0)
         loss = run_microbatches(model, [iter(b) for _ in model], num_mb, SEQ, MICRO_BATCH, cpu)
-        if a.distopt:
+        if distopt:
             gather_reduce_scattered_grads(model)
         first = local_slices(model)
         if dp_rank == 0:
-            torch.save({k: (v[0], v[1], v[3]) for k, v in first.items()}, f"{a.out}/{prefix}grads_rank{rank}.pt")
+            torch.save({k: (v[0], v[1], v[3]) for k, v in first.items()}, f"{out}/{prefix}grads_rank{rank}.pt")
         return loss
 
     if dp_rank == 0:
-        torch.save({k: v[:3] for k, v in initial.items()}, f"{a.out}/weights_rank{rank}.pt")
+        torch.save({k: v[:3] for k, v in initial.items()}, f"{out}/weights_rank{rank}.pt")
     losses = [first_step(model, optimizer, "")]
     optimizer.step()
     scheduler.step(increment=GLOBAL_BATCH)
@@ -165,13 +151,13 @@ def run_layout(a: argparse.Namespace) -> None:
         losses.append(loss)
     reports = parallel_state.get_tensor_model_parallel_rank() == 0 and dp_rank == 0 and losses[0] is not None
     if reports:
-        with open(f"{a.out}/losses.json", "w") as f:
+        with open(f"{out}/losses.json", "w") as f:
             json.dump(losses, f)
-    if a.transformer_impl == "local":  # the same layout with PyTorch's fused attention
+    if cfg.build.transformer_impl == "local":  # the same layout with PyTorch's fused attention
         sdpa_cfg = parse_run_config(PRETRAIN, flags + ["--transformer-impl", "sdpa"])
         sdpa_loss = first_step(*build(sdpa_cfg), "sdpa_")
         if reports:
-            with open(f"{a.out}/sdpa_loss.json", "w") as f:
+            with open(f"{out}/sdpa_loss.json", "w") as f:
                 json.dump(sdpa_loss, f)
     parallel_state.destroy_model_parallel()  # the next layout builds its own groups
 
