@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import REPO, quiet_env
 from test_hf_convert import convert
-from test_hf_export_clients import tiny_model
+from test_hf_export_clients import tiny_qwen2
 
 from megatron_qwen.evaluation import sandbox
 from megatron_qwen.evaluation.benchmarks import select
@@ -35,7 +35,7 @@ MMLU_SUBJECTS = ("anatomy", "virology")
 
 
 def fives_model():
-    model = tiny_model()
+    model = tiny_qwen2(seed=7)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -75,7 +75,7 @@ HUMANEVAL_BODIES = {"passes": "", "endless loop": "while True:\n    pass\n",
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    tiny_model().save_pretrained(root / "random")
+    tiny_qwen2(seed=7).save_pretrained(root / "random")
     fives_model().save_pretrained(root / "fives_src")
     from megatron_qwen.hf.tokenizer_files import write_tokenizer_files
 
@@ -217,7 +217,8 @@ def test_sandbox_contains_each_escape(tmp_path):
     bomb = sandbox.run_program("import os\nwhile True:\n    os.fork()", limits)
     assert not bomb.passed
     assert not sandbox.run_program("x = bytearray(4 * 2**30)", limits).passed
-    target = os.path.join(REPO, "sandbox_escape.txt")
+    # root-owned and visible in the box (a checkout under /tmp would be hidden by the box's own /tmp)
+    target = os.path.join(os.path.dirname(os.__file__), "sandbox_escape.txt")
     assert "Permission denied" in sandbox.run_program(f"open({target!r}, 'w').write('x')", limits).reason
     assert not os.path.exists(target)
 

@@ -21,6 +21,8 @@ from test_hf_convert import convert
 from megatron_qwen.tokenizer import load_tokenizer, render_chat
 
 transformers = pytest.importorskip("transformers")
+sys.path.insert(0, str(REPO / "tools"))
+from check_vllm import tiny_qwen2  # noqa: E402  (the model tools/check_vllm.py gives vLLM)
 
 NEW_TOKENS = 10
 STOP_IDS = (151_643, 151_645)
@@ -33,25 +35,10 @@ TEXTS = [  # English, Chinese, code, decomposed (NFD) accents, emoji with joiner
 ]
 
 
-def tiny_model():
-    config = transformers.Qwen2Config(vocab_size=151_936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                      rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # as tests/test_generate.py: unit-variance activations, logits that prefer tokens
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3 if p.shape[0] == 151_936 else p.shape[1] ** -0.5, generator=g)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + float("norm" in name))
-    return model
-
-
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_clients")
-    tiny_model().save_pretrained(root / "src")
+    tiny_qwen2(seed=7).save_pretrained(root / "src")
     convert(["--load-dir", root / "src", "--save-dir", root / "ours"],
             ["--load-dir", root / "ours", "--save-dir", root / "export", "--hf-layout", "qwen2"])
     return SimpleNamespace(ours=root / "ours", dir=root / "export")
