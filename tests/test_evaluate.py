@@ -20,7 +20,6 @@ import pytest
 import torch
 from conftest import REPO, quiet_env
 from test_hf_convert import convert
-from test_hf_export_clients import tiny_qwen2
 
 from megatron_qwen.evaluation import sandbox
 from megatron_qwen.evaluation.benchmarks import select
@@ -28,6 +27,8 @@ from megatron_qwen.evaluation.task_configs import write_task_configs
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("lm_eval")
+sys.path.insert(0, str(REPO / "tools"))
+from check_vllm import tiny_qwen2  # noqa: E402  (the tiny model every export test uses)
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 FIVE = 20  # the id of "5"
