@@ -18,11 +18,12 @@ import sys
 
 import torch
 
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
 from megatron_qwen.model.memory import Workload, layer_bytes_per_position, layer_bytes_per_token
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.arguments import parse_run_config
 
 SHAPE = ["--model-size", "1.8b", "--num-layers", "2", "--vocab-size", "1024", "--seq-length", "128",
          "--micro-batch-size", "1", "--global-batch-size", "1", "--bf16", "--transformer-impl", "sdpa"]

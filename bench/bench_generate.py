@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import generate
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
+from megatron_qwen.training.arguments import parse_run_config
 
 
 @torch.no_grad()

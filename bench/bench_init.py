@@ -1,6 +1,6 @@
 """Start-up cost of layout-independent initialization: the time one rank spends drawing weights.
 
-    python bench/bench_init.py                                  # 7B shapes, CPU draws (~30 s here)
+    python bench/bench_init.py                                  # 7B shapes, CPU draws (times: docs/PERFORMANCE.md)
     python bench/bench_init.py --model-size 72b --device cuda   # on a GPU
 
 Every tensor-parallel rank draws each full weight and keeps its slice (model/init.py), so a rank's
@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_on_meta
 from megatron_qwen.model.init import draw_full
 from megatron_qwen.model.layout import LAYER_NAME, global_param_names
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.arguments import parse_run_config
 
 
 def timed_draw(name: str, shape: list[int], cfg, seed: int, device: torch.device) -> float:

@@ -188,7 +188,7 @@ def profile_stages(tokenizer, corpus: str, rounds: int) -> None:
         print(f"  {name:<54} {seconds:7.3f} s  {100 * seconds / raw:5.1f}% of raw encode_ordinary")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 and 40 MB, 2 rounds")
     parser.add_argument("--mb", type=float, default=None, help="size of the half corpus in MB (default 100; quick 20)")
@@ -199,7 +199,49 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="keep the corpus here (reused when present)")
     parser.add_argument("--stages", action="store_true",
                         help="instead: the CPU time of each pipeline stage alone, on the half corpus")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def time_rounds(tokenizer, corpora: dict, sides: dict, rounds: int, raw_threads: int, out_dir: str):
+    """Tokens and seconds of every side on both corpora ({"half"|"full": (path, texts)}), per round;
+    ``sides``: name -> the tool's flags, None for the raw tokenizer."""
+    tokens: dict[str, dict[str, int]] = {side: {} for side in sides}
+    seconds: dict[str, dict[str, list[float]]] = {side: {"half": [], "full": []} for side in sides}
+    for round_ in range(1, rounds + 1):
+        # Both sides in every round, seconds apart, so a change of load hits both.
+        for side, flags in sides.items():
+            for size, (path, size_texts) in corpora.items():
+                if flags is None:
+                    n, s = time_raw(tokenizer, size_texts, raw_threads)
+                else:
+                    n, s = time_tool(path, out_dir, flags)
+                tokens[side][size] = n
+                seconds[side][size].append(s)
+            print(f"round {round_}: {side}: half {seconds[side]['half'][-1]:.2f} s, "
+                  f"full {seconds[side]['full'][-1]:.2f} s", flush=True)
+    return tokens, seconds
+
+
+def report_rates(tokens: dict, seconds: dict, raw_side: str, rounds: int, half: str, full: str) -> None:
+    """Each side's steady-state rate, and its ratio to the raw tokenizer's."""
+    for side in tokens:
+        if tokens[side] != tokens[raw_side]:
+            print(f"WARNING: {side} gave {tokens[side]} tokens, the raw tokenizer {tokens[raw_side]}")
+    raw_rate = steady_rate(tokens[raw_side], seconds[raw_side])
+    print(f"\nsteady state, best of {rounds} rounds: {tokens[raw_side]['full'] - tokens[raw_side]['half']:,} tokens "
+          f"({(os.path.getsize(full) - os.path.getsize(half)) / 1e6:.1f} MB) between the two files; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for side in tokens:
+        rate = steady_rate(tokens[side], seconds[side])
+        if rate is None:
+            print(f"  {side:<52} no figure: the full corpus was not slower than its half (rerun on a quieter machine)")
+            continue
+        ratio = "" if side == raw_side or not raw_rate else f"  {rate / raw_rate:.2f} of raw (target >= 0.85)"
+        print(f"  {side:<52} {rate / 1e6:6.2f}M tokens/s{ratio}")
+
+
+def main() -> None:
+    args = parse_args()
     megabytes = args.mb or (20 if args.quick else 100)
     rounds = args.rounds or (2 if args.quick else 3)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_")
@@ -214,46 +256,16 @@ def main() -> None:
         texts = [json.loads(line)["text"] for line in f]
     with open(half, "rb") as f:
         n_half = sum(1 for _ in f)
-    corpora = {"half": (half, texts[:n_half]), "full": (full, texts)}
+    raw_side = f"raw tokenizer (encode_ordinary_batch, {args.raw_threads} threads)"
     tokenizer_flag = ["--tokenizer-model", args.tokenizer_model] if args.tokenizer_model else []
-    sides = {
-        f"raw tokenizer (encode_ordinary_batch, {args.raw_threads} threads)": None,
-        "tools/preprocess_data.py --workers 2": ["--workers", "2"],
-        "tools/preprocess_data.py (defaults)": [],
-    }
+    sides = {raw_side: None, "tools/preprocess_data.py --workers 2": ["--workers", "2", *tokenizer_flag],
+             "tools/preprocess_data.py (defaults)": tokenizer_flag}
     print(f"corpus: {full} ({os.path.getsize(full) / 1e6:.1f} MB, {len(texts):,} documents) and its first half "
           f"({os.path.getsize(half) / 1e6:.1f} MB, {n_half:,}); {len(os.sched_getaffinity(0))} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    tokens: dict[str, dict[str, int]] = {side: {} for side in sides}
-    seconds: dict[str, dict[str, list[float]]] = {side: {"half": [], "full": []} for side in sides}
-    for round_ in range(1, rounds + 1):
-        # Both sides in every round, seconds apart, so a change of load hits both.
-        for side, flags in sides.items():
-            for size, (path, size_texts) in corpora.items():
-                if flags is None:
-                    n, s = time_raw(tokenizer, size_texts, args.raw_threads)
-                else:
-                    n, s = time_tool(path, os.path.join(workdir, "out"), flags + tokenizer_flag)
-                tokens[side][size] = n
-                seconds[side][size].append(s)
-            print(f"round {round_}: {side}: half {seconds[side]['half'][-1]:.2f} s, "
-                  f"full {seconds[side]['full'][-1]:.2f} s", flush=True)
-    raw_side = next(iter(sides))
-    for side in sides:
-        if tokens[side] != tokens[raw_side]:
-            print(f"WARNING: {side} gave {tokens[side]} tokens, the raw tokenizer {tokens[raw_side]}")
-    raw_rate = steady_rate(tokens[raw_side], seconds[raw_side])
-    print(f"\nsteady state, best of {rounds} rounds: {tokens[raw_side]['full'] - tokens[raw_side]['half']:,} tokens "
-          f"({(os.path.getsize(full) - os.path.getsize(half)) / 1e6:.1f} MB) between the two files; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    for side in sides:
-        rate = steady_rate(tokens[side], seconds[side])
-        if rate is None:
-            print(f"  {side:<52} no figure: the full corpus was not slower than its half (rerun on a quieter machine)")
-            continue
-        ratio = "" if side == raw_side or not raw_rate else f"  {rate / raw_rate:.2f} of raw (target >= 0.85)"
-        print(f"  {side:<52} {rate / 1e6:6.2f}M tokens/s{ratio}")
-
+    corpora = {"half": (half, texts[:n_half]), "full": (full, texts)}
+    tokens, seconds = time_rounds(tokenizer, corpora, sides, rounds, args.raw_threads, os.path.join(workdir, "out"))
+    report_rates(tokens, seconds, raw_side, rounds, half, full)
 
 if __name__ == "__main__":
     main()

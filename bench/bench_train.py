@@ -8,7 +8,7 @@
 
 Every flag of `python -m megatron_qwen.pretrain` applies (preset, shape overrides such as
 --num-layers, --transformer-impl, --recompute-granularity, --bf16, the parallel layout). The model
-is built by build_model and stepped by train_step exactly as training steps it, on random tokens
+is built by build_model_and_optimizer and stepped by train_step exactly as training steps it, on random tokens
 (no data files, no tokenizer). --warmup steps run first and are dropped (allocator growth,
 compilation of megatron-core's fused kernels); then --iters steps are timed. --global-batch-size
 defaults to one micro-batch per data-parallel rank.
@@ -37,13 +37,15 @@ from dataclasses import dataclass
 import torch
 from torch._dynamo.utils import counters
 
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
-from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.model.builder import unwrap
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed, on_gpu
-from megatron_qwen.training.optimizer import adam_kernel, build_optimizer, build_scheduler
+from megatron_qwen.platform.distributed import compute_device, destroy_distributed, init_distributed, on_gpu
+from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.training.megatron_engine import build_model_and_optimizer
+from megatron_qwen.training.optimizer import adam_kernel
 from megatron_qwen.training.step import train_step
 
 # Megatron-LM on H100, bf16, seq 4096, vocabulary 131,072 (docs/qwen.md section 9): MFU by model size.
@@ -178,14 +180,10 @@ def build_session(flags: list[str], steps: int) -> Session:
     cfg = parse_run_config(PRETRAIN, job_flags(flags, steps, world_size))
     cfg.validate(world_size)
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+    device = compute_device()
     _synchronize()
     t0 = time.perf_counter()
-    model = wrap_for_training(build_model(cfg), cfg.parallel, cfg.zero.distributed_optimizer,
-                              cfg.build.compile_layers)
-    optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
-                                use_distributed_optimizer=cfg.zero.distributed_optimizer)
-    scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
+    model, optimizer, scheduler = build_model_and_optimizer(cfg)
     _synchronize()
     build_s = time.perf_counter() - t0
     timers = StepTimers(on_gpu())

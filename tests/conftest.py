@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_qwen.training.checkpoint_dirs import TRACKER  # noqa: F401  (tests import it from here)
+from megatron_qwen.checkpointing.directory import TRACKER  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
 LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
                  "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
-                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_plan.py",
+                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_memory.py",
                  "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py")
 
 

@@ -4,8 +4,9 @@ launcher (tests/test_reliability*.py).
 
     python tests/fault_harness.py JOBS.json RESULTS.json
 
-JOBS.json is a list of {"name", "argv", "nproc", "env", "kills"} (or {"name", "call", "args"}: a
-function run here between jobs); each kill is
+JOBS.json is a list of {"name", "argv", "nproc", "env", "kills", "nan_loss"} (or {"name", "call", "args"}: a
+function run here between jobs); "nan_loss" {"iterations", "dp_rank"} injects NaN losses
+(tests/nan_injection.py); each kill is
 {"after": TEXT, "count": N, "delay": SECONDS}: once rank 0 has printed TEXT N times, wait DELAY and
 SIGKILL the job's whole process group (every rank and the asynchronous-save workers), or with
 "rank": R only that rank, then restart the same command. After the kills the job runs to its end.
@@ -13,6 +14,7 @@ RESULTS.json gets, per job, each attempt's exit codes, outputs and what the save
 the kill.
 """
 
+import contextlib
 import importlib
 import json
 import os
@@ -52,10 +54,14 @@ def _start(job: dict, log_dir: str, attempt: int) -> tuple[int, list[int], str]:
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             code = 0
             try:
+                from nan_injection import nan_loss_at
+
                 from megatron_qwen.config.recipes import PRETRAIN
                 from megatron_qwen.training.entry import main
 
-                main(PRETRAIN, job["argv"])
+                nan = job.get("nan_loss")
+                with nan_loss_at(set(nan["iterations"]), nan["dp_rank"]) if nan else contextlib.nullcontext():
+                    main(PRETRAIN, job["argv"])
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException:
@@ -87,7 +93,7 @@ def _save_dir_state(argv: list[str]) -> dict:
     root = argv[argv.index("--save") + 1] if "--save" in argv else None
     if not root or not os.path.isdir(root):
         return {"entries": [], "tracker": None}
-    from megatron_qwen.training.checkpoint_dirs import TRACKER
+    from megatron_qwen.checkpointing.directory import TRACKER
 
     tracker = os.path.join(root, TRACKER)
     return {"entries": sorted(os.listdir(root)),

@@ -2,8 +2,8 @@
 
 At each --layouts TPxPP[vV] (data parallel over the remaining processes) and for each --load
 source (a Hugging Face directory or a checkpoint converted from one), the model is built and
-loaded the way a job does it (parse_run_config, build_model, Checkpointer.load), then run forward
-on fixed tokens through megatron-core's pipeline schedule. The last pipeline stage's first tensor-
+loaded the way a job does it (parse_run_config, build_model_and_optimizer, MegatronCheckpointer.load),
+then run forward on fixed tokens through megatron-core's pipeline schedule. The last pipeline stage's first tensor-
 and data-parallel rank writes the logits, gathered over the vocabulary, to OUT/LAYOUT/logits_{i}.pt.
 The first source is also saved, at the last layout, as a training checkpoint in OUT/saved.
 One launch for every layout: starting processes costs more here than the work itself.
@@ -17,13 +17,11 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
-from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-from megatron_qwen.training import checkpoint
-from megatron_qwen.training.checkpoint import Checkpointer
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
+from megatron_qwen.training.megatron_engine import build_model_and_optimizer
 
 
 def forward_logits(model, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -74,10 +72,8 @@ def main():
             cfg = parse_run_config(PRETRAIN, flags + (["--save", os.path.join(a.out, "saved")] if save else []))
             init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
             # Random initial weights (megatron-core's own init): the load must overwrite every one.
-            model = wrap_for_training(build_model(cfg, initialize=False), cfg.parallel, False)
-            optimizer = build_optimizer(model, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
-            scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
-            checkpointer = Checkpointer(cfg, model, optimizer, scheduler)
+            model, optimizer, scheduler = build_model_and_optimizer(cfg, initialize=False)
+            checkpointer = MegatronCheckpointer(cfg, model, optimizer, scheduler)
             state = checkpointer.load()
             assert state.iteration == 0, state
             logits = forward_logits(model, tokens)
@@ -87,9 +83,6 @@ def main():
             if save:
                 checkpointer.save(state)
         parallel_state.destroy_model_parallel()  # the next layout regroups the same processes
-        # megatron-core stores the data-parallel group into the metadata dict it is handed, and
-        # training/checkpoint.py hands it a module-level dict: drop the old layout's group.
-        checkpoint._METADATA.pop("dp_cp_group", None)
     destroy_distributed()
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model import attention
 from megatron_qwen.model.builder import build_model
+from megatron_qwen.training.arguments import parse_run_config
 
 
 def sdpa_as_flash_attn(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):

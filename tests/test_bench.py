@@ -12,8 +12,8 @@ import sys
 import pytest
 from conftest import REPO, quiet_env
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.training.arguments import parse_run_config
 
 FIGURES = ("step time (median):", "tokens/s/GPU:", "TFLOP/s/GPU:", "MFU:", "peak memory:", "torch.compile:",
            "step breakdown")
@@ -64,7 +64,7 @@ def test_bench_train_figures_follow_from_its_timing(bench_run):
 
 def test_compiled_layers_keep_less_for_the_backward(tmp_path):
     """bench/bench_activations.py on the tiny shape: eager and compiled layers keep what the planner estimates
-    for each (the planner's own tolerance, tests/test_plan.py), and the compiled layer keeps less."""
+    for each (the planner's own tolerance, tests/test_memory.py), and the compiled layer keeps less."""
     out = tmp_path / "activations.json"
     proc = subprocess.run([sys.executable, "bench/bench_activations.py", "--model-size", "tiny", "--num-layers", "2",
                            "--json", str(out)], cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=300)

@@ -9,13 +9,16 @@ from conftest import REPO, quiet_env
 SCRIPT = r"""
 import dataclasses, sys, torch
 from megatron.core import dist_checkpointing
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
+from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.recipes import PRETRAIN
-from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
+from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-from megatron_qwen.training.checkpoint import Checkpointer, TrainState, load_weights
-from megatron_qwen.training.checkpoint_dirs import iteration_dir
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.checkpointing.directory import iteration_dir
+from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.weights import load_weights
+from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
+from megatron_qwen.training.megatron_engine import build_model_and_optimizer
 from megatron_qwen.training.step import train_step
 
 root = sys.argv[1]
@@ -23,9 +26,7 @@ cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--num-
                                   "--seq-length", "16", "--micro-batch-size", "2", "--global-batch-size", "2",
                                   "--lr", "1e-2", "--lr-warmup-iters", "0", "--train-iters", "2", "--save", root])
 init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-model = wrap_for_training(build_model(cfg), cfg.parallel, False)
-optimizer = build_optimizer(model, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
-scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
+model, optimizer, scheduler = build_model_and_optimizer(cfg)
 g = torch.Generator().manual_seed(0)
 tokens = torch.randint(0, cfg.model.vocab_size, (2, 17), generator=g)
 batch = {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(2, 16),
@@ -34,7 +35,7 @@ state = TrainState()
 for _ in range(2):
     train_step(model, optimizer, scheduler, [iter([batch])], 1, 16, 2, 2, torch.device("cpu"))
     state.advance(2, True)
-Checkpointer(cfg, model, optimizer, scheduler).save(state)
+MegatronCheckpointer(cfg, model, optimizer, scheduler).save(state)
 trained = {k: v.detach().clone() for k, v in unwrap(model[0]).named_parameters()}
 destroy_distributed()
 

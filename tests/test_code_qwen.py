@@ -14,7 +14,7 @@ CODE = ["--seq-length", "64", "--train-iters", "2", "--lr-warmup-iters", "1"]
 
 REFERENCE = r"""
 import json, sys, torch
-from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN_CODE
 from megatron_qwen.inference import load_model_for_inference
 from megatron_qwen.training.batches import collate

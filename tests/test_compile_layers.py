@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, wrap_for_training
+from megatron_qwen.training.arguments import parse_run_config
 
 
 @pytest.fixture

@@ -143,9 +143,9 @@ def test_splits_without_documents(sources, tok, tmp_path):
 
 def test_shards_of_ids_train_without_a_tokenizer(tmp_path):
     # --tokenizer-type NullTokenizer: shards of ids for another vocabulary (here 1024), read as they are.
-    from megatron_qwen.config.arguments import parse_run_config
     from megatron_qwen.config.errors import ConfigError
     from megatron_qwen.config.recipes import PRETRAIN, SFT
+    from megatron_qwen.training.arguments import parse_run_config
     from megatron_qwen.training.datasets import build_datasets
     from megatron_qwen.training.preflight import check_run
 

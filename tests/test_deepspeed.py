@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import REPO, quiet_env, torchrun
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.layout import unshard
+from megatron_qwen.training.arguments import parse_run_config
 
 WORKER = os.path.join(REPO, "tests", "parity", "deepspeed_worker.py")
 DS = ["--zero-engine", "deepspeed"]

@@ -9,10 +9,9 @@ import torch
 from conftest import torchrun
 from deepspeed.runtime import lr_schedules
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
-from megatron_qwen.config.zero import deepspeed_config
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.optimizer import build_scheduler
 
 TINY = ["--mock-data", "--model-size", "tiny", "--seq-length", "32"]
@@ -58,9 +57,7 @@ def _write(tmp_path, config: dict, name: str = "ds.json") -> str:
 
 
 def _effective(cfg, world_size: int) -> dict:
-    t = cfg.train
-    return deepspeed_config(cfg.zero, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(
-        world_size), t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
+    return cfg.effective_deepspeed_config(world_size)
 
 
 def test_deepspeed_flag_is_the_deepspeed_engine():

@@ -9,10 +9,10 @@ its update against torch's AdamW are bench/bench_deepspeed_adam.py's (max |w - t
 import pytest
 import torch
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.config.zero import ZeroSettings
 from megatron_qwen.training import deepspeed_optimizer
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.deepspeed_optimizer import CPU_ADAM, FUSED_ADAM, TORCH, build_optimizer, optimizer_kind
 
 DS = ["--mock-data", "--zero-engine", "deepspeed", "--lr", "3e-4", "--weight-decay", "0.05", "--adam-beta2", "0.95"]

@@ -21,7 +21,6 @@ import torch
 from conftest import REPO, quiet_env
 from test_hf_convert import convert
 
-from megatron_qwen.evaluation import sandbox
 from megatron_qwen.evaluation.benchmarks import select
 from megatron_qwen.evaluation.task_configs import write_task_configs
 
@@ -206,22 +205,6 @@ def test_generation_and_sandboxed_code_from_our_checkpoint(setup):
     assert passed == [1.0, 0.0, 0.0, 0.0]
     assert report["scores"]["humaneval"]["score"] == pytest.approx(25.0)
     assert os.listdir(setup.outside) == []
-
-
-def test_sandbox_contains_each_escape(tmp_path):
-    limits = sandbox.SandboxLimits(timeout_s=2)
-    assert sandbox.run_program("import os\nassert os.getuid() == 65534\nopen('mine.txt', 'w').write('ok')",
-                               limits).passed
-    loop = sandbox.run_program("import os\nos.fork()\nwhile True:\n    pass", limits)
-    assert loop == sandbox.Outcome(False, "timed out")
-    assert subprocess.run(["pgrep", "-u", "65534"], capture_output=True).returncode == 1  # nothing left running
-    bomb = sandbox.run_program("import os\nwhile True:\n    os.fork()", limits)
-    assert not bomb.passed
-    assert not sandbox.run_program("x = bytearray(4 * 2**30)", limits).passed
-    # root-owned and visible in the box (a checkout under /tmp would be hidden by the box's own /tmp)
-    target = os.path.join(os.path.dirname(os.__file__), "sandbox_escape.txt")
-    assert "Permission denied" in sandbox.run_program(f"open({target!r}, 'w').write('x')", limits).reason
-    assert not os.path.exists(target)
 
 
 def main_in_process(args, capsys):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TRACKER
 
-from megatron_qwen.config.arguments import build_parser, parse_run_config
 from megatron_qwen.config.recipes import RECIPES
+from megatron_qwen.training.arguments import build_parser, parse_run_config
 
 JOB_SCRIPTS = sorted((REPO / "examples").glob("*/qwen_*.sh"))
 HOSTS = ["gpu-a017", "gpu-a018", "gpu-b003", "gpu-b004"]

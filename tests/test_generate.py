@@ -17,12 +17,12 @@ import torch
 from conftest import REPO, TRACKER, quiet_env
 from test_hf_parity import hf_model
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.hf.layouts import to_hf_state_dict
 from megatron_qwen.inference.generate import Sampling, generation_defaults, penalize_repeats, sample_next
 from megatron_qwen.tokenizer import load_tokenizer, render_chat
+from megatron_qwen.training.arguments import parse_run_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -37,20 +37,22 @@ TOOL = [sys.executable, "tools/generate.py"]
 # findings, which the tests below judge.
 WORKER = r"""
 import dataclasses, json, sys, torch
-from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import KVCacheDecoder, Sampling, generate, load_model_for_inference
-from megatron_qwen.model.builder import build_model, wrap_for_training
+from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import init_distributed
-from megatron_qwen.training.checkpoint import Checkpointer, TrainState
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
+from megatron_qwen.training.megatron_engine import build_model_and_optimizer
 
 root, weights_file, flags = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = parse_run_config(PRETRAIN, [*flags, "--train-iters", "1", "--micro-batch-size", "1", "--global-batch-size",
                                   "1", "--save", root])
 init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-(model,) = build_model(cfg)
+ddp, optimizer, scheduler = build_model_and_optimizer(cfg)
+model = unwrap(ddp[0])
 # At the initialization's scale (std 0.02) the logits are nearly flat; unit-variance activations give
 # an untrained model that still prefers different tokens in different contexts.
 g = torch.Generator().manual_seed(5)
@@ -61,10 +63,7 @@ with torch.no_grad():
         else:  # norm weights around 1, QKV bias around 0
             p.add_(torch.randn(p.shape, generator=g), alpha=0.1)
 torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, weights_file)
-ddp = wrap_for_training([model], cfg.parallel, False)
-optimizer = build_optimizer(ddp, cfg.train.optim, bf16=False, use_distributed_optimizer=False)
-scheduler = build_scheduler(optimizer, cfg.train.optim, cfg.train.train_iters, cfg.train.global_batch_size)
-Checkpointer(cfg, ddp, optimizer, scheduler).save(TrainState(iteration=1))
+MegatronCheckpointer(cfg, ddp, optimizer, scheduler).save(TrainState(iteration=1))
 del model, ddp, optimizer, scheduler
 
 STOP = {151643, 151645}

@@ -19,10 +19,10 @@ from conftest import REPO, quiet_env, torchrun
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE
 from megatron_qwen.tokenizer.files import read_tokenizer_file
+from megatron_qwen.training.arguments import parse_run_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -172,9 +172,9 @@ def test_code_qwen_trains_past_seq_length_and_exports_its_own(tmp_path, capsys):
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert (config["seq_length"], config["max_position_embeddings"]) == (8192, 32768)
 
-    from megatron_qwen.config.arguments import parse_run_config
     from megatron_qwen.config.errors import ConfigError
     from megatron_qwen.config.recipes import PRETRAIN_CODE
+    from megatron_qwen.training.arguments import parse_run_config
 
     with pytest.raises(ConfigError, match="--seq-length 65536 exceeds --max-position-embeddings 32768"):
         parse_run_config(PRETRAIN_CODE, [*base, "--seq-length", "65536"]).validate(1)

@@ -8,11 +8,11 @@ import platform
 import pytest
 import torch
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.model.init import rank_slice
 from megatron_qwen.model.layout import global_param_names, unshard
+from megatron_qwen.training.arguments import parse_run_config
 
 # sha256 over (name, fp32 bytes) of every parameter of the tiny preset, recorded from model/init.py
 # before the GPU path was added (torch 2.13 CPU build, x86-64).

@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import REPO
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import KVCacheDecoder
@@ -26,6 +25,7 @@ from megatron_qwen.model.long_context import (
     window_mask,
     window_schedule,
 )
+from megatron_qwen.training.arguments import parse_run_config
 
 TRAIN = 16  # the tiny models' "training length"
 FLAGS = ["--mock-data", "--model-size", "tiny", "--seq-length", str(TRAIN)]
@@ -203,35 +203,3 @@ def test_chunked_perplexity_is_the_full_forward(model, ids):
     expected = torch.nn.functional.cross_entropy(full[:-1].double(), ids[1:], reduction="sum").item()
     assert count == ids.numel() - 1
     assert nll == pytest.approx(expected, rel=1e-5)
-
-
-def test_table3_data_is_renumbered_by_training_frequency(tmp_path):
-    # examples/long_context/prepare.py: the kept ids are the training text's most frequent, ranked by count;
-    # the held-out text uses the training map; everything else is the one "other" id; the .idx files stay.
-    import subprocess
-    import sys
-    from collections import Counter
-
-    import numpy as np
-
-    vocab = 512
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "long_context", "prepare.py"), "--out",
-                           str(tmp_path), "--vocab", str(vocab)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    held = {line for line in open(tmp_path / "corpus" / "heldout.jsonl")}
-    assert held and not held & set(open(tmp_path / "corpus" / "train.jsonl"))
-    other, rank_of = vocab - 1, {}
-    for name in ("train", "heldout"):
-        qwen = np.fromfile(tmp_path / "qwen_ids" / f"{name}_text_document.bin", dtype=np.int32)
-        ours = np.fromfile(tmp_path / "data" / f"{name}.bin", dtype=np.int32)
-        assert (tmp_path / "data" / f"{name}.idx").read_bytes() == \
-            (tmp_path / "qwen_ids" / f"{name}_text_document.idx").read_bytes()
-        assert len(ours) == len(qwen) and ours.min() >= 0 and ours.max() == other
-        if name == "train":
-            counts = Counter(qwen.tolist())
-            rank_of = {q: int(m) for q, m in zip(qwen.tolist(), ours.tolist()) if m != other}
-            assert sorted(rank_of.values()) == list(range(other))  # one id per rank
-            by_rank = [counts[q] for q, _ in sorted(rank_of.items(), key=lambda kv: kv[1])]
-            assert by_rank == sorted(by_rank, reverse=True)  # ranked by training count
-            assert min(by_rank) >= max(c for q, c in counts.items() if q not in rank_of)  # the most frequent kept
-        assert all(m == rank_of.get(q, other) for q, m in zip(qwen.tolist(), ours.tolist()))

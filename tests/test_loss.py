@@ -39,7 +39,7 @@ def test_loss_and_gradient_are_torch_cross_entropy(monkeypatch, dtype, chunk_row
 WORKER = r"""
 import torch, torch.distributed as dist, torch.nn.functional as F
 import megatron_qwen.model.loss as chunked
-from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.platform.distributed import init_distributed

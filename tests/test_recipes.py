@@ -1,12 +1,14 @@
-"""Recipe defaults follow the Qwen report, and the LR schedules are the ones it describes."""
+"""Recipe defaults follow the Qwen report, the LR schedules are the ones it describes, and docs/launching.md
+states the recipes' values."""
 
 import math
 import re
 
 import pytest
+from conftest import REPO
 
-from megatron_qwen.config.arguments import build_parser, parse_run_config
-from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH
+from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES, SFT, SFT_MATH
+from megatron_qwen.training.arguments import build_parser, parse_run_config
 from megatron_qwen.training.optimizer import build_scheduler
 
 
@@ -107,3 +109,44 @@ def test_pretrain_batch_is_four_million_tokens_for_published_sizes():
         t = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size]).train
         assert t.global_batch_size * t.seq_length == 2048 * 2048  # ~4M tokens
     assert parse_run_config(PRETRAIN, ["--mock-data", "--global-batch-size", "16"]).train.global_batch_size == 16
+
+
+NUMBER = r"(\d{1,3}(?:,\d{3})+|\d+)"  # 2048, 50,000
+LR = r"(\d+e-\d+)"
+
+
+def stated_claims(r):
+    """What a cell of docs/launching.md's job table may state, each as (pattern, check of its groups)."""
+    per_size_lr = {size.upper(): v["lr"] for size, v in r.per_size.items() if "lr" in v}
+    per_size_tokens = {v["global_batch_size"] * r.seq_length for v in r.per_size.values() if "global_batch_size" in v}
+    return [
+        (rf"LR {LR} \((\w+)\) / {LR} \((\w+)\)",
+         lambda a, s, b, t: {s: float(a), t: float(b)} == per_size_lr),
+        (rf"LR {LR}", lambda v: float(v) == r.lr),
+        (rf"seq {NUMBER}", lambda v: int(v) == r.seq_length),
+        (rf"batch {NUMBER}", lambda v: int(v) == r.global_batch_size),
+        (r"(\d+)M-token batches", lambda v: per_size_tokens == {int(v) * 2**20}),
+        (rf"warmup {NUMBER}", lambda v: int(v.replace(",", "")) == r.lr_warmup_iters),
+        (r"(\d+)% warmup", lambda v: int(v) / 100 == r.lr_warmup_fraction),
+        (r"cosine to (\d+)%", lambda v: r.lr_decay_style == "cosine" and int(v) / 100 == r.min_lr_ratio),
+        (r"no decay", lambda: r.lr_decay_style == "constant" and r.min_lr_ratio == 1.0),
+        (rf"{NUMBER} steps", lambda v: int(v.replace(",", "")) == r.train_iters),
+        (r"dropout (\d\.\d+)", lambda v: float(v) == r.hidden_dropout == r.attention_dropout),
+        (r"ChatML", lambda: r.data_format == "chatml"),
+        (r"weights only", lambda: r.finetune),
+    ]
+
+
+def test_launching_md_states_each_recipes_values():
+    """docs/launching.md's job table restates config/recipes.py: every figure in a job's cell is one of
+    the patterns above and equals its recipe's value, so the table cannot go stale unnoticed."""
+    text = (REPO / "docs" / "launching.md").read_text(encoding="utf-8")
+    cells = dict(re.findall(r"^\| [^|]+ \| `megatron_qwen\.(\w+)` \| (.+) \|$", text, re.MULTILINE))
+    assert set(cells) == set(RECIPES), cells
+    for name, cell in cells.items():
+        rest = cell
+        for pattern, check in stated_claims(RECIPES[name]):
+            for m in re.finditer(pattern, rest):
+                assert check(*m.groups()), f"docs/launching.md, {name}: {m.group(0)!r} is not config/recipes.py's"
+            rest = re.sub(pattern, "", rest)
+        assert not re.search(r"\d", rest), f"docs/launching.md, {name}: unchecked figures in {rest!r}"

@@ -8,8 +8,8 @@ import pytest
 import torch.distributed as dist
 from conftest import TRACKER
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.entry import main
 
 BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "4", "--seq-length", "32",

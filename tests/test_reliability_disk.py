@@ -1,11 +1,11 @@
 """A save does not start without room for it: the free space must hold another checkpoint the size
-of the last one (training/checkpoint_dirs.py: too_little_disk, checked by rank 0 before each save)."""
+of the last one (checkpointing/directory.py: too_little_disk, checked by rank 0 before each save)."""
 
 import os
 import types
 
-from megatron_qwen.training import checkpoint_dirs
-from megatron_qwen.training.checkpoint_dirs import TRACKER, too_little_disk, write_manifest
+from megatron_qwen.checkpointing import directory
+from megatron_qwen.checkpointing.directory import TRACKER, too_little_disk, write_manifest
 
 
 def _checkpoint(root, iteration: int, sizes: list[int]) -> int:
@@ -20,7 +20,7 @@ def _checkpoint(root, iteration: int, sizes: list[int]) -> int:
 
 
 def _free(monkeypatch, free: int) -> None:
-    monkeypatch.setattr(checkpoint_dirs.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=free))
+    monkeypatch.setattr(directory.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=free))
 
 
 def test_a_save_needs_room_for_the_last_checkpoint(tmp_path, monkeypatch):

@@ -110,7 +110,7 @@ def truncate_a_file(root: str) -> None:
     """Cut the largest file of the latest checkpoint in half, as a disk or a copy gone wrong would."""
     import os
 
-    from megatron_qwen.training.checkpoint_dirs import complete_iterations, iteration_dir, latest_iteration
+    from megatron_qwen.checkpointing.directory import complete_iterations, iteration_dir, latest_iteration
 
     assert complete_iterations(root) == [ITERS - 2, ITERS - 1, ITERS]  # --keep-last-checkpoints 3
     latest = iteration_dir(root, latest_iteration(root))

@@ -10,8 +10,6 @@ import pytest
 import torch
 from conftest import REPO, quiet_env
 
-from megatron_qwen.training.anomalies import INJECT_NAN_ENV
-
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
           "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
           "--hidden-dropout", "0", "--attention-dropout", "0", "--eval-interval", "1000"]
@@ -45,7 +43,7 @@ def metrics(path) -> dict[int, dict]:
 def skip_batch_in_checkpoint(ckpt_dir: str) -> None:
     """Make the checkpoint of the run that stopped before BAD_ITERATION resume after it, as if that
     batch had been read and its update never applied: data position advanced, LR schedule not."""
-    from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration, write_manifest
+    from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, write_manifest
 
     path = iteration_dir(ckpt_dir, latest_iteration(ckpt_dir))
     common = torch.load(f"{path}/common.pt", weights_only=False)
@@ -59,14 +57,14 @@ def test_nan_in_one_microbatch_skips_that_update_only(tmp_path):
     later losses equal those of a run whose checkpoint was edited to jump over that batch."""
     ckpt = str(tmp_path / "ckpt")
     jobs = [
-        {"name": "nan", "nproc": 2, "env": {INJECT_NAN_ENV: f"{BAD_ITERATION}:1"},
+        {"name": "nan", "nproc": 2, "nan_loss": {"iterations": [BAD_ITERATION], "dp_rank": 1},
          "argv": [*COMMON, "--train-iters", "7", "--metrics-file", str(tmp_path / "nan.jsonl")]},
         {"name": "before", "nproc": 2, "argv": [*COMMON, "--train-iters", "7", "--save", ckpt,
                                                 "--exit-interval", str(BAD_ITERATION - 1)]},
         {"name": "edit", "call": "test_reliability_nan:skip_batch_in_checkpoint", "args": [ckpt]},
         {"name": "after", "nproc": 2, "argv": [*COMMON, "--train-iters", "7", "--load", ckpt,
                                                "--metrics-file", str(tmp_path / "after.jsonl")]},
-        {"name": "streak", "nproc": 1, "env": {INJECT_NAN_ENV: "2,3,4:0"},
+        {"name": "streak", "nproc": 1, "nan_loss": {"iterations": [2, 3, 4], "dp_rank": 0},
          "argv": [*COMMON, "--train-iters", "6", "--max-skipped-iterations", "3"]},
     ]
     results = run_harness(jobs, tmp_path)
@@ -89,8 +87,8 @@ def test_nan_in_one_microbatch_skips_that_update_only(tmp_path):
 
 
 def test_spike_detector_flags_outliers_only():
-    from megatron_qwen.config.arguments import TrainSettings
     from megatron_qwen.config.optimizer import OptimizerSettings
+    from megatron_qwen.config.settings import TrainSettings
     from megatron_qwen.training.anomalies import StepHealth
 
     health = StepHealth(TrainSettings(1, 1, 1, 1, OptimizerSettings(), loss_spike_factor=2.0))

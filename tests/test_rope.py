@@ -6,10 +6,10 @@ tests/test_long_context.py."""
 import pytest
 import torch
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, build_on_meta
 from megatron_qwen.model.rope import UpcastForRope
+from megatron_qwen.training.arguments import parse_run_config
 
 
 def test_rotary_frequencies_stay_fp32_in_bf16(single_process):

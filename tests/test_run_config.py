@@ -1,8 +1,9 @@
 """The run configuration built from its dataclasses' flag declarations (config/flags.py): every flag of
 the hand-written parser it replaced, and checkpoints' stored configurations in older layouts."""
 
-from megatron_qwen.config.arguments import RunConfig, build_parser, parse_run_config
 from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.training.arguments import build_parser, parse_run_config
 
 # Every option string of the hand-written parser (config/arguments.py before the flags moved onto the
 # dataclasses), copied from its parser's actions.

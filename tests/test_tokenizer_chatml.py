@@ -9,6 +9,15 @@ from megatron_qwen.tokenizer import ChatFormatError, encode_chat, load_tokenizer
 S, E, NL = 151644, 151645, 198  # <|im_start|>, <|im_end|>, "\n"
 SYSTEM, USER, ASSISTANT = 8948, 872, 77091  # "system", "user", "assistant"
 HELPFUL = [2610, 525, 264, 10950, 17847, 13]  # "You are a helpful assistant." (Qwen's default system prompt)
+# "2+2?" answered "4" after the helpful-assistant system turn, and its mask: in system and user turns
+# <|im_start|>, <|im_end|> and "\n" are trained, role header and content not; in the assistant turn only
+# the role header ("assistant\n") is masked.
+TWO_PLUS_TWO_IDS = [S, SYSTEM, NL, *HELPFUL, E, NL,
+                    S, USER, NL, 17, 10, 17, 30, E, NL,
+                    S, ASSISTANT, NL, 19, E, NL]
+TWO_PLUS_TWO_MASK = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
+                     1, 0, 0, 0, 0, 0, 0, 1, 1,
+                     1, 0, 0, 1, 1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +32,8 @@ def test_system_user_assistant(tok):
         {"role": "assistant", "content": "4"},
     ]
     ids, mask = encode_chat(messages, tok)
-    assert ids == [S, SYSTEM, NL, *HELPFUL, E, NL,
-                   S, USER, NL, 17, 10, 17, 30, E, NL,
-                   S, ASSISTANT, NL, 19, E, NL]
-    # system/user: <|im_start|>, <|im_end|> and "\n" trained, role header and content not;
-    # assistant: only the role header ("assistant\n") masked.
-    assert mask == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
-                    1, 0, 0, 0, 0, 0, 0, 1, 1,
-                    1, 0, 0, 1, 1, 1]
+    assert ids == TWO_PLUS_TWO_IDS
+    assert mask == TWO_PLUS_TWO_MASK
 
 
 def test_default_system_turn_as_qwen_finetune(tok):
@@ -38,12 +41,8 @@ def test_default_system_turn_as_qwen_finetune(tok):
     # with the mask of any system turn: role header and content masked, the framing tokens trained.
     messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
     ids, mask = encode_chat(messages, tok)
-    assert ids == [S, SYSTEM, NL, *HELPFUL, E, NL,
-                   S, USER, NL, 17, 10, 17, 30, E, NL,
-                   S, ASSISTANT, NL, 19, E, NL]
-    assert mask == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1,
-                    1, 0, 0, 0, 0, 0, 0, 1, 1,
-                    1, 0, 0, 1, 1, 1]
+    assert ids == TWO_PLUS_TWO_IDS  # the same as with the system turn written out
+    assert mask == TWO_PLUS_TWO_MASK
     assert render_chat(messages).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
     # Turned off, and never added where a system turn exists.
     ids, mask = encode_chat(messages, tok, default_system=None)

@@ -1,4 +1,5 @@
-"""The training jobs end to end on CPU: resume, layout changes, multi-node launch, Code-Qwen start."""
+"""The training job end to end on CPU: its metrics file, resume (also after SIGTERM), a checkpoint loaded at
+another layout, a two-node launch, and a resume with another batch or shape refused."""
 
 import json
 import subprocess
@@ -114,25 +115,6 @@ def test_resume_with_another_model_shape_is_refused_before_any_process_group(che
     last = proc.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: "), proc.stderr[-3000:]
     assert "hidden size 64 saved, 128 asked (--hidden-size)" in last[0], last[0]
-
-
-def test_tensorboard_and_offline_wandb(tmp_path):
-    env = quiet_env(WANDB_API_KEY="", HOME=str(tmp_path))  # no key, no ~/.netrc: offline
-    env.pop("WANDB_MODE", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_qwen.pretrain", *COMMON, "--train-iters", "3",
-         "--global-batch-size", "4", "--tensorboard-dir", str(tmp_path / "tb"),
-         "--wandb-project", "megatron-qwen-test", "--wandb-save-dir", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tmp_path / "tb"))
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("train/lm_loss")] == [1, 2, 3]
-    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
 
 
 def test_sigterm_saves_and_the_resumed_run_loses_no_step(tmp_path):

@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 
+from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import parse_size
@@ -27,8 +28,6 @@ from megatron_qwen.hf.layouts import check_layout
 from megatron_qwen.hf.source import is_hf_dir, open_hf
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError
-from megatron_qwen.training.checkpoint_dirs import TRACKER
-from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
 
 
 def build_parser() -> OneLineErrorParser:
@@ -70,7 +69,7 @@ def convert(args) -> str:
         if args.hf_layout is not None or args.dtype is not None:
             raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint: convert it to ours first (no "
                               "--hf-layout or --dtype), then export that")
-        from megatron_qwen.training.deepspeed_checkpoint import convert_to_megatron
+        from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
 
         ckpt = convert_to_megatron(src, args.save_dir)
         return f"DeepSpeed ZeRO -> ours: {ckpt} (fp32 master weights, loadable at any layout as weights only)"

@@ -1,5 +1,5 @@
 """Perplexity past the training length, with and without Qwen's long-context techniques (Table 3 of the
-Qwen report; docs/long_context.md).
+Qwen report: report section 2.5, docs/qwen.md section 7; docs/long_context.md).
 
     python tools/eval_long_context.py --load /models/Qwen-7B --data-path data/arxiv_text_document \\
         --train-length 2048 --lengths 1024 2048 4096 8192 16384 --output table3.png

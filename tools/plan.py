@@ -13,11 +13,11 @@ import dataclasses
 import itertools
 import sys
 
-from megatron_qwen.config.arguments import RunConfig, parse_run_config
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.memory import (
     COMPILED_LAYER_BACKENDS,
     GIB,
@@ -33,6 +33,7 @@ from megatron_qwen.model.memory import (
 )
 from megatron_qwen.model.zero_memory import zero_suffix
 from megatron_qwen.platform.backends import BACKEND_FLAGS
+from megatron_qwen.training.arguments import parse_run_config
 
 SHAPE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--vocab-size")
 

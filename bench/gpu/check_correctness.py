@@ -48,7 +48,7 @@ from megatron.core.transformer.identity_op import IdentityOp
 
 from megatron_qwen.model.builder import unwrap
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
-from megatron_qwen.platform.distributed import on_gpu
+from megatron_qwen.platform.distributed import compute_device, on_gpu
 
 STEPS, QUICK_STEPS = 5, 2
 TINY = ["--model-size", "tiny", "--seq-length", "128", "--micro-batch-size", "2", "--global-batch-size", "4",
@@ -65,13 +65,9 @@ def probe_tokens(seq: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def logits_of(model, seq: int) -> torch.Tensor:
-    tokens, positions = (t.to(_device()) for t in probe_tokens(seq))
+    tokens, positions = (t.to(compute_device()) for t in probe_tokens(seq))
     with torch.no_grad():
         return model(tokens, positions, None).float().cpu()
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
 
 
 def run_tiny(extra: list[str], steps: int) -> dict:
@@ -100,7 +96,7 @@ def check(name: str, value: float, tolerance: float, metric: str) -> dict:
 def rope_tensor_errors(seq: int, heads: int = 16, head_dim: int = 128) -> dict:
     """A 1.8B-shaped query and key (16 heads of 128) in bf16, rotated by megatron-core's unfused RoPE in
     bf16 (stock) and in fp32 then rounded (ours), each against the exact fp32 rotation of the same input."""
-    device = _device()
+    device = compute_device()
     freqs = RotaryEmbedding(kv_channels=head_dim, rotary_percent=1.0, rotary_base=10000)(seq).to(device)
     config = unwrap(build_session(TINY, 1).model[0]).config  # the unfused path's flags, as the model has them
     g = torch.Generator().manual_seed(0)
@@ -140,8 +136,8 @@ def rope_model_errors(seq: int = 512) -> dict:
 def loss_checks(tokens: int) -> list[dict]:
     """The chunked loss as training runs it on this device, at Qwen's vocabulary, against torch's in fp64."""
     g = torch.Generator().manual_seed(0)
-    logits = (4 * torch.randn(tokens, 1, VOCAB, generator=g)).to(_device())
-    target = torch.randint(0, VOCAB, (tokens, 1), generator=g).to(_device())
+    logits = (4 * torch.randn(tokens, 1, VOCAB, generator=g)).to(compute_device())
+    target = torch.randint(0, VOCAB, (tokens, 1), generator=g).to(compute_device())
 
     def ours(x, t):
         return vocab_parallel_cross_entropy(x, t, parallel_state.get_tensor_model_parallel_group(), on_gpu())
@@ -169,11 +165,12 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
     steps = len(ref["losses"])
     checks = []
     fp32 = {}
+    device = compute_device().type
     for backend in ("local", "sdpa"):
         fp32[backend] = run_tiny(["--transformer-impl", backend], steps)
-        checks.append(check(f"{_device().type} fp32 {backend} vs CPU fp32 local: logits", rel_max(
+        checks.append(check(f"{device} fp32 {backend} vs CPU fp32 local: logits", rel_max(
             fp32[backend]["logits"], ref["logits"]), TOL_DEVICE_VS_CPU, "max abs diff / max abs"))
-        checks.append(check(f"{_device().type} fp32 {backend} vs CPU fp32 local: {steps}-step losses", worst_loss_rel(
+        checks.append(check(f"{device} fp32 {backend} vs CPU fp32 local: {steps}-step losses", worst_loss_rel(
             fp32[backend]["losses"], ref["losses"]), TOL_DEVICE_VS_CPU, "worst relative"))
     bf16_local = None
     # each back end, and sdpa with each layer compiled (model/compile.py: inductor's kernels, here Triton's)

@@ -1,6 +1,6 @@
 """The built-in demo: the whole path on one CPU machine, no download but the tokenizer.
 
-    python examples/demo/run_demo.py                 # ~7 minutes on 2 idle CPU cores
+    python examples/demo/run_demo.py                 # minutes on a CPU (examples/demo/README.md)
     python examples/demo/run_demo.py --quick         # a smoke run (tests)
     python examples/demo/run_demo.py --record        # also record its figures (figures.txt here)
     python examples/demo/run_demo.py --quick --record    # and the quick run's (figures-quick.txt)
@@ -40,8 +40,8 @@ MARKER = ".megatron_qwen_demo"  # only a directory carrying this is ever wiped
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much of everything. FULL measured 427 s on 2 idle CPU cores (666 s with other jobs
-    running), inside the 15-minute budget."""
+    """How much of everything. FULL is sized to stay inside the demo's 15-minute budget on a 2-core CPU
+    (its measured time: examples/demo/README.md)."""
 
     name: str  # "full" or "quick"
     code_chars: int  # characters of standard-library code in the corpus

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Table 3 of the Qwen report reproduced on a small Qwen trained here (docs/long_context.md):
-# data (prepare.py), training at 128 tokens until the validation loss flattens, then perplexity at
-# 1x-16x the training length with each technique. About 16 minutes on 2 quiet CPU cores.
+# Table 3 of the Qwen report (report section 2.5, docs/qwen.md section 7) reproduced on a small Qwen trained
+# here (docs/long_context.md, which also says how long it takes): data (prepare.py), training at 128 tokens
+# until the validation loss flattens, then perplexity at 1x-16x the training length with each technique.
 #   bash examples/long_context/table3.sh [OUT_DIR]      (default runs/long_context)
 # The table goes to examples/long_context/table3.md, which docs/long_context.md quotes (tests check it):
 # commit it with the docs after any change of the numerics.

@@ -1,42 +1,16 @@
-"""A user's DeepSpeed JSON (--deepspeed_config, as Megatron-DeepSpeed's scripts pass it) read for the
-flags it stands in for (docs/zero.md).
-
-Its batch sizes, gradient clipping, bf16, and its ``optimizer`` and ``scheduler`` sections become our
-flags' values where the flag is unset; a flag that says otherwise is an error naming both. The two
-sections are then taken out of what DeepSpeed sees: our AdamW and megatron-core's LR schedule run the
-numbers. What has no counterpart here is refused, naming the key.
-"""
+"""A user's DeepSpeed JSON (--deepspeed_config, as Megatron-DeepSpeed's scripts pass it): read and checked
+(config/deepspeed_flags.py maps it onto our flags, config/zero.py lays our values over it for DeepSpeed)."""
 
 import json
-import math
 
 from megatron_qwen.config.errors import ConfigError
 
-# The keys the section may carry; DeepSpeed's Adam is AdamW unless adam_w_mode is false.
-ADAM_TYPES = ("adam", "adamw")
-ADAM_PARAMS = ("lr", "betas", "eps", "weight_decay", "adam_w_mode", "bias_correction", "amsgrad", "torch_adam",
-               "max_grad_norm")
-# DeepSpeed's scheduler -> megatron-core's decay style after the warmup (deepspeed/runtime/lr_schedules.py).
-SCHEDULE_STYLES = {"WarmupLR": "constant", "WarmupDecayLR": "linear", "WarmupCosineLR": "cosine"}
-SCHEDULE_PARAMS = {
-    "WarmupLR": ("warmup_min_lr", "warmup_max_lr", "warmup_num_steps", "warmup_type", "last_batch_iteration"),
-    "WarmupDecayLR": ("warmup_min_lr", "warmup_max_lr", "warmup_num_steps", "warmup_type", "last_batch_iteration",
-                      "total_num_steps"),
-    "WarmupCosineLR": ("warmup_min_ratio", "warmup_num_steps", "cos_min_ratio", "warmup_type", "last_batch_iteration",
-                       "total_num_steps"),
-}
 # Sections that change what is trained on or how, with nothing here to carry them out when enabled.
 UNBUILT_WHEN_ENABLED = {
     "fp16": "fp16 with loss scaling is not built here: train in bf16 (--bf16, or \"bf16\": {\"enabled\": true})",
     "curriculum_learning": "sequence-length curriculum needs Megatron-DeepSpeed's data pipeline",
     "data_efficiency": "curriculum sampling and random-LTD need Megatron-DeepSpeed's data pipeline",
 }
-# argparse dest -> flag, for the messages.
-FLAGS = {"global_batch_size": "--global-batch-size", "micro_batch_size": "--micro-batch-size",
-         "clip_grad": "--clip-grad", "lr": "--lr", "adam_beta1": "--adam-beta1", "adam_beta2": "--adam-beta2",
-         "adam_eps": "--adam-eps", "weight_decay": "--weight-decay", "torch_adamw": "--use-torch-adamw",
-         "lr_warmup_iters": "--lr-warmup-iters", "lr_warmup_init": "--lr-warmup-init", "min_lr": "--min-lr",
-         "lr_decay_style": "--lr-decay-style", "lr_decay_iters": "--lr-decay-iters"}
 
 
 def read_json(path: str) -> dict:
@@ -64,127 +38,3 @@ def passed_to_deepspeed(user: dict) -> dict:
 def said(value):
     """A JSON value that says something: Hugging Face-style configs write "auto" for "fill in for me"."""
     return None if value == "auto" else value
-
-
-def fill_unset_flags(args, user: dict, path: str, default_lr: float) -> None:
-    """Give each flag the JSON stands in for its value where the flag is unset (an argparse namespace,
-    changed in place); a flag given otherwise is an error naming both. ``default_lr``: the recipe's."""
-    found: dict[str, tuple[str, object]] = {}  # dest -> (JSON key, value)
-    _put(found, path, "global_batch_size", "train_batch_size", said(user.get("train_batch_size")))
-    _put(found, path, "micro_batch_size", "train_micro_batch_size_per_gpu",
-         said(user.get("train_micro_batch_size_per_gpu")))
-    _put(found, path, "clip_grad", "gradient_clipping", said(user.get("gradient_clipping")))
-    if isinstance(user.get("bf16"), dict) and user["bf16"].get("enabled") is True:
-        args.bf16 = True  # no flag turns bf16 off, so nothing to contradict
-    if "optimizer" in user:
-        _optimizer(found, path, user["optimizer"])
-    if "scheduler" in user:
-        lr = next(v for v in (args.lr, found.get("lr", (None, None))[1], default_lr) if v is not None)
-        _scheduler(found, path, user["scheduler"], lr)
-    if "lr_warmup_iters" in found and args.lr_warmup_fraction is not None:
-        raise ConfigError(f"--lr-warmup-fraction {args.lr_warmup_fraction} contradicts "
-                          f"{found['lr_warmup_iters'][0]} in --deepspeed_config {path}; drop one of them")
-    for dest, (key, value) in found.items():
-        given = getattr(args, dest)
-        if given is None or given is False:
-            setattr(args, dest, value)
-        elif not _same(given, value):
-            raise ConfigError(f"{FLAGS[dest]} {given} contradicts {key} = {value} in --deepspeed_config {path}; "
-                              "drop one of them")
-
-
-def _put(found: dict, path: str, dest: str, key: str, value, overrides: bool = False) -> None:
-    """Record that JSON ``key`` gives flag ``dest`` this value; ``overrides``: it wins over an earlier key
-    (DeepSpeed's scheduler sets the LR whatever the optimizer section says)."""
-    if value is None:
-        return
-    if dest in found and not overrides and not _same(found[dest][1], value):
-        other, theirs = found[dest]
-        raise ConfigError(f"--deepspeed_config {path} sets {other} = {theirs} and {key} = {value}, which mean "
-                          f"the same ({FLAGS[dest]}): make them agree")
-    found[dest] = (key, value)
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
-    return a == b
-
-
-def _params(path: str, section: str, body, allowed: tuple) -> dict:
-    params = body.get("params", {}) if isinstance(body, dict) else None
-    if not isinstance(params, dict):
-        raise ConfigError(f"--deepspeed_config {path}: {section} must be an object with \"type\" and \"params\"")
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"--deepspeed_config {path}: {section}.params.{key} has no counterpart in this "
-                              f"project's {'AdamW' if section == 'optimizer' else 'LR schedule'}; remove it")
-    return {k: said(v) for k, v in params.items()}
-
-
-def _optimizer(found: dict, path: str, body) -> None:
-    kind = body.get("type") if isinstance(body, dict) else None
-    if not isinstance(kind, str) or kind.lower() not in ADAM_TYPES:
-        raise ConfigError(f"--deepspeed_config {path}: optimizer.type {kind!r} is not AdamW, the optimizer this "
-                          "project trains with; use \"AdamW\" (or \"Adam\") or remove the section")
-    p = _params(path, "optimizer", body, ADAM_PARAMS)
-    if p.get("weight_decay") and kind.lower() == "adam" and p.get("adam_w_mode") is False:
-        raise ConfigError(f"--deepspeed_config {path}: optimizer.params.adam_w_mode = false with weight_decay asks "
-                          "for L2-regularised Adam; this project's Adam decouples weight decay (AdamW): drop it")
-    for key, wanted in (("bias_correction", True), ("amsgrad", False)):
-        if p.get(key, wanted) != wanted:
-            raise ConfigError(f"--deepspeed_config {path}: optimizer.params.{key} = {p[key]} is not built here "
-                              f"(AdamW with {key} {str(wanted).lower()}); remove it")
-    betas = p.get("betas")
-    if betas is not None and (not isinstance(betas, list) or len(betas) != 2):
-        raise ConfigError(f"--deepspeed_config {path}: optimizer.params.betas must be [beta1, beta2]")
-    for dest, key, value in (("lr", "lr", p.get("lr")), ("eps", "eps", p.get("eps")),
-                             ("weight_decay", "weight_decay", p.get("weight_decay")),
-                             ("clip_grad", "max_grad_norm", p.get("max_grad_norm")),
-                             ("torch_adamw", "torch_adam", p.get("torch_adam") or None),
-                             ("adam_beta1", "betas[0]", betas and betas[0]),
-                             ("adam_beta2", "betas[1]", betas and betas[1])):
-        _put(found, path, "adam_eps" if dest == "eps" else dest, f"optimizer.params.{key}", value)
-
-
-def _scheduler(found: dict, path: str, body, lr: float) -> None:
-    """DeepSpeed's three warmup schedules are megatron-core's linear warmup from an initial LR followed by
-    constant, linear or cosine decay (docs/zero.md: same LR at every scheduler step, checked against
-    DeepSpeed's classes)."""
-    kind = body.get("type") if isinstance(body, dict) else None
-    if kind not in SCHEDULE_STYLES:
-        raise ConfigError(f"--deepspeed_config {path}: scheduler.type {kind!r} has no counterpart in this project's "
-                          f"LR schedule ({', '.join(SCHEDULE_STYLES)} map onto it); use one of them or remove it")
-    p = _params(path, "scheduler", body, SCHEDULE_PARAMS[kind])
-    key = "scheduler.params."
-    if p.get("warmup_type", "log") != "linear":
-        default = "" if "warmup_type" in p else " (DeepSpeed's default)"
-        raise ConfigError(f"--deepspeed_config {path}: {key}warmup_type {p.get('warmup_type', 'log')!r}{default} has "
-                          "no counterpart in megatron-core's schedule, whose warmup is linear; set "
-                          "\"warmup_type\": \"linear\"")
-    if p.get("last_batch_iteration", -1) != -1:
-        raise ConfigError(f"--deepspeed_config {path}: {key}last_batch_iteration: a resume takes the schedule's "
-                          "position from the checkpoint (--load); remove it")
-    if kind != "WarmupLR" and "total_num_steps" not in p:
-        raise ConfigError(f"--deepspeed_config {path}: {kind} needs {key}total_num_steps")
-    steps = p.get("warmup_num_steps", 1000)
-    if steps is not None:
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"--deepspeed_config {path}: {key}warmup_num_steps must be a positive integer")
-        _put(found, path, "lr_warmup_iters", key + "warmup_num_steps", max(2, steps))  # DeepSpeed's own floor
-    _put(found, path, "lr_decay_style", "scheduler.type", SCHEDULE_STYLES[kind])
-    _put(found, path, "lr_decay_iters", key + "total_num_steps", p.get("total_num_steps"))
-    if kind == "WarmupCosineLR":  # ratios of the optimizer's LR
-        _put(found, path, "lr_warmup_init", key + "warmup_min_ratio", _times(p.get("warmup_min_ratio", 0.0), lr))
-        _put(found, path, "min_lr", key + "cos_min_ratio", _times(p.get("cos_min_ratio", 0.0001), lr))
-        return
-    peak = p.get("warmup_max_lr", None if kind == "WarmupLR" else 0.001)  # DeepSpeed's defaults
-    said_peak = key + "warmup_max_lr" + ("" if "warmup_max_lr" in p else " (DeepSpeed's default)")
-    _put(found, path, "lr", said_peak, peak, overrides=True)
-    _put(found, path, "lr_warmup_init", key + "warmup_min_lr", p.get("warmup_min_lr", 0.0))
-    if kind == "WarmupDecayLR":  # decays back to where the warmup started
-        _put(found, path, "min_lr", key + "warmup_min_lr", p.get("warmup_min_lr", 0.0))
-
-
-def _times(ratio, lr: float):
-    return None if ratio is None else ratio * lr

@@ -1,4 +1,4 @@
-"""Training recipes: the defaults of each job, taken from the Qwen report (sections 2-5; docs/qwen.md 3-6).
+"""Training recipes: the defaults of each job, from the Qwen report (each recipe cites its sections).
 
 A recipe only sets defaults; every field can be overridden by its Megatron-style flag. AdamW's
 betas, epsilon, weight decay and clipping are the same in every job: config/optimizer.py.

@@ -163,7 +163,7 @@ def _engine(args) -> str:
 
 def read_user_config(path: str) -> dict:
     """The part of a user's DeepSpeed JSON that DeepSpeed itself gets (its optimizer and scheduler
-    sections are our flags' values by now: deepspeed_json.fill_unset_flags)."""
+    sections are our flags' values by now: deepspeed_flags.fill_unset_flags)."""
     return passed_to_deepspeed(read_json(path))
 
 

@@ -148,39 +148,23 @@ def build_stages(cfg: CurateConfig, steps: tuple[str, ...] = STEPS) -> list[Stag
     else:  # a step run alone: as many tasks as the files its input folder holds
         raw, files = None, len(step_input_files(cfg, steps[0]))
     tasks = cfg.tasks or max(files, 1)
-    fz = cfg.fuzzy
-    bands, _ = fz.band_rows()
-    work = lambda *p: cfg.folder("work", *p)  # noqa: E731
     stages = []
     for step in steps:
         if step == "extract":
             stages.append(Stage("extract", step, [raw, HtmlExtraction(make_extractor(cfg.extractor)),
                                                   LanguageTagger(cfg.languages), writer(cfg, step)], tasks))
         elif step == "exact":
-            stages += [
-                Stage("exact_signature", step, [reader(cfg, "extract"), exact.exact_signature(work("exact_sigs"))],
-                      tasks),
-                Stage("exact_find", step, [exact.exact_find(work("exact_sigs"), work("exact_dups"))], 1),
-                Stage("exact_filter", step, [reader(cfg, "extract"), exact.exact_filter(work("exact_dups")),
-                                             writer(cfg, step)], tasks)]
+            stages += exact_stages(cfg, tasks)
         elif step == "fuzzy":
-            stages += [
-                Stage("fuzzy_signature", step, [reader(cfg, "exact"), fuzzy.MinhashSignature(work("minhash_sigs"), fz)],
-                      tasks),
-                Stage("fuzzy_buckets", step, [fuzzy.minhash_buckets(work("minhash_sigs"), work("minhash_buckets"), fz)],
-                      bands),
-                Stage("fuzzy_cluster", step, [fuzzy.VerifiedMinhashCluster(work("minhash_sigs"),
-                                                                           work("minhash_buckets"),
-                                                                           work("minhash_remove"), fz)], 1),
-                Stage("fuzzy_filter", step, [reader(cfg, "exact"), fuzzy.minhash_filter(work("minhash_remove")),
-                                             writer(cfg, step)], tasks)]
+            stages += fuzzy_stages(cfg, tasks)
         elif step == "quality":
             stages.append(Stage("quality", step, [reader(cfg, "fuzzy"), quality.QualityFilter(rules, scorer),
                                                   writer(cfg, step)], tasks))
         elif step == "decont":
             if cfg.eval_data:
-                stages.append(Stage("decont_index", step, [decont.EvalNgramIndexer(cfg.eval_data, work("decont"))], 1))
-                check = [decont.decont_filter(work("decont"))]
+                index = cfg.folder("work", "decont")
+                stages.append(Stage("decont_index", step, [decont.EvalNgramIndexer(cfg.eval_data, index)], 1))
+                check = [decont.decont_filter(index)]
             else:
                 check = []  # no evaluation sets: the step copies its input
             stages.append(Stage("decont", step, [reader(cfg, "quality"), *check, writer(cfg, step)], tasks))
@@ -195,6 +179,27 @@ def build_stages(cfg: CurateConfig, steps: tuple[str, ...] = STEPS) -> list[Stag
         else:
             raise ConfigError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
     return stages
+
+
+def exact_stages(cfg: CurateConfig, tasks: int) -> list[Stage]:
+    """Exact dedup: each document's signature, the duplicates among all of them (one task), the filter."""
+    sigs, dups = cfg.folder("work", "exact_sigs"), cfg.folder("work", "exact_dups")
+    return [Stage("exact_signature", "exact", [reader(cfg, "extract"), exact.exact_signature(sigs)], tasks),
+            Stage("exact_find", "exact", [exact.exact_find(sigs, dups)], 1),
+            Stage("exact_filter", "exact", [reader(cfg, "extract"), exact.exact_filter(dups), writer(cfg, "exact")],
+                  tasks)]
+
+
+def fuzzy_stages(cfg: CurateConfig, tasks: int) -> list[Stage]:
+    """MinHash dedup: signatures, LSH buckets (one task per band), verified clusters (one task), the filter."""
+    fz = cfg.fuzzy
+    bands, _ = fz.band_rows()
+    sigs, buckets, remove = (cfg.folder("work", name) for name in ("minhash_sigs", "minhash_buckets", "minhash_remove"))
+    return [Stage("fuzzy_signature", "fuzzy", [reader(cfg, "exact"), fuzzy.MinhashSignature(sigs, fz)], tasks),
+            Stage("fuzzy_buckets", "fuzzy", [fuzzy.minhash_buckets(sigs, buckets, fz)], bands),
+            Stage("fuzzy_cluster", "fuzzy", [fuzzy.VerifiedMinhashCluster(sigs, buckets, remove, fz)], 1),
+            Stage("fuzzy_filter", "fuzzy", [reader(cfg, "exact"), fuzzy.minhash_filter(remove), writer(cfg, "fuzzy")],
+                  tasks)]
 
 
 @dataclass

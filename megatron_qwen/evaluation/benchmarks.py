@@ -1,5 +1,5 @@
 """The benchmarks of the Qwen report's Table 2, each with the report's shot count and the lm-eval task
-configuration it is built from (docs/qwen.md, "Benchmark settings")."""
+configuration it is built from (docs/qwen.md section 10)."""
 
 from __future__ import annotations
 

@@ -42,8 +42,8 @@ def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
                           "runs in a sandbox: docs/evaluation.md), or leave them out of --tasks")
     if code:
         check_sandbox_available()
+    from megatron_qwen.checkpointing.directory import TRACKER
     from megatron_qwen.hf.source import is_hf_dir
-    from megatron_qwen.training.checkpoint_dirs import TRACKER
 
     if not (is_hf_dir(cfg.load) or os.path.isfile(os.path.join(cfg.load, TRACKER))):
         what = "does not exist" if not os.path.exists(cfg.load) else f"has neither config.json nor {TRACKER}"

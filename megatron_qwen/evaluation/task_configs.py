@@ -20,7 +20,8 @@ from megatron_qwen.evaluation.local_data import split_files
 MMLU_PROMPT = "{{question.strip()}}\nA. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\nAnswer:"  # lm-eval's, our columns
 LETTER_INDEX = "{{['A', 'B', 'C', 'D'].index(answer)}}"
 HERE = "megatron_qwen.evaluation"
-# lm-eval's task file each benchmark's tasks include (the few-shot ones: the report's Table 2 settings)
+# lm-eval's task file each benchmark's tasks include (the few-shot ones: the report's Table 2 settings,
+# docs/qwen.md section 10)
 LM_EVAL_FILES = {"mmlu": "mmlu/default/mmlu_{subject}.yaml", "ceval": "ceval/ceval-valid_{subject}.yaml",
                  "gsm8k": "gsm8k/gsm8k-cot.yaml", "bbh": "bbh/fewshot/{subject}.yaml",
                  "math": "minerva_math/minerva_math_{math_task}.yaml"}

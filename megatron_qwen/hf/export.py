@@ -15,10 +15,11 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from tqdm import tqdm
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, staged_directory
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.hf.files import SafetensorsWriter, staged_directory
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.hf.files import SafetensorsWriter
 from megatron_qwen.hf.layouts import (
     check_layout,
     generation_config,
@@ -31,7 +32,6 @@ from megatron_qwen.hf.tokenizer_files import write_tokenizer_files
 from megatron_qwen.model.layout import LAYER_NAME, TE_NORM_PREFIXES
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.tokenizer.files import read_tokenizer_file
-from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -14,10 +14,7 @@ the writer never holds more than the one tensor it is given.
 
 import json
 import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 
 import torch
 
@@ -236,20 +233,3 @@ class SafetensorsWriter:
                 json.dump({"metadata": {"total_size": self.total_size}, "weight_map": weight_map}, f, indent=2)
             return [*self._files, SAFETENSORS_INDEX]
         return list(self._files)
-
-
-@contextmanager
-def staged_directory(destination: str, flag: str = "--save-dir"):
-    """A fresh directory next to ``destination``, renamed to it when the block completes; removed
-    if the block fails, so ``destination`` only ever appears whole."""
-    if os.path.exists(destination):
-        raise ConfigError(f"{flag} {destination} already exists; pass a new directory (nothing is overwritten)")
-    parent = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(destination)) + ".partial-", dir=parent)
-    try:
-        yield staging
-        os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

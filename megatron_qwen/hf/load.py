@@ -6,19 +6,17 @@ only its tensor-parallel rows or columns (every TP slice of a Hugging Face piece
 contiguous block), so a rank's reads add up to its share of the model, not the whole of it.
 """
 
-import os
-
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from tqdm import tqdm
 
+from megatron_qwen.checkpointing.weights import save_weights_only
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.hf.files import HFWeights, staged_directory
+from megatron_qwen.hf.files import HFWeights
 from megatron_qwen.hf.layouts import Piece, pieces, to_ours
-from megatron_qwen.hf.source import open_hf, write_import_marker
+from megatron_qwen.hf.source import open_hf
 from megatron_qwen.model.builder import unwrap
 from megatron_qwen.model.layout import global_param_names
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir
 
 
 def _piece_index(piece: Piece, shape: tuple[int, ...], dim: int | None, tp_rank: int, tp_size: int):
@@ -68,13 +66,12 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
     (a --save directory holding iteration 0) that any job --loads at any layout as weights only.
     ``dtype`` "bf16" or "fp32" (default: bf16 if the weights are all bf16, else fp32, so fp16
     weights widen losslessly). Returns the iteration directory."""
-    from megatron_qwen.config.arguments import RunConfig
     from megatron_qwen.config.model import BuildSettings
     from megatron_qwen.config.recipes import PRETRAIN
+    from megatron_qwen.config.run import RunConfig
     from megatron_qwen.config.settings import CheckpointSettings, DataSettings, TrainSettings
     from megatron_qwen.model.builder import build_on_meta
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-    from megatron_qwen.training.checkpoint import _model_state  # the exact sharded layout training saves
 
     model, layout, weights = open_hf(source)
     if dtype is None:
@@ -93,15 +90,6 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
         # Shapes without initial values: every parameter is overwritten from the files.
         chunks = [chunk.to_empty(device="cpu") for chunk in build_on_meta(cfg)]
         fill_chunks(weights, layout, cfg.model.head_dim, chunks, progress=True)
-        with staged_directory(destination) as staging:
-            ckpt_dir = iteration_dir(staging, 0)
-            os.makedirs(ckpt_dir)
-            state = _model_state(chunks)
-            state.update(run_config=cfg.to_dict(), layout={"tp": 1, "pp": 1, "dp": 1})
-            dist_checkpointing.save(state, ckpt_dir)
-            write_import_marker(ckpt_dir, source, layout, cfg.model)
-            with open(os.path.join(staging, TRACKER), "w") as f:
-                f.write("0")
+        return save_weights_only(destination, 0, chunks[0], cfg, source, layout)
     finally:
         destroy_distributed()
-    return iteration_dir(destination, 0)

@@ -3,39 +3,18 @@ model, or a checkpoint converted from one (tools/convert_checkpoint.py). Both ho
 and fix the model's shape; neither needs megatron-core to be recognized.
 """
 
-import json
 import os
 import sys
-from dataclasses import asdict
 
+from megatron_qwen.checkpointing.directory import import_marker
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QwenModelConfig, model_preset
 from megatron_qwen.hf.files import HFWeights
 from megatron_qwen.hf.layouts import IGNORED_SUFFIXES, LAYOUTS, hf_shapes, read_hf_config
-from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
-
-IMPORT_MARKER = "hf_import.json"  # in the iteration directory of a converted checkpoint
 
 
 def is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def _marker(load: str) -> dict | None:
-    iteration = latest_iteration(load) if os.path.isdir(load) else None
-    path = os.path.join(iteration_dir(load, iteration), IMPORT_MARKER) if iteration is not None else None
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e}); convert the Hugging Face model again") from None
-
-
-def write_import_marker(ckpt_dir: str, source: str, layout: str, cfg: QwenModelConfig) -> None:
-    with open(os.path.join(ckpt_dir, IMPORT_MARKER), "w") as f:
-        json.dump({"source": os.path.abspath(source), "hf_layout": layout, "model": asdict(cfg)}, f, indent=2)
 
 
 def imported_model(load: str) -> QwenModelConfig | None:
@@ -43,14 +22,14 @@ def imported_model(load: str) -> QwenModelConfig | None:
     any other directory."""
     if is_hf_dir(load):
         return read_hf_config(load)[0]
-    marker = _marker(load)
+    marker = import_marker(load)
     return QwenModelConfig(**marker["model"]) if marker else None
 
 
 def holds_weights_only(load: str) -> bool:
     """True for a Hugging Face directory or a checkpoint converted from one: a run starts from
     their weights with a fresh optimizer and iteration, as with --finetune."""
-    return is_hf_dir(load) or _marker(load) is not None
+    return is_hf_dir(load) or import_marker(load) is not None
 
 
 def open_hf(directory: str) -> tuple[QwenModelConfig, str, HFWeights]:

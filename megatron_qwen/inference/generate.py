@@ -29,16 +29,16 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.load import load_hf_weights
 from megatron_qwen.hf.source import imported_model, is_hf_dir, lift_position_limit
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
-from megatron_qwen.training.checkpoint import load_weights
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, latest_iteration
 
 PAD_ID = 0  # what fills a left-padded row's empty slots; any id will do, those slots are masked out
 

@@ -17,9 +17,9 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_qwen.config.arguments import RunConfig
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.compile import compile_layers
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy

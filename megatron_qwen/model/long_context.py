@@ -1,5 +1,5 @@
-"""Long context without training (Qwen report section 2.5, docs/long_context.md): dynamic NTK-aware
-RoPE, LogN attention scaling and layer-wise window attention, at inference only.
+"""Long context without training (report section 2.5, docs/qwen.md section 7; docs/long_context.md):
+dynamic NTK-aware RoPE, LogN attention scaling and layer-wise window attention, at inference only.
 
 All three act on the rotated query and key right before the core attention, so they are one stage,
 ``LongContextStage``, inside the core-attention slot of the local layer spec (model/spec.py builds it

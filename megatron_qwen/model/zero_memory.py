@@ -14,7 +14,7 @@ whose gradients accumulate in fp32 (the config we generate: data_types.grad_accu
 
 DeepSpeed's estimators (deepspeed.runtime.zero.stage_1_and_2 / stage3.estimate_zero{2,3}_model_states_
 mem_needs) count the same, except 2 bytes of a bf16 gradient partition at stage 2 that fp32 accumulation
-does not keep (tests/test_plan.py compares them). fp32 runs hold 4-byte parameters; the fp32 master
+does not keep (tests/test_memory.py compares them). fp32 runs hold 4-byte parameters; the fp32 master
 partition is kept all the same (measured: tests/test_deepspeed.py).
 """
 

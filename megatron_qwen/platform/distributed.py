@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -12,16 +11,19 @@ from megatron.core import parallel_state, tensor_parallel
 
 from megatron_qwen.platform import cpu_shim
 
-if TYPE_CHECKING:  # the platform layer sits below config: no import at run time
-    from megatron_qwen.config.parallel import ParallelConfig
-
 
 def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def init_distributed(parallel: ParallelConfig, num_layers: int, seed: int) -> None:
-    """Join the job launched by torchrun (or run as a single process) and build the groups."""
+def compute_device() -> torch.device:
+    """This rank's device: its GPU (set from LOCAL_RANK by init_distributed), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+
+
+def init_distributed(parallel, num_layers: int, seed: int) -> None:
+    """Join the job launched by torchrun (or run as a single process) and build the groups. ``parallel`` is
+    the run's ParallelConfig (config/parallel.py), read for its sizes only: this layer sits below config."""
     cpu_shim.install_if_needed()
     if not dist.is_initialized():
         if on_gpu():

@@ -8,17 +8,15 @@ checkpoints hold only weights from before the streak (a skipped step changes not
 """
 
 import math
-import os
 from collections import deque
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import TrainSettings
+from megatron_qwen.config.settings import TrainSettings
 
 _SPIKE_WINDOW = 20  # finite losses in the running mean; no spike is called before the window is full
-INJECT_NAN_ENV = "MEGATRON_QWEN_INJECT_NAN"
 
 
 class TrainingHalted(RuntimeError):
@@ -81,13 +79,3 @@ class StepHealth:
                 "--max-skipped-iterations; the checkpoints hold the weights from before the streak: check the "
                 "data after the last checkpoint's consumed samples, or lower --lr, and resume")
 
-
-def injects_nan(iteration: int) -> bool:
-    """Test-only fault injection: MEGATRON_QWEN_INJECT_NAN="ITER[,ITER...]:DP_RANK" turns the first
-    micro-batch's loss of that data-parallel rank into NaN at those iterations."""
-    spec = os.environ.get(INJECT_NAN_ENV)
-    if not spec:
-        return False
-    iterations, dp_rank = spec.split(":")
-    return (iteration in {int(i) for i in iterations.split(",")}
-            and parallel_state.get_data_parallel_rank() == int(dp_rank))

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.run import RunConfig
 
 
 @dataclass(frozen=True)

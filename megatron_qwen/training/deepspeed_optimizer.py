@@ -15,7 +15,7 @@ and norms); the LR schedule sets each group's lr and weight decay before every s
 import torch
 import torch.distributed as dist
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.zero import ZeroSettings
 
 TORCH, CPU_ADAM, FUSED_ADAM = "torch AdamW", "DeepSpeedCPUAdam", "DeepSpeed FusedAdam"

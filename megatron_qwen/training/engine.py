@@ -1,43 +1,48 @@
-"""The data-parallel engine a run trains with (--zero-engine): what train() asks of it is
-``model`` (chunks, for evaluation), ``checkpointer``, ``train_step`` and ``lr``."""
+"""The seam between the training loop and the data-parallel engine it steps (--zero-engine).
 
-from megatron_qwen.config.arguments import RunConfig
-from megatron_qwen.model.builder import build_model, wrap_for_training
+Two engines implement it: megatron-core's DDP and distributed optimizer (training/megatron_engine.py)
+and DeepSpeed ZeRO stages 1-3 (training/deepspeed_engine.py). train() asks for nothing else.
+"""
+
+from typing import Protocol
+
+from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.anomalies import StepHealth
-from megatron_qwen.training.checkpoint import Checkpointer
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
-from megatron_qwen.training.step import train_step
 
 
-class MegatronEngine:
-    """megatron-core DDP, with its distributed optimizer for ZeRO-1, at any TP/PP/VP layout."""
+class Checkpointer(Protocol):
+    """Saves and restores an engine's model, optimizer, schedule and run state under --save/--load."""
 
-    def __init__(self, cfg: RunConfig, device):
-        t = cfg.train
-        self.cfg, self.device = cfg, device
-        zero1 = cfg.zero.distributed_optimizer
-        self.model = wrap_for_training(build_model(cfg), cfg.parallel, distributed_optimizer=zero1,
-                                       compiled_layers=cfg.build.compile_layers)
-        self.optimizer = build_optimizer(self.model, t.optim, bf16=cfg.build.precision == "bf16",
-                                         use_distributed_optimizer=zero1)
-        self.scheduler = build_scheduler(self.optimizer, t.optim, t.train_iters, t.global_batch_size)
-        self.checkpointer = Checkpointer(cfg, self.model, self.optimizer, self.scheduler)
+    def load(self) -> TrainState:
+        """Restore from --load (a resume, or weights only); the state to continue from."""
+
+    def save(self, state: TrainState) -> None:
+        """Save a checkpoint of ``state`` (every rank calls it); it may complete later (--async-save)."""
+
+    def finish_pending(self, blocking: bool) -> None:
+        """Complete the saves still in flight; with ``blocking``, wait for them."""
+
+
+class Engine(Protocol):
+    model: list  # the model chunks this rank holds, for evaluation
+    checkpointer: Checkpointer
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The learning rate of the last step."""
 
-    def train_step(self, microbatches: list[dict], num_microbatches: int, iteration: int, health: StepHealth):
-        """One optimizer step. Returns (loss, grad_norm, update_successful)."""
-        t = self.cfg.train
-        return train_step(self.model, self.optimizer, self.scheduler, [iter(microbatches) for _ in self.model],
-                          num_microbatches, t.seq_length, t.micro_batch_size, t.global_batch_size, self.device,
-                          iteration, health)
+    def train_step(self, microbatches: list[dict], num_microbatches: int,
+                   health: StepHealth) -> tuple[float | None, float | None, bool]:
+        """One optimizer step over this rank's micro-batches: (loss on the last pipeline stage, gradient norm,
+        whether the update was applied). ``health`` judges the loss and reports the skipped steps."""
 
 
-def build_engine(cfg: RunConfig, world_size: int, device):
+def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:
     if cfg.zero.deepspeed:
         from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(cfg, world_size, device)
+    from megatron_qwen.training.megatron_engine import MegatronEngine
+
     return MegatronEngine(cfg, device)

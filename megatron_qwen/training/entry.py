@@ -8,10 +8,10 @@ import os
 import re
 import sys
 
-from megatron_qwen.config.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.platform.notices import silence_megatron_notices
+from megatron_qwen.training.arguments import parse_run_config
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
@@ -61,7 +61,7 @@ def _peer_failure_message(error: RuntimeError, cfg) -> str:
     """One line instead of a traceback per rank: what happened, and where the run resumes from."""
     import torch.distributed as dist
 
-    from megatron_qwen.training.checkpoint_dirs import latest_iteration
+    from megatron_qwen.checkpointing.directory import latest_iteration
 
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__

@@ -4,13 +4,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import RunConfig
-from megatron_qwen.platform.distributed import init_distributed, on_gpu
+from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.platform.distributed import compute_device, init_distributed
 from megatron_qwen.training.anomalies import StepHealth
 from megatron_qwen.training.batches import microbatch_loader, next_global_batch
-from megatron_qwen.training.checkpoint import Checkpointer, TrainState
 from megatron_qwen.training.datasets import build_datasets
-from megatron_qwen.training.engine import build_engine
+from megatron_qwen.training.engine import Checkpointer, build_engine
 from megatron_qwen.training.metrics import MetricsSink
 from megatron_qwen.training.signals import ExitSignal
 from megatron_qwen.training.step import run_microbatches
@@ -20,7 +20,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     """Run the job ``cfg`` describes; returns the last logged figures (for tests and the demo)."""
     t, p = cfg.train, cfg.parallel
     init_distributed(p, cfg.model.num_layers, cfg.build.seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu() else torch.device("cpu")
+    device = compute_device()
     _print_banner(cfg, world_size)
 
     # megatron-core DDP and distributed optimizer, or DeepSpeed ZeRO (--zero-engine): model, optimizer,
@@ -40,7 +40,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     health = StepHealth(t)
     while state.iteration < t.train_iters:
         batches = next_global_batch(loader, num_mb)
-        loss, grad_norm, ok = engine.train_step(batches, num_mb, state.iteration + 1, health)
+        loss, grad_norm, ok = engine.train_step(batches, num_mb, health)
         state.advance(t.global_batch_size, ok)
         health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
@@ -60,11 +60,21 @@ def _save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState,
     checkpointer.finish_pending(blocking=False)
     exit_interval = cfg.checkpoint.exit_interval
     signalled = exit_signal.received()
-    if checkpointer.due(state.iteration) or (signalled and cfg.checkpoint.save):
+    if _save_due(cfg, state.iteration) or (signalled and cfg.checkpoint.save):
         checkpointer.save(state)
     if signalled and dist.get_rank() == 0:
         print(f" {signalled}: stopping after iteration {state.iteration}", flush=True)
     return bool(signalled) or bool(exit_interval and state.iteration % exit_interval == 0)
+
+
+def _save_due(cfg: RunConfig, iteration: int) -> bool:
+    """--save-interval's, --exit-interval's and the last iteration's checkpoints."""
+    s = cfg.checkpoint
+    if not s.save:
+        return False
+    if iteration == cfg.train.train_iters or (s.exit_interval and iteration % s.exit_interval == 0):
+        return True
+    return bool(s.save_interval) and iteration % s.save_interval == 0
 
 
 def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> float | None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import LogSettings, RunConfig
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.settings import LogSettings
 from megatron_qwen.data.progress import format_duration
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
 

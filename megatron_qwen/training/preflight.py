@@ -6,10 +6,16 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 
 import os
 
-from megatron_qwen.config.arguments import RunConfig
+from megatron_qwen.checkpointing.directory import (
+    TRACKER,
+    is_deepspeed_checkpoint,
+    iteration_dir,
+    loadable_iteration,
+    written_by_deepspeed,
+)
+from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.zero import deepspeed_config
-from megatron_qwen.training.checkpoint_dirs import TRACKER, iteration_dir, loadable_iteration
+from megatron_qwen.config.run import RunConfig
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -23,12 +29,8 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
     """The effective DeepSpeed config (a --deepspeed-config contradicting the flags is refused), and a
     deepspeed-engine checkpoint given to the megatron engine."""
-    from megatron_qwen.training.deepspeed_checkpoint import is_deepspeed_checkpoint
-
-    z, t = cfg.zero, cfg.train
-    if z.deepspeed:
-        deepspeed_config(z, t.global_batch_size, t.micro_batch_size, cfg.parallel.data_parallel_size(world_size),
-                         t.optim.clip_grad, cfg.build.precision == "bf16", cfg.parallel.overlap_grad_reduce)
+    if cfg.zero.deepspeed:
+        cfg.effective_deepspeed_config(world_size)  # refuses a --deepspeed-config contradicting the flags
         _check_deepspeed_resume(cfg, world_size)
     elif cfg.checkpoint.load and is_deepspeed_checkpoint(cfg.checkpoint.load):
         raise ConfigError(f"--load {cfg.checkpoint.load} holds a DeepSpeed-engine checkpoint: resume it with "
@@ -38,14 +40,14 @@ def _check_zero(cfg: RunConfig, world_size: int) -> None:
 
 def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
     """A deepspeed-engine checkpoint resumed at a ZeRO stage or layout its universal checkpoint cannot reach."""
-    from megatron_qwen.training.checkpoint import effective_load
-    from megatron_qwen.training.deepspeed_checkpoint import check_resumable, written_by_deepspeed
+    from megatron_qwen.checkpointing.deepspeed_format import check_resumable
+    from megatron_qwen.training.starting_point import effective_load
 
     s = effective_load(cfg.checkpoint)
     it, _ = loadable_iteration(s.load, s.load_fallback) if s.load and os.path.isdir(s.load) else (None, None)
     if it is not None and not s.finetune and written_by_deepspeed(iteration_dir(s.load, it)):
-        layout = {"tp": cfg.parallel.tensor_model_parallel_size, "dp": cfg.parallel.data_parallel_size(world_size)}
-        check_resumable(iteration_dir(s.load, it), cfg.zero.stage, layout)
+        planned = layout(cfg.parallel.tensor_model_parallel_size, 1, cfg.parallel.data_parallel_size(world_size))
+        check_resumable(iteration_dir(s.load, it), cfg.zero.stage, planned)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -89,8 +91,9 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
+    from megatron_qwen.checkpointing.run_state import check_same_model
     from megatron_qwen.hf.source import is_hf_dir, open_hf
-    from megatron_qwen.training.checkpoint import check_same_model, effective_load
+    from megatron_qwen.training.starting_point import effective_load
 
     target = effective_load(s).load  # a fine-tuning job that already saved resumes its own --save
     # A Hugging Face model directory is a valid --load once its weight files

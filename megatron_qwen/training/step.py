@@ -17,7 +17,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_qwen.model.builder import unwrap
-from megatron_qwen.training.anomalies import StepHealth, injects_nan
+from megatron_qwen.training.anomalies import StepHealth
 
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
@@ -41,16 +41,13 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, num_tokens, {"lm loss": report}
 
 
-def forward_step(data_iterator: Iterator[dict], model, device, poison: list[bool] | None = None):
+def forward_step(data_iterator: Iterator[dict], model, device):
     chunk = unwrap(model)
     batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
     output = model(
         batch.get("tokens"), batch.get("position_ids"), batch.get("attention_mask"),
         labels=batch.get("labels"),
     )
-    if poison and chunk.post_process:  # test-only NaN injection (training/anomalies.py), first micro-batch
-        poison.clear()
-        output = output * float("nan")
     return output, partial(masked_token_loss, batch.get("loss_mask"))
 
 
@@ -78,11 +75,11 @@ def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_le
 
 
 def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
-                      micro_batch_size: int, device, forward_only: bool, poison: bool = False):
+                      micro_batch_size: int, device, forward_only: bool):
     """This rank's [loss sum, tokens] over one global batch (last pipeline stage, else None)."""
     forward_backward = get_forward_backward_func()
     losses = forward_backward(
-        forward_step_func=partial(forward_step, device=device, poison=[True] if poison else None),
+        forward_step_func=partial(forward_step, device=device),
         data_iterator=data_iterators if len(model_chunks) > 1 else data_iterators[0],
         model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
         num_microbatches=num_microbatches,
@@ -95,14 +92,14 @@ def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_l
 
 def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
                seq_length: int, micro_batch_size: int, global_batch_size: int, device,
-               iteration: int = 0, health: StepHealth | None = None):
+               health: StepHealth | None = None):
     """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
     changes) on a non-finite gradient norm and, with ``health``, on a non-finite loss or a skipped spike."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     local = _forward_backward(model_chunks, data_iterators, num_microbatches, seq_length, micro_batch_size,
-                              device, forward_only=False, poison=injects_nan(iteration))
+                              device, forward_only=False)
     loss = reduce_loss(local)
     if health is not None and health.judge(local, loss):
         return loss, None, False

@@ -28,10 +28,11 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from parity_worker import GLOBAL_BATCH, MICRO_BATCH, SEED, SEQ, STEPS, sample
 
-from megatron_qwen.config.arguments import parse_run_config
+from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.recipes import PRETRAIN, SFT, SFT_MATH
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-from megatron_qwen.training.anomalies import INJECT_NAN_ENV, StepHealth
+from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.batches import collate, microbatch_indices
 from megatron_qwen.training.engine import build_engine
 
@@ -64,7 +65,7 @@ def run_parity(name: str, extra: list[str], root: str) -> None:
     for step in range(STEPS):
         idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
         batches = [collate([sample(i, cfg.model.vocab_size) for i in mb]) for mb in idx]
-        loss, norm, ok = engine.train_step(batches, num_mb, step + 1, health)
+        loss, norm, ok = engine.train_step(batches, num_mb, health)
         assert ok
         losses.append(loss)
         norms.append(float(norm))
@@ -85,8 +86,6 @@ def run_parity(name: str, extra: list[str], root: str) -> None:
         with open(f"{out}/dtypes.json", "w") as f:
             json.dump(deepspeed_dtypes(engine), f)
     if cfg.checkpoint.save:
-        from megatron_qwen.training.checkpoint import TrainState
-
         engine.checkpointer.save(TrainState(iteration=STEPS, consumed_samples=STEPS * GLOBAL_BATCH))
         dump_full_weights(engine, f"{out}/weights_rank{rank}.pt")
     parallel_state.destroy_model_parallel()
@@ -130,6 +129,9 @@ def dump_full_weights(engine, path: str) -> None:
 
 
 def run_jobs(root: str) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+    from nan_injection import nan_loss_at
+
     from megatron_qwen.training.loop import train
 
     out = os.path.join(root, "jobs")
@@ -163,11 +165,10 @@ def run_jobs(root: str) -> None:
             "--metrics-file", f"{out}/tp2_zero{saved}_to_dp2_zero{resumed}.jsonl")
     # A NaN loss in data-parallel rank 1's first micro-batch at iteration 2, on ZeRO-3 and on the megatron
     # engine (whose skip test_reliability_nan.py checks against a run that never applied that batch).
-    os.environ[INJECT_NAN_ENV] = "2:1"
-    job(PRETRAIN, *z3, "--metrics-file", f"{out}/nan_zero3.jsonl")
-    job(PRETRAIN, "--zero-engine", "megatron", "--zero-stage", "0", "--train-iters", "4",
-        "--metrics-file", f"{out}/nan_megatron.jsonl")
-    del os.environ[INJECT_NAN_ENV]
+    with nan_loss_at({2}, dp_rank=1):
+        job(PRETRAIN, *z3, "--metrics-file", f"{out}/nan_zero3.jsonl")
+        job(PRETRAIN, "--zero-engine", "megatron", "--zero-stage", "0", "--train-iters", "4",
+            "--metrics-file", f"{out}/nan_megatron.jsonl")
     # 2 iterations of each SFT job, evaluating at the second (the engine's model through megatron-core's schedule):
     # chat SFT from scratch at ZeRO-2, Math SFT from the ZeRO-3 checkpoint's weights (its recipe's --finetune).
     sft = ["--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1"]
@@ -183,9 +184,9 @@ def run_convert(sources: dict, root: str) -> None:
     import convert_checkpoint
     from safetensors.torch import load_file
 
+    from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration
+    from megatron_qwen.checkpointing.weights import load_weights
     from megatron_qwen.model.builder import build_model
-    from megatron_qwen.training.checkpoint import load_weights
-    from megatron_qwen.training.checkpoint_dirs import iteration_dir, latest_iteration
 
     out = os.path.join(root, "convert")
     os.makedirs(out, exist_ok=True)

@@ -23,14 +23,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_qwen.config.arguments import parse_run_config
-from megatron_qwen.config.optimizer import OptimizerSettings
 from megatron_qwen.config.recipes import PRETRAIN
-from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.model.layout import global_param_names
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.batches import collate, microbatch_indices
-from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
+from megatron_qwen.training.megatron_engine import build_model_and_optimizer
 from megatron_qwen.training.step import run_microbatches, train_step
 
 GLOBAL_BATCH, MICRO_BATCH, SEQ, STEPS, SEED = 8, 2, 32, 5, 1234
@@ -88,20 +86,15 @@ def main():
 
 
 def run_layout(layout_flags: list[str], out: str) -> None:
-    flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ), *layout_flags]
+    flags = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
+             "--micro-batch-size", str(MICRO_BATCH), "--global-batch-size", str(GLOBAL_BATCH), "--train-iters",
+             str(STEPS), "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1", *layout_flags]
     cfg = parse_run_config(PRETRAIN, flags)
     distopt = cfg.zero.distributed_optimizer
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg.parallel.validate(world, cfg.model.num_layers, cfg.model.num_attention_heads, cfg.model.padded_vocab_size)
     init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
-    settings = OptimizerSettings(lr=1e-3, min_lr=1e-4, lr_warmup_iters=1)
-
-    def build(cfg):
-        model = wrap_for_training(build_model(cfg), cfg.parallel, distopt, cfg.build.compile_layers)
-        return model, build_optimizer(model, settings, bf16=False, use_distributed_optimizer=distopt)
-
-    model, optimizer = build(cfg)
-    scheduler = build_scheduler(optimizer, settings, STEPS, GLOBAL_BATCH)
+    model, optimizer, scheduler = build_model_and_optimizer(cfg)
 
     dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     num_mb = GLOBAL_BATCH // (MICRO_BATCH * dp)
@@ -155,7 +148,8 @@ def run_layout(layout_flags: list[str], out: str) -> None:
             json.dump(losses, f)
     if cfg.build.transformer_impl == "local":  # the same layout with PyTorch's fused attention
         sdpa_cfg = parse_run_config(PRETRAIN, flags + ["--transformer-impl", "sdpa"])
-        sdpa_loss = first_step(*build(sdpa_cfg), "sdpa_")
+        sdpa_model, sdpa_optimizer, _ = build_model_and_optimizer(sdpa_cfg)
+        sdpa_loss = first_step(sdpa_model, sdpa_optimizer, "sdpa_")
         if reports:
             with open(f"{out}/sdpa_loss.json", "w") as f:
                 json.dump(sdpa_loss, f)

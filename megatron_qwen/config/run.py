@@ -1,24 +1,15 @@
-"""Command-line flags (Megatron-LM's names) resolved over a recipe into a typed RunConfig.
+"""A run's resolved configuration: the settings of every layer in one frozen dataclass, which is what
+checkpoints store (a new field needs a default, or checkpoints written before it stop loading:
+RunConfig.from_dict). The command line that resolves one is training/arguments.py."""
 
-Each flag is declared once, on the dataclass field it sets (config/flags.py); the parser and the copy
-into the dataclasses are built from those declarations. The dataclasses are what checkpoints store:
-a new field needs a default, or checkpoints written before it stop loading (RunConfig.from_dict).
-"""
-
-import argparse
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
-from megatron_qwen.config.cli import OneLineErrorParser
-from megatron_qwen.config.deepspeed_json import fill_unset_flags, read_json
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import SHAPE, add_flags, flag, flag_fields, from_flags
-from megatron_qwen.config.model import MODEL_PRESETS, BuildSettings, QwenModelConfig, VocabPadding, model_preset
-from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
+from megatron_qwen.config.flags import SHAPE, flag
+from megatron_qwen.config.model import MODEL_PRESETS, BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
-from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
-from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS
+from megatron_qwen.config.zero import ZeroSettings, deepspeed_config
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ class RunConfig:
         parallel.pop("use_distributed_optimizer", None)
         if "compile_layers" in train:
             build["compile_layers"] = train.pop("compile_layers")
-        return _from_stored(cls, {**d, "parallel": parallel, "train": train, "build": build, "zero": zero})
+        return from_stored(cls, {**d, "parallel": parallel, "train": train, "build": build, "zero": zero})
 
     def describe(self) -> str:
         """Every resolved setting, one per line, as printed at start (and saved in checkpoints)."""
@@ -114,84 +105,24 @@ class RunConfig:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")
 
+    def effective_deepspeed_config(self, world_size: int) -> dict:
+        """The DeepSpeed config this run gives DeepSpeed (--zero-engine deepspeed): config/zero.py."""
+        t, p = self.train, self.parallel
+        return deepspeed_config(self.zero, t.global_batch_size, t.micro_batch_size, p.data_parallel_size(world_size),
+                                t.optim.clip_grad, self.build.precision == "bf16", p.overlap_grad_reduce)
+
     def num_microbatches(self, world_size: int) -> int:
         dp = self.parallel.data_parallel_size(world_size)
         return self.train.global_batch_size // (self.train.micro_batch_size * dp)
 
 
-# The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
-# ScheduleFlags and VocabPadding hold flags read only to resolve other settings.
-FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
-                TrainSettings, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings, LogSettings)
-
-
-def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        prog=f"python -m megatron_qwen.{recipe.name}",
-        description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_flags(p, FLAG_CLASSES, recipe)
-    return p
-
-
-def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
-    parser = build_parser(recipe)
-    args = parser.parse_args(argv)
-    model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
-    size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
-    if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
-        fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
-                         default_lr=size_defaults.get("lr", recipe.lr))
-    build = from_flags(BuildSettings, args)
-    train = from_flags(
-        TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
-        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
-    data = from_flags(DataSettings, args, data_format=recipe.data_format,
-                      pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
-    return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
-                     parallel=from_flags(ParallelConfig, args), train=train, data=data,
-                     log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
-                     zero=zero_settings(args))
-
-
-def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
-    """The --model-size preset with the shape flags over it, and the size's name. A Hugging Face --load
-    (or a checkpoint converted from one) fixes the shape instead (size "hf"); a shape flag or a named
-    --model-size that contradicts it is refused (docs/checkpoints.md)."""
-    shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
-    if args.load:
-        from megatron_qwen.hf.source import check_flags_against, imported_model
-
-        imported = imported_model(args.load)
-        if imported is not None:
-            model = check_flags_against(imported, args.load, shape, args.model_size if named else None)
-            return model, args.model_size if named else "hf"
-    try:
-        base = model_preset(args.model_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    padded = _padded_rows(args.vocab_size, args.make_vocab_size_divisible_by)
-    return base.with_overrides(**shape, padded_vocab_size=padded), args.model_size
-
-
-def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:
-    """Embedding rows for an explicit --vocab-size (None: the preset's rows)."""
-    if vocab_size is None:
-        return None
-    if divisible_by < 1:
-        raise ConfigError("--make-vocab-size-divisible-by must be at least 1")
-    return -(-vocab_size // divisible_by) * divisible_by
-
-
-def _from_stored(cls, stored: dict):
+def from_stored(cls, stored: dict):
     """``cls`` from its to_dict form: nested settings from their dicts, lists back to tuples. A field
     newer than the checkpoint takes its default."""
     values = dict(stored)
     for f in fields(cls):
         if f.name in values and is_dataclass(f.type):
-            values[f.name] = _from_stored(f.type, values[f.name])
+            values[f.name] = from_stored(f.type, values[f.name])
         elif f.name in values and getattr(f.type, "__origin__", None) is tuple:
             values[f.name] = tuple(values[f.name])
     return cls(**values)

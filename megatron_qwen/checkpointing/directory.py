@@ -2,19 +2,28 @@
 
     ROOT/iter_0000100/                     one checkpoint
     ROOT/iter_0000100/manifest.json        the size of each of its files, written last (integrity)
+    ROOT/iter_0000100/hf_import.json       in a weights-only checkpoint converted from elsewhere
+    ROOT/iter_0000100/deepspeed.json       in a DeepSpeed-engine checkpoint, beside DeepSpeed's own files
     ROOT/iter_0000200.partial/             one being written (renamed to iter_* once whole)
     ROOT/latest_checkpointed_iteration.txt the last *complete* checkpoint
+
+Every write is staged and renamed into place once whole, and the tracker is replaced atomically
+after it: a crash mid-save leaves the previous checkpoint as the latest.
 """
 
 import json
 import os
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 
 from megatron_qwen.config.errors import ConfigError
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MANIFEST = "manifest.json"
+IMPORT_MARKER = "hf_import.json"  # source and model shape (checkpointing/weights.py); named before DeepSpeed sources
+DEEPSPEED_MARKER = "deepspeed.json"  # ZeRO stage, layout, DeepSpeed and run configs (training/deepspeed_checkpoint.py)
 _ITERATION_DIR = re.compile(r"iter_(\d{7})")
 
 
@@ -38,6 +47,30 @@ def complete_iterations(root: str) -> list[int]:
     names = os.listdir(root) if os.path.isdir(root) else []
     return sorted(int(m.group(1)) for m in map(_ITERATION_DIR.fullmatch, names)
                   if m and os.path.isdir(os.path.join(root, m.group(0))))
+
+
+def import_marker(load: str) -> dict | None:
+    """IMPORT_MARKER's contents in the latest checkpoint under ``load``: a converted, weights-only one (else None)."""
+    iteration = latest_iteration(load) if os.path.isdir(load) else None
+    path = os.path.join(iteration_dir(load, iteration), IMPORT_MARKER) if iteration is not None else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); convert the source model again") from None
+
+
+def written_by_deepspeed(ckpt_dir: str) -> bool:
+    """True for an iteration directory (``ROOT/iter_NNNNNNN``) the deepspeed engine wrote."""
+    return os.path.isfile(os.path.join(ckpt_dir, DEEPSPEED_MARKER))
+
+
+def is_deepspeed_checkpoint(root: str) -> bool:
+    """True when the latest checkpoint under the --save directory ``root`` was written by the deepspeed engine."""
+    iteration = latest_iteration(root) if os.path.isdir(root) else None
+    return iteration is not None and written_by_deepspeed(iteration_dir(root, iteration))
 
 
 def write_manifest(ckpt_dir: str) -> int:
@@ -127,3 +160,62 @@ def too_little_disk(root: str) -> str | None:
         return None
     return (f"{free / 2**30:.2f} GiB free on the disk of --save {root}, less than the last checkpoint's "
             f"{need / 2**30:.2f} GiB; free space there or lower --keep-last-checkpoints")
+
+
+def room_to_save(root: str, iteration: int) -> bool:
+    """Rank 0 checks the free disk space for every rank (a collective); a refused save is one line."""
+    import torch.distributed as dist
+
+    problem = [too_little_disk(root) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] and dist.get_rank() == 0:
+        print(f" not saving iteration {iteration}: {problem[0]}", flush=True)
+    return problem[0] is None
+
+
+def staging_dir(root: str, iteration: int) -> str:
+    """Where a checkpoint is written before publish() renames it: iter_* directories are only ever complete."""
+    return iteration_dir(root, iteration) + ".partial"
+
+
+def write_tracker(root: str, iteration: int) -> None:
+    """Point the tracker at ``iteration``, atomically (a crash leaves the old pointer or the new one)."""
+    tmp = os.path.join(root, TRACKER + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(root, TRACKER))
+
+
+def publish(root: str, iteration: int, staging: str, keep_last: int | None = None) -> None:
+    """Rename a whole checkpoint into place, then point the tracker at it (rank 0, once every rank has written)."""
+    ckpt_dir = iteration_dir(root, iteration)
+    write_manifest(staging)  # sizes, checked at --load: a file truncated or deleted later is caught
+    if os.path.isdir(ckpt_dir):  # the same iteration saved before: replace it
+        shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
+        os.rename(ckpt_dir, ckpt_dir + ".old")
+    os.rename(staging, ckpt_dir)
+    shutil.rmtree(ckpt_dir + ".old", ignore_errors=True)
+    write_tracker(root, iteration)
+    print(f" saved checkpoint at iteration {iteration} to {ckpt_dir}", flush=True)
+    if keep_last:
+        for old in prune(root, keep_last):
+            print(f" deleted checkpoint {iteration_dir(root, old)} (--keep-last-checkpoints {keep_last})", flush=True)
+
+
+@contextmanager
+def staged_directory(destination: str, flag: str = "--save-dir"):
+    """A fresh directory next to ``destination``, renamed to it when the block completes; removed
+    if the block fails, so ``destination`` only ever appears whole (conversions and exports)."""
+    if os.path.exists(destination):
+        raise ConfigError(f"{flag} {destination} already exists; pass a new directory (nothing is overwritten)")
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(destination)) + ".partial-", dir=parent)
+    try:
+        yield staging
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,68 @@
+"""Model weights in megatron-core's distributed checkpoint format: the sharded state every checkpoint of
+the megatron engine holds, loaded at any layout, and weights-only checkpoints written from one full (TP1)
+model, which is what a conversion (from Hugging Face, from the DeepSpeed engine) produces.
+
+A weights-only checkpoint carries directory.IMPORT_MARKER, naming where its weights came from and its model
+shape: a run that --loads it starts from the weights with a fresh optimizer and iteration, as with --finetune.
+"""
+
+import json
+import os
+from dataclasses import asdict
+
+from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, staged_directory, write_tracker
+from megatron_qwen.checkpointing.run_state import layout
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.model.builder import unwrap
+
+# Optimizer state stored per parameter in model space: loadable at any TP/PP/DP layout. Passed as a
+# copy each time: megatron-core writes the data-parallel group into the dict it is given.
+_SHARDED_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
+                     "chained_optim_avoid_prefix": True}
+
+
+def sharded_metadata() -> dict:
+    return dict(_SHARDED_METADATA)
+
+
+def model_keys(chunks) -> list[str]:
+    return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+
+
+def model_state(chunks) -> dict:
+    """The sharded state dict of this rank's model chunks, under global (layout-independent) keys."""
+    # A wrapper (DDP, Float16Module) has no sharded state of its own: ask the GPTModel it wraps.
+    return {key: unwrap(chunk).sharded_state_dict(metadata=sharded_metadata())
+            for key, chunk in zip(model_keys(chunks), chunks)}
+
+
+def set_model_state(chunks, loaded: dict) -> None:
+    for key, chunk in zip(model_keys(chunks), chunks):
+        unwrap(chunk).load_state_dict(loaded[key])
+
+
+def load_weights(ckpt_dir: str, chunks) -> None:
+    """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout) into this rank's chunks."""
+    from megatron.core import dist_checkpointing
+
+    set_model_state(chunks, dist_checkpointing.load(model_state(chunks), ckpt_dir))
+
+
+def save_weights_only(destination: str, iteration: int, chunk, cfg: RunConfig, source: str, source_kind: str) -> str:
+    """Write the full (TP1, one process) model ``chunk`` as a new --save directory ``destination`` holding
+    ``iteration``, marked as weights converted from ``source`` (of kind ``source_kind``: a Hugging Face
+    layout, or deepspeed-zeroN). Staged: ``destination`` appears only whole. Returns the iteration directory."""
+    from megatron.core import dist_checkpointing
+
+    with staged_directory(destination) as staging:
+        ckpt_dir = iteration_dir(staging, iteration)
+        os.makedirs(ckpt_dir)
+        state = model_state([chunk])
+        state.update(run_config=cfg.to_dict(), layout=layout(tp=1, pp=1, dp=1))
+        dist_checkpointing.save(state, ckpt_dir)
+        with open(os.path.join(ckpt_dir, IMPORT_MARKER), "w") as f:
+            json.dump({"source": os.path.abspath(source), "hf_layout": source_kind, "model": asdict(cfg.model)},
+                      f, indent=2)
+        write_tracker(staging, iteration)
+    return iteration_dir(destination, iteration)
+

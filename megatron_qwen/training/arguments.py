@@ -1,0 +1,87 @@
+"""Command-line flags (Megatron-LM's names) resolved over a recipe into a typed RunConfig.
+
+Each flag is declared once, on the dataclass field it sets (config/flags.py); the parser and the copy
+into the dataclasses are built from those declarations. Parsing sits above the model and checkpoint
+layers because a --load that holds a Hugging Face model fixes the model's shape (docs/checkpoints.md).
+"""
+
+import argparse
+
+from megatron_qwen.config.cli import OneLineErrorParser
+from megatron_qwen.config.deepspeed_flags import fill_unset_flags
+from megatron_qwen.config.deepspeed_json import read_json
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import add_flags, flag_fields, from_flags
+from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset
+from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
+from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
+from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
+from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS
+
+# The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
+# ScheduleFlags and VocabPadding hold flags read only to resolve other settings.
+FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
+                TrainSettings, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings, LogSettings)
+
+
+def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog=f"python -m megatron_qwen.{recipe.name}",
+        description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_flags(p, FLAG_CLASSES, recipe)
+    return p
+
+
+def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
+    parser = build_parser(recipe)
+    args = parser.parse_args(argv)
+    model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
+    size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
+    if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
+        fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
+                         default_lr=size_defaults.get("lr", recipe.lr))
+    build = from_flags(BuildSettings, args)
+    train = from_flags(
+        TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
+        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
+    data = from_flags(DataSettings, args, data_format=recipe.data_format,
+                      pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
+    return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
+                     parallel=from_flags(ParallelConfig, args), train=train, data=data,
+                     log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
+                     zero=zero_settings(args))
+
+
+def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
+    """The --model-size preset with the shape flags over it, and the size's name. A Hugging Face --load
+    (or a checkpoint converted from one) fixes the shape instead (size "hf"); a shape flag or a named
+    --model-size that contradicts it is refused (docs/checkpoints.md)."""
+    shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
+    if args.load:
+        from megatron_qwen.hf.source import check_flags_against, imported_model  # torch: only when needed
+
+        imported = imported_model(args.load)
+        if imported is not None:
+            model = check_flags_against(imported, args.load, shape, args.model_size if named else None)
+            return model, args.model_size if named else "hf"
+    try:
+        base = model_preset(args.model_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    padded = _padded_rows(args.vocab_size, args.make_vocab_size_divisible_by)
+    return base.with_overrides(**shape, padded_vocab_size=padded), args.model_size
+
+
+def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:
+    """Embedding rows for an explicit --vocab-size (None: the preset's rows)."""
+    if vocab_size is None:
+        return None
+    if divisible_by < 1:
+        raise ConfigError("--make-vocab-size-divisible-by must be at least 1")
+    return -(-vocab_size // divisible_by) * divisible_by
