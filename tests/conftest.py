@@ -1,5 +1,7 @@
-"""Shared test helpers: the repository's paths, one-process model parallelism, torchrun jobs over gloo."""
+"""Shared test helpers: the repository's paths, tools/*.py as modules, one-process model parallelism,
+torchrun jobs over gloo, fake slurm tools (tests/slurm_fakes.py)."""
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,6 +13,15 @@ import pytest
 from megatron_qwen.checkpointing.directory import TRACKER  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is no package), a fresh copy on each call."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml: -n 2 --dist loadfile), and
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
@@ -38,6 +49,14 @@ def _join_alone():
 # Per test (the RNGs reseeded for each) or per file (where rebuilding the groups would only cost time).
 single_process = pytest.fixture(_join_alone, name="single_process")
 single_process_per_module = pytest.fixture(_join_alone, scope="module", name="single_process_per_module")
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """A bin directory of fake scontrol and srun (tests/slurm_fakes.py), to put first on PATH."""
+    from slurm_fakes import install_fake_slurm  # not at the top: slurm_fakes imports this file
+
+    return install_fake_slurm(tmp_path)
 
 
 def free_port() -> int:

@@ -12,6 +12,8 @@ SIGKILL the job's whole process group (every rank and the asynchronous-save work
 "rank": R only that rank, then restart the same command. After the kills the job runs to its end.
 RESULTS.json gets, per job, each attempt's exit codes, outputs and what the save directory held at
 the kill.
+
+A test calls run_harness() (this command, run on JOBS) and reads a job's --metrics-file with metrics().
 """
 
 import contextlib
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -133,6 +136,33 @@ def run_job(job: dict, log_dir: str) -> list[dict]:
                       outputs=[open(log.replace(".rank0.", f".rank{r}.")).read() for r in range(len(pids))])
         attempts.append(record)
     return attempts
+
+
+def run_harness(jobs: list[dict], tmp) -> dict:
+    """This file run on ``jobs`` (every job forked from one process that imported the stack once), its
+    files in the directory ``tmp``; returns RESULTS.json. Fails the test if the harness itself fails."""
+    from conftest import REPO, quiet_env  # not at the top: the harness itself runs without pytest
+
+    jobs_file, results_file = tmp / "jobs.json", tmp / "results.json"
+    jobs_file.write_text(json.dumps(jobs))
+    proc = subprocess.run([sys.executable, "tests/fault_harness.py", str(jobs_file), str(results_file)],
+                          cwd=REPO, env=quiet_env(PYTHONPATH=f"{REPO}:{REPO}/tests"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(results_file.read_text())
+
+
+def metrics(path) -> dict[int, dict]:
+    """The last record of each iteration (a killed attempt may leave a torn last line)."""
+    rows = {}
+    for line in open(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "lm_loss" in row:
+            rows[row["iteration"]] = row
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import load_tool
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate import extract, quality, upsample
@@ -27,9 +28,7 @@ from megatron_qwen.curate.pipeline import (
 from megatron_qwen.curate.text import normalize_text, tokens
 from megatron_qwen.data.shards import read_index_counts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import curate as curate_cli  # noqa: E402
+curate_cli = load_tool("curate")
 
 VOCAB = ["".join(letters) for letters in itertools.islice(itertools.product("etaoinshrdlu", repeat=5), 20000)]
 HAN = [chr(c) for c in range(0x4E00, 0x4E00 + 6000)]

@@ -1,8 +1,8 @@
 """tools/evaluate.py (megatron_qwen/evaluation): the report's benchmarks through lm-evaluation-harness on local
 files, against values computed without lm-eval, and against lm-eval's own command line.
 
-Two tiny Qwen2ForCausalLM models (transformers' own, the published 151,936 rows): `random` (tests/
-test_hf_export_clients.py's, for log-likelihoods that differ between choices) and `fives`, whose greedy output
+Two tiny Qwen2ForCausalLM models (transformers' own, the published 151,936 rows): `random` (tools/
+check_vllm.py's builder, for log-likelihoods that differ between choices) and `fives`, whose greedy output
 is always the token "5" (every layer's output projection zeroed, one embedding dimension constant, the head
 reading that dimension into "5" alone), so a generation task's answers are known: "555" at 3 new tokens.
 """
@@ -18,16 +18,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, quiet_env
-from test_hf_convert import convert
+from conftest import REPO, load_tool, quiet_env
+from hf_fixtures import convert
 
 from megatron_qwen.evaluation.benchmarks import select
 from megatron_qwen.evaluation.task_configs import write_task_configs
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("lm_eval")
-sys.path.insert(0, str(REPO / "tools"))
-from check_vllm import tiny_qwen2  # noqa: E402  (the tiny model every export test uses)
+tiny_qwen2 = load_tool("check_vllm").tiny_qwen2  # the tiny model every export test uses
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 FIVE = 20  # the id of "5"
@@ -208,9 +207,7 @@ def test_generation_and_sandboxed_code_from_our_checkpoint(setup):
 
 
 def main_in_process(args, capsys):
-    import runpy
-
-    main = runpy.run_path(TOOL)["main"]
+    main = load_tool("evaluate").main
     try:
         rc = main([str(a) for a in args])
     except SystemExit as e:

@@ -6,16 +6,14 @@ initialization, so that greedy continuations are long runs of distinct tokens, i
 checkpoint of ours; its weights also go into transformers' Qwen2ForCausalLM.
 """
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, TRACKER, quiet_env
-from test_hf_parity import hf_model
+from conftest import REPO, TRACKER, load_tool, quiet_env
+from hf_fixtures import hf_model
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
@@ -150,10 +148,7 @@ def run_tool(args: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def tool():
     """tools/generate.py as a module, for the refusals that come before any model is loaded."""
-    spec = importlib.util.spec_from_file_location("generate_tool", os.path.join(REPO, "tools", "generate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("generate")
 
 
 @pytest.fixture(scope="module")

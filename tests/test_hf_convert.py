@@ -1,21 +1,19 @@
 """Qwen's Hugging Face checkpoints in and out (tools/convert_checkpoint.py, megatron_qwen/hf/).
 
 The references share no code with the converter: transformers' own Qwen2ForCausalLM (a tiny random
-model made here), and a Qwen-1-layout checkpoint this file builds from the same weights with its own
-few lines of mapping (docs/qwen.md section 1). Tiny shapes with the published vocabulary rows
-(151,936 and 152,064): hidden 64, 4 heads, 4 layers, FFN 176.
+model made here), and a Qwen-1-layout checkpoint this file builds from the same weights with a few lines
+of mapping written for the tests (qwen1_state in tests/hf_fixtures.py; docs/qwen.md section 1). Tiny shapes
+with the published vocabulary rows (151,936 and 152,064): hidden 64, 4 heads, 4 layers, FFN 176.
 """
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, quiet_env, torchrun
+from conftest import REPO, load_tool, torchrun
+from hf_fixtures import convert, qwen1_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -26,7 +24,6 @@ from megatron_qwen.training.arguments import parse_run_config
 
 transformers = pytest.importorskip("transformers")
 
-TOOL = os.path.join(REPO, "tools", "convert_checkpoint.py")
 WORKER = os.path.join(REPO, "tests", "hf_convert_worker.py")
 # TP x PP; "v1": interleaved, one layer per virtual pipeline stage (stage 0 holds layers 0 and 2).
 LAYOUTS = ["1x1", "2x1", "2x2v1"]
@@ -45,25 +42,6 @@ def qwen2_model(rows: int, seed: int, **shape):
         for name, p in model.named_parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05 + float("norm" in name))
     return model
-
-
-def qwen1_state(model) -> dict:
-    """The Qwen-1 (QWenLMHeadModel) tensors of a Qwen2ForCausalLM: fused c_attn = [q; k; v],
-    w2 = gate, w1 = up."""
-    sd = model.state_dict()
-    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
-           "transformer.ln_f.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]}
-    for i in range(model.config.num_hidden_layers):
-        a, b = f"model.layers.{i}.", f"transformer.h.{i}."
-        out[b + "ln_1.weight"] = sd[a + "input_layernorm.weight"]
-        out[b + "ln_2.weight"] = sd[a + "post_attention_layernorm.weight"]
-        for kind in ("weight", "bias"):
-            out[b + f"attn.c_attn.{kind}"] = torch.cat([sd[a + f"self_attn.{x}_proj.{kind}"] for x in "qkv"])
-        out[b + "attn.c_proj.weight"] = sd[a + "self_attn.o_proj.weight"]
-        out[b + "mlp.w2.weight"] = sd[a + "mlp.gate_proj.weight"]
-        out[b + "mlp.w1.weight"] = sd[a + "mlp.up_proj.weight"]
-        out[b + "mlp.c_proj.weight"] = sd[a + "mlp.down_proj.weight"]
-    return {k: v.clone().contiguous() for k, v in out.items()}
 
 
 def qwen1_config(model) -> dict:
@@ -85,16 +63,6 @@ def write_qwen1(directory, model, as_bin: bool) -> None:
         torch.save(qwen1_state(model), os.path.join(directory, "pytorch_model.bin"))
     else:
         save_file(qwen1_state(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-
-
-def convert(*runs: list) -> None:
-    """Run the tool's main() once per argument list, all in one process (megatron-core is imported
-    once); fails the test on the first non-zero exit status."""
-    script = ("import json, runpy, sys\nmain = runpy.run_path(sys.argv[1])['main']\n"
-              "for argv in json.loads(sys.argv[2]):\n    if main(argv):\n        sys.exit(f'failed: {argv}')\n")
-    proc = subprocess.run([sys.executable, "-c", script, TOOL, json.dumps([list(map(str, r)) for r in runs])],
-                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 def read_safetensors_dir(directory) -> dict:
@@ -238,13 +206,6 @@ def test_hf_load_fixes_the_model_shape(hf):
         parse_run_config(PRETRAIN, ["--load", str(hf.root / "ours_b_qwen"), "--model-size", "7b"])
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bad_dir(root, name, edit_state=None, edit_config=None):
     """A small Qwen2 directory (256 rows, 1 layer) with one thing wrong."""
     model = qwen2_model(256, seed=3, num_hidden_layers=1)
@@ -278,7 +239,7 @@ def test_bad_hf_input_is_one_line(case, tmp_path, capsys):
     edit_state, edit_config, words = ERRORS[case]
     src = _bad_dir(tmp_path, "src", edit_state, edit_config)
     capsys.readouterr()  # transformers' own progress output while writing the directory
-    assert _tool().main(["--load-dir", str(src), "--save-dir", str(tmp_path / "out")]) == 2
+    assert load_tool("convert_checkpoint").main(["--load-dir", str(src), "--save-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: "), err
     assert all(w in err for w in words), err
@@ -297,7 +258,7 @@ def test_random_bytes_as_safetensors_is_one_line(tmp_path, capsys):
     (src / "model.safetensors").write_bytes(torch.randint(0, 256, (1000,), dtype=torch.uint8,
                                                           generator=torch.Generator().manual_seed(0)).numpy().tobytes())
     capsys.readouterr()
-    assert _tool().main(["--load-dir", str(src), "--save-dir", str(tmp_path / "out")]) == 2
+    assert load_tool("convert_checkpoint").main(["--load-dir", str(src), "--save-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{src / 'model.safetensors'}: not a readable safetensors file" in err, err
     assert "exceeds the file's 1000 bytes" in err, err
@@ -305,7 +266,8 @@ def test_random_bytes_as_safetensors_is_one_line(tmp_path, capsys):
 
 def test_source_of_no_known_kind_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _tool().main(["--load-dir", str(tmp_path / "empty"), "--save-dir", str(tmp_path / "out")]) == 2
+    assert load_tool("convert_checkpoint").main(["--load-dir", str(tmp_path / "empty"),
+                                                 "--save-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a Hugging Face model directory" in err, err
     # A job refuses a Hugging Face --load of another architecture while resolving its flags.

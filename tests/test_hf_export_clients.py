@@ -6,7 +6,6 @@ into a checkpoint of ours and exported back by tools/convert_checkpoint.py; its 
 that greedy continuations are long runs of distinct tokens.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,14 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, quiet_env
-from test_hf_convert import convert
+from conftest import REPO, load_tool, quiet_env
+from hf_fixtures import convert
 
 from megatron_qwen.tokenizer import load_tokenizer, render_chat
 
 transformers = pytest.importorskip("transformers")
-sys.path.insert(0, str(REPO / "tools"))
-from check_vllm import tiny_qwen2  # noqa: E402  (the model tools/check_vllm.py gives vLLM)
+tiny_qwen2 = load_tool("check_vllm").tiny_qwen2  # the model tools/check_vllm.py gives vLLM
 
 NEW_TOKENS = 10
 STOP_IDS = (151_643, 151_645)
@@ -93,9 +91,7 @@ def test_chat_template_renders_our_chatml(hf_tokenizer):
             text = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=opened)
             assert text == render_chat(messages, add_generation_prompt=opened)
     # The ids a client feeds the model are the prompt ids of tools/generate.py --chat.
-    spec = importlib.util.spec_from_file_location("generate_tool", f"{REPO}/tools/generate.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("generate")
     ids = hf_tokenizer.apply_chat_template(conversations[0], add_generation_prompt=True, return_dict=True)
     assert ids["input_ids"] == tool.prompt_ids("What is 7 * 8?", True, load_tokenizer())
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, quiet_env, run_module
-from test_hf_convert import convert, qwen1_state
+from hf_fixtures import convert, qwen1_state
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,28 +7,13 @@ model and through transformers' own implementation, give the same logits in fp32
 import subprocess
 import sys
 
-import pytest
 import torch
 from conftest import REPO, quiet_env
-from test_parity import WORKER, merge
+from hf_fixtures import hf_model
+from parity_outputs import WORKER, merge
 
 from megatron_qwen.config.model import model_preset
 from megatron_qwen.hf.layouts import to_hf_state_dict
-
-transformers = pytest.importorskip("transformers")
-
-
-def hf_model(cfg):
-    config = transformers.Qwen2Config(
-        vocab_size=cfg.padded_vocab_size, hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
-        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_epsilon,
-        rope_theta=cfg.rotary_base, tie_word_embeddings=False, hidden_act="silu",
-        attention_dropout=0.0, use_sliding_window=False, torch_dtype=torch.float32,
-    )
-    config._attn_implementation = "eager"
-    return transformers.Qwen2ForCausalLM(config).eval()
 
 
 def test_logits_equal_transformers_qwen2(tmp_path):

@@ -4,13 +4,11 @@ rescaled base, a window equal to running the model on the window's tokens alone,
 for the KV cache and for tools/eval_long_context.py's chunked perplexity."""
 
 import dataclasses
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_tool
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
@@ -187,10 +185,7 @@ def test_training_mode_and_window_count_are_refused(model):
 def test_chunked_perplexity_is_the_full_forward(model, ids):
     """tools/eval_long_context.py's bounded-memory pass (KV cache, a chunk of queries at a time, NTK
     alpha of the whole length) gives the full forward's negative log-likelihood."""
-    spec = importlib.util.spec_from_file_location("eval_long_context", os.path.join(REPO, "tools",
-                                                                                    "eval_long_context.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("eval_long_context")
     model.vocab_size_unpadded = 1024
     settings = LongContext(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(6, 9, 12, 20))
     try:

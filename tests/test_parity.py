@@ -6,17 +6,13 @@ gradients (gathered to full shape) and 5-step loss curve are compared with the r
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO, quiet_env, torchrun
-
-from megatron_qwen.model.layout import unshard
-
-WORKER = os.path.join(REPO, "tests", "parity", "parity_worker.py")
+from parity_outputs import WORKER, merge
 
 TP2 = ["--tensor-model-parallel-size", "2"]
 PP2 = ["--pipeline-model-parallel-size", "2"]
@@ -45,18 +41,6 @@ LAYOUTS = {
     "sdpa_compiled": (1, COMPILED_SDPA),
     "tp2_sp_compiled": (2, [*TP2, "--sequence-parallel", *COMPILED_SDPA]),
 }
-
-
-def merge(out_dir: str, kind: str) -> dict[str, torch.Tensor]:
-    """Full tensors by global name from every rank's slices."""
-    slices: dict[str, dict[int, torch.Tensor]] = {}
-    dims = {}
-    for f in sorted(os.listdir(out_dir)):
-        if f.startswith(kind + "_rank"):
-            for name, (tp_rank, dim, t) in torch.load(os.path.join(out_dir, f)).items():
-                slices.setdefault(name, {})[tp_rank] = t
-                dims[name] = dim
-    return {n: unshard([s[r] for r in sorted(s)], n, dims[n]) for n, s in slices.items()}
 
 
 @pytest.fixture(scope="module")

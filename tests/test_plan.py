@@ -1,24 +1,19 @@
 """The planner's command line (tools/plan.py): the layouts it lists, its refusals in one line, and a custom
 vocabulary padded as training pads it. Its memory estimator: tests/test_memory.py."""
 
-import importlib.util
-import os
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, quiet_env
+from conftest import REPO, load_tool, quiet_env
 
 from megatron_qwen.model.memory import GIB
 
 
 def run_plan(flags: list[str]) -> int:
     """tools/plan.py's exit status for ``flags``, run in this process (argparse's errors exit)."""
-    spec = importlib.util.spec_from_file_location("plan", os.path.join(REPO, "tools", "plan.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     try:
-        return module.main(flags)
+        return load_tool("plan").main(flags)
     except SystemExit as e:
         return e.code
 

@@ -1,7 +1,6 @@
 """tools/preprocess_data.py and tools/merge_datasets.py end to end, on small corpora."""
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,25 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from conftest import REPO, load_tool
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_qwen.data import sources
 from megatron_qwen.tokenizer import encode_chat, load_tokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NL, USER = 198, 872  # "\n", "user"
 TEXTS = ["Hello world, 12345.", "中文文本，测试。", "def f(x):\n    return x\n", "a <|endoftext|> b", "  spaces  "]
 
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-preprocess = _load_tool("preprocess_data")
-merge = _load_tool("merge_datasets")
+preprocess = load_tool("preprocess_data")
+merge = load_tool("merge_datasets")
 
 
 @pytest.fixture(scope="module")

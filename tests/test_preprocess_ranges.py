@@ -1,20 +1,17 @@
 """--max-shard-bytes: one plain .jsonl split into byte-range shards, equal to the unsplit run."""
 
 import gzip
-import importlib.util
 import json
 import os
 
 import pytest
-from conftest import REPO
+from conftest import load_tool
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_qwen.data import sources
 from megatron_qwen.data.shards import read_index_counts
 
-_spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "tools", "preprocess_data.py"))
-preprocess = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(preprocess)
+preprocess = load_tool("preprocess_data")
 
 RANGE = 4096  # --max-shard-bytes of these tests
 

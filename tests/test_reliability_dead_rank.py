@@ -13,7 +13,7 @@ import threading
 import time
 
 from conftest import REPO, free_port, quiet_env
-from test_reliability_nan import run_harness
+from fault_harness import run_harness
 
 ARGS = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "1",
         "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--distributed-timeout-minutes", "1"]

@@ -8,7 +8,7 @@ import random
 import re
 
 from conftest import TRACKER
-from test_reliability_nan import metrics, run_harness
+from fault_harness import metrics, run_harness
 
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
           "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",

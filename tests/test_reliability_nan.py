@@ -1,43 +1,16 @@
 """Non-finite losses skip the update and name the data-parallel rank; a streak of them stops the run;
 loss spikes are told apart from noise (training/anomalies.py)."""
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, quiet_env
+from fault_harness import metrics, run_harness
 
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
           "--global-batch-size", "8", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
           "--hidden-dropout", "0", "--attention-dropout", "0", "--eval-interval", "1000"]
 BAD_ITERATION, GBS = 4, 8
-
-
-def run_harness(jobs: list[dict], tmp) -> dict:
-    """tests/fault_harness.py: every job forked from one process that imported the stack once."""
-    jobs_file, results_file = tmp / "jobs.json", tmp / "results.json"
-    jobs_file.write_text(json.dumps(jobs))
-    proc = subprocess.run([sys.executable, "tests/fault_harness.py", str(jobs_file), str(results_file)],
-                          cwd=REPO, env=quiet_env(PYTHONPATH=f"{REPO}:{REPO}/tests"), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(results_file.read_text())
-
-
-def metrics(path) -> dict[int, dict]:
-    """The last record of each iteration (a killed attempt may leave a torn last line)."""
-    rows = {}
-    for line in open(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "lm_loss" in row:
-            rows[row["iteration"]] = row
-    return rows
 
 
 def skip_batch_in_checkpoint(ckpt_dir: str) -> None:

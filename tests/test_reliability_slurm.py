@@ -6,17 +6,17 @@ import os
 
 import pytest
 from conftest import REPO, TRACKER
-from test_examples import HOSTS, JOB_ID, base_env, fake_slurm, run_script, write_exe  # noqa: F401
+from slurm_fakes import HOSTS, JOB_ID, base_env, run_script, write_exe
 
 SCRIPT = REPO / "examples" / "pretrain" / "qwen_7b.sh"
 
 
 @pytest.mark.parametrize("reached, torchrun_code, requeued", [(300, 0, True), (1000, 0, False), (300, 1, False)],
                          ids=["stopped_early", "finished", "failed"])
-def test_unfinished_run_requeues_its_job(tmp_path, fake_slurm, reached, torchrun_code, requeued):  # noqa: F811
+def test_unfinished_run_requeues_its_job(tmp_path, fake_slurm, reached, torchrun_code, requeued):
     assert "#SBATCH --requeue" in SCRIPT.read_text()
     calls = tmp_path / "calls"
-    # scontrol: host names as in tests/test_examples.py, and a record of every requeue.
+    # scontrol: host names as in tests/slurm_fakes.py, and a record of every requeue.
     write_exe(fake_slurm / "scontrol", f"""#!/bin/sh
 [ "$1" = requeue ] && {{ echo "requeue $2" >> {calls}; exit 0; }}
 printf '%s\\n' {' '.join(HOSTS)}

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO, quiet_env, torchrun
-from test_hf_parity import hf_model
+from hf_fixtures import hf_model
 
 from megatron_qwen.config.model import model_preset
 from megatron_qwen.hf.layouts import to_hf_state_dict
