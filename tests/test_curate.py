@@ -6,12 +6,12 @@ import itertools
 import json
 import os
 import random
-import stat
 import subprocess
 import sys
 
 import pytest
 from conftest import load_tool
+from slurm_fakes import write_exe
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate import extract, quality, upsample
@@ -342,12 +342,9 @@ def test_slurm_job_scripts_without_slurm(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "sbatch.log"
-    fake = bin_dir / "sbatch"
-    fake.write_text(f"#!/bin/sh\nn=$(wc -l < {log} 2>/dev/null || echo 0)\necho \"$@\" >> {log}\n"
-                    f"echo \"Submitted batch job $((n + 100))\"\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    (bin_dir / "scontrol").write_text("#!/bin/sh\necho localhost\n")  # node list expansion in the task
-    (bin_dir / "scontrol").chmod(fake.stat().st_mode)
+    write_exe(bin_dir / "sbatch", f"#!/bin/sh\nn=$(wc -l < {log} 2>/dev/null || echo 0)\necho \"$@\" >> {log}\n"
+                                  f"echo \"Submitted batch job $((n + 100))\"\n")
+    write_exe(bin_dir / "scontrol", "#!/bin/sh\necho localhost\n")  # node list expansion in the task
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     raw = tmp_path / "raw"
     write_jsonl_gz(str(raw / "a.jsonl.gz"), [{"text": "hello world " * 30, "id": "a"}])
