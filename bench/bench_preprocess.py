@@ -267,5 +267,6 @@ def main() -> None:
     tokens, seconds = time_rounds(tokenizer, corpora, sides, rounds, args.raw_threads, os.path.join(workdir, "out"))
     report_rates(tokens, seconds, raw_side, rounds, half, full)
 
+
 if __name__ == "__main__":
     main()

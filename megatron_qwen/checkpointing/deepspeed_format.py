@@ -12,13 +12,12 @@ ours (weights only) that every layout, the Hugging Face export and generation re
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shutil
 import tempfile
 
-from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.run_state import same_layout
 from megatron_qwen.config.errors import ConfigError
 
@@ -48,8 +47,7 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
 
     from megatron_qwen.model.layout import shard, unshard
 
-    with open(os.path.join(ckpt_dir, DEEPSPEED_MARKER)) as f:
-        saved_tp = json.load(f)["layout"]["tp"]
+    saved_tp = deepspeed_record(ckpt_dir)["layout"]["tp"]
     per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
     tp_rank, tp = (parallel_state.get_tensor_model_parallel_rank(),
                    parallel_state.get_tensor_model_parallel_world_size())
@@ -75,8 +73,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
 
     iteration = latest_iteration(source)
     ckpt_dir = iteration_dir(source, iteration)
-    with open(os.path.join(ckpt_dir, DEEPSPEED_MARKER)) as f:
-        saved = json.load(f)
+    saved = deepspeed_record(ckpt_dir)
     run = RunConfig.from_dict(saved["run_config"])
     tp = saved["layout"]["tp"]
     per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(tp)]
@@ -104,8 +101,7 @@ def check_resumable(ckpt_dir: str, stage: int, layout: dict) -> None:
     ``stage`` and ``layout`` (run_state.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
     0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
     TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
-    with open(os.path.join(ckpt_dir, DEEPSPEED_MARKER)) as f:
-        saved = json.load(f)
+    saved = deepspeed_record(ckpt_dir)
     was = saved["zero_stage"]
     if (was == 3) != (stage == 3):
         raise ConfigError(f"--load {ckpt_dir} was saved at ZeRO-{was}; DeepSpeed's universal checkpoint does not "

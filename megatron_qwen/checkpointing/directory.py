@@ -67,6 +67,12 @@ def written_by_deepspeed(ckpt_dir: str) -> bool:
     return os.path.isfile(os.path.join(ckpt_dir, DEEPSPEED_MARKER))
 
 
+def deepspeed_record(ckpt_dir: str) -> dict:
+    """DEEPSPEED_MARKER's contents in a DeepSpeed-engine iteration directory: ZeRO stage, layout, configs."""
+    with open(os.path.join(ckpt_dir, DEEPSPEED_MARKER)) as f:
+        return json.load(f)
+
+
 def is_deepspeed_checkpoint(root: str) -> bool:
     """True when the latest checkpoint under the --save directory ``root`` was written by the deepspeed engine."""
     iteration = latest_iteration(root) if os.path.isdir(root) else None

@@ -3,11 +3,10 @@ where the run stands, the data settings a resume must not change silently, the p
 was saved at, and the run configuration (its model shape). Plain files and dicts: preflight reads them
 before torch is imported (job_state.py takes the layout and RNG states from the running job)."""
 
-import json
 import os
 from dataclasses import dataclass
 
-from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, written_by_deepspeed
+from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, deepspeed_record, written_by_deepspeed
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
@@ -56,9 +55,7 @@ def saved_run_config(ckpt_dir: str) -> tuple[dict, str]:
     """(run configuration as stored, the file it is in) of a checkpoint of either engine: DeepSpeed's
     files hold none, so that engine stores ours beside them."""
     if written_by_deepspeed(ckpt_dir):
-        source = os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-        with open(source) as f:
-            return json.load(f)["run_config"], source
+        return deepspeed_record(ckpt_dir)["run_config"], os.path.join(ckpt_dir, DEEPSPEED_MARKER)
     from megatron.core import dist_checkpointing
 
     return dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"], os.path.join(ckpt_dir, "common.pt")

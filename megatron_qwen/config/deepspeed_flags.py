@@ -33,6 +33,8 @@ SCHEDULE_PARAMS = {
     "WarmupCosineLR": ("warmup_min_ratio", "warmup_num_steps", "cos_min_ratio", "warmup_type", "last_batch_iteration",
                        "total_num_steps"),
 }
+
+
 def fill_unset_flags(args, user: dict, path: str, default_lr: float) -> None:
     """Give each flag the JSON stands in for its value where the flag is unset (an argparse namespace,
     changed in place); a flag given otherwise is an error naming both. ``default_lr``: the recipe's."""

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from megatron_qwen.checkpointing.deepspeed_format import UNIVERSAL, to_universal
 from megatron_qwen.checkpointing.directory import (
     DEEPSPEED_MARKER,
+    deepspeed_record,
     iteration_dir,
     publish,
     room_to_save,
@@ -70,8 +71,7 @@ class DeepSpeedCheckpointer:
         if not written_by_deepspeed(ckpt_dir):
             raise ConfigError(f"--load {ckpt_dir} is a megatron-engine checkpoint; resume it with --zero-engine "
                               "megatron, or start from its weights with --finetune")
-        with open(os.path.join(ckpt_dir, DEEPSPEED_MARKER)) as f:
-            saved = json.load(f)
+        saved = deepspeed_record(ckpt_dir)
         changed = not same_layout(saved["layout"], current_layout()) or saved["zero_stage"] != self.cfg.zero.stage
         client = self._load_universal(ckpt_dir) if changed else self.engine.load_checkpoint(
             s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
