@@ -111,6 +111,9 @@ class BuildSettings:
         "--compile-layers", group=FUSIONS, default=False,
         help="each transformer layer's forward and backward as compiled graphs (torch.compile; megatron engine, "
              "local/sdpa/flash back ends; docs/PERFORMANCE.md)")
+    # The recipe's: "lm", the output layer over the vocabulary, or "reward", one value per token read at the
+    # end token (model/reward.py). Checkpoints before this field were all "lm".
+    head: str = "lm"
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {

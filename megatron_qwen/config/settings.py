@@ -41,7 +41,7 @@ TOKENIZER_TYPES = ("QwenTokenizer", "NullTokenizer")
 
 @dataclass(frozen=True)
 class DataSettings:
-    data_format: str = "pretrain"  # the recipe's: "pretrain" or "chatml"
+    data_format: str = "pretrain"  # the recipe's: "pretrain", "chatml" or "pairs"
     mock_data: bool = flag("--mock-data", group=DATA, default=False,
                            help="megatron-core's synthetic GPT data, no files needed")
     data_path: tuple[str, ...] = flag("--data-path", group=DATA, default=(), to_field=tuple,

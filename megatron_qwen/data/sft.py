@@ -19,14 +19,11 @@ from collections import deque
 import numpy as np
 import torch
 from megatron.core.datasets import helpers
-from megatron.core.datasets.blended_megatron_dataset_config import (
-    convert_split_vector_to_split_matrix,
-    parse_and_normalize_split,
-)
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_qwen.data.blend import DataPathError, check_data_path, check_split, parse_data_path
+from megatron_qwen.data.blend import DataPathError, check_data_path, parse_data_path
 from megatron_qwen.data.shards import LOSS_MASK_SUFFIX, loss_mask_prefix, read_index_counts
+from megatron_qwen.data.splits import split_parts
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -123,35 +120,15 @@ def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: 
     as WEIGHT PREFIX pairs; unweighted prefixes are weighted by their document counts)."""
     check_data_path(data_path, loss_masks=True)
     prefixes, weights = parse_data_path(data_path, check_files=False)
-    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(check_split(split)))
     doc_counts = [read_index_counts(p)[0] for p in prefixes]
-    if weights is None:
-        weights = [float(n) for n in doc_counts]
-    total = sum(weights)
-    weights = [w / total for w in weights]
     out = []
-    for split_index, bounds in enumerate(split_matrix):
-        size = num_samples[split_index]
-        if bounds is None or not size:
+    for split_index, parts in enumerate(split_parts(prefixes, doc_counts, weights, split, num_samples)):
+        if parts is None:
             out.append(None)
             continue
         split_seed = seed + 1000 * split_index
-        parts, part_weights = [], []
-        for i, (prefix, n_docs) in enumerate(zip(prefixes, doc_counts)):
-            begin, end = int(round(bounds[0] * n_docs)), int(round(bounds[1] * n_docs))
-            if end > begin:  # a small dataset may give a small split no document at all
-                parts.append((i, prefix, begin, end))
-                part_weights.append(weights[i])
-        if not parts:
-            out.append(None)
-            continue
-        part_weights = [w / sum(part_weights) for w in part_weights]
-        datasets = [
-            # A little surplus, as megatron-core does, since blending may take one sample more.
-            SFTDataset(prefix, begin, end, seq_length,
-                       size if len(parts) == 1 else int(np.ceil(w * size * 1.005)) + 1,
-                       split_seed + i, pack, tokenizer.eod)
-            for (i, prefix, begin, end), w in zip(parts, part_weights)
-        ]
-        out.append(datasets[0] if len(datasets) == 1 else BlendedSFTDataset(datasets, part_weights, size))
+        datasets = [SFTDataset(p.prefix, p.begin, p.end, seq_length, p.size, split_seed + p.index, pack, tokenizer.eod)
+                    for p in parts]
+        out.append(datasets[0] if len(datasets) == 1 else
+                   BlendedSFTDataset(datasets, [p.weight for p in parts], num_samples[split_index]))
     return tuple(out)

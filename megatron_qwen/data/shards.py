@@ -24,6 +24,7 @@ import numpy as np
 
 TEXT_KEY = "text"  # default json key of pretraining records
 MESSAGES_KEY = "messages"  # default json key of ChatML SFT records
+PAIRS_KEY = "pairs"  # the dataset of comparison pairs (data/pairs.py)
 LOSS_MASK_SUFFIX = "_loss_mask"
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
@@ -203,6 +204,11 @@ def _read_index(prefix: str) -> tuple[type[np.number], np.ndarray, np.ndarray]:
         f.seek(_HEADER.size + 12 * num_seq)
         document_indices = np.fromfile(f, dtype=np.int64, count=num_docs + 1)
     return dtype, lengths, document_indices
+
+
+def sequence_lengths(prefix: str) -> np.ndarray:
+    """The sequence lengths (tokens) of a complete dataset, read from its .idx."""
+    return _read_index(prefix)[1]
 
 
 def merge_datasets(prefixes: list[str], output_prefix: str) -> None:

@@ -79,9 +79,9 @@ def _load(ckpt_dir: str, names: list[str], stored: dict, num_layers: int) -> dic
     return {name: loaded[name][0] if _stored_key(name)[1] is not None else loaded[name] for name in names}
 
 
-def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
+def _check_stored(ckpt_dir: str, cfg, stored: dict, head: str) -> None:
     """Every tensor the model needs is in the checkpoint, with the shape its run_config implies."""
-    for name, shape in global_weight_shapes(cfg).items():
+    for name, shape in global_weight_shapes(cfg, head).items():
         key, layer = _stored_key(name)
         want = shape if layer is None else (cfg.num_layers, *shape)
         if key not in stored:
@@ -96,7 +96,7 @@ def _side_files(run: RunConfig, layout: str, dtype: torch.dtype, chat: bool) -> 
     """The json files next to the weights (a qwen2 export's tokenizer files come from tokenizer_files.py).
     Qwen-1's seq_length is the length the run trained at, its --seq-length."""
     cfg = run.model
-    files = {"config.json": hf_config(cfg, layout, dtype, run.train.seq_length)}
+    files = {"config.json": hf_config(cfg, layout, dtype, run.train.seq_length, run.build.head)}
     if layout == "qwen":  # read by Qwen's remote-code tokenizer (tokenization_qwen.py, from the original model)
         files["generation_config.json"] = generation_config(chat, run.train.seq_length)
         files["tokenizer_config.json"] = {"tokenizer_class": "QWenTokenizer",
@@ -112,7 +112,7 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
 
     dtype: "bf16", "fp16" or "fp32" (default: the checkpoint's). chat: whether
     generation_config.json also stops at <|im_end|> (default: the checkpoint's run trained on
-    ChatML data)."""
+    ChatML data). A reward model's checkpoint goes out as Qwen2ForSequenceClassification (qwen2 only)."""
     check_layout(layout)
     iteration = latest_iteration(source)
     if iteration is None:
@@ -122,12 +122,15 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
     init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
     try:
         run = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
-        cfg = run.model
+        cfg, head = run.model, run.build.head
+        if head == "reward" and layout != "qwen2":
+            raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
+                              "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
         stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
-        _check_stored(ckpt_dir, cfg, stored)
+        _check_stored(ckpt_dir, cfg, stored, head)
         out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
-        plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout).items()]  # in write order
-        names = list(global_weight_shapes(cfg))
+        plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
+        names = list(global_weight_shapes(cfg, head))
         with staged_directory(destination) as staging:
             writer = SafetensorsWriter(staging, plan, max_shard_size)
             with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:

@@ -34,7 +34,11 @@ def _installed(*modules: str) -> bool:
 
 class QwenGPTModel(GPTModel):
     """megatron-core's GPT model, with the loss of model/loss.py where ``chunked_loss``: the loss is the one
-    component megatron-core's specs do not reach."""
+    component megatron-core's specs do not reach. ``head`` names what its last stage ends in (the training
+    objective follows it: training/step.py); ``new_parameters``: those a language model's checkpoint lacks."""
+
+    head = "lm"
+    new_parameters: tuple[str, ...] = ()
 
     def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -128,9 +132,10 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
                   initialize: bool) -> list[QwenGPTModel]:
     vp_size = tcfg.virtual_pipeline_model_parallel_size
     chunks = []
+    model_class = _model_class(opts.head)
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None
-        chunk = QwenGPTModel(
+        chunk = model_class(
             config=tcfg,
             transformer_layer_spec=qwen_block_spec(opts.transformer_impl,
                                                    get_num_layers_to_build(tcfg, vp_stage=stage),
@@ -151,6 +156,15 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
     if initialize:
         initialize_weights(chunks, model, opts.seed, torch.device("cpu") if opts.cpu_initialization else None)
     return chunks
+
+
+def _model_class(head: str) -> type[QwenGPTModel]:
+    """The model with ``head`` (config/model.py's BuildSettings.head) on its last stage."""
+    if head == "reward":
+        from megatron_qwen.model.reward import QwenRewardModel  # a subclass of QwenGPTModel
+
+        return QwenRewardModel
+    return QwenGPTModel
 
 
 def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig, distributed_optimizer: bool,

@@ -45,17 +45,28 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
         fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
                          default_lr=size_defaults.get("lr", recipe.lr))
-    build = from_flags(BuildSettings, args)
+    build = from_flags(BuildSettings, args, head=recipe.head)
+    global_batch_size = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
+    if args.train_iters is None:  # the recipe's single epoch
+        args.train_iters = _one_epoch(args, global_batch_size)
     train = from_flags(
         TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
-        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
+        global_batch_size=global_batch_size, optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
     data = from_flags(DataSettings, args, data_format=recipe.data_format,
                       pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
                      parallel=from_flags(ParallelConfig, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
                      zero=zero_settings(args))
+
+
+def _one_epoch(args, global_batch_size: int) -> int:
+    """Steps of one pass over the training split of --data-path's pairs (the reward recipe's length)."""
+    if not args.data_path:
+        raise ConfigError("the recipe trains for one epoch of --data-path: pass --data-path, or --train-iters")
+    from megatron_qwen.data.pairs import training_pairs  # reads the shards' headers only
+
+    return max(1, 2 * training_pairs(list(args.data_path), args.split) // global_batch_size)
 
 
 def _model(args, named: bool) -> tuple[QwenModelConfig, str]:

@@ -39,8 +39,18 @@ def build_datasets(cfg: RunConfig):
     from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(d.tokenizer_model)  # its vocabulary was checked in training/preflight.py
+    if d.data_format == "pairs":
+        return data.build_pair_datasets(list(d.data_path), d.split, t.seq_length, cfg.build.seed, num_samples(cfg),
+                                        tokenizer, report=_on_rank_zero)
     if d.data_format == "chatml":
         return data.build_sft_datasets(list(d.data_path), d.split, t.seq_length, cfg.build.seed, num_samples(cfg),
                                        tokenizer, pack=d.pack_sft)
     return data.build_pretrain_datasets(list(d.data_path), d.split, t.seq_length, cfg.build.seed, num_samples(cfg),
                                         tokenizer, mock=False, cache_path=d.data_cache_path)
+
+
+def _on_rank_zero(line: str) -> None:
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        print(f" {line}", flush=True)

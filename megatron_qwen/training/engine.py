@@ -27,6 +27,7 @@ class Checkpointer(Protocol):
 class Engine(Protocol):
     model: list  # the model chunks this rank holds, for evaluation
     checkpointer: Checkpointer
+    figures: dict[str, float]  # the last step's figures besides the loss, by name (training/step.py's Objective)
 
     @property
     def lr(self) -> float:

@@ -44,9 +44,9 @@ def train(cfg: RunConfig, world_size: int) -> dict:
         state.advance(t.global_batch_size, ok)
         health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
-                      engine.lr, grad_norm)
+                      engine.lr, grad_norm, engine.figures)
         if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
-            sink.log_eval(state.iteration, evaluate(cfg, model, valid_ds, num_mb, device))
+            sink.log_eval(state.iteration, *evaluate(cfg, model, valid_ds, num_mb, device))
         if _save_or_exit(cfg, checkpointer, state, exit_signal):
             break
         sink.meter.restart()  # evaluation and checkpoint time stay out of the next step's figures
@@ -77,23 +77,25 @@ def _save_due(cfg: RunConfig, iteration: int) -> bool:
     return bool(s.save_interval) and iteration % s.save_interval == 0
 
 
-def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> float | None:
-    """Mean loss over ``--eval-iters`` global batches from the start of the validation split."""
+def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> tuple[float | None, dict]:
+    """Mean loss (and figures: the reward model's accuracy and margin) over ``--eval-iters`` global batches from
+    the start of the validation split."""
     t = cfg.train
     for chunk in model:
         chunk.eval()
     loader = microbatch_loader(dataset, 0, t.global_batch_size, t.micro_batch_size, *_data_parallel_rank_and_size())
-    losses = []
+    losses, figures = [], []
     with torch.no_grad():
         for _ in range(min(cfg.log.eval_iters, len(dataset) // t.global_batch_size)):
             batches = next_global_batch(loader, num_mb)
+            figures.append({})
             losses.append(run_microbatches(model, [iter(batches) for _ in model], num_mb, t.seq_length,
-                                           t.micro_batch_size, device, forward_only=True))
+                                           t.micro_batch_size, device, forward_only=True, figures=figures[-1]))
     for chunk in model:
         chunk.train()
     if not losses or losses[0] is None:
-        return None
-    return sum(losses) / len(losses)
+        return None, {}
+    return sum(losses) / len(losses), {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}
 
 
 def _data_parallel_rank_and_size() -> tuple[int, int]:

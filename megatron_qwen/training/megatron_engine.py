@@ -27,6 +27,7 @@ class MegatronEngine:
         self.cfg, self.device = cfg, device
         self.model, self.optimizer, self.scheduler = build_model_and_optimizer(cfg)
         self.checkpointer = MegatronCheckpointer(cfg, self.model, self.optimizer, self.scheduler)
+        self.figures: dict[str, float] = {}
 
     @property
     def lr(self) -> float:
@@ -35,6 +36,7 @@ class MegatronEngine:
     def train_step(self, microbatches: list[dict], num_microbatches: int, health: StepHealth):
         """One optimizer step. Returns (loss, grad_norm, update_successful)."""
         t = self.cfg.train
+        self.figures = {}
         return train_step(self.model, self.optimizer, self.scheduler, [iter(microbatches) for _ in self.model],
                           num_microbatches, t.seq_length, t.micro_batch_size, t.global_batch_size, self.device,
-                          health)
+                          health, self.figures)

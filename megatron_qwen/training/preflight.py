@@ -53,7 +53,7 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split
+    from megatron_qwen.data import check_data_path, check_split, parse_data_path
     from megatron_qwen.tokenizer import load_tokenizer
 
     check_data_path(list(cfg.data.data_path))
@@ -62,6 +62,11 @@ def _check_data(cfg: RunConfig) -> None:
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
+    if cfg.data.data_format == "pairs":
+        from megatron_qwen.data.pairs import check_pair_shard
+
+        for prefix in parse_data_path(list(cfg.data.data_path), check_files=False)[0]:
+            check_pair_shard(prefix, tokenizer.im_end_id)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
@@ -83,6 +88,21 @@ def _check_token_ids(cfg: RunConfig) -> None:
                 "model's tokenizer, or pick a model with that vocabulary")
 
 
+def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
+    """A reward model starts from a language model's weights (its head then starts fresh), never the other way
+    round, and a resume continues the model that was saved."""
+    from megatron_qwen.checkpointing.run_state import saved_run_config
+
+    saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
+    if saved == cfg.build.head or (weights_only and saved == "lm"):
+        return
+    if saved == "reward":
+        raise ConfigError(f"--load {ckpt_dir} holds a reward model, which has no output layer: a "
+                          f"{cfg.recipe} job cannot start from it; --load a language model")
+    raise ConfigError(f"--load {ckpt_dir} holds a language model: a {cfg.recipe} job starts from its weights only "
+                      "(--finetune), it cannot resume it")
+
+
 def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     s = cfg.checkpoint
     if s.save and os.path.isfile(s.save):
@@ -95,7 +115,8 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     from megatron_qwen.hf.source import is_hf_dir, open_hf
     from megatron_qwen.training.starting_point import effective_load
 
-    target = effective_load(s).load  # a fine-tuning job that already saved resumes its own --save
+    start = effective_load(s)
+    target = start.load  # a fine-tuning job that already saved resumes its own --save
     # A Hugging Face model directory is a valid --load once its weight files
     # match its config.json (every name and shape, from the file headers).
     if is_hf_dir(target):
@@ -106,6 +127,7 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
     if it is not None:
         check_same_model(iteration_dir(target, it), cfg)
+        _check_head(iteration_dir(target, it), cfg, weights_only=start.finetune)
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.
