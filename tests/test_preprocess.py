@@ -298,7 +298,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         (["--chatml", "--append-eod"], "--append-eod does not apply"),
         (["--shard-index", "2", "--num-shards", "2"], "--shard-index 2"),
         (["--workers", "0"], "--workers 0"),
-        (["--no-default-system-prompt"], "--no-default-system-prompt applies to --chatml only"),
+        (["--no-default-system-prompt"], "--no-default-system-prompt applies to --chatml and --pairs only"),
+        (["--pairs", "--chatml"], "--pairs writes one dataset of its own"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             preprocess.main(["--input", "x.jsonl", "--output-prefix", "x", *args])

@@ -124,6 +124,7 @@ def stated_claims(r):
          lambda a, s, b, t: {s: float(a), t: float(b)} == per_size_lr),
         (rf"LR {LR}", lambda v: float(v) == r.lr),
         (rf"seq {NUMBER}", lambda v: int(v) == r.seq_length),
+        (rf"batch {NUMBER} pairs", lambda v: 2 * int(v) == r.global_batch_size and r.data_format == "pairs"),
         (rf"batch {NUMBER}", lambda v: int(v) == r.global_batch_size),
         (r"(\d+)M-token batches", lambda v: per_size_tokens == {int(v) * 2**20}),
         (rf"warmup {NUMBER}", lambda v: int(v.replace(",", "")) == r.lr_warmup_iters),
@@ -133,6 +134,8 @@ def stated_claims(r):
         (rf"{NUMBER} steps", lambda v: int(v.replace(",", "")) == r.train_iters),
         (r"dropout (\d\.\d+)", lambda v: float(v) == r.hidden_dropout == r.attention_dropout),
         (r"ChatML", lambda: r.data_format == "chatml"),
+        (r"comparison pairs", lambda: r.data_format == "pairs" and r.head == "reward"),
+        (r"one epoch", lambda: r.train_iters is None),
         (r"weights only", lambda: r.finetune),
     ]
 
@@ -150,3 +153,23 @@ def test_launching_md_states_each_recipes_values():
                 assert check(*m.groups()), f"docs/launching.md, {name}: {m.group(0)!r} is not config/recipes.py's"
             rest = re.sub(pattern, "", rest)
         assert not re.search(r"\d", rest), f"docs/launching.md, {name}: unchecked figures in {rest!r}"
+
+
+def test_reward_model_holds_3e_6_for_one_epoch_of_64_pair_batches(tmp_path):
+    """The report's reward model: constant LR 3e-6, 64 pairs (128 sequences) per step at 2048 tokens, one epoch:
+    as many steps as the training split's pairs fill (a pair shard of 1000 pairs, 900 in the train split)."""
+    from megatron_qwen.config.recipes import REWARD
+    from megatron_qwen.data.shards import IndexedShardWriter
+
+    with IndexedShardWriter(str(tmp_path / "p_pairs_document")) as w:
+        w.add_documents([5, 151645] * 2000, [2] * 2000)
+    cfg = parse_run_config(REWARD, ["--data-path", str(tmp_path / "p_pairs_document"), "--split", "90,10,0"])
+    t = cfg.train
+    assert (t.global_batch_size, t.micro_batch_size, t.seq_length) == (128, 2, 2048)
+    assert t.train_iters == 900 // 64 and cfg.build.head == "reward" and cfg.checkpoint.finetune
+    opt = _Optimizer()
+    sched = build_scheduler(opt, t.optim, t.train_iters, t.global_batch_size)
+    for _ in range(t.train_iters):
+        sched.step(increment=t.global_batch_size)
+        assert opt.param_groups[0]["lr"] == pytest.approx(3e-6, rel=1e-12)
+    assert parse_run_config(REWARD, ["--train-iters", "5", "--data-path", "x"]).train.train_iters == 5

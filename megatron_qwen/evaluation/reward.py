@@ -156,7 +156,8 @@ def evaluate_reward(load: str, data_dir: str | None, extra: list[str], seq_lengt
         rewards = score(model, [s for pair in pair_set.pairs for s in pair], length, batch_size, tokenizer.eod)
         results[name] = {"accuracy": accuracy(rewards), "pairs": len(pair_set.pairs), "files": files,
                          "malformed": pair_set.malformed, "truncated": longer,
-                         "published": {k: v for k, v in zip(("PMP", "RM"), _published(name))}}
+                         "published": {k: v for k, v in zip(("PMP", "RM"), _published(name))},
+                         "rewards": [rewards[i:i + 2] for i in range(0, len(rewards), 2)]}  # [chosen, rejected]
     return {"load": load, "seq_length": length, "source": SOURCE, "sets": results}
 
 
