@@ -14,7 +14,8 @@
 # the time goes: the loss alone, chunked against megatron-core's, and one 1.8B step under torch.profiler;
 # (5) start-up: a 72B rank's weight draws on the GPU; (6) DeepSpeed: the deepspeed engine with DeepSpeed's
 # FusedAdam (its CUDA build, its step against torch's AdamW, the tiny model's losses against torch's AdamW
-# and the megatron engine; bench/gpu/check_deepspeed.py). Each stage has a time limit (measured durations:
+# and the megatron engine; bench/gpu/check_deepspeed.py); (7) a reward-model step beside a pretraining step of
+# the same shape (bench/bench_reward.py, docs/reward.md). Each stage has a time limit (measured durations:
 # docs/PERFORMANCE.md); a stage that runs out of time is reported as such while the next one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
@@ -23,8 +24,9 @@
 # --cpu-dry-run (also chosen when CUDA is absent): every stage with tiny shapes and 1+1 iterations, on the
 # CPU; results.md is written the same way. --train-flags "FLAGS": pretraining flags added to every
 # throughput and profile run, e.g. "--no-cross-entropy-fusion" to measure without a path that
-# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (630 on a GPU:
-# 450 for stages 1-5 and 180 for DeepSpeed's, which keeps the whole check under 11 minutes; a longer one
+# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (690 on a GPU:
+# 450 for stages 1-5, 180 for DeepSpeed's and 60 for the reward step's, which keeps the whole check under 12
+# minutes; a longer one
 # lets every stage run where compilation is slow). Exit status: 0 when every stage ran and every check passed.
 set -uo pipefail
 
@@ -86,10 +88,11 @@ if [ "$DRY" = 1 ]; then
   TINY=(--model-size tiny --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --bf16)
   RUN_18B=("${TINY[@]}" "${TRAIN_FLAGS[@]}"); RUN_18B_MB8=("${RUN_18B[@]}" --micro-batch-size 4)
   RUN_7B=("${RUN_18B[@]}" --num-layers 2)
-  QUICK=--quick; INIT_SIZE=tiny
+  QUICK=--quick; INIT_SIZE=tiny; RUN_REWARD=("${TINY[@]}"); REWARD_ROUNDS=1
 else
-  # 630 s of stages (450 for 1-5, 180 for DeepSpeed) leaves the 11-minute promise room for start-up and the report.
-  MODE=gpu; BUDGET=${BUDGET_FLAG:-630}; CAP_SCALE=1
+  # 690 s of stages (450 for 1-5, 180 for DeepSpeed, 60 for the reward step) leaves the 12-minute promise room for
+  # start-up and the report.
+  MODE=gpu; BUDGET=${BUDGET_FLAG:-690}; CAP_SCALE=1
   ITERS=(--warmup 3 --iters 10)  # the first warm-up step compiles (fused kernels; with --compile-layers, the layer)
   # Shapes chosen to fit one 80 GB GPU: 1.8B at micro-batch 4 (2 leaves the GPU waiting for the host) and 8
   # (fits with the chunked loss only); 7B width at 8 layers (2.9B parameters, no distributed optimizer) at
@@ -99,6 +102,8 @@ else
   RUN_7B=(--model-size 7b --num-layers 8 --bf16 --seq-length 2048 --micro-batch-size 2 --global-batch-size 8
           "${TRAIN_FLAGS[@]}")
   QUICK=""; INIT_SIZE=72b
+  RUN_REWARD=(--model-size 1.8b --num-layers 12 --bf16 --seq-length 2048 --micro-batch-size 4 "${TRAIN_FLAGS[@]}")
+  REWARD_ROUNDS=5
 fi
 
 # stage NAME CAP_SECONDS COMMAND...: run with a time limit of CAP or what is left of the budget.
@@ -145,6 +150,9 @@ DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
   --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
 stage "deepspeed: fused Adam" 180 "$PY" bench/gpu/check_deepspeed.py "$WORK/deepspeed.json" $QUICK
+# the reward model's step beside pretraining's, same shape (docs/reward.md); 1.8B's width at 12 layers: two models
+stage "throughput: reward step" 60 "$PY" bench/bench_reward.py --rounds "$REWARD_ROUNDS" --steps 2 "${RUN_REWARD[@]}" \
+  --json "$WORK/reward.json"
 
 "$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')${TRAIN_FLAGS[*]:+ --train-flags \"${TRAIN_FLAGS[*]}\"}${BUDGET_FLAG:+ --budget $BUDGET_FLAG}" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }

@@ -186,6 +186,21 @@ def deepspeed(d: dict | None) -> list[str]:
     return lines + [""]
 
 
+def reward(r: dict | None) -> list[str]:
+    lines = ["## 8. A reward-model step beside a pretraining step of the same shape (bench/bench_reward.py)", ""]
+    if r is None:
+        return lines + ["Not measured (stage failed or skipped; see gpu_check.log).", ""]
+    tps = r["tokens_per_s_per_gpu"]
+    lines += [f"{r['model_size']} at {r['num_layers']} layers, seq {r['seq_length']}, micro-batch "
+              f"{r['micro_batch_size']}, {r['precision']}, back end {r['transformer_impl']}, best of {r['rounds']} "
+              f"rounds of {r['steps_per_round']} steps:", "",
+              "| step | ms | tokens/s/GPU |", "| --- | --- | --- |",
+              f"| pretraining | {r['best_step_s']['pretrain'] * 1e3:.1f} | {tps['pretrain']:,.0f} |",
+              f"| reward | {r['best_step_s']['reward'] * 1e3:.1f} | {tps['reward']:,.0f} |", "",
+              f"One pair costs {r['pair_over_sequence_cost']:.2f} pretraining sequences (2.00: both heads alike)."]
+    return lines + [""]
+
+
 def main() -> int:
     work, out, mode, command = sys.argv[1:5]
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -201,14 +216,15 @@ def main() -> int:
                "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
                "loss_bench": _load(os.path.join(work, "loss.json")), "init": inits,
                "profile": _read(os.path.join(work, "profile.txt")),
-               "deepspeed": _load(os.path.join(work, "deepspeed.json"))}
+               "deepspeed": _load(os.path.join(work, "deepspeed.json")),
+               "reward": _load(os.path.join(work, "reward.json"))}
     what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
             if mode == "cpu-dry-run" else "GPU")
     md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
           f"Command: `{command}`", ""]
     md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
     md += fast_paths(runs, results["loss_bench"]) + startup(inits) + profile(results["profile"])
-    md += deepspeed(results["deepspeed"])
+    md += deepspeed(results["deepspeed"]) + reward(results["reward"])
     md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     with open(os.path.join(out, "results.json"), "w") as f:
