@@ -112,6 +112,9 @@ def run(args) -> list[dict]:
     tokenizer = load_tokenizer(args.tokenizer_model)
     prompts = [prompt_ids(text, args.chat, tokenizer) for text in args.prompt]
     model = load_model_for_inference(args.load, args.max_position_embeddings)  # ours at any layout, or Hugging Face
+    if model.head != "lm":
+        raise ConfigError(f"--load {args.load} holds a reward model, which scores text and generates none; score "
+                          "with tools/evaluate_reward.py")
     if model.vocab_size_unpadded < tokenizer.vocab_size:
         raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
                           f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")

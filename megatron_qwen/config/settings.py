@@ -14,7 +14,8 @@ from megatron_qwen.config.optimizer import OptimizerSettings
 @dataclass(frozen=True)
 class TrainSettings:
     train_iters: int = flag("--train-iters", group=TRAINING, default=1000, recipe="train_iters",
-                            help="optimizer steps")
+                            help=lambda r: "optimizer steps" + ("; unset: one epoch of the training split"
+                                                                if r.train_iters is None else ""))
     # Unset (None): the recipe's (parse_run_config), or a --deepspeed_config's.
     micro_batch_size: int = flag(
         "--micro-batch-size", group=TRAINING, default=1, unset=None,

@@ -2,7 +2,9 @@
 
 The loss is the mean over every unmasked token of the global batch (sum of token losses,
 divided once by the global token count in megatron-core's grad finalization), so it is the
-same number whatever the data-, pipeline- or tensor-parallel split of the batch.
+same number whatever the data-, pipeline- or tensor-parallel split of the batch. The model's head
+picks the objective (OBJECTIVES): the reward model's loss is likewise the mean over the global
+batch's pairs (training/reward_loss.py).
 """
 
 import math
@@ -102,12 +104,6 @@ def reduce_report(local: torch.Tensor | None) -> list[float] | None:
     total = local.clone()
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     return (total[[0, *range(2, len(total))]] / total[1].clamp(min=1)).tolist()
-
-
-def reduce_loss(local: torch.Tensor | None) -> float | None:
-    """Token-weighted (pair-weighted) loss over the global batch, known on the last pipeline stage (else None)."""
-    report = reduce_report(local)
-    return None if report is None else report[0]
 
 
 def _loss_and_figures(local: torch.Tensor | None, model_chunks, figures: dict | None) -> float | None:
