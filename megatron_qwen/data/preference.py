@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from megatron_qwen.tokenizer.chatml import ChatFormatError, validate_messages
+import numpy as np
+
+from megatron_qwen.tokenizer.chatml import ChatFormatError, encode_reward_sequence, validate_messages
 
 Turns = list[tuple[str, str]]
 
@@ -167,3 +169,12 @@ def pair_record_checker(fmt: str) -> Callable[[Any], list[Pair] | str]:
             return f"malformed record: {type(e).__name__}: {e}"
 
     return check
+
+
+def encode_pairs(records: list[list[Pair]], tokenizer, default_system: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, sequence lengths) of a pair shard's block: each pair's chosen then rejected sequence
+    (data/pairs.py), as tokenizer/chatml.py's encode_reward_sequence renders them."""
+    sequences = [encode_reward_sequence(side, tokenizer, default_system)
+                 for pairs in records for pair in pairs for side in (pair.chosen, pair.rejected)]
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    return np.fromiter((i for s in sequences for i in s), dtype=np.int32, count=int(lengths.sum())), lengths

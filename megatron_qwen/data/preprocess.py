@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from megatron_qwen.data.preference import PAIR_FIELDS, pair_record_checker
+from megatron_qwen.data.preference import PAIR_FIELDS, encode_pairs, pair_record_checker
 from megatron_qwen.data.progress import Progress
 from megatron_qwen.data.shards import IndexedShardWriter, dataset_prefix, is_complete, is_loss_mask, loss_mask_prefix
 from megatron_qwen.data.sources import (
@@ -41,7 +41,7 @@ from megatron_qwen.data.sources import (
     text_record_checker,
 )
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, QwenTokenizer
-from megatron_qwen.tokenizer.chatml import encode_reward_sequence, encode_turns
+from megatron_qwen.tokenizer.chatml import encode_turns
 
 MAX_EXAMPLES = 5  # bad records shown per shard
 
@@ -171,7 +171,7 @@ class BlockEncoder:
         batch = parse_block(block, self.check)
         outputs = []
         if batch.records and self.opts.pair_format:
-            outputs = self._encode_pairs(batch.records)
+            outputs = [encode_pairs(batch.records, self.tokenizer, self.opts.default_system_prompt)]
         elif batch.records and self.opts.chatml:
             outputs = self._encode_chats(batch.records)
         elif batch.records:
@@ -180,13 +180,6 @@ class BlockEncoder:
         # documents: the sequences of the (first) dataset, two per pair
         return EncodedBlock(outputs, len(outputs[0][1]) if outputs else 0, outputs[0][0].size if outputs else 0,
                             batch.bad, block.input_bytes, block.position)
-
-    def _encode_pairs(self, records: list) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One dataset: each pair's chosen then rejected sequence (data/pairs.py)."""
-        sequences = [encode_reward_sequence(side, self.tokenizer, self.opts.default_system_prompt)
-                     for pairs in records for pair in pairs for side in (pair.chosen, pair.rejected)]
-        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-        return [(np.fromiter((i for s in sequences for i in s), dtype=np.int32, count=int(lengths.sum())), lengths)]
 
     def _encode_chats(self, conversations: list) -> list[tuple[np.ndarray, np.ndarray]]:
         ids: list[int] = []
