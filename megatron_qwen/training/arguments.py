@@ -7,6 +7,7 @@ layers because a --load that holds a Hugging Face model fixes the model's shape 
 
 import argparse
 
+from megatron_qwen.config.budget import TokenFlags, resolve_budget
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
 from megatron_qwen.config.deepspeed_json import read_json
@@ -22,9 +23,10 @@ from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
 from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS
 
 # The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
-# ScheduleFlags and VocabPadding hold flags read only to resolve other settings.
+# ScheduleFlags, TokenFlags and VocabPadding hold flags read only to resolve other settings.
 FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
-                TrainSettings, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings, LogSettings)
+                TrainSettings, TokenFlags, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings,
+                LogSettings)
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
@@ -46,10 +48,12 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
                          default_lr=size_defaults.get("lr", recipe.lr))
     build = from_flags(BuildSettings, args)
+    gbs = args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size)
+    budget = resolve_budget(args, recipe, gbs, args.seq_length)
     train = from_flags(
         TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
-        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
+        global_batch_size=gbs, train_iters=budget.iters, train_samples=budget.samples,
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr), budget, gbs, args.seq_length))
     data = from_flags(DataSettings, args, data_format=recipe.data_format,
                       pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,

@@ -53,12 +53,16 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split
+    from megatron_qwen.data import DataPathError, check_data_path, check_split
     from megatron_qwen.tokenizer import load_tokenizer
 
-    check_data_path(list(cfg.data.data_path))
+    for name, paths in cfg.data.data_flags().items():  # --data-path, or --train/valid/test-data-path
+        try:
+            check_data_path(list(paths))
+            _check_token_ids(cfg, list(paths))
+        except DataPathError as e:  # the data layer names --data-path: name the flag that was given
+            raise DataPathError(str(e).replace("--data-path", name)) from None
     check_split(cfg.data.split)
-    _check_token_ids(cfg)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
@@ -68,12 +72,12 @@ def _check_data(cfg: RunConfig) -> None:
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
 
 
-def _check_token_ids(cfg: RunConfig) -> None:
+def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
     """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
     from megatron_qwen.data import DataPathError, parse_data_path
     from megatron_qwen.data.shards import find_token_id_at_least
 
-    prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
+    prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         found = find_token_id_at_least(prefix, cfg.model.vocab_size)
         if found:
