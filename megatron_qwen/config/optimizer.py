@@ -75,12 +75,13 @@ def optimizer_settings(args, recipe: Recipe, recipe_lr: float, budget: Budget, g
     lr = args.lr if args.lr is not None else recipe_lr
     if budget.samples is None:
         schedule = {"lr_warmup_iters": _warmup(args.lr_warmup_iters, args, recipe, budget.iters,
-                                               args.lr_decay_iters or budget.iters, recipe.lr_warmup_iters,
+                                               args.lr_decay_iters or budget.iters, recipe.lr_warmup_iters, 1,
                                                "iterations", "--lr-warmup-iters")}
     else:  # the recipe's warmup steps become samples of this run's batch
         decay = samples_of(args, "decay", seq_length) or budget.samples
         warmup = _warmup(samples_of(args, "warmup", seq_length), args, recipe, budget.samples, decay,
-                         recipe.lr_warmup_iters * global_batch_size, "samples", "--lr-warmup-samples/-tokens")
+                         recipe.lr_warmup_iters * global_batch_size, global_batch_size, "samples",
+                         "--lr-warmup-samples/-tokens")
         schedule = {"lr_warmup_iters": 0, "lr_warmup_samples": warmup, "lr_decay_samples": decay}
     settings = from_flags(
         OptimizerSettings, args, lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
@@ -91,10 +92,11 @@ def optimizer_settings(args, recipe: Recipe, recipe_lr: float, budget: Budget, g
     return settings
 
 
-def _warmup(given: int | None, args, recipe: Recipe, length: int, decay: int, recipe_warmup: int, unit: str,
-            flag_names: str) -> int:
-    """Warmup in the budget's unit (iterations or samples; ``length`` the budget): the flag's, or
-    --lr-warmup-fraction of the budget, else the recipe's, shortened to end before the decay horizon."""
+def _warmup(given: int | None, args, recipe: Recipe, length: int, decay: int, recipe_warmup: int, step: int,
+            unit: str, flag_names: str) -> int:
+    """Warmup in the budget's unit (iterations or samples; ``length`` the budget, ``step`` one step): the
+    flag's, or --lr-warmup-fraction of the budget, else the recipe's, shortened to end a step before the
+    decay horizon."""
     if given is not None or args.lr_warmup_fraction is not None:
         warmup = given if given is not None else int(round(args.lr_warmup_fraction * length))
         if warmup >= decay:
@@ -103,4 +105,4 @@ def _warmup(given: int | None, args, recipe: Recipe, length: int, decay: int, re
                               "scheduler.params.warmup_num_steps)")
         return warmup
     warmup = int(round(recipe.lr_warmup_fraction * length)) if recipe.lr_warmup_fraction else recipe_warmup
-    return min(warmup, decay - 1)
+    return max(0, min(warmup, decay - step))

@@ -20,15 +20,19 @@ class StepProfiler:
         self._profile = None
 
     def before_step(self, iteration: int) -> None:
-        """Start recording when the run is at --profile-step-start (``iteration`` steps done)."""
-        if not self.enabled or self._profile is not None or iteration != self.settings.profile_step_start:
+        """Start the profiler a step before --profile-step-start (``iteration`` steps done): that step warms
+        it up unrecorded, as in Megatron-LM; the steps after it are recorded, each marked ProfilerStep#N."""
+        start, end = self.settings.profile_step_start, self.settings.profile_step_end
+        if not self.enabled or self._profile is not None or iteration != max(start - 1, 0):
             return
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         handler = torch.profiler.tensorboard_trace_handler(self.settings.tensorboard_dir,
                                                            worker_name=f"rank{self.rank}")
-        self._profile = torch.profiler.profile(activities=activities, on_trace_ready=handler, record_shapes=True)
+        schedule = torch.profiler.schedule(wait=0, warmup=min(start, 1), active=end - start, repeat=1)
+        self._profile = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=handler,
+                                               record_shapes=True)
         self._profile.start()
 
     def after_step(self, iteration: int) -> None:
