@@ -58,7 +58,7 @@ LOG=$OUT/gpu_check.log
 : > "$WORK/stages.tsv"
 export PYTHONPATH="$REPO:$REPO/bench:$REPO/bench/gpu${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
-cd "$REPO"
+cd "$REPO" || exit 1
 
 say() { echo "$*" | tee -a "$LOG"; }
 
