@@ -7,13 +7,11 @@ The environment sees the machine's packages (--system-site-packages) and pip ins
 dependencies are enough, is what the metadata check proves."""
 
 import json
-import shutil
 import subprocess
-import sys
 
 import pytest
 import tomllib
-from conftest import REPO
+from conftest import REPO, fresh_venv, package_source
 from packaging.requirements import Requirement
 
 ENTRY_POINTS = sorted(p.stem for p in (REPO / "megatron_qwen").glob("*.py") if p.stem != "__init__")
@@ -46,15 +44,9 @@ def venv(tmp_path_factory):
     """A fresh environment with the package built and installed by pip from a copy of its sources (what a
     `pip install .` or a git URL gets: pyproject.toml, README.md, megatron_qwen/)."""
     tmp = tmp_path_factory.mktemp("package")
-    src = tmp / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "megatron_qwen", src / "megatron_qwen", ignore=shutil.ignore_patterns("__pycache__"))
-    env_dir = tmp / "venv"  # without its own pip and setuptools: the machine's, which build wheels, serve it
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
-                   check=True, timeout=120)
-    python = env_dir / "bin" / "python"
+    src = package_source(tmp / "src")
+    env_dir = tmp / "venv"
+    python = fresh_venv(env_dir)
     install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
                               "--quiet", str(src)], capture_output=True, text=True, timeout=300, cwd=tmp)
     assert install.returncode == 0, install.stderr[-3000:]
