@@ -187,6 +187,25 @@ run_step() {  # MODULE FLAG...: the batch script's part
     return "$code"
 }
 
+# --- a budget in EXTRA_ARGS replaces the script's ------------------------------------------------
+# A run's length is one flag of three (--train-iters, --train-samples, --train-tokens: given together they
+# are refused), so the last-occurrence rule cannot settle it: EXTRA_ARGS' budget drops the script's.
+BUDGET_FLAGS=" --train-iters --train-samples --train-tokens "
+
+budget_overridden() {  # FLAG...: does this list state a budget?
+    local arg
+    for arg in "$@"; do [[ "$BUDGET_FLAGS" == *" $arg "* ]] && return 0; done
+    return 1
+}
+
+without_budget() {  # FLAG...: KEPT, the flags less any budget flag and its value
+    KEPT=()
+    while [[ $# -gt 0 ]]; do
+        [[ "$BUDGET_FLAGS" == *" $1 "* ]] && shift || KEPT+=("$1")  # a budget flag: drop it and its value
+        [[ $# -gt 0 ]] && shift
+    done
+}
+
 # --- launch ----------------------------------------------------------------------------------
 launch() {  # MODULE FLAG...
     local module="$1"
@@ -200,10 +219,11 @@ launch() {  # MODULE FLAG...
     common_flags "$module"
     node_flags
     nccl_env
-    local -a extra
+    local -a extra own=("$@")
     read -r -a extra <<< "${EXTRA_ARGS:-}"
+    budget_overridden "${extra[@]}" && without_budget "$@" && own=("${KEPT[@]}")
     # The job's own flags come after the shared ones, and EXTRA_ARGS last: the last occurrence wins.
-    local -a cmd=("${TORCHRUN:-torchrun}" "${NODE[@]}" -m "$module" "${COMMON[@]}" "$@" "${extra[@]}")
+    local -a cmd=("${TORCHRUN:-torchrun}" "${NODE[@]}" -m "$module" "${COMMON[@]}" "${own[@]}" "${extra[@]}")
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         printf '%q ' "${cmd[@]}"
         echo

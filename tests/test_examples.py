@@ -113,6 +113,19 @@ def test_flags_are_accepted_and_layout_is_valid(script, tmp_path):
     assert cfg.zero.distributed_optimizer and cfg.build.precision == "bf16"
 
 
+def test_budget_in_extra_args_replaces_the_scripts(tmp_path):
+    """The scripts state the report's budget in tokens; EXTRA_ARGS' budget in steps replaces it (two budget
+    flags together are refused, so the last-occurrence rule of the other flags cannot apply)."""
+    script = REPO / "examples" / "pretrain" / "qwen_7b.sh"
+    _, _, scripted = torchrun_args(run_script(script, base_env(tmp_path)).stdout.strip())
+    assert flag_value(scripted, "--train-tokens") == "2.4e12"
+    assert parse_run_config(RECIPES["pretrain"], scripted).train.train_iters == 572_204
+    result = run_script(script, base_env(tmp_path, EXTRA_ARGS="--train-iters 100 --exit-interval 50"))
+    _, _, args = torchrun_args(result.stdout.strip())
+    assert "--train-tokens" not in args and args[-4:] == ["--train-iters", "100", "--exit-interval", "50"]
+    assert parse_run_config(RECIPES["pretrain"], args).train.train_iters == 100
+
+
 def test_missing_data_path_is_a_clear_error(tmp_path):
     env = base_env(tmp_path)
     del env["DATA_PATH"]
