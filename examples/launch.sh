@@ -204,6 +204,7 @@ without_budget() {  # FLAG...: KEPT, the flags less any budget flag and its valu
         [[ "$BUDGET_FLAGS" == *" $1 "* ]] && shift || KEPT+=("$1")  # a budget flag: drop it and its value
         [[ $# -gt 0 ]] && shift
     done
+    return 0
 }
 
 # --- launch ----------------------------------------------------------------------------------
