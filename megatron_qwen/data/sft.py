@@ -72,6 +72,10 @@ class SFTDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return self.sample(self.samples[idx])
+
+    def sample(self, docs) -> dict[str, torch.Tensor]:
+        """The sample holding documents ``docs`` in this order (``samples[i]`` for sample i)."""
         s = self.seq_length
         tokens = np.full(s, self.eod, dtype=np.int64)
         labels = np.full(s, self.eod, dtype=np.int64)
@@ -79,7 +83,7 @@ class SFTDataset(torch.utils.data.Dataset):
         position_ids = np.zeros(s, dtype=np.int64)
         lengths = []
         start = 0
-        for doc in self.samples[idx]:
+        for doc in docs:
             ids = self.tokens[doc][: s + 1]
             mask = self.masks[doc][: s + 1]
             n = len(ids) - 1
