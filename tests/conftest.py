@@ -110,3 +110,17 @@ def fresh_venv(dest: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(dest)], check=True,
                    timeout=120)
     return dest / "bin" / "python"
+
+
+def write_sft_shards(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:
+    """SFT shards at ``prefix`` as tools/preprocess_data.py --chatml writes them: each document's token ids,
+    and its loss mask (1: the token is a training target) in the companion dataset."""
+    import numpy as np
+
+    from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
+
+    lengths = [len(ids) for ids, _ in docs]
+    with IndexedShardWriter(prefix) as w:
+        w.add_documents(np.concatenate([ids for ids, _ in docs]), lengths)
+    with IndexedShardWriter(loss_mask_prefix(prefix), np.uint8) as w:
+        w.add_documents(np.concatenate([m for _, m in docs]), lengths)

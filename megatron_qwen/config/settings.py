@@ -82,10 +82,9 @@ class DataSettings:
     tokenizer_model: str | None = flag("--tokenizer-model", group=DATA, default=None,
                                        help="path to qwen.tiktoken (default: the fetched copy)")
     data_cache_path: str | None = flag("--data-cache-path", group=DATA, default=None)
-    # Packed samples carry block-diagonal attention masks; back ends that run plain causal attention
-    # (transformer-engine, flash-attn) pad each sample instead (parse_run_config).
+    # Packed samples carry their conversations' boundaries (model/packing.py), which every back end honours.
     pack_sft: bool = flag("--no-pack-sft", group=DATA, default=True, dest="no_pack_sft", kind=bool, unset=False,
-                          help="pad SFT samples instead of packing them (GPU back ends always pad)")
+                          help="pad SFT samples to one conversation each instead of packing them")
     num_workers: int = flag("--num-workers", group=DATA, default=0)
     # "NullTokenizer" (Megatron-LM's name): shards already hold ids below --vocab-size, no text is read.
     tokenizer_type: str = flag(

@@ -16,14 +16,31 @@ from megatron_qwen.checkpointing.directory import (
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
     cfg.validate(world_size)
+    check_backend(cfg)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """What the layer back end cannot do: flash-attn in fp32, and keeping packed SFT conversations apart when
+    context parallelism splits the sequence (each back end's form of the boundaries, model/packing.py, holds
+    whole samples: megatron-core's split would cut a THD row's segments, and only local and sdpa take masks,
+    which context parallelism does not run)."""
+    p = cfg.parallel
+    if cfg.build.transformer_impl == "flash" and cfg.build.precision not in FLASH_PRECISIONS:
+        raise ConfigError("--transformer-impl flash runs in bf16 only (flash-attn has no fp32 kernels): add --bf16, "
+                          "or pass --transformer-impl sdpa for fp32")
+    if cfg.data.data_format == "chatml" and cfg.data.pack_sft and p.context_parallel_size > 1:
+        raise ConfigError(f"--transformer-impl {cfg.build.transformer_impl} cannot keep packed SFT conversations "
+                          f"apart under --context-parallel-size {p.context_parallel_size} (a packed sample would be "
+                          "split across ranks mid-conversation): pass --no-pack-sft, or --context-parallel-size 1")
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
