@@ -40,9 +40,9 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     health = StepHealth(t)
     while state.iteration < t.train_iters:
         batches = next_global_batch(loader, num_mb)
-        loss, grad_norm, ok = engine.train_step(batches, num_mb, health)
+        loss, grad_norm, ok, verdict = engine.train_step(batches, num_mb, health)
         state.advance(t.global_batch_size, ok)
-        health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
+        health.record(state.iteration, grad_norm, ok, verdict)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
                       engine.lr, grad_norm)
         if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
