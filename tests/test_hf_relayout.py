@@ -101,3 +101,12 @@ def test_relayout_keeps_qwen1_lengths_and_casts(models, tmp_path):
     assert config["torch_dtype"] == "bfloat16"
     assert (config["seq_length"], config["max_position_embeddings"]) == (source["seq_length"],
                                                                          source["max_position_embeddings"]) == (64, 128)
+
+
+def test_evaluation_reads_a_qwen1_directory_converted_directly(models, tmp_path):
+    """tools/evaluate.py's model directory for a Qwen-1 --load: the direct conversion's, base generation settings."""
+    root, _ = models
+    from megatron_qwen.evaluation.runner import hf_model_dir
+
+    converted = hf_model_dir(str(root / "qwen"), str(tmp_path))
+    assert_same_directory(converted, root / "direct_qwen2")
