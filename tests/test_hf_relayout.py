@@ -104,9 +104,15 @@ def test_relayout_keeps_qwen1_lengths_and_casts(models, tmp_path):
 
 
 def test_evaluation_reads_a_qwen1_directory_converted_directly(models, tmp_path):
-    """tools/evaluate.py's model directory for a Qwen-1 --load: the direct conversion's, base generation settings."""
+    """tools/evaluate.py's model directory for a Qwen-1 --load: the direct conversion's, with the stop ids as
+    its only generation settings (lm-eval sets its own; a max_new_tokens there would override them)."""
     root, _ = models
     from megatron_qwen.evaluation.runner import hf_model_dir
 
     converted = hf_model_dir(str(root / "qwen"), str(tmp_path))
-    assert_same_directory(converted, root / "direct_qwen2")
+    names = sorted(os.listdir(converted))
+    assert names == sorted(os.listdir(root / "direct_qwen2"))
+    others = [n for n in names if n != "generation_config.json"]
+    assert filecmp.cmpfiles(converted, root / "direct_qwen2", others, shallow=False)[0] == others
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation == {"eos_token_id": [151_643, 151_645], "pad_token_id": 151_643, "bos_token_id": None}

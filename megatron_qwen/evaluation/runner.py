@@ -56,8 +56,9 @@ def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
 def hf_model_dir(load: str, scratch: str) -> str:
     """``load`` as a directory transformers reads with its tokenizer: as it is when it is a self-contained
     qwen2-layout export; otherwise written as one into ``scratch`` (a Hugging Face directory renamed tensor by
-    tensor, a checkpoint of ours exported). Its generation settings are a base model's either way: lm-eval
-    decodes greedily, and Qwen's evaluation turns the chat models' repetition penalty off."""
+    tensor, a checkpoint of ours exported), without an export's decoding settings: lm-eval sets its own (a
+    max_new_tokens in generation_config.json would override its max_gen_toks), and Qwen's evaluation
+    turns the chat models' repetition penalty off."""
     from megatron_qwen.hf.source import is_hf_dir
 
     if is_hf_dir(load):
@@ -69,12 +70,12 @@ def hf_model_dir(load: str, scratch: str) -> str:
         from megatron_qwen.hf.relayout import relayout_hf
 
         print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
-        relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", chat=False)
+        relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
         return os.path.join(scratch, "hf")
     from megatron_qwen.hf.export import export_hf
 
     print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
-    export_hf(load, os.path.join(scratch, "hf"), "qwen2", chat=False)
+    export_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
     return os.path.join(scratch, "hf")
 
 

@@ -81,13 +81,14 @@ def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
 
 
 def export_hf(source: str, destination: str, layout: str, dtype: str | None = None, max_shard_size: int = 5 * 10**9,
-              tokenizer_model: str | None = None, chat: bool | None = None) -> list[str]:
+              tokenizer_model: str | None = None, chat: bool | None = None, decoding: bool = True) -> list[str]:
     """Write the latest checkpoint under ``source`` (a --save directory) as a Hugging Face model
     of ``layout`` ("qwen" or "qwen2") at ``destination``; returns the files written.
 
     dtype: "bf16", "fp16" or "fp32" (default: the checkpoint's). chat: whether generation_config.json
-    holds a chat model's settings (default: the checkpoint's run trained on ChatML data). Qwen-1's
-    seq_length is the length the run trained at, its --seq-length."""
+    holds a chat model's settings (default: the checkpoint's run trained on ChatML data); decoding=False:
+    none of its decoding settings (hf/generation.py). Qwen-1's seq_length is the length the run trained at,
+    its --seq-length."""
     check_layout(layout)
     iteration = latest_iteration(source)
     if iteration is None:
@@ -113,7 +114,8 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
                     bar.update(len(group))
             files = writer.close()
             chat = run.data.data_format == "chatml" if chat is None else chat
-            files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model)
+            files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
+                                      decoding)
         return sorted(files)
     finally:
         destroy_distributed()

@@ -23,13 +23,16 @@ def max_window_size(seq_length: int) -> int:
     return max(1, seq_length * 3 // 4)
 
 
-def generation_config(layout: str, chat: bool, seq_length: int) -> dict:
+def generation_config(layout: str, chat: bool, seq_length: int, decoding: bool = True) -> dict:
     """generation_config.json of a ``layout`` export ("qwen" or "qwen2") of a model trained at ``seq_length``.
 
     qwen: the keys Qwen's remote code reads besides transformers' (chat_format, max_window_size,
     stop_words_ids). qwen2: transformers' keys only; it stops at <|im_end|> as well as <|endoftext|> even for
-    a base model (which never writes <|im_end|>), so a ChatML prompt ends where a chat client expects."""
+    a base model (which never writes <|im_end|>), so a ChatML prompt ends where a chat client expects.
+    ``decoding=False`` leaves out the decoding settings (sampling, penalty, max_new_tokens) for a client that
+    sets its own: transformers lets the file's max_new_tokens override a max_length passed to generate()."""
     sampling = {**PUBLISHED_SAMPLING, **({"repetition_penalty": CHAT_REPETITION_PENALTY} if chat else {})}
+    sampling = sampling if decoding else {}
     if layout == "qwen":
         return {"chat_format": "chatml" if chat else "raw", "eos_token_id": ENDOFTEXT_ID, "pad_token_id": ENDOFTEXT_ID,
                 "stop_words_ids": [[ENDOFTEXT_ID], [IM_END_ID]] if chat else [[ENDOFTEXT_ID]],

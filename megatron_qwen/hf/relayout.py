@@ -60,13 +60,14 @@ def is_chat_model(directory: str) -> bool:
 
 def relayout_hf(source: str, destination: str, layout: str, dtype: str | None = None,
                 max_shard_size: int = 5 * 10**9, tokenizer_model: str | None = None,
-                chat: bool | None = None) -> list[str]:
+                chat: bool | None = None, decoding: bool = True) -> list[str]:
     """Write the Hugging Face model in ``source`` (either layout) as a ``layout`` export at ``destination``,
     side files included, as an export from a checkpoint of ours writes them; returns the files written.
 
     dtype: "bf16", "fp16" or "fp32" (default: as stored). chat: a chat model's generation settings (default:
-    the source's generation_config.json says chat_format chatml). The training length Qwen-1's config
-    carries is kept (a qwen2 source has none: its position limit stands in, as on import)."""
+    the source's generation_config.json says chat_format chatml); decoding=False: none of its decoding
+    settings (hf/generation.py). The training length Qwen-1's config carries is kept (a qwen2 source has
+    none: its position limit stands in, as on import)."""
     check_layout(layout)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is unknown; choose bf16, fp16 or fp32")
@@ -84,5 +85,5 @@ def relayout_hf(source: str, destination: str, layout: str, dtype: str | None = 
             writer.write(name, (read[0] if len(read) == 1 else torch.cat(read)).to(out_dtype))
             del read  # before the next tensor's reads: one tensor's parts in memory at a time
         files = writer.close()
-        files += write_side_files(staging, cfg, layout, out_dtype, cfg.seq_length, chat, tokenizer_model)
+        files += write_side_files(staging, cfg, layout, out_dtype, cfg.seq_length, chat, tokenizer_model, decoding)
     return sorted(files)

@@ -15,11 +15,12 @@ from megatron_qwen.tokenizer.files import read_tokenizer_file
 
 
 def write_side_files(directory: str, cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length: int,
-                     chat: bool, tokenizer_model: str | None = None) -> list[str]:
+                     chat: bool, tokenizer_model: str | None = None, decoding: bool = True) -> list[str]:
     """Write the side files of a ``layout`` export of ``cfg`` (weights in ``dtype``, trained at ``seq_length``;
-    ``chat``: a chat model's generation settings) into ``directory``; returns their names."""
+    ``chat``: a chat model's generation settings; ``decoding``: generation.generation_config's) into
+    ``directory``; returns their names."""
     files = {"config.json": hf_config(cfg, layout, dtype, seq_length),
-             "generation_config.json": generation_config(layout, chat, seq_length)}
+             "generation_config.json": generation_config(layout, chat, seq_length, decoding)}
     if layout == "qwen":  # read by Qwen's remote-code tokenizer (tokenization_qwen.py, from the original model)
         files["tokenizer_config.json"] = {"tokenizer_class": "QWenTokenizer",
                                           "model_max_length": cfg.max_position_embeddings,
