@@ -1,8 +1,8 @@
 """tools/evaluate.py (megatron_qwen/evaluation): the report's benchmarks through lm-evaluation-harness on local
 files, against values computed without lm-eval, and against lm-eval's own command line.
 
-Two tiny Qwen2ForCausalLM models (transformers' own, the published 151,936 rows): `random` (tools/
-check_vllm.py's builder, for log-likelihoods that differ between choices) and `fives`, whose greedy output
+Two tiny Qwen2ForCausalLM models (transformers' own, the published 151,936 rows): `random` (tests/
+hf_fixtures.py's tiny_qwen2, for log-likelihoods that differ between choices) and `fives`, whose greedy output
 is always the token "5" (every layer's output projection zeroed, one embedding dimension constant, the head
 reading that dimension into "5" alone), so a generation task's answers are known: "555" at 3 new tokens.
 """
@@ -19,14 +19,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import REPO, load_tool, quiet_env
-from hf_fixtures import convert
+from hf_fixtures import convert, tiny_qwen2
 
 from megatron_qwen.evaluation.benchmarks import select
 from megatron_qwen.evaluation.task_configs import write_task_configs
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("lm_eval")
-tiny_qwen2 = load_tool("check_vllm").tiny_qwen2  # the tiny model every export test uses
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 FIVE = 20  # the id of "5"

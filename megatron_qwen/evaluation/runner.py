@@ -55,7 +55,10 @@ def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
 
 def hf_model_dir(load: str, scratch: str) -> str:
     """``load`` as a directory transformers reads with its tokenizer: as it is when it is a self-contained
-    qwen2-layout export; otherwise exported (through ours for a Qwen-1 directory) into ``scratch``."""
+    qwen2-layout export; otherwise written as one into ``scratch`` (a Hugging Face directory renamed tensor by
+    tensor, a checkpoint of ours exported), without an export's decoding settings: lm-eval sets its own (a
+    max_new_tokens in generation_config.json would override its max_gen_toks), and Qwen's evaluation
+    turns the chat models' repetition penalty off."""
     from megatron_qwen.hf.source import is_hf_dir
 
     if is_hf_dir(load):
@@ -64,15 +67,15 @@ def hf_model_dir(load: str, scratch: str) -> str:
         _, layout = read_hf_config(load)
         if layout == "qwen2" and os.path.isfile(os.path.join(load, "tokenizer.json")):
             return load
-        from megatron_qwen.hf.load import import_hf
+        from megatron_qwen.hf.relayout import relayout_hf
 
         print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
-        import_hf(load, os.path.join(scratch, "ours"))
-        load = os.path.join(scratch, "ours")
+        relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
+        return os.path.join(scratch, "hf")
     from megatron_qwen.hf.export import export_hf
 
     print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
-    export_hf(load, os.path.join(scratch, "hf"), "qwen2")
+    export_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
     return os.path.join(scratch, "hf")
 
 

@@ -2,7 +2,9 @@
 
 Pipeline parallelism is decided here (which layers, whether this chunk has the embedding or
 the output layer); tensor parallelism lives inside megatron-core's layers; data parallelism is
-the DDP wrapper at the end. Nothing else in the package splits the model.
+the DDP wrapper at the end, for the megatron engine. The DeepSpeed engine wraps the same chunks
+in DeepSpeed's own (training/deepspeed_engine.py; ZeRO-3 partitions their parameters), and a
+Hugging Face --load reads each rank's share of every tensor into them (hf/load.py).
 """
 
 import dataclasses

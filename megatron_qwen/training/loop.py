@@ -46,10 +46,10 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     while state.iteration < t.train_iters:
         profiler.before_step(state.iteration)
         batches = next_global_batch(loader, num_mb)
-        loss, grad_norm, ok = engine.train_step(batches, num_mb, health)
+        loss, grad_norm, ok, verdict = engine.train_step(batches, num_mb, health)
         state.advance(t.global_batch_size, ok)
         profiler.after_step(state.iteration)
-        health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
+        health.record(state.iteration, grad_norm, ok, verdict)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
                       engine.lr, grad_norm)
         if state.iteration % cfg.log.eval_interval == 0:

@@ -19,7 +19,6 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_qwen.model.builder import unwrap
 from megatron_qwen.model.packing import attention_mask, packed_seq_params
-from megatron_qwen.training.anomalies import StepHealth
 
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
@@ -120,22 +119,33 @@ def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_l
     return local_loss(losses)
 
 
-def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
-               seq_length: int, micro_batch_size: int, global_batch_size: int, device,
-               health: StepHealth | None = None):
-    """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
-    changes) on a non-finite gradient norm and, with ``health``, on a non-finite loss or a skipped spike."""
+def forward_backward(model_chunks, optimizer, data_iterators, num_microbatches: int, seq_length: int,
+                     micro_batch_size: int, device) -> tuple[torch.Tensor | None, float | None]:
+    """The gradients of one step's micro-batches, from zero: (this rank's [loss sum, tokens] on the last
+    pipeline stage, the loss over the global batch there), None elsewhere."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     local = _forward_backward(model_chunks, data_iterators, num_microbatches, seq_length, micro_batch_size,
                               device, forward_only=False)
-    loss = reduce_loss(local)
-    if health is not None and health.judge(local, loss):
-        return loss, None, False
+    return local, reduce_loss(local)
+
+
+def apply_update(optimizer, scheduler, global_batch_size: int) -> tuple[float, bool]:
+    """(gradient norm, whether the update was applied): skipped, nothing changed, on a non-finite norm."""
     update_successful, grad_norm = _step_unless_nonfinite(optimizer)
     if update_successful:
         scheduler.step(increment=global_batch_size)
+    return grad_norm, update_successful
+
+
+def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
+               seq_length: int, micro_batch_size: int, global_batch_size: int, device):
+    """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
+    changes) on a non-finite gradient norm."""
+    _, loss = forward_backward(model_chunks, optimizer, data_iterators, num_microbatches, seq_length,
+                               micro_batch_size, device)
+    grad_norm, update_successful = apply_update(optimizer, scheduler, global_batch_size)
     return loss, grad_norm, update_successful
 
 
