@@ -3,10 +3,12 @@ sample fails, the run goes on, and nothing is left behind on the host."""
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -79,11 +81,19 @@ def test_no_process_outlives_the_sample():
     assert not run("import os\nwhile True:\n    os.fork()").passed  # a fork bomb stops at the process limit
 
 
-def test_no_host_unix_socket_and_no_network(tmp_path):
-    """The test listens on a Unix socket in a host directory anyone may use, and on TCP; the program reaches
+@pytest.fixture
+def host_dir():
+    """A directory anyone may use, where host services keep their sockets (/run), removed after."""
+    path = tempfile.mkdtemp(dir="/run" if os.path.isdir("/run") else None)
+    os.chmod(path, 0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_no_host_unix_socket_and_no_network(host_dir):
+    """The test listens on a Unix socket in a host directory, open to anyone, and on TCP; the program reaches
     neither."""
-    os.chmod(tmp_path, 0o777)
-    path = str(tmp_path / "host.sock")
+    path = os.path.join(host_dir, "host.sock")
     with socket.socket(socket.AF_UNIX) as unix, socket.socket() as tcp:
         unix.bind(path)
         os.chmod(path, 0o777)
