@@ -9,19 +9,10 @@ instruction with "Let's think step by step." (the answer after "answer is ").
 
 from __future__ import annotations
 
+from megatron_qwen.evaluation import lm_eval_config as lec
 from megatron_qwen.evaluation.answers_opencompass import BBH_MULTIPLE_CHOICE
 from megatron_qwen.evaluation.benchmarks import Benchmark
-from megatron_qwen.evaluation.lm_eval_config import (
-    FILTER,
-    answer_filter,
-    dataset,
-    greedy,
-    literal,
-    lm_eval_task,
-    metric,
-    ours,
-    sandboxed_pass_at_1,
-)
+from megatron_qwen.evaluation.lm_eval_config import FILTER, metric, ours
 
 OPTIONS = "A. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\n"
 MMLU_INSTRUCTION = ("The following is a multiple-choice question. Please choose the most suitable one among A, B, C "
@@ -35,8 +26,8 @@ STOP = ["<|im_end|>", "<|im_start|>"]  # the chat turn's end, as model.chat() st
 
 def _generated(test_split: str, doc_to_text, target, answer: str, score) -> dict:
     return {"output_type": "generate_until", "test_split": test_split, "doc_to_text": doc_to_text,
-            "doc_to_target": target, "generation_kwargs": greedy(STOP, chat=True), "filter_list": answer_filter(answer),
-            "metric_list": score}
+            "doc_to_target": target, "generation_kwargs": lec.greedy(STOP, chat=True),
+            "filter_list": lec.answer_filter(answer), "metric_list": score}
 
 
 def task_config(bench: Benchmark, root: str, subject: str | None) -> dict:
@@ -51,22 +42,22 @@ def task_config(bench: Benchmark, root: str, subject: str | None) -> dict:
         cfg = _generated("test", "{{question}}", ours("answers_qwen.gsm8k_chat_gold"), "answers_qwen.gsm8k_chat_answer",
                          metric(ours("answers_qwen.numbers_equal")))
     elif name == "humaneval":
-        cfg = {**lm_eval_task("humaneval/humaneval.yaml"), **_generated(
+        cfg = {**lec.lm_eval_task("humaneval/humaneval.yaml"), **_generated(
             "test", ours("answers_qwen.humaneval_chat_prompt"), "{{test}}\ncheck({{entry_point}})",
-            "answers_qwen.humaneval_chat_programs", sandboxed_pass_at_1())}
+            "answers_qwen.humaneval_chat_programs", lec.sandboxed_pass_at_1())}
     elif name == "math":
         cfg = _generated("test", "{{problem}}", ours("answers_opencompass.math_reference"),
                          "answers_opencompass.math_chat_answers", metric(ours("answers_opencompass.math_equivalent")))
     elif name == "mbpp":
         cfg = _generated("test", "You are an expert Python programmer, and here is your task: {{text}} Your code "
                          "should pass these tests:\n\n{{test_list | join('\\n')}}", "{{test_list | join('\\n')}}",
-                         "answers_opencompass.mbpp_chat_programs", sandboxed_pass_at_1())
+                         "answers_opencompass.mbpp_chat_programs", lec.sandboxed_pass_at_1())
     else:
         choice = subject in BBH_MULTIPLE_CHOICE
-        instruction = literal(lm_eval_task(f"bbh/cot_fewshot/{subject}.yaml")["description"])
+        instruction = lec.literal(lec.lm_eval_task(f"bbh/cot_fewshot/{subject}.yaml")["description"])
         cfg = _generated("test", instruction + "Q: {{input}}\nA: Let's think step by step.",
                          ours("answers_opencompass.bbh_letter_target") if choice else "{{target}}",
                          "answers_opencompass.bbh_letters" if choice else "answers_opencompass.bbh_free_forms",
                          metric("exact_match"))
-    return {**cfg, **dataset(bench, root, subject, as_pandas_reads=True), "task": bench.task_name(subject),
+    return {**cfg, **lec.dataset(bench, root, subject, as_pandas_reads=True), "task": bench.task_name(subject),
             "num_fewshot": 0}
