@@ -61,7 +61,7 @@ def reward_sample(ids: np.ndarray, seq_length: int, pad_id: int) -> dict:
     ids = ids[-seq_length:]
     tokens = np.full(seq_length, pad_id, dtype=np.int64)
     tokens[:len(ids)] = ids
-    return {"tokens": tokens, "position_ids": np.arange(seq_length, dtype=np.int64), "attention_mask": None,
+    return {"tokens": tokens, "position_ids": np.arange(seq_length, dtype=np.int64),
             "end_index": np.int64(len(ids) - 1)}
 
 

@@ -59,7 +59,7 @@ class StepRecord:
 
     def json(self) -> dict:
         return {
-            "iteration": self.iteration, _key(self.loss_name): self.lm_loss,
+            "iteration": self.iteration, "train_iters": self.train_iters, _key(self.loss_name): self.lm_loss,
             **{_key(name): value for name, value in self.figures.items()}, "lr": self.lr,
             "grad_norm": self.grad_norm, "tokens_per_sec": self.tokens_per_sec,
             "tokens_per_sec_per_gpu": self.tokens_per_sec_per_gpu, "tflops_per_gpu": self.tflops_per_gpu,

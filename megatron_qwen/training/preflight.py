@@ -5,6 +5,7 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 """
 
 import os
+from contextlib import contextmanager
 
 from megatron_qwen.checkpointing.directory import (
     TRACKER,
@@ -16,14 +17,31 @@ from megatron_qwen.checkpointing.directory import (
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
     cfg.validate(world_size)
+    check_backend(cfg)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """What the layer back end cannot do: flash-attn in fp32, and keeping packed SFT conversations apart when
+    context parallelism splits the sequence (each back end's form of the boundaries, model/packing.py, holds
+    whole samples: megatron-core's split would cut a THD row's segments, and only local and sdpa take masks,
+    which context parallelism does not run)."""
+    p = cfg.parallel
+    if cfg.build.transformer_impl == "flash" and cfg.build.precision not in FLASH_PRECISIONS:
+        raise ConfigError("--transformer-impl flash runs in bf16 only (flash-attn has no fp32 kernels): add --bf16, "
+                          "or pass --transformer-impl sdpa for fp32")
+    if cfg.data.data_format == "chatml" and cfg.data.pack_sft and p.context_parallel_size > 1:
+        raise ConfigError(f"--transformer-impl {cfg.build.transformer_impl} cannot keep packed SFT conversations "
+                          f"apart under --context-parallel-size {p.context_parallel_size} (a packed sample would be "
+                          "split across ranks mid-conversation): pass --no-pack-sft, or --context-parallel-size 1")
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
@@ -56,29 +74,45 @@ def _check_data(cfg: RunConfig) -> None:
     from megatron_qwen.data import check_data_path, check_split, parse_data_path
     from megatron_qwen.tokenizer import load_tokenizer
 
-    check_data_path(list(cfg.data.data_path))
+    given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
+    for name, paths in given.items():
+        with _naming(name):
+            check_data_path(list(paths))
+            _check_token_ids(cfg, list(paths))
     check_split(cfg.data.split)
-    _check_token_ids(cfg)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if cfg.data.data_format == "pairs":
         from megatron_qwen.data.pairs import check_pair_shard
 
-        for prefix in parse_data_path(list(cfg.data.data_path), check_files=False)[0]:
-            check_pair_shard(prefix, tokenizer.im_end_id)
+        for name, paths in given.items():
+            with _naming(name):
+                for prefix in parse_data_path(list(paths), check_files=False)[0]:
+                    check_pair_shard(prefix, tokenizer.im_end_id)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
 
 
-def _check_token_ids(cfg: RunConfig) -> None:
+@contextmanager
+def _naming(flag: str):
+    """The data layer's errors name --data-path: name the flag that was given instead."""
+    from megatron_qwen.data import DataPathError
+
+    try:
+        yield
+    except DataPathError as e:
+        raise DataPathError(str(e).replace("--data-path", flag)) from None
+
+
+def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
     """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
     from megatron_qwen.data import DataPathError, parse_data_path
     from megatron_qwen.data.shards import find_token_id_at_least
 
-    prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
+    prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         found = find_token_id_at_least(prefix, cfg.model.vocab_size)
         if found:

@@ -74,7 +74,7 @@ def run_layout(flags: list[str], out: str) -> None:
                                      [iter(batches(0)) for _ in engine.model], num_mb, SEQ, MICRO_BATCH,
                                      GLOBAL_BATCH, torch.device("cpu"), figures=figures)
         else:
-            loss, _, ok = engine.train_step(batches(step), num_mb, health)
+            loss, _, ok, _ = engine.train_step(batches(step), num_mb, health)
             figures = engine.figures
         assert ok
         report.append([loss, figures.get("pair accuracy"), figures.get("reward margin")])
