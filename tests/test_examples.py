@@ -16,7 +16,7 @@ from slurm_fakes import HOSTS, JOB_ID, base_env, run_script
 
 from megatron_qwen.config.model import model_preset
 from megatron_qwen.config.recipes import RECIPES
-from megatron_qwen.model.memory import Layout, stage_parameters
+from megatron_qwen.planning.memory import Layout, stage_parameters
 from megatron_qwen.training.arguments import build_parser, parse_run_config
 
 JOB_SCRIPTS = sorted((REPO / "examples").glob("*/qwen_*.sh"))
@@ -64,7 +64,7 @@ def sbatch(script: Path, env: dict, tmp_path) -> tuple[list[str], list[str]]:
 
 def test_every_job_and_size_has_a_script():
     assert {job_of(s) for s in JOB_SCRIPTS} == {
-        (f"megatron_qwen.{job}", size) for job in ("pretrain", "pretrain_code", "sft_math", "sft", "sft_code")
+        (f"megatron_qwen.{job}", size) for job in ("pretrain", "pretrain_code", "sft_math", "sft", "sft_code", "reward")
         for size in SIZES}
     assert set(RECIPES) == {script.parent.name for script in JOB_SCRIPTS}
 
@@ -105,7 +105,9 @@ def test_flags_are_accepted_and_layout_is_valid(script, tmp_path):
     assert not unknown, f"{script.name}: flags unknown to python -m {module}: {unknown}"
     # Validate as on the GPU nodes the layouts are for, where "auto" picks transformer-engine
     # (context parallelism needs it); on this CPU machine "auto" would pick the local back end.
-    cfg = parse_run_config(recipe, args + ["--transformer-impl", "transformer_engine"])
+    # A recipe of one epoch (the reward model's) counts its steps from the shards, which are not here.
+    length = ["--train-iters", "1"] if recipe.train_iters is None else []
+    cfg = parse_run_config(recipe, args + ["--transformer-impl", "transformer_engine", *length])
     sbatch_nodes = int(next(line.split("=")[1] for line in script.read_text().splitlines()
                             if line.startswith("#SBATCH --nodes=")))
     for nodes in (1, sbatch_nodes):
