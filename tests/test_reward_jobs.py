@@ -128,6 +128,7 @@ def test_export_gives_transformers_our_rewards(setup, marker_run):
     ours = report["sets"]["heldout"]
     assert ours["pairs"] == 16 and ours["accuracy"] >= 0.9
     export_hf(str(setup / "marker_ckpt"), str(setup / "hf_rm"), "qwen2")
+    assert not (setup / "hf_rm" / "generation_config.json").exists()  # a reward model generates nothing
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
         setup / "hf_rm", dtype=torch.float32, attn_implementation="eager").eval()
     assert type(model).__name__ == "Qwen2ForSequenceClassification"
@@ -150,6 +151,30 @@ def test_export_gives_transformers_our_rewards(setup, marker_run):
     print(f"\ntransformers on the export vs ours, {expected.numel()} rewards up to {expected.abs().max():.3f}: "
           f"largest difference {error:.2e}")
     assert error <= 1e-5 * max(1.0, expected.abs().max().item()), (theirs, expected)
+
+
+def test_per_split_paths_give_one_epoch_and_named_sets_with_reward_figures(setup):
+    """--train/valid/test-data-path (docs/launching.md) in a reward run: without a budget it trains one epoch of
+    --train-data-path's pairs; each validation set, and the test set at the end, logs the reward model's figures
+    under its name."""
+    metrics = setup / "named_metrics.jsonl"
+    marker, randomly = (str(setup / f"pairs_{data}_pairs_document") for data in ("marker", "random"))
+    proc = run_module("megatron_qwen.reward", [
+        "--load", str(setup / "base_lm"), "--train-data-path", marker, "--valid-data-path", marker, randomly,
+        "--multiple-validation-sets", "--validation-set-names", "marker", "random", "--test-data-path", randomly,
+        "--seq-length", "48", "--micro-batch-size", "16", "--global-batch-size", "128", "--lr", "2e-3",
+        "--eval-interval", "3", "--eval-iters", "1", "--metrics-file", str(metrics)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in open(metrics)]
+    steps = [r for r in rows if "reward_loss" in r]
+    assert [r["iteration"] for r in steps] == list(range(1, 7))  # 384 pairs, 64 a step
+    assert steps[-1]["train_iters"] == 6 and "pair_accuracy" in steps[-1]
+    for name in ("validation-marker", "validation-random"):
+        evals = [r for r in rows if f"{name}_loss" in r]
+        assert [r["iteration"] for r in evals] == [3, 6], rows
+        assert all(0 <= r[f"{name}_pair_accuracy"] <= 1 and f"{name}_reward_margin" in r for r in evals)
+    (test,) = [r for r in rows if "test_loss" in r]
+    assert test["iteration"] == 6 and "test_pair_accuracy" in test and "test_ppl" not in test
 
 
 def test_a_reward_checkpoint_is_no_language_model(setup, marker_run):
