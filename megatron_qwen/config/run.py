@@ -97,10 +97,6 @@ class RunConfig:
         if self.data.tokenizer_type == "NullTokenizer" and self.data.data_format == "chatml":
             raise ConfigError("--tokenizer-type NullTokenizer is for pretraining shards; chat SFT renders its "
                               "turns with Qwen's tokenizer: drop the flag")
-        if t.train_iters < 1:
-            raise ConfigError("--train-iters must be at least 1")
-        if self.checkpoint.keep_last_checkpoints is not None and self.checkpoint.keep_last_checkpoints < 1:
-            raise ConfigError("--keep-last-checkpoints must be at least 1 (the latest checkpoint is never deleted)")
         if self.checkpoint.finetune and not self.checkpoint.load:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")

@@ -11,7 +11,7 @@ from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
 from megatron_qwen.config.deepspeed_json import read_json
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import add_flags, flag_fields, from_flags
+from megatron_qwen.config.flags import add_flags, check_flag_pairs, flag_fields, from_flags
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset
 from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
 from megatron_qwen.config.parallel import ParallelConfig
@@ -40,6 +40,7 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
 def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
     parser = build_parser(recipe)
     args = parser.parse_args(argv)
+    check_flag_pairs(parser, args, FLAG_CLASSES)
     model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
     size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
@@ -47,8 +48,9 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
                          default_lr=size_defaults.get("lr", recipe.lr))
     build = from_flags(BuildSettings, args)
     train = from_flags(
-        TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
-        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
+        TrainSettings, args, micro_batch_size=_given_or(args.micro_batch_size, recipe.micro_batch_size),
+        global_batch_size=_given_or(args.global_batch_size,
+                                    size_defaults.get("global_batch_size", recipe.global_batch_size)),
         optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
     data = from_flags(DataSettings, args, data_format=recipe.data_format,
                       pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
@@ -56,6 +58,10 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
                      parallel=from_flags(ParallelConfig, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
                      zero=zero_settings(args))
+
+
+def _given_or(value, default):
+    return default if value is None else value
 
 
 def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
@@ -82,6 +88,4 @@ def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:
     """Embedding rows for an explicit --vocab-size (None: the preset's rows)."""
     if vocab_size is None:
         return None
-    if divisible_by < 1:
-        raise ConfigError("--make-vocab-size-divisible-by must be at least 1")
     return -(-vocab_size // divisible_by) * divisible_by

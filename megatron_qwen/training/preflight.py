@@ -5,6 +5,7 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 """
 
 import os
+import tempfile
 
 from megatron_qwen.checkpointing.directory import (
     TRACKER,
@@ -15,15 +16,40 @@ from megatron_qwen.checkpointing.directory import (
 )
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
     cfg.validate(world_size)
+    for name, path, kind in declared_outputs(cfg):
+        check_writable(name, path, kind)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
+
+
+def check_writable(name: str, path: str, kind: str) -> None:
+    """The path a flag names (``kind`` "dir" or "file") can be written, else ConfigError naming the flag:
+    a probe file is created and removed in it (a directory) or in its nearest existing parent, which the
+    run would create the rest under. Nothing is left behind."""
+    if kind == "file" and os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a directory; pass a file path")
+    if kind == "dir" and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a file; pass a directory")
+    parent = os.path.abspath(path if kind == "dir" else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{name} {path}: {parent} is a file, not a directory; pass a path under a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if kind == "file" and os.path.exists(path):
+            open(path, "ab").close()  # appending is what the run does to it
+    except OSError as e:
+        raise ConfigError(f"{name} {path}: cannot write there ({e.strerror or e}); pass a writable path") from None
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
@@ -85,8 +111,6 @@ def _check_token_ids(cfg: RunConfig) -> None:
 
 def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     s = cfg.checkpoint
-    if s.save and os.path.isfile(s.save):
-        raise ConfigError(f"--save {s.save} is a file; pass a directory")
     if not s.load:
         return
     if os.path.isfile(s.load):
