@@ -24,6 +24,7 @@ from megatron_qwen.curate.pipeline import (
     format_summary,
     make_executors,
     run,
+    skipped_records,
     step_input_files,
     summary,
 )
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args) -> CurateConfig:
     if args.command in ("run", "extract") and not args.input:
         raise ConfigError(f"{args.command}: --input is required (the raw jsonl)")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(f"--output {args.output} is a file; pass a folder (the curation's steps, logs and shards)")
     fuzzy = FuzzyConfig(ngram=args.minhash_ngram, num_perm=args.minhash_permutations,
                         threshold=args.minhash_threshold, bands=args.minhash_bands, rows=args.minhash_rows)
     if (fuzzy.bands is None) != (fuzzy.rows is None):
@@ -99,6 +102,8 @@ def config_from(args) -> CurateConfig:
 
 def print_report(cfg: CurateConfig, stage_names: list[str]) -> None:
     print(format_summary(summary(cfg.output, stage_names)))
+    if "extract" in stage_names and skipped_records(cfg):
+        print(skipped_records(cfg))
     if "tokenize" not in stage_names:
         return
     try:
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
             cfg = CurateConfig(inputs=[], output=args.output)
             names = ["extract", *(s.name for s in build_stages(cfg, STEPS[1:]))]
             print(format_summary(summary(cfg.output, names)))
+            if skipped_records(cfg):
+                print(skipped_records(cfg))
             if os.path.exists(cfg.folder("data_path.txt")):
                 with open(cfg.folder("data_path.txt")) as f:
                     print("--data-path " + f.read().strip())

@@ -73,5 +73,8 @@ def _peer_failure_message(error: RuntimeError, cfg) -> str:
 
 
 def _exit_with(error: Exception, code: int = 2):
-    print(f"error: {error}", file=sys.stderr, flush=True)
+    message = str(error)
+    if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch wraps it in the traceback
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

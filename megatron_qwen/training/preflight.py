@@ -95,18 +95,17 @@ def _check_data(cfg: RunConfig) -> None:
 
 
 def _check_token_ids(cfg: RunConfig) -> None:
-    """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
-    from megatron_qwen.data import DataPathError, parse_data_path
-    from megatron_qwen.data.shards import find_token_id_at_least
+    """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
+    of training."""
+    from megatron_qwen.data import parse_data_path
+    from megatron_qwen.data.blend import token_id_outside
+    from megatron_qwen.data.shards import find_token_id_outside
 
     prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
     for prefix in prefixes:
-        found = find_token_id_at_least(prefix, cfg.model.vocab_size)
+        found = find_token_id_outside(prefix, cfg.model.vocab_size)
         if found:
-            raise DataPathError(
-                f"--data-path {prefix}: document {found[0]} holds token id {found[1]}, beyond the model's "
-                f"vocabulary of {cfg.model.vocab_size} (--model-size {cfg.model_size}); preprocess it with the "
-                "model's tokenizer, or pick a model with that vocabulary")
+            raise token_id_outside(prefix, *found, cfg.model.vocab_size, f" (--model-size {cfg.model_size})")
 
 
 def _check_checkpoint_dirs(cfg: RunConfig) -> None:

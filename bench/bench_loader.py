@@ -1,0 +1,111 @@
+"""What the shard checks cost: the loader's samples/s with and without the per-sample token-id check, and
+the start-up checks (the whole-.idx check and the token-id scan) on a large index.
+
+    python bench/bench_loader.py                 # figures: docs/data.md ("What the checks cost")
+    python bench/bench_loader.py --json out.json
+
+Loader: megatron-core's GPTDataset and ours (data/pretrain.py: CheckedGPTDataset, the same class with a
+vectorised min/max of each sample's ids) over the same synthetic shard, reading the same samples in the
+same order; each round times both, alternating which goes first; the best round of each is reported.
+Start-up: shards.check_index and shards.find_token_id_outside on a shard of --index-sequences sequences
+(a sparse .bin: its size is what the index describes). Never fails on a timing.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+from megatron.core.datasets.gpt_dataset import GPTDataset
+
+from megatron_qwen.data.pretrain import CheckedGPTDataset, build_pretrain_datasets
+from megatron_qwen.data.shards import IndexedShardWriter, check_index, find_token_id_outside, index_bytes
+from megatron_qwen.training.datasets import IdsOnlyVocab
+
+
+def loader_seconds(datasets: dict, samples: int) -> dict[str, float]:
+    """Seconds to read ``samples`` samples from each dataset, in the given order."""
+    times = {}
+    for name, dataset in datasets.items():
+        start = time.perf_counter()
+        for i in range(samples):
+            dataset[i]
+        times[name] = time.perf_counter() - start
+    return times
+
+
+def build_both(prefix: str, seq_length: int, samples: int, cache: str) -> dict:
+    """The shard's training split as ours (build_pretrain_datasets) and as megatron-core's class over the same
+    documents, split and seed."""
+    vocab = IdsOnlyVocab(vocab_size=151_851, eod=151_643)
+    checked, _, _ = build_pretrain_datasets([prefix], "1,0,0", seq_length, 1, (samples, 0, 0), vocab,
+                                            cache_path=cache)
+    plain = GPTDataset(checked.dataset, checked.dataset_path, checked.indices, checked.num_samples,
+                       checked.index_split, checked.config)
+    return {"megatron-core GPTDataset": plain, "checked (ours)": checked}
+
+
+def measure_loader(tokens: int, seq_length: int, samples: int, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = f"{tmp}/shard"
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(200, 4000, size=tokens // 2000)
+        with IndexedShardWriter(prefix, np.int32) as writer:
+            writer.add_documents(rng.integers(0, 151_643, size=int(lengths.sum()), dtype=np.int32), lengths)
+        datasets = build_both(prefix, seq_length, samples, f"{tmp}/cache")
+        assert type(datasets["checked (ours)"]) is CheckedGPTDataset
+        best = {name: float("inf") for name in datasets}
+        for r in range(rounds):
+            order = dict(list(datasets.items())[::-1 if r % 2 else 1])
+            for name, seconds in loader_seconds(order, samples).items():
+                best[name] = min(best[name], seconds)
+    return {name: {"seconds": s, "samples_per_s": samples / s} for name, s in best.items()}
+
+
+def measure_startup(sequences: int, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = f"{tmp}/large"
+        lengths = np.full(sequences, 1000, dtype=np.int64)
+        with open(prefix + ".idx", "wb") as f:
+            f.write(index_bytes(lengths, np.int32))
+        with open(prefix + ".bin", "wb") as f:
+            f.truncate(int(lengths.sum()) * 4)  # sparse: zeros, a valid token id
+        times = {"check_index": float("inf"), "find_token_id_outside": float("inf")}
+        for _ in range(rounds):
+            for name, call in (("check_index", lambda: check_index(prefix)),
+                               ("find_token_id_outside", lambda: find_token_id_outside(prefix, 151_851))):
+                start = time.perf_counter()
+                call()
+                times[name] = min(times[name], time.perf_counter() - start)
+    return {"sequences": sequences, "idx_bytes": 34 + 20 * sequences + 8, "seconds": times}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=4_000_000, help="tokens of the loader's shard")
+    p.add_argument("--seq-length", type=int, default=2048)
+    p.add_argument("--samples", type=int, default=1000, help="samples read per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--index-sequences", type=int, default=10_000_000, help="sequences of the start-up check's index")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    loader = measure_loader(args.tokens, args.seq_length, args.samples, args.rounds)
+    for name, r in loader.items():
+        print(f"loader {name:<26} {r['samples_per_s']:>10,.0f} samples/s (best of {args.rounds} rounds of "
+              f"{args.samples} samples, seq {args.seq_length})")
+    plain, checked = (r["seconds"] for r in loader.values())
+    print(f"loader check costs {100 * (checked / plain - 1):+.1f}% of the read time")
+    startup = measure_startup(args.index_sequences, args.rounds)
+    for name, seconds in startup["seconds"].items():
+        print(f"start-up {name:<22} {seconds:>8.3f} s for {startup['sequences']:,} sequences "
+              f"({startup['idx_bytes'] / 2**20:,.0f} MiB .idx)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"loader": loader, "startup": startup, "args": vars(args)}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
