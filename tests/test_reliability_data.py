@@ -224,3 +224,8 @@ def test_merge_takes_a_prefix_that_training_put_its_cache_under(tmp_path, capsys
     assert read_index_counts(str(tmp_path / "out" / "ab")) == (6, 16)
     assert merge.main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out" / "all")]) == 0
     assert read_index_counts(str(tmp_path / "out" / "all")) == (6, 16)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        merge.main(["--input", a, "--output-prefix", str(tmp_path / "out") + "/"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "ends in a folder" in err[0], err

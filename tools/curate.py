@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate.fuzzy import FuzzyConfig
 from megatron_qwen.curate.pipeline import (
@@ -70,7 +71,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     add_flags(sub.add_parser("run", help="every step, raw jsonl to shards"))
     for step in STEPS:

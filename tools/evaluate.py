@@ -20,6 +20,7 @@ for _var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "H
 
 from megatron_qwen.config.cli import OneLineErrorParser  # noqa: E402
 from megatron_qwen.config.errors import ConfigError  # noqa: E402
+from megatron_qwen.config.flags import POSITIVE, bounded  # noqa: E402
 from megatron_qwen.evaluation.benchmarks import BENCHMARKS  # noqa: E402
 from megatron_qwen.platform.notices import silence_megatron_notices  # noqa: E402
 from megatron_qwen.tokenizer.files import TokenizerFileError  # noqa: E402
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="the benchmarks' files, one folder each (docs/evaluation.md)")
     p.add_argument("--tasks", nargs="+", default=list(BENCHMARKS), metavar="TASK",
                    help=f"of {', '.join(BENCHMARKS)} (default: all, Table 2 of the report)")
-    p.add_argument("--limit", type=float, default=None,
+    p.add_argument("--limit", type=bounded(float, POSITIVE), default=None,
                    help="only the first N questions of each task (a fraction below 1: that share)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--output", default=None, help="JSON: the scores, lm-eval's results and its per-sample log")

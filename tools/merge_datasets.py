@@ -15,6 +15,7 @@ import glob
 import os
 import sys
 
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.data.shards import (
     LOSS_MASK_SUFFIX,
     ShardError,
@@ -22,6 +23,7 @@ from megatron_qwen.data.shards import (
     is_loss_mask,
     loss_mask_prefix,
     merge_datasets,
+    output_prefix_problem,
     read_index_counts,
 )
 
@@ -51,10 +53,12 @@ def find_prefixes(specs: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged dataset")
     args = parser.parse_args(argv)
+    if output_prefix_problem(args.output_prefix):
+        parser.error(output_prefix_problem(args.output_prefix))
     try:
         prefixes = find_prefixes(args.input)
         if not prefixes:

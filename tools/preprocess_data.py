@@ -14,8 +14,9 @@ import os
 import sys
 import time
 
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.data.preprocess import Options, nothing_kept, plan_shards, remove_shards, run_shards, shard_outputs
-from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY
+from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY, output_prefix_problem
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
 
@@ -31,7 +32,7 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), directories or globs")
     p.add_argument("--output-prefix", required=True, help="output path prefix, e.g. data/web")
@@ -72,6 +73,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--chatml takes one --json-keys entry (the messages list)")
     if args.no_default_system_prompt and not args.chatml:
         parser.error("--no-default-system-prompt applies to --chatml only")
+    if output_prefix_problem(args.output_prefix):
+        parser.error(output_prefix_problem(args.output_prefix))
 
 
 def print_summary(result, elapsed: float, tasks, opts: Options) -> None:

@@ -45,6 +45,14 @@ def dataset_prefix(output_prefix: str, key: str, shard: str | None = None) -> st
     return f"{output_prefix}_{shard}_{key}_document" if shard else f"{output_prefix}_{key}_document"
 
 
+def output_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name a dataset's files ("data/" would write "data/_text_document.bin"), or None."""
+    if not os.path.basename(prefix):
+        return (f"--output-prefix {prefix} ends in a folder; add the start of a file name, e.g. "
+                f"{os.path.join(prefix, 'web')}")
+    return None
+
+
 def loss_mask_prefix(prefix: str) -> str:
     """The loss-mask companion of an SFT token dataset."""
     return prefix + LOSS_MASK_SUFFIX

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import Benchmark, select
+from megatron_qwen.evaluation.fewshot_rows import check_fewshot_rows
 from megatron_qwen.evaluation.local_data import check_data
+from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
 from megatron_qwen.evaluation.published import PUBLISHED, SOURCE, size_of
 from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, check_sandbox_available
 from megatron_qwen.evaluation.task_configs import write_task_configs
@@ -50,6 +52,7 @@ def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
         raise ConfigError(f"--load {cfg.load} {what}; give a Hugging Face model directory or a --save directory "
                           "of ours")
     check_data(benchmarks, cfg.data_dir)
+    check_fewshot_rows(benchmarks, cfg.data_dir, cfg.chat)
     return benchmarks
 
 
@@ -130,6 +133,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         from lm_eval.utils import handle_non_serializable
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        with open(cfg.output, "w", encoding="utf-8") as f:
+        with open_no_looser(cfg.output, input_files(benchmarks, cfg.data_dir)) as f:
             json.dump(report, f, indent=1, ensure_ascii=False, default=handle_non_serializable)
     return report
