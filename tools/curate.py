@@ -33,6 +33,7 @@ from megatron_qwen.curate.quality import DEFAULT_RULES_FILE
 from megatron_qwen.curate.upsample import parse_weights
 from megatron_qwen.data.shards import ShardError
 from megatron_qwen.data.sources import InputError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -59,6 +60,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsample-mode", default="repeat", choices=["repeat", "blend"],
                    help="repeat documents, or keep them once and put the weights in --data-path")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    add_unpublished_flag(p)
     p.add_argument("--tasks", type=int, default=None, help="tasks per stage (default: one per input file)")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
     p.add_argument("--workers", type=int, default=-1,
@@ -88,6 +90,7 @@ def config_from(args) -> CurateConfig:
         raise ConfigError(f"--output {args.output} is a file; pass a folder (the curation's steps, logs and shards)")
     fuzzy = FuzzyConfig(ngram=args.minhash_ngram, num_perm=args.minhash_permutations,
                         threshold=args.minhash_threshold, bands=args.minhash_bands, rows=args.minhash_rows)
+    check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
     if (fuzzy.bands is None) != (fuzzy.rows is None):
         raise ConfigError("--minhash-bands and --minhash-rows go together (or neither: chosen from the threshold)")
     if not 1 <= fuzzy.ngram <= 64:
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
                                cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                                env_command=args.env_command)
         run(make_executors(stages, cfg.output, opts), cfg, stages)
-    except (ConfigError, InputError, ImportError, StageFailed) as e:
+    except (ConfigError, InputError, ImportError, StageFailed, TokenizerFileError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     if args.executor == "local":

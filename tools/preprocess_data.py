@@ -19,6 +19,7 @@ from megatron_qwen.data.preprocess import Options, nothing_kept, plan_shards, re
 from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY, output_prefix_problem
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
+from megatron_qwen.tokenizer.files import add_unpublished_flag, check_published
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"--chatml: leave conversations without a system message as they are (default: they get "
                         f"Qwen's {DEFAULT_SYSTEM_PROMPT!r}, as its finetune.py does)")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    add_unpublished_flag(p)
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: one per CPU); with fewer shards than workers they share each shard")
     p.add_argument("--encode-threads", type=int, default=None,
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
                        threads=args.encode_threads or max(1, cpus // workers),
                        default_system_prompt=None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT)
         tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards, args.max_shard_bytes)
+        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
         tokenizer = load_tokenizer(args.tokenizer_model)
         result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)
     except (InputError, BadRecordError, TokenizerFileError) as e:

@@ -49,6 +49,9 @@ class DataSettings:
     split: str = flag("--split", group=DATA, default="969,30,1", help="train,valid,test proportions")
     tokenizer_model: str | None = flag("--tokenizer-model", group=DATA, default=None,
                                        help="path to qwen.tiktoken (default: the fetched copy)")
+    allow_unpublished_tokenizer: bool = flag(
+        "--allow-unpublished-tokenizer", group=DATA, default=False, needs=("--tokenizer-model",),
+        help="use a --tokenizer-model whose sha256 is not that of Qwen's published qwen.tiktoken")
     data_cache_path: str | None = flag("--data-cache-path", group=DATA, default=None, output="dir")
     # Packed samples carry block-diagonal attention masks; back ends that run plain causal attention
     # (transformer-engine, flash-attn) pad each sample instead (parse_run_config).

@@ -81,12 +81,14 @@ def _check_data(cfg: RunConfig) -> None:
         return
     from megatron_qwen.data import check_data_path, check_split
     from megatron_qwen.tokenizer import load_tokenizer
+    from megatron_qwen.tokenizer.files import check_published
 
     check_data_path(list(cfg.data.data_path))
     check_split(cfg.data.split)
     _check_token_ids(cfg)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
+    check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
