@@ -5,8 +5,9 @@ the start-up checks (the whole-.idx check and the token-id scan) on a large inde
     python bench/bench_loader.py --json out.json
 
 Loader: megatron-core's GPTDataset and ours (data/pretrain.py: CheckedGPTDataset, the same class with a
-vectorised min/max of each sample's ids) over the same synthetic shard, reading the same samples in the
-same order; each round times both, alternating which goes first; the best round of each is reported.
+vectorised max of each sample's ids) over the same synthetic shard, reading the same samples in the same
+order, one dataset[i] at a time and through the training loader (training/batches.py); each round times
+both (CPU time of the process), alternating which goes first; the best round of each is reported.
 Start-up: shards.check_index and shards.find_token_id_outside on a shard of --index-sequences sequences
 (a sparse .bin: its size is what the index describes). Never fails on a timing.
 """
@@ -22,17 +23,24 @@ from megatron.core.datasets.gpt_dataset import GPTDataset
 
 from megatron_qwen.data.pretrain import CheckedGPTDataset, build_pretrain_datasets
 from megatron_qwen.data.shards import IndexedShardWriter, check_index, find_token_id_outside, index_bytes
+from megatron_qwen.training.batches import microbatch_loader
 from megatron_qwen.training.datasets import IdsOnlyVocab
 
 
-def loader_seconds(datasets: dict, samples: int) -> dict[str, float]:
-    """Seconds to read ``samples`` samples from each dataset, in the given order."""
+def loader_seconds(datasets: dict, samples: int, micro_batch_size: int | None) -> dict[str, float]:
+    """CPU seconds of this process to read ``samples`` samples from each dataset, in the given order (CPU time:
+    what the read costs, not what other processes on the machine take from it): through the training loader
+    (training/batches.py) in micro-batches of ``micro_batch_size``, or (None) one dataset[i] at a time."""
     times = {}
     for name, dataset in datasets.items():
-        start = time.perf_counter()
-        for i in range(samples):
-            dataset[i]
-        times[name] = time.perf_counter() - start
+        start = time.process_time()
+        if micro_batch_size is None:
+            for i in range(samples):
+                dataset[i]
+        else:
+            for _ in microbatch_loader(dataset, 0, samples, micro_batch_size, 0, 1):
+                pass
+        times[name] = time.process_time() - start
     return times
 
 
@@ -47,7 +55,7 @@ def build_both(prefix: str, seq_length: int, samples: int, cache: str) -> dict:
     return {"megatron-core GPTDataset": plain, "checked (ours)": checked}
 
 
-def measure_loader(tokens: int, seq_length: int, samples: int, rounds: int) -> dict:
+def measure_loader(tokens: int, seq_length: int, samples: int, rounds: int, micro_batch_size: int | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = f"{tmp}/shard"
         rng = np.random.default_rng(0)
@@ -59,7 +67,7 @@ def measure_loader(tokens: int, seq_length: int, samples: int, rounds: int) -> d
         best = {name: float("inf") for name in datasets}
         for r in range(rounds):
             order = dict(list(datasets.items())[::-1 if r % 2 else 1])
-            for name, seconds in loader_seconds(order, samples).items():
+            for name, seconds in loader_seconds(order, samples, micro_batch_size).items():
                 best[name] = min(best[name], seconds)
     return {name: {"seconds": s, "samples_per_s": samples / s} for name, s in best.items()}
 
@@ -87,23 +95,28 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=4_000_000, help="tokens of the loader's shard")
     p.add_argument("--seq-length", type=int, default=2048)
     p.add_argument("--samples", type=int, default=1000, help="samples read per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--micro-batch-size", type=int, default=1, help="of the training loader")
     p.add_argument("--index-sequences", type=int, default=10_000_000, help="sequences of the start-up check's index")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    loader = measure_loader(args.tokens, args.seq_length, args.samples, args.rounds)
-    for name, r in loader.items():
-        print(f"loader {name:<26} {r['samples_per_s']:>10,.0f} samples/s (best of {args.rounds} rounds of "
-              f"{args.samples} samples, seq {args.seq_length})")
-    plain, checked = (r["seconds"] for r in loader.values())
-    print(f"loader check costs {100 * (checked / plain - 1):+.1f}% of the read time")
+    results = {}
+    for path, mbs in (("dataset[i]", None), (f"training loader, micro-batch {args.micro_batch_size}",
+                                              args.micro_batch_size)):
+        results[path] = measure_loader(args.tokens, args.seq_length, args.samples, args.rounds, mbs)
+        for name, r in results[path].items():
+            print(f"{path}: {name:<26} {r['samples_per_s']:>8,.0f} samples per CPU second (best of {args.rounds} "
+                  f"rounds of {args.samples} samples, seq {args.seq_length})")
+        plain, checked = (r["seconds"] for r in results[path].values())
+        print(f"{path}: the check costs {100 * (checked / plain - 1):+.1f}% "
+              f"({1e6 * (checked - plain) / args.samples:+.1f} us a sample)")
     startup = measure_startup(args.index_sequences, args.rounds)
     for name, seconds in startup["seconds"].items():
         print(f"start-up {name:<22} {seconds:>8.3f} s for {startup['sequences']:,} sequences "
               f"({startup['idx_bytes'] / 2**20:,.0f} MiB .idx)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"loader": loader, "startup": startup, "args": vars(args)}, f, indent=1)
+            json.dump({"loader": results, "startup": startup, "args": vars(args)}, f, indent=1)
     return 0
 
 
