@@ -6,8 +6,8 @@ the start-up checks (the whole-.idx check and the token-id scan) on a large inde
 
 Loader: megatron-core's GPTDataset and ours (data/pretrain.py: CheckedGPTDataset, the same class with a
 vectorised max of each sample's ids) over the same synthetic shard, reading the same samples in the same
-order, one dataset[i] at a time and through the training loader (training/batches.py); each round times
-both (CPU time of the process), alternating which goes first; the best round of each is reported.
+order, one dataset[i] at a time and through the training loader (training/batches.py), in lockstep (one
+sample or micro-batch of each in turn, CPU time of the process); the best of the rounds is reported.
 Start-up: shards.check_index and shards.find_token_id_outside on a shard of --index-sequences sequences
 (a sparse .bin: its size is what the index describes). Never fails on a timing.
 """
@@ -28,19 +28,24 @@ from megatron_qwen.training.datasets import IdsOnlyVocab
 
 
 def loader_seconds(datasets: dict, samples: int, micro_batch_size: int | None) -> dict[str, float]:
-    """CPU seconds of this process to read ``samples`` samples from each dataset, in the given order (CPU time:
-    what the read costs, not what other processes on the machine take from it): through the training loader
-    (training/batches.py) in micro-batches of ``micro_batch_size``, or (None) one dataset[i] at a time."""
-    times = {}
-    for name, dataset in datasets.items():
-        start = time.process_time()
-        if micro_batch_size is None:
-            for i in range(samples):
-                dataset[i]
-        else:
-            for _ in microbatch_loader(dataset, 0, samples, micro_batch_size, 0, 1):
-                pass
-        times[name] = time.process_time() - start
+    """CPU seconds of this process to read ``samples`` samples from each dataset (CPU time: what the read
+    costs, not what other processes on the machine take from it): through the training loader
+    (training/batches.py) in micro-batches of ``micro_batch_size``, or (None) one dataset[i] at a time. The
+    datasets are read in lockstep, one micro-batch of each in turn, the first alternating, so both see the
+    same machine at the same moments."""
+    if micro_batch_size is None:
+        streams = {name: (d[i] for i in range(samples)) for name, d in datasets.items()}
+        steps = samples
+    else:
+        streams = {name: microbatch_loader(d, 0, samples, micro_batch_size, 0, 1) for name, d in datasets.items()}
+        steps = samples // micro_batch_size
+    times = dict.fromkeys(datasets, 0.0)
+    names = list(datasets)
+    for step in range(steps):
+        for name in names[::-1] if step % 2 else names:
+            start = time.process_time()
+            next(streams[name])
+            times[name] += time.process_time() - start
     return times
 
 
@@ -65,9 +70,8 @@ def measure_loader(tokens: int, seq_length: int, samples: int, rounds: int, micr
         datasets = build_both(prefix, seq_length, samples, f"{tmp}/cache")
         assert type(datasets["checked (ours)"]) is CheckedGPTDataset
         best = {name: float("inf") for name in datasets}
-        for r in range(rounds):
-            order = dict(list(datasets.items())[::-1 if r % 2 else 1])
-            for name, seconds in loader_seconds(order, samples, micro_batch_size).items():
+        for _ in range(rounds):
+            for name, seconds in loader_seconds(datasets, samples, micro_batch_size).items():
                 best[name] = min(best[name], seconds)
     return {name: {"seconds": s, "samples_per_s": samples / s} for name, s in best.items()}
 
