@@ -14,7 +14,6 @@ from megatron_qwen.config.flags import (
     from_flags,
 )
 from megatron_qwen.config.recipes import Recipe
-from megatron_qwen.platform.notices import notice
 
 BETA = Bounds(low=0, high=1, high_open=True)  # Adam's bias correction divides by 1 - beta**t
 
@@ -72,9 +71,10 @@ class ScheduleFlags:
                                             help="warmup as a fraction of --train-iters")
 
 
-def optimizer_settings(args, recipe: Recipe, recipe_lr: float) -> OptimizerSettings:
+def optimizer_settings(args, recipe: Recipe, recipe_lr: float, notes: list[str] | None = None) -> OptimizerSettings:
     """The flags (an argparse namespace, a --deepspeed_config's values filled in), else the recipe's
-    values (``recipe_lr``: its peak LR for this model size), else the dataclass defaults."""
+    values (``recipe_lr``: its peak LR for this model size), else the dataclass defaults. A recipe value
+    changed because of another flag is said in one line appended to ``notes``."""
     lr = args.lr if args.lr is not None else recipe_lr
     decay_iters = args.lr_decay_iters if args.lr_decay_iters is not None else args.train_iters
     if args.lr_warmup_iters is not None or args.lr_warmup_fraction is not None:
@@ -87,11 +87,11 @@ def optimizer_settings(args, recipe: Recipe, recipe_lr: float) -> OptimizerSetti
     else:  # the recipe's warmup, shortened for runs shorter than it
         warmup = (int(round(recipe.lr_warmup_fraction * args.train_iters)) if recipe.lr_warmup_fraction
                   else recipe.lr_warmup_iters)
-        if warmup >= decay_iters:
-            notice(f"note: the {recipe.name} recipe's LR warmup of {warmup} iterations is shortened to "
-                   f"{decay_iters - 1}, to end before the decay horizon ({decay_iters} iterations); "
-                   "--lr-warmup-iters sets it")
-            warmup = decay_iters - 1
+        if warmup >= decay_iters and notes is not None:
+            notes.append(f"note: the {recipe.name} recipe's LR warmup of {warmup} iterations is shortened to "
+                         f"{decay_iters - 1}, to end before the decay horizon ({decay_iters} iterations); "
+                         "--lr-warmup-iters sets it")
+        warmup = min(warmup, decay_iters - 1)
     settings = from_flags(
         OptimizerSettings, args, lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
         lr_decay_style=args.lr_decay_style or recipe.lr_decay_style, lr_warmup_iters=warmup)

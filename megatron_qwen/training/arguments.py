@@ -37,7 +37,9 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     return p
 
 
-def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
+def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[str] | None = None) -> RunConfig:
+    """The run the flags ask for. ``notes``: gets one line for each recipe value another flag changed (the
+    entry points print them)."""
     parser = build_parser(recipe)
     args = parser.parse_args(argv)
     check_flag_pairs(parser, args, FLAG_CLASSES)
@@ -51,7 +53,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig
         TrainSettings, args, micro_batch_size=_given_or(args.micro_batch_size, recipe.micro_batch_size),
         global_batch_size=_given_or(args.global_batch_size,
                                     size_defaults.get("global_batch_size", recipe.global_batch_size)),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr), notes))
     data = from_flags(DataSettings, args, data_format=recipe.data_format,
                       pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
