@@ -63,15 +63,18 @@ def _run_before_any_work(args, tmp_path):
 
 
 def test_missing_shard_is_found_before_any_work(tmp_path):
-    line = _run_before_any_work(["--data-path", str(tmp_path / "nowhere_text_document")], tmp_path)
-    assert "nowhere_text_document" in line
+    prefix = str(tmp_path / "nowhere_text_document")
+    line = _run_before_any_work(["--data-path", prefix], tmp_path)
+    assert line == (f"error: --data-path {prefix}: {prefix}.idx not found; create the dataset with "
+                    "tools/preprocess_data.py (pass its prefix, without .bin/.idx)")
 
 
 def test_empty_shard_is_found_before_any_work(tmp_path):
     good = _write_shard(tmp_path / "good", [[1, 2, 3, 4]] * 8)
-    empty = _write_shard(tmp_path / "empty", [])
+    empty = _write_shard(tmp_path / "shard", [])
     line = _run_before_any_work(["--data-path", good, empty], tmp_path)
-    assert "empty" in line and str(tmp_path / "good") not in line
+    assert line == (f"error: --data-path {empty} holds no documents (an empty shard, e.g. a byte range inside one "
+                    "long line, or a file of bad records); leave it out of --data-path")
 
 
 def test_unreadable_index_is_found_before_any_work(tmp_path):
@@ -79,7 +82,8 @@ def test_unreadable_index_is_found_before_any_work(tmp_path):
     with open(f"{prefix}.idx", "r+b") as f:
         f.write(b"NOTANIDX")
     line = _run_before_any_work(["--data-path", prefix], tmp_path)
-    assert "bad.idx" in line or prefix in line
+    assert line == (f"error: --data-path {prefix}: {prefix}.idx: not a Megatron index (magic b'NOTANIDX\\x00', "
+                    "expected b'MMIDIDX\\x00\\x00'); rerun tools/preprocess_data.py for it")
 
 
 def test_tokenizer_larger_than_model_vocabulary_is_found_before_any_work(tmp_path):

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import REPO, load_tool, quiet_env
 
-from megatron_qwen.model.memory import GIB
+from megatron_qwen.planning.memory import GIB
 
 
 def run_plan(flags: list[str]) -> int:

@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO
 
-from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES, SFT, SFT_MATH
+from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES, SFT, SFT_CODE, SFT_MATH
 from megatron_qwen.training.arguments import build_parser, parse_run_config
 from megatron_qwen.training.optimizer import build_scheduler
 
@@ -75,6 +75,24 @@ def test_math_sft_holds_2e_5_to_step_50000():
     assert values[25_000] == pytest.approx(peak)
 
 
+@pytest.mark.parametrize("size, peak", [("7b", 1e-5), ("14b", 2e-6)])
+def test_code_qwen_chat_rises_on_a_cosine_over_three_percent_then_holds(size, peak):
+    """Code-Qwen-Chat (report section 4.2): AdamW (0.9, 0.95, 1e-8), the peak LR of the size reached over 3%
+    of the steps on a cosine curve, then constant; from Code-Qwen's weights, on ChatML data."""
+    cfg, lr = lr_curve(SFT_CODE, ["--model-size", size], gbs=128)
+    o = cfg.train.optim
+    assert (o.adam_beta1, o.adam_beta2, o.adam_eps) == (0.9, 0.95, 1e-8)
+    assert cfg.checkpoint.finetune and cfg.data.data_format == "chatml"
+    steps = cfg.train.train_iters
+    warmup = round(0.03 * steps)
+    assert o.lr_warmup_iters == warmup == 120
+    for i in range(steps + 1):  # hand-computed: half a cosine from 0 up to the peak, then the peak
+        want = peak * 0.5 * (1 - math.cos(math.pi * i / warmup)) if i <= warmup else peak
+        assert lr[i] == pytest.approx(want, rel=1e-12, abs=1e-18), i
+    assert lr[warmup // 2] == pytest.approx(peak / 2)  # a line would be there too; the shape differs around it
+    assert lr[warmup // 4] == pytest.approx(peak * (1 - math.sqrt(0.5)) / 2) and lr[warmup // 4] < peak / 4
+
+
 def test_sft_flags_override_the_recipe():
     cfg, lr = lr_curve(SFT, ["--lr", "1e-5", "--lr-warmup-iters", "10", "--train-iters", "40",
                              "--hidden-dropout", "0"], gbs=4)
@@ -128,6 +146,7 @@ def stated_claims(r):
         (r"(\d+)M-token batches", lambda v: per_size_tokens == {int(v) * 2**20}),
         (rf"warmup {NUMBER}", lambda v: int(v.replace(",", "")) == r.lr_warmup_iters),
         (r"(\d+)% warmup", lambda v: int(v) / 100 == r.lr_warmup_fraction),
+        (r"on a cosine", lambda: r.lr_warmup_style == "cosine"),
         (r"cosine to (\d+)%", lambda v: r.lr_decay_style == "cosine" and int(v) / 100 == r.min_lr_ratio),
         (r"no decay", lambda: r.lr_decay_style == "constant" and r.min_lr_ratio == 1.0),
         (rf"{NUMBER} steps", lambda v: int(v.replace(",", "")) == r.train_iters),

@@ -71,7 +71,7 @@ BEFORE_FUSIONS_MOVED = {
 def test_every_hand_written_flag_is_still_parsed():
     for recipe in RECIPES.values():
         parser = build_parser(recipe)
-        assert {s for a in parser._actions for s in a.option_strings} == HAND_WRITTEN_FLAGS, recipe.name
+        assert HAND_WRITTEN_FLAGS <= {s for a in parser._actions for s in a.option_strings}, recipe.name
         dests = [a.dest for a in parser._actions if a.option_strings[0] not in ("--no-finetune", "--no-fused-adam")]
         assert len(dests) == len(set(dests))  # no two flags write one name (the namespace is flat)
 

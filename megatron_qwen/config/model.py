@@ -69,9 +69,10 @@ class VocabPadding:
         help="with --vocab-size: pad the embedding rows to a multiple of this (the same at every TP)")
 
 
-def resolve_backend(flag_value: str) -> str:
-    """--transformer-impl's value as the model builder names it; auto: the best one installed."""
-    return available_backend() if flag_value == "auto" else BACKEND_FLAGS[flag_value]
+def resolve_backend(flag_value: str, precision: str) -> str:
+    """--transformer-impl's value as the model builder names it; auto: the best one installed for ``precision``
+    (the run's "fp32" or "bf16")."""
+    return available_backend(precision) if flag_value == "auto" else BACKEND_FLAGS[flag_value]
 
 
 FUSION_HELP = "turn this fusion off (on by default where it runs; docs/PERFORMANCE.md)"
@@ -86,11 +87,11 @@ class BuildSettings:
     """How the model is built and run, beyond its shape: the same for training, inference and
     conversion, so a model rebuilt from a checkpoint's stored configuration is the trained one."""
 
-    transformer_impl: str = flag(  # "te", "flash", "sdpa" or "local" (model/spec.py)
+    # "te", "flash", "sdpa" or "local" (model/spec.py); resolve_backend, given the precision (parse_run_config)
+    transformer_impl: str = flag(
         "--transformer-impl", group=FUSIONS, default="local", unset="auto", choices=("auto", *BACKEND_FLAGS),
-        to_field=resolve_backend,
-        help="layer back end; auto picks transformer_engine, then flash-attn, then torch sdpa on a GPU, and local on "
-             "the CPU")
+        help="layer back end; auto picks transformer_engine, then flash-attn (bf16 only), then torch sdpa on a GPU, "
+             "and local on the CPU")
     # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
     precision: str = flag("--bf16", group=PRECISION, default="fp32", dest="bf16", kind=bool, unset=False,
                           to_field=lambda bf16: "bf16" if bf16 else "fp32",

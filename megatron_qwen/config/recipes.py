@@ -17,6 +17,7 @@ class Recipe:
     lr_decay_style: str  # "cosine", "linear" or "constant"
     lr_warmup_iters: int = 0
     lr_warmup_fraction: float | None = None  # overrides lr_warmup_iters when set
+    lr_warmup_style: str = "linear"  # "linear" (megatron-core's) or "cosine" (a half cosine up to the peak)
     train_iters: int = 1000
     global_batch_size: int = 8
     micro_batch_size: int = 1
@@ -79,4 +80,18 @@ SFT_MATH = replace(
     train_iters=50_000,
 )
 
-RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH)}
+# Code-Qwen-Chat is chat SFT started from Code-Qwen, in several stages, each a run of this recipe from the
+# previous stage's weights. The report states the optimizer, the per-size peak LR and the warmup (3% of the
+# steps, rising on a cosine, then constant); sequence, batch, steps and dropout are chat SFT's.
+SFT_CODE = replace(
+    SFT,
+    name="sft_code",
+    description="Code-Qwen-Chat: multi-stage SFT from Code-Qwen (report section 4.2, docs/qwen.md section 5)",
+    lr=1e-5,
+    lr_warmup_iters=0,
+    lr_warmup_fraction=0.03,
+    lr_warmup_style="cosine",
+    per_size={"7b": {"lr": 1e-5}, "14b": {"lr": 2e-6}},
+)
+
+RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH, SFT_CODE)}

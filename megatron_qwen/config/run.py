@@ -92,8 +92,8 @@ class RunConfig:
         if p.sequence_parallel and t.seq_length % p.tensor_model_parallel_size != 0:
             raise ConfigError(f"--sequence-parallel needs --seq-length divisible by "
                               f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
-        if not self.data.mock_data and not self.data.data_path:
-            raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
+        self.data.check()
+        self.log.check()
         if self.data.tokenizer_type == "NullTokenizer" and self.data.data_format == "chatml":
             raise ConfigError("--tokenizer-type NullTokenizer is for pretraining shards; chat SFT renders its "
                               "turns with Qwen's tokenizer: drop the flag")

@@ -8,18 +8,21 @@ import glob
 import os
 
 from megatron_qwen.evaluation.benchmarks import Benchmark
-from megatron_qwen.evaluation.local_data import split_files
+from megatron_qwen.evaluation.local_data import GSM8K_EXEMPLARS, split_files
 
 READ_WRITE = 0o666
 
 
-def input_files(benchmarks: list[Benchmark], root: str) -> list[str]:
-    """The files the benchmarks read under ``root`` (a MATH subject is a folder of files)."""
+def input_files(benchmarks: list[Benchmark], root: str, gsm8k_exemplar_file: bool = False) -> list[str]:
+    """The files the benchmarks read under ``root`` (a MATH subject is a folder of files); with
+    ``gsm8k_exemplar_file`` (the protocol reads it, local_data.check_data) GSM8K's exemplars too."""
     files = []
     for bench in benchmarks:
         for subject in bench.subjects or (None,):
             for path in split_files(bench, root, subject).values():
                 files += sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
+        if bench.name == "gsm8k" and gsm8k_exemplar_file:
+            files.append(os.path.join(root, GSM8K_EXEMPLARS))
     return files
 
 

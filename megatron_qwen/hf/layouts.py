@@ -20,9 +20,9 @@ import torch
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QWEN_VOCAB_SIZE, QwenModelConfig
 from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
+from megatron_qwen.tokenizer.qwen import ENDOFTEXT, SPECIAL_TOKENS
 
 LAYOUTS = {"qwen": "QWenLMHeadModel", "qwen2": "Qwen2ForCausalLM"}
-ENDOFTEXT_ID, IM_END_ID = 151_643, 151_645  # <|endoftext|>, <|im_end|> (docs/qwen.md section 2)
 
 
 @dataclass(frozen=True)
@@ -254,6 +254,7 @@ def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
     return cfg, layout
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # --dtype's names
 _TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -274,8 +275,9 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length:
                 # Qwen's remote code: dynamic NTK and LogN past seq_length (docs/long_context.md); it has
                 # no window attention.
                 "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": "auto",
-                # All false, as published: the remote code then runs in the weights' dtype (torch_dtype) or
-                # the one the user asks for, instead of forcing one.
+                # All false, as published: the remote code then picks the precision from the device (bf16 on a
+                # GPU with bf16, else fp16 on a GPU with fp16, else fp32), whatever torch_dtype says, unless
+                # the user passes bf16/fp16/fp32=True (docs/checkpoints.md).
                 "bf16": False, "fp16": False, "fp32": False,
                 "tokenizer_class": "QWenTokenizer",
                 "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
@@ -287,19 +289,4 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length:
             "intermediate_size": cfg.ffn_hidden_size, "rms_norm_eps": cfg.norm_epsilon,
             "rope_theta": float(cfg.rotary_base), "rope_scaling": None, "hidden_act": "silu",
             "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None,
-            "max_window_layers": cfg.num_layers, "bos_token_id": None, "eos_token_id": ENDOFTEXT_ID}
-
-
-# Qwen-7B-Chat's published generation_config.json (docs/checkpoints.md): nucleus sampling over all tokens with
-# a mild repetition penalty, at most 512 new tokens.
-QWEN_CHAT_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1, "max_new_tokens": 512}
-
-
-def generation_config(chat: bool, seq_length: int) -> dict:
-    """generation_config.json of a qwen export, with the keys Qwen's remote code reads: <|endoftext|> ends and
-    pads; chat_format "chatml" (a chat model, which also stops at <|im_end|>, with Qwen-7B-Chat's sampling
-    defaults) or "raw"; max_window_size, the history model.chat() keeps, the run's training length."""
-    out = {"eos_token_id": ENDOFTEXT_ID, "pad_token_id": ENDOFTEXT_ID, "max_window_size": seq_length,
-           "chat_format": "chatml" if chat else "raw",
-           "stop_words_ids": [[ENDOFTEXT_ID], [IM_END_ID]] if chat else [[ENDOFTEXT_ID]]}
-    return {**out, **QWEN_CHAT_SAMPLING} if chat else out
+            "max_window_layers": cfg.num_layers, "bos_token_id": None, "eos_token_id": SPECIAL_TOKENS[ENDOFTEXT]}

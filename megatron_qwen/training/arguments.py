@@ -7,24 +7,25 @@ layers because a --load that holds a Hugging Face model fixes the model's shape 
 
 import argparse
 
+from megatron_qwen.config.budget import TokenFlags, resolve_budget
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
 from megatron_qwen.config.deepspeed_json import read_json
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import add_flags, check_flag_pairs, flag_fields, from_flags
-from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset
+from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset, resolve_backend
 from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
-from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS
 
 # The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
-# ScheduleFlags and VocabPadding hold flags read only to resolve other settings.
+# ScheduleFlags, TokenFlags and VocabPadding hold flags read only to resolve other settings.
 FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
-                TrainSettings, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings, LogSettings)
+                TrainSettings, TokenFlags, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings,
+                LogSettings)
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
@@ -48,14 +49,16 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
         fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
                          default_lr=size_defaults.get("lr", recipe.lr))
-    build = from_flags(BuildSettings, args)
+    build = from_flags(BuildSettings, args,
+                       transformer_impl=resolve_backend(args.transformer_impl, "bf16" if args.bf16 else "fp32"))
+    gbs = _given_or(args.global_batch_size, size_defaults.get("global_batch_size", recipe.global_batch_size))
+    budget = resolve_budget(args, recipe, gbs, args.seq_length)
     train = from_flags(
         TrainSettings, args, micro_batch_size=_given_or(args.micro_batch_size, recipe.micro_batch_size),
-        global_batch_size=_given_or(args.global_batch_size,
-                                    size_defaults.get("global_batch_size", recipe.global_batch_size)),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr), notes))
-    data = from_flags(DataSettings, args, data_format=recipe.data_format,
-                      pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
+        global_batch_size=gbs, train_iters=budget.iters, train_samples=budget.samples,
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr), budget, gbs, args.seq_length,
+                                 notes))
+    data = from_flags(DataSettings, args, data_format=recipe.data_format, pack_sft=not args.no_pack_sft)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
                      parallel=from_flags(ParallelConfig, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),

@@ -20,7 +20,7 @@ from megatron_qwen.checkpointing.deepspeed_format import universal_checkpoint_in
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import on_gpu
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_checkpoint import DeepSpeedCheckpointer
 from megatron_qwen.training.deepspeed_optimizer import build_optimizer
 from megatron_qwen.training.optimizer import build_scheduler
@@ -113,8 +113,10 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, microbatches: list[dict], num_microbatches: int, health: StepHealth):
-        """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful).
+    def train_step(self, microbatches: list[dict], num_microbatches: int,
+                   health: StepHealth) -> tuple[float | None, float | None, bool, Verdict]:
+        """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful,
+        the health verdict).
         A non-finite step is skipped by DeepSpeed itself (every stage discards a step whose gradient norm is
         not finite); ``health`` names the data-parallel ranks whose loss was, and the LR stays where it was."""
         engine, dp_group = self.engine, parallel_state.get_data_parallel_group()
@@ -129,11 +131,11 @@ class DeepSpeedEngine:
             engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation
             local += report["lm loss"]
         loss = reduce_loss(local)
-        health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
+        verdict = health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
         applied = engine.was_step_applied()
         if applied:
             self.scheduler.step(increment=self.cfg.train.global_batch_size)
-        return loss, float(engine.get_global_grad_norm()), applied
+        return loss, float(engine.get_global_grad_norm()), applied, verdict
 
 
 def master_partitions(zero_optimizer) -> list:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import StepHealth, Verdict
 
 
 class Checkpointer(Protocol):
@@ -33,9 +33,9 @@ class Engine(Protocol):
         """The learning rate of the last step."""
 
     def train_step(self, microbatches: list[dict], num_microbatches: int,
-                   health: StepHealth) -> tuple[float | None, float | None, bool]:
+                   health: StepHealth) -> tuple[float | None, float | None, bool, Verdict]:
         """One optimizer step over this rank's micro-batches: (loss on the last pipeline stage, gradient norm,
-        whether the update was applied). ``health`` judges the loss and reports the skipped steps."""
+        whether the update was applied, ``health``'s verdict on the loss, for its record())."""
 
 
 def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:

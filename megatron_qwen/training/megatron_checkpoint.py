@@ -44,12 +44,21 @@ class MegatronCheckpointer:
         self.finish_pending(blocking=True)
         if not room_to_save(self.cfg.checkpoint.save, state.iteration):
             return
+        self._sync_params()
         request = self._write(state)
         if request is not None:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self._async_queue = self._async_queue or AsyncCallsQueue()
             self._async_queue.schedule_async_request(request)
+
+    def _sync_params(self) -> None:
+        """With --overlap-param-gather a step updates only each data-parallel rank's own shard of the weights;
+        the others arrive during the next forward. Gather them now, so that the checkpoint holds the step's
+        weights (Megatron-LM forces the same parameter sync before each save)."""
+        if self.cfg.parallel.overlap_param_gather and self.cfg.zero.distributed_optimizer:
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
 
     def finish_pending(self, blocking: bool) -> None:
         """Complete async saves (their tracker update runs only once all ranks have written)."""
@@ -132,8 +141,10 @@ class MegatronCheckpointer:
 
 
 def _sharded_rng_state() -> ShardedObject:
-    """This rank's RNG states, as one object per (pp, tp, dp) rank."""
+    """This rank's RNG states, as one object per (pp, tp, dp x cp) rank: data- and context-parallel ranks count
+    together, in the size as in the rank."""
     lay = current_layout()
     rank = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank(),
             parallel_state.get_data_parallel_rank(with_context_parallel=True))
-    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], lay["dp"]), rank, replica_id=0)
+    dp_cp = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], dp_cp), rank, replica_id=0)

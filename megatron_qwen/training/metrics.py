@@ -55,7 +55,7 @@ class StepRecord:
 
     def json(self) -> dict:
         return {
-            "iteration": self.iteration, "lm_loss": self.lm_loss, "lr": self.lr,
+            "iteration": self.iteration, "train_iters": self.train_iters, "lm_loss": self.lm_loss, "lr": self.lr,
             "grad_norm": self.grad_norm, "tokens_per_sec": self.tokens_per_sec,
             "tokens_per_sec_per_gpu": self.tokens_per_sec_per_gpu, "tflops_per_gpu": self.tflops_per_gpu,
             "mfu": self.mfu, "consumed_samples": self.consumed_samples,

@@ -18,6 +18,7 @@ from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -25,6 +26,7 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
     cfg.validate(world_size)
     for name, path, kind in declared_outputs(cfg):
         check_writable(name, path, kind)
+    check_backend(cfg)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
@@ -50,6 +52,21 @@ def check_writable(name: str, path: str, kind: str) -> None:
             open(path, "ab").close()  # appending is what the run does to it
     except OSError as e:
         raise ConfigError(f"{name} {path}: cannot write there ({e.strerror or e}); pass a writable path") from None
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """What the layer back end cannot do: flash-attn in fp32, and keeping packed SFT conversations apart when
+    context parallelism splits the sequence (each back end's form of the boundaries, model/packing.py, holds
+    whole samples: megatron-core's split would cut a THD row's segments, and only local and sdpa take masks,
+    which context parallelism does not run)."""
+    p = cfg.parallel
+    if cfg.build.transformer_impl == "flash" and cfg.build.precision not in FLASH_PRECISIONS:
+        raise ConfigError("--transformer-impl flash runs in bf16 only (flash-attn has no fp32 kernels): add --bf16, "
+                          "or pass --transformer-impl sdpa for fp32")
+    if cfg.data.data_format == "chatml" and cfg.data.pack_sft and p.context_parallel_size > 1:
+        raise ConfigError(f"--transformer-impl {cfg.build.transformer_impl} cannot keep packed SFT conversations "
+                          f"apart under --context-parallel-size {p.context_parallel_size} (a packed sample would be "
+                          "split across ranks mid-conversation): pass --no-pack-sft, or --context-parallel-size 1")
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
@@ -79,13 +96,17 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split
+    from megatron_qwen.data import DataPathError, check_data_path, check_split
     from megatron_qwen.tokenizer import load_tokenizer
     from megatron_qwen.tokenizer.files import check_published
 
-    check_data_path(list(cfg.data.data_path))
+    for name, paths in cfg.data.data_flags().items():  # --data-path, or --train/valid/test-data-path
+        try:
+            check_data_path(list(paths))
+            _check_token_ids(cfg, list(paths))
+        except DataPathError as e:  # the data layer names --data-path: name the flag that was given
+            raise DataPathError(str(e).replace("--data-path", name)) from None
     check_split(cfg.data.split)
-    _check_token_ids(cfg)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
     check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
@@ -96,14 +117,14 @@ def _check_data(cfg: RunConfig) -> None:
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
 
 
-def _check_token_ids(cfg: RunConfig) -> None:
+def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
     """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
     of training."""
     from megatron_qwen.data import parse_data_path
     from megatron_qwen.data.blend import token_id_outside
     from megatron_qwen.data.shards import find_token_id_outside
 
-    prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
+    prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         found = find_token_id_outside(prefix, cfg.model.vocab_size)
         if found:

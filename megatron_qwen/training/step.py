@@ -5,6 +5,7 @@ divided once by the global token count in megatron-core's grad finalization), so
 same number whatever the data-, pipeline- or tensor-parallel split of the batch.
 """
 
+import itertools
 import math
 from functools import partial
 from typing import Iterator
@@ -17,18 +18,44 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_batch_on_this_cp_rank
 
 from megatron_qwen.model.builder import unwrap
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.model.packing import attention_mask, packed_seq_params
 
-_BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids", "attention_mask")
+_BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids")
 _BATCH_KEYS_LAST_STAGE = ("labels", "loss_mask")
 
 
 def _stage_batch(batch: dict, first: bool, last: bool, device) -> dict:
     """Only the tensors this pipeline stage reads, on its device, and with context parallelism
-    only this rank's two chunks of the sequence (megatron-core's load-balanced split)."""
+    only this rank's two chunks of the sequence (megatron-core's load-balanced split). Every stage
+    reads a packed sample's boundaries (``cu_seqlens``): each stage's attention keeps its conversations
+    apart. (Packed samples never meet context parallelism: training/preflight.py refuses it.)"""
     keys = (_BATCH_KEYS_FIRST_STAGE if first else ()) + (_BATCH_KEYS_LAST_STAGE if last else ())
     staged = {k: batch[k].to(device, non_blocking=True) if batch.get(k) is not None else None for k in keys}
-    return get_batch_on_this_cp_rank(staged)
+    staged = get_batch_on_this_cp_rank(staged)
+    boundaries = batch.get("cu_seqlens")
+    staged["cu_seqlens"] = None if boundaries is None else boundaries.to(device, non_blocking=True)
+    return staged
+
+
+def _runs_as_one_row(batch: dict, chunk) -> bool:
+    """Whether this micro-batch reaches attention in megatron-core's THD layout: packed, on a back end that
+    takes it so (transformer-engine, flash-attn); its b samples then run as one row of b x s tokens."""
+    return batch.get("cu_seqlens") is not None and chunk.packed_form == "thd"
+
+
+def model_inputs(batch: dict, chunk) -> dict:
+    """The keyword arguments of ``chunk``'s forward for a staged micro-batch (``_stage_batch``): the tokens
+    and, for a packed one, its boundaries in the form the chunk's attention takes (model/packing.py)."""
+    boundaries = batch.get("cu_seqlens")
+    tensors = {k: batch.get(k) for k in (*_BATCH_KEYS_FIRST_STAGE, "labels")}
+    mask, packed = None, None
+    if _runs_as_one_row(batch, chunk):
+        tensors = {k: None if v is None else v.reshape(1, -1) for k, v in tensors.items()}
+        packed = packed_seq_params(boundaries)
+    elif boundaries is not None:
+        mask = attention_mask(boundaries)
+    return {"input_ids": tensors["tokens"], "position_ids": tensors["position_ids"], "attention_mask": mask,
+            "labels": tensors["labels"], "packed_seq_params": packed}
 
 
 def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -44,10 +71,7 @@ def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def forward_step(data_iterator: Iterator[dict], model, device):
     chunk = unwrap(model)
     batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device)
-    output = model(
-        batch.get("tokens"), batch.get("position_ids"), batch.get("attention_mask"),
-        labels=batch.get("labels"),
-    )
+    output = model(**model_inputs(batch, chunk))
     return output, partial(masked_token_loss, batch.get("loss_mask"))
 
 
@@ -77,6 +101,11 @@ def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_le
 def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
                       micro_batch_size: int, device, forward_only: bool):
     """This rank's [loss sum, tokens] over one global batch (last pipeline stage, else None)."""
+    # The shape of the activations pipeline stages exchange: a micro-batch that runs as one row changes it.
+    first = next(data_iterators[0])
+    data_iterators = [itertools.chain([first], data_iterators[0]), *data_iterators[1:]]
+    if _runs_as_one_row(first, unwrap(model_chunks[0])):
+        seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     forward_backward = get_forward_backward_func()
     losses = forward_backward(
         forward_step_func=partial(forward_step, device=device),
@@ -90,22 +119,33 @@ def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_l
     return local_loss(losses)
 
 
-def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
-               seq_length: int, micro_batch_size: int, global_batch_size: int, device,
-               health: StepHealth | None = None):
-    """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
-    changes) on a non-finite gradient norm and, with ``health``, on a non-finite loss or a skipped spike."""
+def forward_backward(model_chunks, optimizer, data_iterators, num_microbatches: int, seq_length: int,
+                     micro_batch_size: int, device) -> tuple[torch.Tensor | None, float | None]:
+    """The gradients of one step's micro-batches, from zero: (this rank's [loss sum, tokens] on the last
+    pipeline stage, the loss over the global batch there), None elsewhere."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     local = _forward_backward(model_chunks, data_iterators, num_microbatches, seq_length, micro_batch_size,
                               device, forward_only=False)
-    loss = reduce_loss(local)
-    if health is not None and health.judge(local, loss):
-        return loss, None, False
+    return local, reduce_loss(local)
+
+
+def apply_update(optimizer, scheduler, global_batch_size: int) -> tuple[float, bool]:
+    """(gradient norm, whether the update was applied): skipped, nothing changed, on a non-finite norm."""
     update_successful, grad_norm = _step_unless_nonfinite(optimizer)
     if update_successful:
         scheduler.step(increment=global_batch_size)
+    return grad_norm, update_successful
+
+
+def train_step(model_chunks, optimizer, scheduler, data_iterators, num_microbatches: int,
+               seq_length: int, micro_batch_size: int, global_batch_size: int, device):
+    """One optimizer step. Returns (loss, grad_norm, update_successful): the update is skipped (nothing
+    changes) on a non-finite gradient norm."""
+    _, loss = forward_backward(model_chunks, optimizer, data_iterators, num_microbatches, seq_length,
+                               micro_batch_size, device)
+    grad_norm, update_successful = apply_update(optimizer, scheduler, global_batch_size)
     return loss, grad_norm, update_successful
 
 
