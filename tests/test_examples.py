@@ -16,7 +16,7 @@ from slurm_fakes import HOSTS, JOB_ID, base_env, run_script
 
 from megatron_qwen.config.model import model_preset
 from megatron_qwen.config.recipes import RECIPES
-from megatron_qwen.model.memory import Layout, stage_parameters
+from megatron_qwen.planning.memory import Layout, stage_parameters
 from megatron_qwen.training.arguments import build_parser, parse_run_config
 
 JOB_SCRIPTS = sorted((REPO / "examples").glob("*/qwen_*.sh"))
