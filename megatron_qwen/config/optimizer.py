@@ -35,7 +35,8 @@ def _warmup_help(recipe: Recipe) -> str:
 class OptimizerSettings:
     # The schedule's flags are unset (None) by default so that the recipe's value, or a --deepspeed_config's,
     # can stand in for them (optimizer_settings).
-    lr: float = flag("--lr", group=LR, default=3e-4, unset=None, bounds=POSITIVE,
+    # 0 is allowed, as in Megatron-LM: a step that leaves the weights as they are (tests/test_sft_jobs.py)
+    lr: float = flag("--lr", group=LR, default=3e-4, unset=None, bounds=NON_NEGATIVE,
                      help=lambda r: f"peak LR (recipe: {r.lr})")
     min_lr: float = flag("--min-lr", group=LR, default=3e-5, unset=None, bounds=NON_NEGATIVE,
                          help=lambda r: f"final LR (recipe: {r.min_lr_ratio:g} x peak)")
@@ -115,8 +116,9 @@ def optimizer_settings(args, recipe: Recipe, recipe_lr: float, budget: Budget, g
         OptimizerSettings, args, lr=lr, min_lr=args.min_lr if args.min_lr is not None else lr * recipe.min_lr_ratio,
         lr_decay_style=args.lr_decay_style or recipe.lr_decay_style,
         lr_warmup_style=args.lr_warmup_style or recipe.lr_warmup_style, **schedule)
-    if settings.lr_warmup_init > lr:
-        raise ConfigError(f"--lr-warmup-init {settings.lr_warmup_init} is above the peak LR {lr} (--lr)")
+    for name, value in (("--lr-warmup-init", settings.lr_warmup_init), ("--min-lr", settings.min_lr)):
+        if value > lr:
+            raise ConfigError(f"{name} {value} is above the peak LR {lr} (--lr)")
     return settings
 
 
