@@ -52,6 +52,9 @@ def test_output_is_no_looser_than_a_root_only_input(tmp_path):
     os.symlink(private, data / "mmlu" / "test" / "anatomy_test.csv")
     inputs = input_files(select(["mmlu:anatomy"]), str(data))
     assert str(data / "mmlu" / "test" / "anatomy_test.csv") in inputs and len(inputs) == 2
+    exemplars = str(data / "gsm8k" / "gsm8k_prompt.txt")  # quoted in every GSM8K prompt of --protocol qwen
+    assert exemplars in input_files(select(["gsm8k"]), str(data), gsm8k_exemplar_file=True)
+    assert exemplars not in input_files(select(["gsm8k"]), str(data))
     assert narrowest_mode(inputs) == 0o600
     out = tmp_path / "report.json"
     out.write_text("old")

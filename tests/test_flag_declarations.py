@@ -173,12 +173,16 @@ def test_the_table_fails_when_a_declaration_loses_its_range(monkeypatch, accepte
 
 
 def test_a_recipe_value_changed_by_another_flag_is_said_in_one_line(accepted_is_an_outcome, capsys):
-    """The pretraining recipe's 2000-iteration warmup, shortened by a 4-iteration run."""
-    with pytest.raises(Accepted):
-        entry.main(RECIPES["pretrain"], BASE)
-    notes = [line for line in capsys.readouterr().out.splitlines() if "warmup" in line]
-    assert notes == ["note: the pretrain recipe's LR warmup of 2000 iterations is shortened to 3, to end before the "
-                     "decay horizon (4 iterations); --lr-warmup-iters sets it"]
-    with pytest.raises(Accepted):
-        entry.main(RECIPES["pretrain"], [*BASE, "--lr-warmup-iters", "2"])
-    assert "warmup" not in capsys.readouterr().out
+    """The pretraining recipe's 2000-iteration warmup, shortened by a 4-iteration run; in samples (of the
+    4-sample batch) when the budget is --train-samples or --train-tokens."""
+    def notes(argv):
+        with pytest.raises(Accepted):
+            entry.main(RECIPES["pretrain"], argv)
+        return [line for line in capsys.readouterr().out.splitlines() if "warmup" in line]
+
+    assert notes(BASE) == ["note: the pretrain recipe's LR warmup of 2000 iterations is shortened to 3, to end before "
+                           "the decay horizon (4 iterations); --lr-warmup-iters sets it"]
+    assert notes([*base_for(["--train-tokens"]), "--train-tokens", "512"]) == [  # 16 samples of 32 tokens
+        "note: the pretrain recipe's LR warmup of 8000 samples is shortened to 12, to end before the decay horizon "
+        "(16 samples); --lr-warmup-samples/-tokens sets it"]
+    assert notes([*BASE, "--lr-warmup-iters", "2"]) == []
