@@ -56,7 +56,7 @@ def test_report_token_budgets_resolve_to_steps_of_four_million_tokens():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--train-iters", "10", "--train-samples", "40"], "--train-iters and --train-samples both state"),
+    (["--train-iters", "10", "--train-samples", "40"], "--train-iters contradicts --train-samples"),
     (["--train-samples", "400", "--lr-warmup-iters", "10"], "--lr-warmup-iters counts in another unit than "
                                                             "--train-samples"),
     (["--train-iters", "100", "--lr-decay-tokens", "1000"], "--lr-decay-tokens counts in another unit than "
@@ -64,7 +64,7 @@ def test_report_token_budgets_resolve_to_steps_of_four_million_tokens():
     (["--lr-warmup-samples", "40"], "--lr-warmup-samples counts in another unit than --train-iters"),
     (["--train-tokens", "64"], "--train-tokens 64 is 2 samples of --seq-length 32, less than one step"),
     (["--train-samples", "400", "--lr-warmup-samples", "40", "--lr-warmup-tokens", "64"],
-     "--lr-warmup-samples and --lr-warmup-tokens both given"),
+     "--lr-warmup-samples contradicts --lr-warmup-tokens"),
     (["--train-samples", "400", "--lr-warmup-samples", "400"], "LR warmup of 400 samples does not end before the "
                                                                "decay horizon (400 samples)"),
 ])

@@ -7,10 +7,12 @@ BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "1", "--seq-leng
         "--micro-batch-size", "1", "--global-batch-size", "4"]
 
 # A few cases as real processes (the whole table runs in-process in test_reliability_config.py):
-# a layout rule, an argparse error and a data rule, each one line on a real stderr.
+# a layout rule, an argparse error, a declared range (--seq-length 0 was a SIGFPE) and a data rule, each one
+# line on a real stderr.
 CASES = {
     "world_not_tp_pp_cp": (3, ["--tensor-model-parallel-size", "2"], "world size 3"),
     "bad_flag_value": (1, ["--micro-batch-size", "two"], "--micro-batch-size"),
+    "seq_length_zero": (1, ["--seq-length", "0"], "--seq-length"),
     "no_data": (1, [], "--data-path"),
 }
 
@@ -21,7 +23,7 @@ def test_bad_config_is_one_clear_line(case, tmp_path):
     args = [a for a in BASE if not (case == "no_data" and a == "--mock-data")] + extra
     proc = run_module("megatron_qwen.pretrain", args, timeout=120,
                       env=quiet_env(WORLD_SIZE=str(world), RANK="0"))
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), proc.stderr[-2000:]
     assert needle in err[0]

@@ -224,8 +224,8 @@ def main_in_process(args, capsys):
     ("unknown task", "--tasks mmmlu: unknown task"),
     ("no checkpoint", "does not exist"),
     ("code without flag", "add --allow-code-execution"),
-    ("zero timeout", "argument --code-timeout: must be above 0, got 0"),
-    ("negative memory", "argument --code-memory-mb: must be above 0, got -1"),
+    ("zero timeout", "argument --code-timeout: 0 must be above 0"),
+    ("negative memory", "argument --code-memory-mb: -1 must be at least 1"),
     ("math-qwen base", "--published math-qwen: the report publishes only Math-Qwen-Chat: add --chat"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, case, expected):

@@ -8,7 +8,8 @@ from megatron_qwen.training.arguments import build_parser, parse_run_config
 # Every option string of the hand-written parser (config/arguments.py before the flags moved onto the
 # dataclasses), copied from its parser's actions.
 HAND_WRITTEN_FLAGS = {
-    "--adam-beta1", "--adam-beta2", "--adam-eps", "--async-save", "--attention-dropout", "--bf16", "--clip-grad",
+    "--adam-beta1", "--adam-beta2", "--adam-eps", "--allow-unpublished-tokenizer", "--async-save",
+    "--attention-dropout", "--bf16", "--clip-grad",
     "--compile-layers", "--context-parallel-size", "--data-cache-path", "--data-path", "--deepspeed",
     "--deepspeed-config", "--deepspeed_config", "--distributed-timeout-minutes", "--eval-interval", "--eval-iters",
     "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size", "--finetune",

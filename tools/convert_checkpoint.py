@@ -31,7 +31,7 @@ from megatron_qwen.hf.layouts import check_layout
 from megatron_qwen.hf.relayout import relayout_hf
 from megatron_qwen.hf.source import is_hf_dir, open_hf
 from megatron_qwen.platform.notices import silence_megatron_notices
-from megatron_qwen.tokenizer.files import TokenizerFileError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def build_parser() -> OneLineErrorParser:
@@ -47,6 +47,7 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--max-shard-size", default="5GB", help="to Hugging Face: largest safetensors file (5GB = 5e9 B)")
     p.add_argument("--tokenizer-model", default=None,
                    help="to Hugging Face: the qwen.tiktoken to copy (default: the verified fetched copy)")
+    add_unpublished_flag(p)
     p.add_argument("--chat", action="store_true", default=None,
                    help="to Hugging Face: Qwen-7B-Chat's generation settings (default: when the run trained on "
                         "ChatML, or a Hugging Face source's generation_config.json says chat_format chatml)")
@@ -87,6 +88,7 @@ def convert(args) -> str:
                               "code) or qwen2 (transformers' Qwen2ForCausalLM)")
         check_layout(args.hf_layout)
         max_shard = parse_size(args.max_shard_size)
+        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
         from megatron_qwen.hf.export import export_hf
 
         files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)

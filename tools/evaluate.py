@@ -23,25 +23,12 @@ for _var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "H
 
 from megatron_qwen.config.cli import OneLineErrorParser  # noqa: E402
 from megatron_qwen.config.errors import ConfigError  # noqa: E402
+from megatron_qwen.config.flags import POSITIVE, bounded  # noqa: E402
 from megatron_qwen.evaluation.benchmarks import BENCHMARKS  # noqa: E402
 from megatron_qwen.evaluation.published import FAMILIES  # noqa: E402
 from megatron_qwen.evaluation.task_configs import PROTOCOLS  # noqa: E402
 from megatron_qwen.platform.notices import silence_megatron_notices  # noqa: E402
 from megatron_qwen.tokenizer.files import TokenizerFileError  # noqa: E402
-
-
-def above_zero(kind):
-    """An argparse type: a number of ``kind`` above 0 (a limit of 0 or below would switch the limit off)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-        return value
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="the benchmarks' files, one folder each (docs/evaluation.md)")
     p.add_argument("--tasks", nargs="+", default=list(BENCHMARKS), metavar="TASK",
                    help=f"of {', '.join(BENCHMARKS)} (default: all, Table 2 of the report)")
-    p.add_argument("--limit", type=float, default=None,
+    p.add_argument("--limit", type=bounded(float, POSITIVE), default=None,
                    help="only the first N questions of each task (a fraction below 1: that share)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=bounded(int, POSITIVE), default=8)
     p.add_argument("--output", default=None, help="JSON: the scores, lm-eval's results and its per-sample log")
     p.add_argument("--chat", action="store_true",
                    help="a chat model: zero-shot through its chat template (the report's Table 5 setting)")
@@ -65,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "Code-Qwen (Table 10) or Math-Qwen (--chat: Table 12)")
     p.add_argument("--allow-code-execution", action="store_true",
                    help="run HumanEval and MBPP: each sample's program runs in a sandbox (docs/evaluation.md)")
-    p.add_argument("--code-timeout", type=above_zero(float), default=10.0, help="seconds per program in the sandbox")
-    p.add_argument("--code-memory-mb", type=above_zero(int), default=1024,
+    p.add_argument("--code-timeout", type=bounded(float, POSITIVE), default=10.0,
+                   help="seconds per program in the sandbox")
+    p.add_argument("--code-memory-mb", type=bounded(int, POSITIVE), default=1024,
                    help="address space per program in the sandbox")
-    p.add_argument("--max-gen-toks", type=int, default=None,
+    p.add_argument("--max-gen-toks", type=bounded(int, POSITIVE), default=None,
                    help="cap on generated tokens (default: each task's own, 256 to 1024)")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1)")
     p.add_argument("--dtype", default="auto", help="auto (the export's), bfloat16, float16 or float32")

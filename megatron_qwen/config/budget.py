@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import LR, TRAINING, flag
+from megatron_qwen.config.flags import LR, NON_NEGATIVE, POSITIVE, TRAINING, flag
 from megatron_qwen.config.recipes import Recipe
 
 
@@ -33,11 +33,12 @@ count.__name__ = "count"  # argparse names the type in its error: "invalid count
 class TokenFlags:
     """Read to resolve the budget and the schedule into samples, not stored."""
 
-    train_tokens: int | None = flag("--train-tokens", group=TRAINING, default=None, kind=count,
+    train_tokens: int | None = flag("--train-tokens", group=TRAINING, default=None, kind=count, bounds=POSITIVE,
                                     help="budget in tokens (2.4e12): --train-tokens / --seq-length samples")
     lr_warmup_tokens: int | None = flag("--lr-warmup-tokens", group=LR, default=None, kind=count,
+                                        bounds=NON_NEGATIVE,
                                         help="warmup in tokens, with --train-tokens or --train-samples")
-    lr_decay_tokens: int | None = flag("--lr-decay-tokens", group=LR, default=None, kind=count,
+    lr_decay_tokens: int | None = flag("--lr-decay-tokens", group=LR, default=None, kind=count, bounds=POSITIVE,
                                        help="decay horizon in tokens (default: the budget)")
 
 
@@ -64,17 +65,13 @@ def budget_given(args) -> list[str]:
 
 
 def resolve_budget(args, recipe: Recipe, global_batch_size: int, seq_length: int) -> Budget:
-    """The run's length from --train-iters, --train-samples or --train-tokens (at most one), else the
-    recipe's steps; the schedule's flags must count in the budget's unit."""
+    """The run's length from --train-iters, --train-samples or --train-tokens (at most one: their declarations
+    exclude each other, check_flag_pairs), else the recipe's steps; the schedule's flags must count in the
+    budget's unit."""
     given = budget_given(args)
-    if len(given) > 1:
-        raise ConfigError(f"{' and '.join(map(_flag_name, given))} both state the run's length; give one")
     if not given or given[0] == "train_iters":
         _refuse_other_unit(args, SAMPLE_SCHEDULE_FLAGS, "--train-iters", "--lr-warmup-iters/--lr-decay-iters")
-        iters = args.train_iters if given else recipe.train_iters
-        if iters < 1:
-            raise ConfigError("--train-iters must be at least 1")
-        return Budget(iters=iters)
+        return Budget(iters=args.train_iters if given else recipe.train_iters)
     _refuse_other_unit(args, ITERATION_SCHEDULE_FLAGS, _flag_name(given[0]),
                        "--lr-warmup-samples/--lr-decay-samples or --lr-warmup-tokens/--lr-decay-tokens")
     samples = args.train_samples if given[0] == "train_samples" else args.train_tokens // seq_length
@@ -92,9 +89,7 @@ def _refuse_other_unit(args, dests: tuple[str, ...], budget_flag: str, same_unit
 
 
 def samples_of(args, dest: str, seq_length: int) -> int | None:
-    """--lr-{warmup,decay}-samples, else the same in tokens converted to samples, else None."""
-    samples = getattr(args, f"lr_{dest}_samples")
+    """--lr-{warmup,decay}-samples, else the same in tokens converted to samples (their declarations exclude
+    each other), else None."""
     tokens = getattr(args, f"lr_{dest}_tokens")
-    if samples is not None and tokens is not None:
-        raise ConfigError(f"--lr-{dest}-samples and --lr-{dest}-tokens both given; give one")
-    return samples if tokens is None else tokens // seq_length
+    return getattr(args, f"lr_{dest}_samples") if tokens is None else tokens // seq_length

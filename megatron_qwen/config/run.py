@@ -99,10 +99,6 @@ class RunConfig:
                               "pairs render their turns with Qwen's tokenizer: drop the flag")
         if self.data.data_format == "pairs":
             self._validate_pairs()
-        if t.train_iters < 1:
-            raise ConfigError("--train-iters must be at least 1")
-        if self.checkpoint.keep_last_checkpoints is not None and self.checkpoint.keep_last_checkpoints < 1:
-            raise ConfigError("--keep-last-checkpoints must be at least 1 (the latest checkpoint is never deleted)")
         if self.checkpoint.finetune and not self.checkpoint.load:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")

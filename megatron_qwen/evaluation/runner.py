@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import Benchmark, select
+from megatron_qwen.evaluation.fewshot_rows import check_fewshot_rows
 from megatron_qwen.evaluation.local_data import check_data
+from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
 from megatron_qwen.evaluation.published import MODEL_NAMES, SIZES, published_for, size_of
 from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, SandboxLimits, check_sandbox_available
 from megatron_qwen.evaluation.task_configs import Protocol, protocol, write_task_configs
@@ -55,6 +57,7 @@ def check_inputs(cfg: EvalConfig) -> tuple[list[Benchmark], Protocol]:
         raise ConfigError(f"--load {cfg.load} {what}; give a Hugging Face model directory or a --save directory "
                           "of ours")
     check_data(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)
+    check_fewshot_rows(benchmarks, cfg.data_dir, cfg.chat)
     return benchmarks, proto
 
 
@@ -148,6 +151,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         from lm_eval.utils import handle_non_serializable
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        with open(cfg.output, "w", encoding="utf-8") as f:
+        with open_no_looser(cfg.output, input_files(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)) as f:
             json.dump(report, f, indent=1, ensure_ascii=False, default=handle_non_serializable)
     return report

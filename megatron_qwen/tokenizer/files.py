@@ -88,6 +88,31 @@ def read_tokenizer_file(tokenizer_model: str | os.PathLike | None = None) -> tup
     return data, str(path)
 
 
+ALLOW_UNPUBLISHED = "--allow-unpublished-tokenizer"
+ALLOW_UNPUBLISHED_HELP = ("use a --tokenizer-model whose sha256 is not that of Qwen's published qwen.tiktoken "
+                          "(its ids differ from the published models' wherever its ranks do)")
+
+
+def check_published(tokenizer_model: str | os.PathLike | None, allowed: bool) -> None:
+    """A user's --tokenizer-model is Qwen's published file (its sha256), else one line naming the path, unless
+    ``allowed`` (the explicit ALLOW_UNPUBLISHED flag): a file with two ranks swapped parses as well as the real
+    one and silently gives other ids. The cached copy (None) is checked whenever it is read."""
+    if tokenizer_model is None:
+        return
+    data, path = read_tokenizer_file(tokenizer_model)
+    digest = sha256_hex(data)
+    if digest != QWEN_TIKTOKEN_SHA256 and not allowed:
+        raise TokenizerFileError(
+            f"--tokenizer-model {path}: its sha256 {digest[:12]}... is not that of Qwen's published qwen.tiktoken "
+            f"({QWEN_TIKTOKEN_SHA256[:12]}...), so its ids would not be the published models'; use the published "
+            f"file (python tools/fetch_tokenizer.py), or pass {ALLOW_UNPUBLISHED} to use this one anyway")
+
+
+def add_unpublished_flag(parser) -> None:
+    """The explicit flag check_published wants, for a tool's argparse parser."""
+    parser.add_argument(ALLOW_UNPUBLISHED, action="store_true", help=ALLOW_UNPUBLISHED_HELP)
+
+
 def _download_wheel(into: str) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", into]
     result = subprocess.run(cmd, capture_output=True, text=True)

@@ -5,6 +5,7 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 """
 
 import os
+import tempfile
 from contextlib import contextmanager
 
 from megatron_qwen.checkpointing.directory import (
@@ -16,6 +17,7 @@ from megatron_qwen.checkpointing.directory import (
 )
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
@@ -23,10 +25,34 @@ from megatron_qwen.platform.backends import FLASH_PRECISIONS
 def check_run(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
     cfg.validate(world_size)
+    for name, path, kind in declared_outputs(cfg):
+        check_writable(name, path, kind)
     check_backend(cfg)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
+
+
+def check_writable(name: str, path: str, kind: str) -> None:
+    """The path a flag names (``kind`` "dir" or "file") can be written, else ConfigError naming the flag:
+    a probe file is created and removed in it (a directory) or in its nearest existing parent, which the
+    run would create the rest under. Nothing is left behind."""
+    if kind == "file" and os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a directory; pass a file path")
+    if kind == "dir" and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a file; pass a directory")
+    parent = os.path.abspath(path if kind == "dir" else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{name} {path}: {parent} is a file, not a directory; pass a path under a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if kind == "file" and os.path.exists(path):
+            open(path, "ab").close()  # appending is what the run does to it
+    except OSError as e:
+        raise ConfigError(f"{name} {path}: cannot write there ({e.strerror or e}); pass a writable path") from None
 
 
 def check_backend(cfg: RunConfig) -> None:
@@ -73,6 +99,7 @@ def _check_data(cfg: RunConfig) -> None:
         return
     from megatron_qwen.data import check_data_path, check_split, parse_data_path
     from megatron_qwen.tokenizer import load_tokenizer
+    from megatron_qwen.tokenizer.files import check_published
 
     given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
     for name, paths in given.items():
@@ -82,6 +109,7 @@ def _check_data(cfg: RunConfig) -> None:
     check_split(cfg.data.split)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
+    check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if cfg.data.data_format == "pairs":
         from megatron_qwen.data.pairs import check_pair_shard
@@ -108,18 +136,17 @@ def _naming(flag: str):
 
 
 def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
-    """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
-    from megatron_qwen.data import DataPathError, parse_data_path
-    from megatron_qwen.data.shards import find_token_id_at_least
+    """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
+    of training."""
+    from megatron_qwen.data import parse_data_path
+    from megatron_qwen.data.blend import token_id_outside
+    from megatron_qwen.data.shards import find_token_id_outside
 
     prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
-        found = find_token_id_at_least(prefix, cfg.model.vocab_size)
+        found = find_token_id_outside(prefix, cfg.model.vocab_size)
         if found:
-            raise DataPathError(
-                f"--data-path {prefix}: document {found[0]} holds token id {found[1]}, beyond the model's "
-                f"vocabulary of {cfg.model.vocab_size} (--model-size {cfg.model_size}); preprocess it with the "
-                "model's tokenizer, or pick a model with that vocabulary")
+            raise token_id_outside(prefix, *found, cfg.model.vocab_size, f" (--model-size {cfg.model_size})")
 
 
 def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
@@ -139,8 +166,6 @@ def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
 
 def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     s = cfg.checkpoint
-    if s.save and os.path.isfile(s.save):
-        raise ConfigError(f"--save {s.save} is a file; pass a directory")
     if not s.load:
         return
     if os.path.isfile(s.load):
