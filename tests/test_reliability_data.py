@@ -14,7 +14,7 @@ import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.recipes import PRETRAIN, REWARD
 from megatron_qwen.data.shards import ShardError, check_index, find_token_id_outside, read_index_counts
 from megatron_qwen.data.sources import parse_block, read_blocks, text_record_checker
 from megatron_qwen.training.entry import main
@@ -190,6 +190,51 @@ def test_loader_names_the_shard_and_document_of_an_id_outside_the_vocabulary(tmp
         samples(bad)
     assert str(error.value).startswith(f"--data-path {bad}: document 9 holds token id 5000, outside the model's "
                                        "vocabulary of 1024")
+
+
+IM_END = 151645  # the reward model's end token, which closes every sequence of a pair shard (data/pairs.py)
+
+
+@pytest.mark.parametrize("case", ["float_dtype_code", "pointer_past_the_bin", "lengths_do_not_add_up",
+                                  "document_index_falls", "negative_token_id"])
+def test_corrupt_pair_shard_is_refused_naming_the_flag_given(case, tmp_path, monkeypatch, capsys):
+    """Pair shards take the same whole-index and token-id checks, also where the reward recipe reads them to
+    size its one epoch (before preflight): one line naming --train-data-path, the shard and what is wrong."""
+    damage, needle = CORRUPTIONS[case]
+    pairs = [[1, 2, 3, 4, IM_END]] * 8
+    good, bad = write_shard(str(tmp_path / "good"), pairs), write_shard(str(tmp_path / "bad"), pairs)
+    damage(bad)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as exit_:
+        main(REWARD, ["--model-size", "tiny-qwen-vocab", "--seq-length", "16", "--micro-batch-size", "2",
+                      "--global-batch-size", "2", "--no-finetune", "--train-data-path", good, bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: --train-data-path {bad}") and needle in err[0], err[0]
+    assert not dist.is_initialized()
+
+
+def test_pair_loader_names_the_shard_and_document_of_an_id_outside_the_vocabulary(tmp_path):
+    """A stray id in a pair shard too large for the start-up scan: the sequence that holds it is refused as the
+    loader reads it, naming shard and document (the sequence); every other one is read as before."""
+    from megatron_qwen.data.blend import DataPathError
+    from megatron_qwen.data.pairs import build_pair_datasets
+    from megatron_qwen.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    sequences = [[10 + s, 20 + s, IM_END] for s in range(8)]
+
+    def read_all(prefix):
+        train, _, _ = build_pair_datasets([prefix], "1,0,0", 8, 1, (8, 0, 0), tokenizer, report=print)
+        return [train[i]["tokens"] for i in range(len(train))]
+
+    assert sorted(int(t[0]) for t in read_all(write_shard(str(tmp_path / "clean"), sequences))) == list(range(10, 18))
+    sequences[5][1] = QWEN_VOCAB + 4
+    bad = write_shard(str(tmp_path / "bad"), sequences)
+    with pytest.raises(DataPathError) as error:
+        read_all(bad)
+    assert str(error.value).startswith(f"--data-path {bad}: document 5 holds token id {QWEN_VOCAB + 4}, outside "
+                                       f"the model's vocabulary of {QWEN_VOCAB}")
 
 
 def test_tools_refuse_corrupt_shards_in_one_line(tmp_path, capsys):

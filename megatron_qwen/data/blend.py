@@ -10,6 +10,7 @@ fraction of a second, before any process group exists.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 from megatron_qwen.data.shards import ShardError, check_index, loss_mask_prefix
 
@@ -17,6 +18,15 @@ from megatron_qwen.data.shards import ShardError, check_index, loss_mask_prefix
 class DataPathError(ValueError):
     """A malformed --data-path/--split or an unusable shard; the message is one line naming the flag
     or file and the fix."""
+
+
+@contextmanager
+def naming(flag: str):
+    """The errors below name --data-path: name ``flag``, the data flag that was given, instead."""
+    try:
+        yield
+    except DataPathError as e:
+        raise DataPathError(str(e).replace("--data-path", flag)) from None
 
 
 def _number(text: str) -> float | None:

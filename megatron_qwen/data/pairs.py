@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megatron_qwen.data.blend import DataPathError, check_data_path, parse_data_path
+from megatron_qwen.data.blend import DataPathError, check_data_path, parse_data_path, token_id_outside
 from megatron_qwen.data.shards import read_index_counts, sequence_lengths, token_dtype
 from megatron_qwen.data.splits import split_parts, train_items
 
@@ -67,13 +67,16 @@ def reward_sample(ids: np.ndarray, seq_length: int, pad_id: int) -> dict:
 
 class PairDataset:
     """``2 * num_pairs`` items (module docstring) from pairs [begin, end) of one pair shard, reshuffled each
-    epoch."""
+    epoch. Each sequence's token ids are checked against the vocabulary as it is read, as pretraining's
+    samples are (data/pretrain.py; the start-up check reads whole only shards up to 16 MiB): an id outside it
+    is one DataPathError naming the shard and the document (the sequence)."""
 
-    def __init__(self, prefix: str, begin: int, end: int, seq_length: int, num_pairs: int, seed: int, pad_id: int):
+    def __init__(self, prefix: str, begin: int, end: int, seq_length: int, num_pairs: int, seed: int, pad_id: int,
+                 vocab_size: int):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
         self.sequences = IndexedDataset(prefix)
-        self.seq_length, self.pad_id = seq_length, pad_id
+        self.prefix, self.seq_length, self.pad_id, self.vocab_size = prefix, seq_length, pad_id, vocab_size
         rng = np.random.default_rng(seed)
         epochs = -(-num_pairs // (end - begin))
         self.pairs = np.concatenate([rng.permutation(np.arange(begin, end)) for _ in range(epochs)])[:num_pairs]
@@ -82,7 +85,12 @@ class PairDataset:
         return 2 * len(self.pairs)
 
     def __getitem__(self, item: int) -> dict:
-        return reward_sample(self.sequences[2 * int(self.pairs[item // 2]) + item % 2], self.seq_length, self.pad_id)
+        sequence = 2 * int(self.pairs[item // 2]) + item % 2
+        ids = self.sequences[sequence]
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            bad = int(np.flatnonzero((ids < 0) | (ids >= self.vocab_size))[0])
+            raise token_id_outside(self.prefix, sequence, int(ids[bad]), self.vocab_size)
+        return reward_sample(ids, self.seq_length, self.pad_id)
 
 
 def build_pair_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
@@ -103,7 +111,7 @@ def build_pair_datasets(data_path: list[str], split: str, seq_length: int, seed:
             out.append(None)
             continue
         datasets = [PairDataset(p.prefix, p.begin, p.end, seq_length, p.size, seed + 1000 * split_index + p.index,
-                                tokenizer.eod) for p in parts]
+                                tokenizer.eod, tokenizer.vocab_size) for p in parts]
         out.append(datasets[0] if len(datasets) == 1 else
                    BlendedPairs(BlendedSFTDataset(datasets, [p.weight for p in parts], pair_samples[split_index])))
     return tuple(out)

@@ -70,13 +70,16 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
 def _one_epoch(args, global_batch_size: int) -> int:
     """Steps of one pass over the training pairs, --train-data-path's or --data-path's training split (the
     reward recipe's length)."""
-    paths, split = (args.train_data_path, "1,0,0") if args.train_data_path else (args.data_path, args.split)
+    flag, paths, split = (("--train-data-path", args.train_data_path, "1,0,0") if args.train_data_path else
+                          ("--data-path", args.data_path, args.split))
     if not paths:
         raise ConfigError("the recipe trains for one epoch of its training data: pass --data-path (or "
                           "--train-data-path), or --train-iters")
-    from megatron_qwen.data.pairs import training_pairs  # reads the shards' headers only
+    from megatron_qwen.data.blend import naming
+    from megatron_qwen.data.pairs import training_pairs  # reads the shards' indexes only
 
-    return max(1, 2 * training_pairs(list(paths), split) // global_batch_size)
+    with naming(flag):
+        return max(1, 2 * training_pairs(list(paths), split) // global_batch_size)
 
 
 def _given_or(value, default):

@@ -6,7 +6,6 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 
 import os
 import tempfile
-from contextlib import contextmanager
 
 from megatron_qwen.checkpointing.directory import (
     TRACKER,
@@ -98,12 +97,13 @@ def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
     from megatron_qwen.data import check_data_path, check_split, parse_data_path
+    from megatron_qwen.data.blend import naming
     from megatron_qwen.tokenizer import load_tokenizer
     from megatron_qwen.tokenizer.files import check_published
 
     given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
     for name, paths in given.items():
-        with _naming(name):
+        with naming(name):
             check_data_path(list(paths))
             _check_token_ids(cfg, list(paths))
     check_split(cfg.data.split)
@@ -115,24 +115,13 @@ def _check_data(cfg: RunConfig) -> None:
         from megatron_qwen.data.pairs import check_pair_shard
 
         for name, paths in given.items():
-            with _naming(name):
+            with naming(name):
                 for prefix in parse_data_path(list(paths), check_files=False)[0]:
                     check_pair_shard(prefix, tokenizer.im_end_id)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
-
-
-@contextmanager
-def _naming(flag: str):
-    """The data layer's errors name --data-path: name the flag that was given instead."""
-    from megatron_qwen.data import DataPathError
-
-    try:
-        yield
-    except DataPathError as e:
-        raise DataPathError(str(e).replace("--data-path", flag)) from None
 
 
 def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
