@@ -9,6 +9,7 @@ import io
 import math
 import types
 
+import numpy as np
 import pytest
 import torch.distributed as dist
 
@@ -18,7 +19,8 @@ from megatron_qwen.config.settings import TrainSettings
 from megatron_qwen.training import entry
 from megatron_qwen.training.arguments import FLAG_CLASSES
 
-# Valid on its own for every recipe (--no-finetune: the continued-pretraining and SFT recipes need --load).
+# Valid on its own for every recipe but the reward model's (--no-finetune: the continued-pretraining and SFT recipes
+# need --load). The reward recipe trains on comparison pairs: pair_base.
 BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "4", "--seq-length", "32", "--micro-batch-size", "1",
         "--global-batch-size", "4", "--no-finetune"]
 UNDECLARED = "declares no bounds"  # a numeric flag's row when its declaration has no range
@@ -77,20 +79,33 @@ def generate_rows(classes, tmp) -> list[tuple[str, list[str], list[str]]]:
     return rows
 
 
-def base_for(extra: list[str]) -> list[str]:
-    """BASE without the flags that a flag of ``extra`` contradicts, or that contradict it (its --train-iters
+def pair_base(tmp) -> list[str]:
+    """BASE for the reward recipe: a pair shard of 4 pairs instead of --mock-data, a model with Qwen's vocabulary
+    (the pairs are rendered with its tokenizer), one pair per micro-batch."""
+    from megatron_qwen.data.shards import IndexedShardWriter
+    from megatron_qwen.tokenizer import load_tokenizer
+
+    end = load_tokenizer().im_end_id  # each sequence ends with the end token (data/pairs.py)
+    with IndexedShardWriter(str(tmp / "pairs_pairs_document")) as shard:
+        shard.add_documents(np.tile([100, 200, end], 8), np.full(8, 3))
+    return ["--data-path", str(tmp / "pairs_pairs_document"), "--model-size", "tiny-qwen-vocab", "--train-iters", "4",
+            "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4", "--no-finetune"]
+
+
+def base_for(extra: list[str], base: list[str] = BASE) -> list[str]:
+    """``base`` without the flags that a flag of ``extra`` contradicts, or that contradict it (its --train-iters
     against a row's --train-samples): the row is refused for its own pair, not for one with the base."""
     declared = {spec_of(f).names[0]: spec_of(f) for cls in FLAG_CLASSES for f in flag_fields(cls)}
     named = [a for a in extra if a in declared]
-    base, i = [], 0
-    while i < len(BASE):
-        j = next((k for k in range(i + 1, len(BASE)) if BASE[k].startswith("--")), len(BASE))
-        flag = BASE[i]
+    kept, i = [], 0
+    while i < len(base):
+        j = next((k for k in range(i + 1, len(base)) if base[k].startswith("--")), len(base))
+        flag = base[i]
         excludes = declared[flag].excludes if flag in declared else ()  # --no-finetune: a negation
         if not any(flag in declared[a].excludes or a in excludes for a in named):
-            base += BASE[i:j]
+            kept += base[i:j]
         i = j
-    return base
+    return kept
 
 
 class Accepted(Exception):
@@ -113,13 +128,13 @@ def outcome(recipe, argv) -> tuple[int | str, list[str]]:
     return code, err.getvalue().strip().splitlines()
 
 
-def failures(recipe, rows) -> list[str]:
+def failures(recipe, rows, base: list[str] = BASE) -> list[str]:
     found = []
     for name, extra, needles in rows:
         if UNDECLARED in needles:
             found.append(f"{name}: a number flag that {UNDECLARED}; give its flag(...) bounds= (docs/contributing.md)")
             continue
-        code, err = outcome(recipe, base_for(extra) + extra)
+        code, err = outcome(recipe, base_for(extra, base) + extra)
         one_line = len(err) == 1 and err[0].startswith("error: ") and all(n in err[0] for n in needles)
         if code != 2 or not one_line or dist.is_initialized():
             found.append(f"{' '.join(extra)}: {code}, {err[-3:]}")
@@ -144,13 +159,14 @@ def accepted_is_an_outcome(monkeypatch, tmp_path):
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_declared_flag_refuses_its_invalid_values_in_one_line(recipe, accepted_is_an_outcome):
     rows = generate_rows(FLAG_CLASSES, accepted_is_an_outcome)
-    assert outcome(RECIPES[recipe], BASE)[0] == "accepted"  # the base is valid: a row fails by its own value
+    base = pair_base(accepted_is_an_outcome) if RECIPES[recipe].data_format == "pairs" else BASE
+    assert outcome(RECIPES[recipe], base)[0] == "accepted"  # the base is valid: a row fails by its own value
     flags = {name for name, _, _ in rows}
     for listed in ("--micro-batch-size", "--clip-grad", "--seq-length", "--lr", "--hidden-dropout", "--eval-interval",
                    "--num-layers", "--vocab-size", "--metrics-file", "--save", "--async-save", "--load-fallback",
                    "--mock-data"):
         assert listed in flags
-    assert failures(RECIPES[recipe], rows) == []
+    assert failures(RECIPES[recipe], rows, base) == []
 
 
 def _without_bounds(monkeypatch, cls, name: str):

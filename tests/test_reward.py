@@ -114,6 +114,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "skipped records: 1 (missing key 1)" in out and f"{tmp_path / 'p.jsonl'}:2: missing key: 'rejected'" in out
 
 
+def test_evaluate_reward_refuses_bad_flags_in_one_line_before_loading(tmp_path, capsys):
+    """Its numbers declared positive, --output a writable file, --tokenizer-model the published file (sha256):
+    exit code 2 and one line, before any model is read (--load names none)."""
+    evaluate_reward = load_tool("evaluate_reward")
+    write_pairs(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    (tmp_path / "vocab.tiktoken").write_text("YQ== 0\n")
+    base = ["--load", str(tmp_path / "no_model"), "--pairs", f"held={tmp_path / 'p.jsonl'}"]
+    for extra, needle in [(["--micro-batch-size", "0"], "--micro-batch-size: 0 must be at least 1"),
+                          (["--seq-length", "-1"], "--seq-length: -1 must be at least 1"),
+                          (["--output", str(tmp_path)], f"--output {tmp_path} is a directory"),
+                          (["--tokenizer-model", str(tmp_path / "vocab.tiktoken")], "--allow-unpublished-tokenizer")]:
+        try:
+            code = evaluate_reward.main(base + extra)
+        except SystemExit as e:  # argparse's
+            code = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], (extra, err)
+
+
 def test_long_pairs_lose_their_prompt_from_the_left_never_the_end_token(tmp_path, tok):
     from megatron_qwen.data.pairs import build_pair_datasets
 

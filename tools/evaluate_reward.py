@@ -18,10 +18,11 @@ import sys
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import POSITIVE, bounded
 from megatron_qwen.data.sources import InputError
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT
-from megatron_qwen.tokenizer.files import TokenizerFileError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="Table 4's public sets, one folder each (docs/qwen.md section 11)")
     p.add_argument("--pairs", nargs="+", default=[], metavar="NAME=FILE",
                    help="more sets in our jsonl format ({prompt or messages, chosen, rejected}; docs/data.md)")
-    p.add_argument("--seq-length", type=int, default=None,
+    p.add_argument("--seq-length", type=bounded(int, POSITIVE), default=None,
                    help="tokens per sequence, longer ones cut from the left (default: the run's --seq-length)")
-    p.add_argument("--micro-batch-size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--micro-batch-size", type=bounded(int, POSITIVE), default=16, help="sequences per forward pass")
     p.add_argument("--no-default-system-prompt", action="store_true",
                    help="as tools/preprocess_data.py: score conversations without a system message as they are")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    add_unpublished_flag(p)
     p.add_argument("--output", default=None, help="JSON: accuracy, pair counts and the published values per set")
     return p
 
@@ -50,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_qwen.evaluation.reward import evaluate_reward, format_table
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.tokenizer import load_tokenizer
+    from megatron_qwen.training.preflight import check_writable
 
     try:
+        if args.output:
+            check_writable("--output", args.output, "file")
+        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
         tokenizer = load_tokenizer(args.tokenizer_model)
         report = evaluate_reward(args.load, args.data_dir, args.pairs, args.seq_length, args.micro_batch_size,
                                  tokenizer, None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT,
