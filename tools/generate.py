@@ -86,11 +86,10 @@ def stop_ids(tokenizer, chat: bool) -> set[int]:
 def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
     if not chat:
         return tokenizer.tokenize(text)
-    from megatron_qwen.tokenizer.chatml import encode_turns, validate_messages
+    from megatron_qwen.tokenizer.chatml import encode_generation_prompt, validate_messages
 
-    # Encoded turn by turn as training encodes ChatML, so the user's text is never read as special tokens.
-    ids, _ = encode_turns(validate_messages([{"role": "user", "content": text}], require_assistant=False), tokenizer)
-    return ids + [tokenizer.im_start_id, *tokenizer.tokenize("assistant"), *tokenizer.tokenize("\n")]
+    return encode_generation_prompt(validate_messages([{"role": "user", "content": text}], require_assistant=False),
+                                    tokenizer)
 
 
 def run(args) -> list[dict]:

@@ -29,16 +29,17 @@ def model_keys(chunks) -> list[str]:
     return ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
 
 
-def model_state(chunks) -> dict:
-    """The sharded state dict of this rank's model chunks, under global (layout-independent) keys."""
+def model_state(chunks, prefix: str = "") -> dict:
+    """The sharded state dict of this rank's model chunks, under global (layout-independent) keys, each after
+    ``prefix`` (two models in one checkpoint: PPO's policy and value model)."""
     # A wrapper (DDP, Float16Module) has no sharded state of its own: ask the GPTModel it wraps.
-    return {key: unwrap(chunk).sharded_state_dict(metadata=sharded_metadata())
+    return {key: unwrap(chunk).sharded_state_dict(prefix=prefix, metadata=sharded_metadata())
             for key, chunk in zip(model_keys(chunks), chunks)}
 
 
-def set_model_state(chunks, loaded: dict) -> None:
+def set_model_state(chunks, loaded: dict, prefix: str = "") -> None:
     for key, chunk in zip(model_keys(chunks), chunks):
-        unwrap(chunk).load_state_dict(loaded[key])
+        unwrap(chunk).load_state_dict({name.removeprefix(prefix): value for name, value in loaded[key].items()})
 
 
 def load_weights(ckpt_dir: str, chunks) -> None:

@@ -16,6 +16,7 @@ from megatron_qwen.config.flags import add_flags, check_flag_pairs, flag_fields,
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset, resolve_backend
 from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
 from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.ppo import PPOSettings
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
@@ -28,13 +29,18 @@ FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, Paralle
                 LogSettings)
 
 
+def flag_classes(recipe: Recipe) -> tuple:
+    """FLAG_CLASSES, and PPO's settings for the PPO job (its flags mean nothing to the others)."""
+    return FLAG_CLASSES + ((PPOSettings,) if recipe.data_format == "prompts" else ())
+
+
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog=f"python -m megatron_qwen.{recipe.name}",
         description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_flags(p, FLAG_CLASSES, recipe)
+    add_flags(p, flag_classes(recipe), recipe)
     return p
 
 
@@ -43,7 +49,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
     entry points print them)."""
     parser = build_parser(recipe)
     args = parser.parse_args(argv)
-    check_flag_pairs(parser, args, FLAG_CLASSES)
+    check_flag_pairs(parser, args, flag_classes(recipe))
     model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
     size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
@@ -64,7 +70,8 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
                      parallel=from_flags(ParallelConfig, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
-                     zero=zero_settings(args))
+                     zero=zero_settings(args),
+                     ppo=from_flags(PPOSettings, args) if recipe.data_format == "prompts" else PPOSettings())
 
 
 def _one_epoch(args, global_batch_size: int) -> int:

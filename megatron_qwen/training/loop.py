@@ -21,10 +21,14 @@ from megatron_qwen.training.step import run_microbatches
 
 def train(cfg: RunConfig, world_size: int) -> dict:
     """Run the job ``cfg`` describes; returns the last logged figures (for tests and the demo)."""
+    if cfg.data.data_format == "prompts":  # PPO: its own iteration (training/ppo_loop.py)
+        from megatron_qwen.training.ppo_loop import train_ppo
+
+        return train_ppo(cfg, world_size)
     t, p = cfg.train, cfg.parallel
     init_distributed(p, cfg.model.num_layers, cfg.build.seed)
     device = compute_device()
-    _print_banner(cfg, world_size)
+    print_banner(cfg, world_size)
 
     # megatron-core DDP and distributed optimizer, or DeepSpeed ZeRO (--zero-engine): model, optimizer,
     # schedule and checkpoints.
@@ -55,7 +59,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
         if state.iteration % cfg.log.eval_interval == 0:
             for name, dataset in valid_sets.items():  # each validation set under its own name
                 sink.log_eval(state.iteration, *evaluate(cfg, model, dataset, num_mb, device), split=name)
-        if _save_or_exit(cfg, checkpointer, state, exit_signal):
+        if save_or_exit(cfg, checkpointer, state, exit_signal):
             break
         sink.meter.restart()  # evaluation and checkpoint time stay out of the next step's figures
     profiler.stop()
@@ -66,8 +70,8 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     return sink.last
 
 
-def _save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState, exit_signal: ExitSignal) -> bool:
-    """Save when due, or before stopping on SIGTERM or --exit-interval; True when the run stops now."""
+def save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState, exit_signal: ExitSignal) -> bool:
+    """Save when due, or before stopping on SIGTERM or --exit-interval; True when the run stops now (also PPO's)."""
     checkpointer.finish_pending(blocking=False)
     exit_interval = cfg.checkpoint.exit_interval
     signalled = exit_signal.received()
@@ -113,7 +117,7 @@ def _data_parallel_rank_and_size() -> tuple[int, int]:
     return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
 
-def _print_banner(cfg: RunConfig, world_size: int) -> None:
+def print_banner(cfg: RunConfig, world_size: int) -> None:
     if dist.get_rank() != 0:
         return
     p = cfg.parallel

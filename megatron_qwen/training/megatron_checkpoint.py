@@ -91,10 +91,8 @@ class MegatronCheckpointer:
             shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted save
             os.makedirs(staging)
         dist.barrier()
-        sharded = model_state(self.model)
-        sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=False,
-                                                                 metadata=sharded_metadata())
-        sharded.update(scheduler=self.scheduler.state_dict(), rng_state=_sharded_rng_state(),
+        sharded = self.trained_state(is_loading=False, with_optimizer=True)
+        sharded.update(self.trained_common_state(), rng_state=sharded_rng_state(),
                        train_state=dataclasses.asdict(state), data_state=data_state(cfg), layout=current_layout(),
                        run_config=cfg.to_dict())
 
@@ -116,31 +114,59 @@ class MegatronCheckpointer:
         """Continue the run saved in ``ckpt_dir`` (model shape checked in preflight), at any layout."""
         common = dist_checkpointing.load_common_state_dict(ckpt_dir)
         check_data_state(ckpt_dir, common["data_state"], self.cfg)
-        sharded = model_state(self.model)
-        if load_optim:
-            sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=True,
-                                                                     metadata=sharded_metadata())
+        sharded = self.trained_state(is_loading=True, with_optimizer=load_optim)
         if load_rng and same_layout(common["layout"], current_layout()):  # each rank's RNG belongs to its place
-            sharded["rng_state"] = _sharded_rng_state()
+            sharded["rng_state"] = sharded_rng_state()
         loaded = dist_checkpointing.load(sharded, ckpt_dir)
-        set_model_state(self.model, loaded)
-        if load_optim:
-            self.optimizer.load_state_dict(loaded["optimizer"])
-            set_adam_kernel(self.optimizer, self.cfg.train.optim)  # this run's kernel, not the saving run's
-        else:  # bf16 runs keep fp32 main copies, taken from the initial weights
-            self.optimizer.reload_model_params()
-        self.scheduler.load_state_dict(common["scheduler"])
+        what = self.restore_trained_state(loaded, common, with_optimizer=load_optim)
         if "rng_state" in loaded:
             set_rng_states(loaded["rng_state"])
         state = TrainState(**common["train_state"])
         if dist.get_rank() == 0:
-            what = f"model and optimizer (AdamW kernel: {adam_kernel(self.optimizer)})" if load_optim else "model"
             print(f" loaded {what} from {ckpt_dir} (saved at layout {common['layout']}, now {current_layout()}); "
                   f"continuing at iteration {state.iteration}", flush=True)
         return state
 
+    # What is trained, and how it is stored: one model, its optimizer and schedule here; PPO's two models
+    # (training/ppo_checkpoint.py) override these three.
+    def trained_state(self, is_loading: bool, with_optimizer: bool) -> dict:
+        """The sharded state of the model and (``with_optimizer``) its optimizer."""
+        return model_and_optimizer_state(self.model, self.optimizer if with_optimizer else None, is_loading)
 
-def _sharded_rng_state() -> ShardedObject:
+    def trained_common_state(self) -> dict:
+        """What is stored beside the tensors: the LR schedule."""
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def restore_trained_state(self, loaded: dict, common: dict, with_optimizer: bool) -> str:
+        """Set the model, optimizer and schedule from a load; what was loaded, for the log."""
+        return restore_model_and_optimizer(self.cfg, loaded, common, self.model, self.optimizer, self.scheduler,
+                                           with_optimizer)
+
+
+def model_and_optimizer_state(model, optimizer, is_loading: bool, prefix: str = "") -> dict:
+    """The sharded state of ``model`` (its keys after ``prefix``) and of ``optimizer`` (None: none)."""
+    sharded = model_state(model, prefix)
+    if optimizer is not None:
+        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, is_loading=is_loading,
+                                                            metadata=sharded_metadata())
+    return sharded
+
+
+def restore_model_and_optimizer(cfg: RunConfig, loaded: dict, common: dict, model, optimizer, scheduler,
+                                with_optimizer: bool, prefix: str = "") -> str:
+    """Set ``model`` from ``loaded`` (model_and_optimizer_state's form), ``optimizer`` too or its fp32 main
+    copies from the loaded weights, and ``scheduler`` from ``common``; what was loaded, for the log."""
+    set_model_state(model, loaded, prefix)
+    if with_optimizer:
+        optimizer.load_state_dict(loaded["optimizer"])
+        set_adam_kernel(optimizer, cfg.train.optim)  # this run's kernel, not the saving run's
+    else:  # bf16 runs keep fp32 main copies, taken from the initial weights
+        optimizer.reload_model_params()
+    scheduler.load_state_dict(common["scheduler"])
+    return f"model and optimizer (AdamW kernel: {adam_kernel(optimizer)})" if with_optimizer else "model"
+
+
+def sharded_rng_state() -> ShardedObject:
     """This rank's RNG states, as one object per (pp, tp, dp x cp) rank: data- and context-parallel ranks count
     together, in the size as in the rank."""
     lay = current_layout()

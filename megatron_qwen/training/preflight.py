@@ -30,6 +30,10 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
     _check_data(cfg)
     _check_checkpoint_dirs(cfg)
     _check_zero(cfg, world_size)
+    if cfg.data.data_format == "prompts":
+        from megatron_qwen.training.ppo_preflight import check_ppo
+
+        check_ppo(cfg, world_size)
 
 
 def check_writable(name: str, path: str, kind: str) -> None:
