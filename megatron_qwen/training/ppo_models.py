@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings
 from megatron_qwen.model.builder import build_model
@@ -34,12 +35,11 @@ class PPOModels:
     reward: list
 
 
-def value_config(cfg: RunConfig) -> RunConfig:
-    """The value (and reward) model's run: the reward model's shape and head, the policy's layout, --value-lr."""
-    reward = reward_model_config(cfg.ppo.reward_model)
+def value_config(cfg: RunConfig, shape: QwenModelConfig) -> RunConfig:
+    """The value (and reward) model's run: the reward model's ``shape`` and head, the policy's layout, --value-lr."""
     lr = cfg.ppo.value_lr
     optim = dataclasses.replace(cfg.train.optim, lr=lr, min_lr=lr, lr_warmup_iters=0, lr_decay_style="constant")
-    return dataclasses.replace(cfg, model=reward.model, build=dataclasses.replace(cfg.build, head="reward"),
+    return dataclasses.replace(cfg, model=shape, build=dataclasses.replace(cfg.build, head="reward"),
                                train=dataclasses.replace(cfg.train, optim=optim))
 
 
@@ -53,7 +53,7 @@ def _frozen(cfg: RunConfig, initialize: bool) -> list:
 
 def build_ppo_models(cfg: RunConfig) -> PPOModels:
     """The four models, the trained ones with fresh optimizers; weights are start_weights' (or a resume's)."""
-    value_cfg = value_config(cfg)
+    value_cfg = value_config(cfg, reward_model_config(cfg.ppo.reward_model).model)
     policy = Trained(*build_model_and_optimizer(cfg, initialize=not cfg.checkpoint.finetune))
     value = Trained(*build_model_and_optimizer(value_cfg, initialize=False))
     return PPOModels(policy, value, _frozen(cfg, initialize=not cfg.checkpoint.finetune),
