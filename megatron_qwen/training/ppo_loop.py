@@ -20,7 +20,7 @@ from megatron_qwen.training.anomalies import StepHealth
 from megatron_qwen.training.loop import print_banner, save_or_exit
 from megatron_qwen.training.metrics import MetricsSink
 from megatron_qwen.training.ppo_checkpoint import PPOCheckpointer
-from megatron_qwen.training.ppo_models import PPOModels, build_ppo_models, start_weights
+from megatron_qwen.training.ppo_models import PPOModels, build_ppo_models, load_frozen, start_weights
 from megatron_qwen.training.ppo_objective import RunningMean
 from megatron_qwen.training.ppo_rollout import build_rollout, sample_responses, score
 from megatron_qwen.training.ppo_update import (
@@ -139,13 +139,13 @@ def train_ppo(cfg: RunConfig, world_size: int) -> dict:
     print_banner(cfg, world_size)
     job = PPOJob(cfg, build_ppo_models(cfg), prompts, tokenizer, device)
     checkpointer = PPOCheckpointer(cfg, job.models.policy, job.models.value, job.normaliser)
+    load_frozen(cfg, job.models)
     state = checkpointer.load()
     if state is None:
         read = start_weights(cfg, job.models)
         state = TrainState()
         if dist.get_rank() == 0:
-            print(f" policy and reference from {read[0] if cfg.checkpoint.finetune else 'fresh weights (--seed)'}; "
-                  f"value and reward models from {read[-1]}", flush=True)
+            print(f" {read}; reference and reward models frozen", flush=True)
     job.ptx_loader = _ptx_loader(cfg, state.consumed_samples)
     sink = MetricsSink(cfg, world_size, loss_name="value loss")
     exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler, signal.Signals[cfg.checkpoint.exit_signal],

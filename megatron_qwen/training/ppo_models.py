@@ -60,17 +60,21 @@ def build_ppo_models(cfg: RunConfig) -> PPOModels:
                      _frozen(value_cfg, initialize=False))
 
 
-def start_weights(cfg: RunConfig, models: PPOModels) -> list[str]:
-    """A first start: the policy and reference from --load (without it, --no-finetune: both the same fresh
-    weights, drawn from --seed), the value and reward models from --reward-model; what was read, for the log."""
-    read = []
+def load_frozen(cfg: RunConfig, models: PPOModels) -> None:
+    """The reference from --load (with --no-finetune it keeps the fresh weights the policy starts from) and the
+    reward model from --reward-model: at a first start and at every resume alike."""
     if cfg.checkpoint.finetune:
-        sft = CheckpointSettings(load=cfg.checkpoint.load, finetune=True)
-        read.append(load_weights_only(sft, models.policy.model))
-        load_weights_only(sft, models.reference)
-    reward = CheckpointSettings(load=cfg.ppo.reward_model, finetune=True)
-    read.append(load_weights_only(reward, models.value.model))
-    load_weights_only(reward, models.reward)
+        load_weights_only(CheckpointSettings(load=cfg.checkpoint.load, finetune=True), models.reference)
+    load_weights_only(CheckpointSettings(load=cfg.ppo.reward_model, finetune=True), models.reward)
+
+
+def start_weights(cfg: RunConfig, models: PPOModels) -> str:
+    """A first start: the policy from --load (without it, --no-finetune: fresh weights drawn from --seed, the
+    reference's too), the value model from --reward-model; what was read, for the log."""
+    policy = "fresh weights (--seed)"
+    if cfg.checkpoint.finetune:
+        policy = load_weights_only(CheckpointSettings(load=cfg.checkpoint.load, finetune=True), models.policy.model)
+    value = load_weights_only(CheckpointSettings(load=cfg.ppo.reward_model, finetune=True), models.value.model)
     for trained in (models.policy, models.value):
         trained.optimizer.reload_model_params()  # fp32 main copies (bf16 runs) were taken before the load
-    return read
+    return f"policy from {policy}, value model from {value}"
