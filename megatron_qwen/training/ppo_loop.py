@@ -62,6 +62,9 @@ class PPOJob:
         """This rank's scored rollout of ``iteration`` and the seconds spent generating."""
         cfg, o, m = self.cfg, self.cfg.ppo, self.models
         prompts = self.my_prompts(iteration)
+        if cfg.parallel.overlap_param_gather and cfg.zero.distributed_optimizer:
+            for chunk in m.policy.model:  # the decoder calls the model without DDP's hooks, which gather the update
+                chunk.start_param_sync(force_sync=True)
         start = time.perf_counter()
         responses = sample_responses(m.policy.model[0], prompts, o.max_new_tokens, self.stop_ids,
                                      cfg.model.vocab_size, sampling)
