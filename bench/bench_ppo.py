@@ -128,8 +128,9 @@ def main() -> None:
     print(json.dumps(figures))
     print(f"rollout decoding (PPO's): {figures['rollout_tokens_per_s']:.0f} tokens/s | transformers generate: "
           f"{figures['transformers_tokens_per_s']:.0f} tokens/s | ratio {theirs / ours:.2f}x")
-    print(f"PPO iteration {a.iterations}: rollout {figures['rollout_s']:.2f} s ({100 * figures['rollout_share']:.0f}%), "
-          f"training {figures['training_s']:.2f} s; the job's rollout tokens/s {figures['job_rollout_tokens_per_s']:.0f}")
+    print(f"PPO iteration {a.iterations}: rollout {figures['rollout_s']:.2f} s "
+          f"({100 * figures['rollout_share']:.0f}%), training {figures['training_s']:.2f} s; the job's rollout "
+          f"tokens/s {figures['job_rollout_tokens_per_s']:.0f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -37,8 +37,9 @@ root, runs = sys.argv[1], json.loads(sys.argv[2])
 for argv in runs:
     main(PPO, argv)
 init_distributed(ParallelConfig(), 2, 0)
+saved = (("sft", 0), ("warmup", 2), ("straight", 3), ("resumed", 3))
 tensors = {name: {k: v for k, v in load_plain_tensors(f"{root}/{name}/iter_{it:07d}").items()
-                  if isinstance(v, torch.Tensor)} for name, it in (("sft", 0), ("warmup", 2), ("straight", 3), ("resumed", 3))}
+                  if isinstance(v, torch.Tensor)} for name, it in saved}
 torch.save(tensors, f"{root}/tensors.pt")
 destroy_distributed()
 """

@@ -68,7 +68,8 @@ def test_greedy_rollouts_equal_tools_generate(rollout):
     tokenizer = load_tokenizer()
     stops = {tokenizer.eod, tokenizer.im_end_id, tokenizer.im_start_id}  # the tool in --chat also stops here
     proc = subprocess.run([sys.executable, "tools/generate.py", "--load", str(root / "sft"), "--chat", "--greedy",
-                           "--json", "--max-new-tokens", str(NEW_TOKENS), *[a for p in PROMPTS for a in ("--prompt", p)]],
+                           "--json", "--max-new-tokens", str(NEW_TOKENS),
+                           *[a for p in PROMPTS for a in ("--prompt", p)]],
                           cwd=REPO, env=quiet_env(), capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     tool = [json.loads(line)["ids"] for line in proc.stdout.decode().split("\n")[:-1]]
