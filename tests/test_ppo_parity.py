@@ -7,11 +7,10 @@ whose pieces are checked against formulas in tests/test_ppo_objective.py."""
 
 import glob
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, quiet_env, torchrun
+from conftest import REPO
+from parity_outputs import run_layouts
 
 WORKER = str(REPO / "tests" / "parity" / "ppo_worker.py")
 LAYOUTS = {"tp2": ["--tensor-model-parallel-size", "2"], "pp2": ["--pipeline-model-parallel-size", "2"], "dp2": []}
@@ -20,10 +19,7 @@ LAYOUTS = {"tp2": ["--tensor-model-parallel-size", "2"], "pp2": ["--pipeline-mod
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_parity")
-    proc = subprocess.run([sys.executable, WORKER, "--layouts", json.dumps({"ref": []}), "--out", str(root)],
-                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    torchrun(2, [WORKER, "--layouts", json.dumps(LAYOUTS), "--out", str(root)])
+    run_layouts(WORKER, LAYOUTS, root)
     return {name: json.load(open(glob.glob(str(root / name / "report.*.json"))[0])) for name in ["ref", *LAYOUTS]}
 
 

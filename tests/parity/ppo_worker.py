@@ -9,17 +9,17 @@ layout and writes ROOT/name/report.json (the reporting rank):
             one fixed seeded rollout batch (the second's losses are those of the weights after the first)
 """
 
-import argparse
 import json
 import os
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from parity_worker import run_each_layout
 
 from megatron_qwen.config.recipes import PPO
 from megatron_qwen.model.builder import build_model
-from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.platform.distributed import init_distributed
 from megatron_qwen.training.anomalies import StepHealth
 from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.megatron_engine import build_model_and_optimizer
@@ -87,15 +87,5 @@ def run_layout(flags: list[str], out: str) -> None:
     parallel_state.destroy_model_parallel()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layouts", required=True, help="JSON object: layout name -> its flags")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args()
-    for name, flags in json.loads(a.layouts).items():
-        run_layout(flags, os.path.join(a.out, name))
-    destroy_distributed()
-
-
 if __name__ == "__main__":
-    main()
+    run_each_layout(run_layout)
