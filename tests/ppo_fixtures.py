@@ -61,6 +61,17 @@ def write_checkpoints(root) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
+def write_pretraining_shard(prefix) -> str:
+    """A pretraining shard for --ptx-coef: 40 documents of 60 random ids of Qwen's vocabulary."""
+    import numpy as np
+
+    from megatron_qwen.data.shards import IndexedShardWriter
+
+    with IndexedShardWriter(str(prefix)) as shard:
+        shard.add_documents(np.random.default_rng(0).integers(1, 150_000, 40 * 60), np.full(40, 60))
+    return str(prefix)
+
+
 def write_prompts(path, prompts: list[str]) -> str:
     with open(path, "w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in prompts)

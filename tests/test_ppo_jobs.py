@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch.distributed as dist
 from conftest import REPO, load_tool, quiet_env
-from ppo_fixtures import ppo_flags, write_checkpoints, write_prompts
+from ppo_fixtures import ppo_flags, write_checkpoints, write_pretraining_shard, write_prompts
 
 from megatron_qwen.config.recipes import PPO
 from megatron_qwen.training import entry
@@ -56,11 +56,14 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(root):
     base = ppo_flags(root, str(root / "prompts.jsonl"))
+    shard = write_pretraining_shard(root / "pretraining_text_document")
     straight = [*base, "--train-iters", "3", "--value-warmup-iters", "1"]
     runs = [[*base, "--train-iters", "2", "--value-warmup-iters", "2", "--save", str(root / "warmup")],
             [*straight, "--save", str(root / "straight"), "--metrics-file", str(root / "straight.jsonl")],
             *[[*straight, "--save", str(root / "resumed"), "--exit-interval", "2", "--metrics-file",
-               str(root / "resumed.jsonl")]] * 2]
+               str(root / "resumed.jsonl")]] * 2,
+            *[[*base, "--train-iters", "2", "--value-warmup-iters", "1", "--data-path", shard, "--ptx-coef", coef,
+               "--metrics-file", str(root / f"ptx_{coef}.jsonl")] for coef in ("0", "0.5")]]
     proc = subprocess.run([sys.executable, "-c", RUNS, str(root), json.dumps(runs)], cwd=REPO, env=quiet_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
@@ -115,6 +118,17 @@ def test_metrics_and_plot(root, runs, tmp_path):
     assert plot.main(["--metrics-file", str(root / "straight.jsonl"), "--output", str(tmp_path / "ppo.png")]) == 0
     drawn = plot.read_metrics(str(root / "straight.jsonl"), "ppo").steps
     assert {"reward", "kl", "entropy", "policy_loss", "value_loss", "rollout_share"} <= drawn.keys()
+
+
+def test_pretraining_term_adds_its_coefficient_times_its_loss(root, runs):
+    """The first policy step of two runs that differ only in --ptx-coef (the same rollouts: the same weights and
+    seeds until then): the logged policy loss differs by the coefficient times the pretraining loss."""
+    def second(coef):
+        return [json.loads(line) for line in open(root / f"ptx_{coef}.jsonl")][1]
+
+    off, on = second("0"), second("0.5")
+    assert on["reward"] == off["reward"] and on["ptx_loss"] > 1  # a language-model loss over random text
+    assert on["policy_loss"] == pytest.approx(off["policy_loss"] + 0.5 * on["ptx_loss"], rel=1e-5, abs=1e-6)
 
 
 def one_line_error(argv: list[str], monkeypatch) -> str:

@@ -113,7 +113,7 @@ class PPOJob:
         if self.ptx_loader is None:
             return []
         batches = [next(self.ptx_loader) for _ in range(len(rollout.tokens) // self.cfg.train.micro_batch_size)]
-        weight = ptx_weight(rollout, batches)
+        weight = ptx_weight(rollout, batches, self.device)
         return [{**b, "ptx_weight": torch.full((len(b["tokens"]),), weight)} for b in batches]
 
 

@@ -107,9 +107,10 @@ def returns_and_figures(rollout: Rollout, normaliser: RunningMean, ppo: PPOSetti
     return advantages, returns, figures
 
 
-def ptx_weight(rollout: Rollout, ptx_batches: list[dict]) -> float:
+def ptx_weight(rollout: Rollout, ptx_batches: list[dict], device) -> float:
     """Response tokens / pretraining tokens over the global batch (every rank knows both masks)."""
-    counts = torch.tensor([rollout.mask.sum(), sum(b["loss_mask"].sum() for b in ptx_batches)], dtype=torch.float64)
+    counts = torch.tensor([rollout.mask.sum(), sum(b["loss_mask"].sum() for b in ptx_batches)], dtype=torch.float64,
+                          device=device)
     dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
     return float(counts[0] / counts[1].clamp(min=1))
 
