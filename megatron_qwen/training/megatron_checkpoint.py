@@ -24,7 +24,12 @@ from megatron_qwen.checkpointing.job_state import current_layout, rng_states, se
 from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.training.optimizer import adam_kernel, set_adam_kernel
+from megatron_qwen.training.optimizer import (
+    adam_kernel,
+    allocate_state_for_load,
+    load_optimizer_state,
+    set_adam_kernel,
+)
 from megatron_qwen.training.starting_point import effective_load, load_weights_only, resume_iteration
 
 
@@ -109,6 +114,7 @@ class MegatronCheckpointer:
         check_data_state(ckpt_dir, common["data_state"], self.cfg)
         sharded = model_state(self.model)
         if load_optim:
+            allocate_state_for_load(self.optimizer)
             sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=True,
                                                                      metadata=sharded_metadata())
         if load_rng and same_layout(common["layout"], current_layout()):  # each rank's RNG belongs to its place
@@ -116,7 +122,7 @@ class MegatronCheckpointer:
         loaded = dist_checkpointing.load(sharded, ckpt_dir)
         set_model_state(self.model, loaded)
         if load_optim:
-            self.optimizer.load_state_dict(loaded["optimizer"])
+            load_optimizer_state(self.optimizer, loaded["optimizer"])
             set_adam_kernel(self.optimizer, self.cfg.train.optim)  # this run's kernel, not the saving run's
         else:  # bf16 runs keep fp32 main copies, taken from the initial weights
             self.optimizer.reload_model_params()

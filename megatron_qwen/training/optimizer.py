@@ -75,6 +75,49 @@ def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
                 state["step"] = state["step"].to(param.device if fused else "cpu", torch.float32)
 
 
+def _torch_adam_distributed(optimizer) -> list:
+    """The distributed optimizers of the chain that step with torch's Adam/AdamW (no apex, no transformer-engine)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+            if isinstance(o, DistributedOptimizer) and type(o.optimizer) in (torch.optim.Adam, torch.optim.AdamW)]
+
+
+def allocate_state_for_load(optimizer) -> None:
+    """Give every parameter its AdamW state before a checkpoint's is loaded over it. megatron-core builds a
+    distributed optimizer's sharded state dict for a load from its state_dict(), which on torch's AdamW reads
+    each parameter's step counter: absent before the first step (megatron-core 0.16.1 stops on an assertion).
+    The moments come from megatron-core's own init_state_fn, the step is torch's; the load replaces both."""
+    for opt in _torch_adam_distributed(optimizer):
+        opt.init_state_fn(opt.optimizer, opt.config)
+        for state in opt.optimizer.state.values():
+            state.setdefault("step", torch.zeros((), dtype=torch.float32))
+
+
+def load_optimizer_state(optimizer, loaded: dict) -> None:
+    """``optimizer.load_state_dict(loaded)``, around two faults of megatron-core 0.16.1's distributed optimizer
+    on torch's AdamW: it copies every per-parameter entry of the saved state, torch's step counter included,
+    which its fully_reshardable format keeps once per group instead (the parameter state is loaded here with
+    the counters set aside); and it gives all parameters one step tensor, which torch's AdamW then advances
+    once per parameter (each gets its own)."""
+    chain = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = [loaded] if len(chain) == 1 else [v for _, v in sorted(loaded.items())]
+    torch_adam = _torch_adam_distributed(optimizer)
+    for opt, part in zip(chain, parts):
+        if opt not in torch_adam:
+            opt.load_state_dict(part)
+            continue
+        kind = part.get("param_state_sharding_type")
+        stored_once = kind in ("fully_reshardable", "fully_sharded_model_space")
+        opt.load_state_dict({k: v for k, v in part.items()
+                             if not stored_once or k not in ("param_state", "param_state_sharding_type")})
+        steps = {p: state.pop("step") for p, state in opt.optimizer.state.items()}
+        if stored_once:
+            getattr(opt, f"load_parameter_state_from_{kind}")(part["param_state"])
+        for p, step in steps.items():
+            opt.optimizer.state[p]["step"] = step.clone()
+
+
 def adam_kernel(optimizer) -> str:
     """Which AdamW kernel steps the weights: "fused", "foreach", or megatron-core's choice of another library."""
     inner = _torch_optimizers(optimizer)
