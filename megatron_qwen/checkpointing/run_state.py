@@ -3,10 +3,8 @@ where the run stands, the data settings a resume must not change silently, the p
 was saved at, and the run configuration (its model shape). Plain files and dicts: preflight reads them
 before torch is imported (job_state.py takes the layout and RNG states from the running job)."""
 
-import os
 from dataclasses import dataclass
 
-from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, deepspeed_record, written_by_deepspeed
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
@@ -51,19 +49,11 @@ def check_data_state(ckpt_dir: str, saved: dict, cfg: RunConfig) -> None:
                       "anyway, or --finetune to start a new run from its weights")
 
 
-def saved_run_config(ckpt_dir: str) -> tuple[dict, str]:
-    """(run configuration as stored, the file it is in) of a checkpoint of either engine: DeepSpeed's
-    files hold none, so that engine stores ours beside them."""
-    if written_by_deepspeed(ckpt_dir):
-        return deepspeed_record(ckpt_dir)["run_config"], os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-    from megatron.core import dist_checkpointing
-
-    return dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"], os.path.join(ckpt_dir, "common.pt")
-
-
 def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
     """Refuse a checkpoint of another model shape than this run builds: one line naming each field, the
     flag that sets it, and both values. Run in preflight, before any process group."""
+    from megatron_qwen.checkpointing.reading import saved_run_config
+
     saved, source = saved_run_config(ckpt_dir)
     saved_model, model_now = saved["model"], cfg.to_dict()["model"]
     diff = [f"{k.replace('_', ' ')} {saved_model.get(k)} saved, {v} asked (--{k.replace('_', '-')})"

@@ -29,6 +29,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     except user_errors as e:
         _exit_with(e)
 
+    from megatron_qwen.checkpointing.writer_lock import release
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.anomalies import TrainingHalted
     from megatron_qwen.training.loop import train
@@ -45,6 +46,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
         _exit_with(_peer_failure_message(e, cfg), code=1)
     finally:
         destroy_distributed()
+        release(cfg.checkpoint.save)  # held since preflight (the kernel frees it anyway when the process ends)
 
 
 # What gloo and NCCL raise on the surviving ranks when another process of the job died or hangs.

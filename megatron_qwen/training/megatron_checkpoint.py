@@ -2,26 +2,32 @@
 
 Every tensor is saved under its global (layout-independent) key, so a checkpoint written at one
 TP/PP/DP layout loads at another, optimizer state included. Storage (staged writes, the tracker,
-what is recorded beside the tensors) is checkpointing/'s.
+checksums, what is recorded beside the tensors for us and for Megatron-LM) is checkpointing/'s;
+so is reading, which also takes Megatron-LM's checkpoints.
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
 
+import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_qwen.checkpointing.directory import (
-    iteration_dir,
-    publish,
-    remove_leftovers,
-    room_to_save,
-    staging_dir,
-)
+from megatron_qwen.checkpointing.directory import iteration_dir, remove_leftovers, staging_dir
 from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
+from megatron_qwen.checkpointing.megatron_lm import (
+    content_metadata,
+    megatron_lm_records,
+    rng_from_megatron_lm,
+    rng_to_megatron_lm,
+)
+from megatron_qwen.checkpointing.reading import common_state, megatron_lm_rng, sharding
 from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
+from megatron_qwen.checkpointing.saving import disk_full, disk_full_error, publish, room_to_save, save_sharded
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.optimizer import (
@@ -39,7 +45,7 @@ class MegatronCheckpointer:
 
     def __init__(self, cfg: RunConfig, model, optimizer, scheduler):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
-        self._async_queue = None
+        self._async_queue, self._in_flight = None, 0
         if cfg.checkpoint.save and dist.get_rank() == 0:  # no save runs yet: what is staged is a killed save's
             for name in remove_leftovers(cfg.checkpoint.save):
                 print(f" removed {os.path.join(cfg.checkpoint.save, name)}, left by an interrupted save", flush=True)
@@ -49,17 +55,33 @@ class MegatronCheckpointer:
         self.finish_pending(blocking=True)
         if not room_to_save(self.cfg.checkpoint.save, state.iteration):
             return
-        request = self._write(state)
+        with self._disk_full_is_one_line(state.iteration):
+            request = self._write(state)
         if request is not None:
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self._async_queue = self._async_queue or AsyncCallsQueue()
             self._async_queue.schedule_async_request(request)
+            self._in_flight = state.iteration
 
     def finish_pending(self, blocking: bool) -> None:
         """Complete async saves (their tracker update runs only once all ranks have written)."""
         if self._async_queue is not None:
-            self._async_queue.maybe_finalize_async_calls(blocking=blocking)
+            with self._disk_full_is_one_line(self._in_flight):
+                self._async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self, iteration: int):
+        """A save that fills the disk (ENOSPC) is abandoned whole: its staging directory removed, one line
+        naming ENOSPC and the directory (DiskFullError); the previous checkpoint stays the latest."""
+        try:
+            yield
+        except Exception as e:
+            if not disk_full(e):
+                raise
+            root = self.cfg.checkpoint.save
+            shutil.rmtree(staging_dir(root, iteration), ignore_errors=True)
+            raise disk_full_error(root, f"saving iteration {iteration}") from None
 
     def load(self) -> TrainState:
         """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
@@ -90,45 +112,45 @@ class MegatronCheckpointer:
         sharded = model_state(self.model)
         sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=False,
                                                                  metadata=sharded_metadata())
-        sharded.update(scheduler=self.scheduler.state_dict(), rng_state=_sharded_rng_state(),
-                       train_state=dataclasses.asdict(state), data_state=data_state(cfg), layout=current_layout(),
-                       run_config=cfg.to_dict())
+        lay = current_layout()
+        sharded.update(rng_state=_sharded_rng_state(megatron_lm_layout=True), train_state=dataclasses.asdict(state),
+                       data_state=data_state(cfg), layout=lay, run_config=cfg.to_dict(),
+                       **megatron_lm_records(cfg, lay, state, self.scheduler.state_dict()))
 
         def finalize():
             if dist.get_rank() == 0:
                 publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
 
-        if cfg.checkpoint.async_save:
-            request = dist_checkpointing.save(sharded, staging, async_sharded_save=True)
+        request = save_sharded(sharded, staging, content_metadata(cfg.zero.distributed_optimizer),
+                               asynchronous=cfg.checkpoint.async_save)
+        if request is not None:
             request.add_finalize_fn(finalize)
             return request
-        dist_checkpointing.save(sharded, staging)
         dist.barrier()
         finalize()
         dist.barrier()
         return None
 
     def _resume(self, ckpt_dir: str, load_optim: bool, load_rng: bool) -> TrainState:
-        """Continue the run saved in ``ckpt_dir`` (model shape checked in preflight), at any layout."""
-        common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-        check_data_state(ckpt_dir, common["data_state"], self.cfg)
-        sharded = model_state(self.model)
-        if load_optim:
-            allocate_state_for_load(self.optimizer)
-            sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=True,
-                                                                     metadata=sharded_metadata())
-        if load_rng and same_layout(common["layout"], current_layout()):  # each rank's RNG belongs to its place
-            sharded["rng_state"] = _sharded_rng_state()
-        loaded = dist_checkpointing.load(sharded, ckpt_dir)
+        """Continue the run saved in ``ckpt_dir`` (ours or Megatron-LM's; model shape checked in preflight)."""
+        check_pickles(ckpt_dir)
+        with restricted_unpickling():
+            common = common_state(ckpt_dir)
+            check_data_state(ckpt_dir, common["data_state"], self.cfg)
+            load_optim = load_optim and not common.get("no_save_optim")
+            sharded, rng_layout = self._state_to_load(common, load_optim, load_rng)
+            loaded = dist_checkpointing.load(sharded, ckpt_dir)
         set_model_state(self.model, loaded)
         if load_optim:
             load_optimizer_state(self.optimizer, loaded["optimizer"])
             set_adam_kernel(self.optimizer, self.cfg.train.optim)  # this run's kernel, not the saving run's
         else:  # bf16 runs keep fp32 main copies, taken from the initial weights
             self.optimizer.reload_model_params()
-        self.scheduler.load_state_dict(common["scheduler"])
+        if common["scheduler"] is not None:
+            self.scheduler.load_state_dict(common["scheduler"])
         if "rng_state" in loaded:
-            set_rng_states(loaded["rng_state"])
+            saved = loaded["rng_state"]
+            set_rng_states(rng_from_megatron_lm(saved, torch.cuda.is_available()) if rng_layout else saved)
         state = TrainState(**common["train_state"])
         if dist.get_rank() == 0:
             what = f"model and optimizer (AdamW kernel: {adam_kernel(self.optimizer)})" if load_optim else "model"
@@ -136,10 +158,32 @@ class MegatronCheckpointer:
                   f"continuing at iteration {state.iteration}", flush=True)
         return state
 
+    def _state_to_load(self, common: dict, load_optim: bool, load_rng: bool) -> tuple[dict, bool]:
+        """(the sharded state to load from a checkpoint whose common state is ``common``, whether its RNG object
+        has Megatron-LM's layout). The optimizer's is built as the checkpoint's content_metadata says it is
+        sharded; the RNG states are taken when they belong to this rank's place: the same TP x PP (x DP in
+        checkpoints of ours written before Megatron-LM's layout)."""
+        sharded = model_state(self.model)
+        if load_optim:
+            allocate_state_for_load(self.optimizer)
+            sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=True,
+                                                                     metadata=sharding(common))
+        rng_layout, saved, now = megatron_lm_rng(common), common["layout"], current_layout()
+        same_place = (saved["tp"], saved["pp"]) == (now["tp"], now["pp"]) if rng_layout else same_layout(saved, now)
+        if load_rng and same_place and not common.get("no_save_rng"):
+            sharded["rng_state"] = _sharded_rng_state(rng_layout)
+        return sharded, rng_layout
 
-def _sharded_rng_state() -> ShardedObject:
-    """This rank's RNG states, as one object per (pp, tp, dp) rank."""
+
+def _sharded_rng_state(megatron_lm_layout: bool) -> ShardedObject:
+    """This rank's RNG states as one sharded object. Megatron-LM's layout (get_rng_state): one object per
+    (pp, tp) rank, a list of one dict under its names, the data-parallel rank as replica id (the
+    data-parallel ranks of one place share their RNG states). Checkpoints of ours written before it: one
+    object per (pp, tp, dp) rank."""
     lay = current_layout()
-    rank = (parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_data_parallel_rank(with_context_parallel=True))
-    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], lay["dp"]), rank, replica_id=0)
+    pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
+    dp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    if megatron_lm_layout:
+        return ShardedObject("rng_state", rng_to_megatron_lm(rng_states()), (lay["pp"], lay["tp"]), (pp, tp),
+                             replica_id=dp)
+    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], lay["dp"]), (pp, tp, dp), replica_id=0)

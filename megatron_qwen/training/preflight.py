@@ -6,24 +6,24 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 
 import os
 
-from megatron_qwen.checkpointing.directory import (
-    TRACKER,
-    is_deepspeed_checkpoint,
-    iteration_dir,
-    loadable_iteration,
-    written_by_deepspeed,
-)
+from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint, iteration_dir, written_by_deepspeed
+from megatron_qwen.checkpointing.integrity import loadable_iteration
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
-    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
+    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found; then make this
+    job (its rank 0) the one writer of --save (checkpointing/writer_lock.py), held until it ends."""
     cfg.validate(world_size)
     _check_data(cfg)
-    _check_checkpoint_dirs(cfg)
+    _check_checkpoint_dirs(cfg, world_size)
     _check_zero(cfg, world_size)
+    if cfg.checkpoint.save and int(os.environ.get("RANK", "0")) == 0:
+        from megatron_qwen.checkpointing.writer_lock import lock_directory
+
+        lock_directory(cfg.checkpoint.save)
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
@@ -48,6 +48,22 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
     if it is not None and not s.finetune and written_by_deepspeed(iteration_dir(s.load, it)):
         planned = layout(cfg.parallel.tensor_model_parallel_size, 1, cfg.parallel.data_parallel_size(world_size))
         check_resumable(iteration_dir(s.load, it), cfg.zero.stage, planned)
+
+
+def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: int) -> None:
+    """The checkpoint a run loads holds data only, the model this run builds, and (resumed) optimizer state
+    this run's layout can take."""
+    from megatron_qwen.checkpointing.reading import check_reshardable, common_state
+    from megatron_qwen.checkpointing.run_state import check_same_model
+    from megatron_qwen.checkpointing.unpickling import check_pickles
+
+    deepspeed = written_by_deepspeed(ckpt_dir)
+    check_pickles(ckpt_dir, deepspeed=deepspeed)
+    check_same_model(ckpt_dir, cfg)
+    p = cfg.parallel
+    if not deepspeed and not finetune:
+        planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
+        check_reshardable(ckpt_dir, common_state(ckpt_dir), planned, load_optim=not cfg.checkpoint.no_load_optim)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -83,7 +99,7 @@ def _check_token_ids(cfg: RunConfig) -> None:
                 "model's tokenizer, or pick a model with that vocabulary")
 
 
-def _check_checkpoint_dirs(cfg: RunConfig) -> None:
+def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
     s = cfg.checkpoint
     if s.save and os.path.isfile(s.save):
         raise ConfigError(f"--save {s.save} is a file; pass a directory")
@@ -91,21 +107,22 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    from megatron_qwen.checkpointing.run_state import check_same_model
     from megatron_qwen.hf.source import is_hf_dir, open_hf
     from megatron_qwen.training.starting_point import effective_load
 
-    target = effective_load(s).load  # a fine-tuning job that already saved resumes its own --save
+    effective = effective_load(s)
+    target = effective.load  # a fine-tuning job that already saved resumes its own --save
     # A Hugging Face model directory is a valid --load once its weight files
     # match its config.json (every name and shape, from the file headers).
     if is_hf_dir(target):
         open_hf(target)
         return
-    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice),
-    # of the model this run builds: refused here, before any process group, rather than after.
+    # The tracker's checkpoint, its files the sizes they were saved with and its records their checksums (or
+    # --load-fallback's choice), holding no pickled code, of the model this run builds: refused here, before
+    # any process group, rather than after. The tensor files' checksums are verified at the load, shared out.
     it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
     if it is not None:
-        check_same_model(iteration_dir(target, it), cfg)
+        _check_resumable(iteration_dir(target, it), cfg, effective.finetune, world_size)
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.
