@@ -59,6 +59,7 @@ def megatron_lm_args(cfg: RunConfig, lay: dict, state: TrainState, weights_only:
         ffn_hidden_size=m.ffn_hidden_size, num_attention_heads=m.num_attention_heads, kv_channels=m.head_dim,
         num_query_groups=m.num_attention_heads, group_query_attention=False,
         max_position_embeddings=m.max_position_embeddings, padded_vocab_size=m.padded_vocab_size,
+        vocab_size=m.vocab_size,
         make_vocab_size_divisible_by=_vocab_divisor(m.padded_vocab_size, m.vocab_size, lay["tp"]),
         tokenizer_type=cfg.data.tokenizer_type, add_position_embedding=True, position_embedding_type="rope",
         use_rotary_position_embeddings=True, rotary_base=m.rotary_base, rotary_percent=1.0, rotary_interleaved=False,
@@ -119,7 +120,8 @@ def _run_config(args, source: str) -> RunConfig:
     rows = _arg(args, "padded_vocab_size", source)
     model = QwenModelConfig(
         hidden_size=hidden, num_layers=_arg(args, "num_layers", source), num_attention_heads=heads,
-        ffn_hidden_size=_arg(args, "ffn_hidden_size", source), vocab_size=min(QWEN_VOCAB_SIZE, rows),
+        ffn_hidden_size=_arg(args, "ffn_hidden_size", source),
+        vocab_size=getattr(args, "vocab_size", None) or min(QWEN_VOCAB_SIZE, rows),
         padded_vocab_size=rows, kv_channels=None if kv in (None, hidden // heads) else kv,
         max_position_embeddings=_arg(args, "max_position_embeddings", source),
         rotary_base=getattr(args, "rotary_base", 10000), norm_epsilon=_arg(args, "norm_epsilon", source),
@@ -144,6 +146,8 @@ def records_from_megatron_lm(common: dict, source: str) -> dict:
     state = TrainState(iteration=iteration, consumed_samples=getattr(args, "consumed_train_samples", 0))
     tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
     dp = getattr(args, "data_parallel_size", None) or _arg(args, "world_size", source) // (tp * pp)
-    return {"run_config": cfg.to_dict(), "train_state": dataclasses.asdict(state), "data_state": data_state(cfg),
+    run_config = cfg.to_dict()
+    del run_config["model"]["seq_length"]  # Qwen-1's trained length (where NTK begins): Megatron-LM has none
+    return {"run_config": run_config, "train_state": dataclasses.asdict(state), "data_state": data_state(cfg),
             "layout": layout(tp, pp, dp), "no_save_optim": bool(getattr(args, "no_save_optim", False)),
             "no_save_rng": bool(getattr(args, "no_save_rng", False))}

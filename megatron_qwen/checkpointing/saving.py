@@ -37,6 +37,19 @@ def disk_full_error(root: str, what: str) -> DiskFullError:
                          "space there, lower --keep-last-checkpoints, or pass another --save")
 
 
+@contextmanager
+def disk_full_is_one_line(root: str, staging: str, what: str):
+    """A save into ``staging`` under ``root`` that fills the disk (ENOSPC) is abandoned whole: the staging
+    directory removed, DiskFullError in one line; the previous checkpoint stays the latest."""
+    try:
+        yield
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        raise disk_full_error(root, what) from None
+
+
 def too_little_disk(root: str) -> str | None:
     """Why not to start a save under ``root``: less free space than the last checkpoint took. None if enough."""
     latest = latest_iteration(root) if os.path.isdir(root) else None

@@ -6,7 +6,6 @@ checksums, what is recorded beside the tensors for us and for Megatron-LM) is ch
 so is reading, which also takes Megatron-LM's checkpoints.
 """
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -26,7 +25,7 @@ from megatron_qwen.checkpointing.megatron_lm import (
 )
 from megatron_qwen.checkpointing.reading import common_state, megatron_lm_rng, sharding
 from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
-from megatron_qwen.checkpointing.saving import disk_full, disk_full_error, publish, room_to_save, save_sharded
+from megatron_qwen.checkpointing.saving import disk_full_is_one_line, publish, room_to_save, save_sharded
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig
@@ -70,18 +69,9 @@ class MegatronCheckpointer:
             with self._disk_full_is_one_line(self._in_flight):
                 self._async_queue.maybe_finalize_async_calls(blocking=blocking)
 
-    @contextlib.contextmanager
     def _disk_full_is_one_line(self, iteration: int):
-        """A save that fills the disk (ENOSPC) is abandoned whole: its staging directory removed, one line
-        naming ENOSPC and the directory (DiskFullError); the previous checkpoint stays the latest."""
-        try:
-            yield
-        except Exception as e:
-            if not disk_full(e):
-                raise
-            root = self.cfg.checkpoint.save
-            shutil.rmtree(staging_dir(root, iteration), ignore_errors=True)
-            raise disk_full_error(root, f"saving iteration {iteration}") from None
+        root = self.cfg.checkpoint.save
+        return disk_full_is_one_line(root, staging_dir(root, iteration), f"saving iteration {iteration}")
 
     def load(self) -> TrainState:
         """Restore from --load if it holds a checkpoint; returns the train state to continue from."""

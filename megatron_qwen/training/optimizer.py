@@ -94,12 +94,14 @@ def allocate_state_for_load(optimizer) -> None:
             state.setdefault("step", torch.zeros((), dtype=torch.float32))
 
 
+@torch.no_grad()  # fp32 main parameters are views of the model's: megatron-core's dp_reshardable copy needs it
 def load_optimizer_state(optimizer, loaded: dict) -> None:
-    """``optimizer.load_state_dict(loaded)``, around two faults of megatron-core 0.16.1's distributed optimizer
-    on torch's AdamW: it copies every per-parameter entry of the saved state, torch's step counter included,
-    which its fully_reshardable format keeps once per group instead (the parameter state is loaded here with
-    the counters set aside); and it gives all parameters one step tensor, which torch's AdamW then advances
-    once per parameter (each gets its own)."""
+    """``optimizer.load_state_dict(loaded)``, around the handling of torch's AdamW step counter by megatron-core
+    0.16.1's distributed optimizer: its fully_reshardable and model-space formats store the step once per group
+    and then look for it per parameter (the parameter state is loaded here with the counters set aside); its
+    dp_reshardable load copies the counters of the state the load was built from (zeros) over the saved one;
+    and it gives all parameters one step tensor, which torch's AdamW then advances once per parameter. Each
+    parameter gets its own counter at the saved step."""
     chain = getattr(optimizer, "chained_optimizers", [optimizer])
     parts = [loaded] if len(chain) == 1 else [v for _, v in sorted(loaded.items())]
     torch_adam = _torch_adam_distributed(optimizer)
@@ -111,11 +113,13 @@ def load_optimizer_state(optimizer, loaded: dict) -> None:
         stored_once = kind in ("fully_reshardable", "fully_sharded_model_space")
         opt.load_state_dict({k: v for k, v in part.items()
                              if not stored_once or k not in ("param_state", "param_state_sharding_type")})
-        steps = {p: state.pop("step") for p, state in opt.optimizer.state.items()}
+        for state in opt.optimizer.state.values():
+            state.pop("step", None)
         if stored_once:
             getattr(opt, f"load_parameter_state_from_{kind}")(part["param_state"])
-        for p, step in steps.items():
-            opt.optimizer.state[p]["step"] = step.clone()
+        (step,) = {group["step"] for group in part["optimizer"]["param_groups"]}
+        for state in opt.optimizer.state.values():
+            state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
 
 def adam_kernel(optimizer) -> str:
