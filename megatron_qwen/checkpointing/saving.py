@@ -21,13 +21,15 @@ class DiskFullError(ConfigError):
     """The disk filled during a save (ENOSPC): the save is abandoned, the previous checkpoint stays."""
 
 
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error``, or one it was raised from (megatron-core wraps its writers' errors), is ENOSPC."""
+def disk_full(error: BaseException, root: str) -> bool:
+    """Whether a save under ``root`` that failed with ``error`` ran out of space: ENOSPC in the error or one it
+    was raised from (megatron-core wraps its writers' errors), or, where a writer lost the error number
+    (torch's zip writer reports a short write as a position mismatch), under 1 MiB left on the disk."""
     while error is not None:
         if isinstance(error, OSError) and error.errno == errno.ENOSPC or "[Errno 28]" in str(error):
             return True
         error = error.__cause__ or error.__context__
-    return False
+    return os.path.isdir(root) and shutil.disk_usage(root).free < 2**20
 
 
 def disk_full_error(root: str, what: str) -> DiskFullError:
@@ -43,8 +45,8 @@ def disk_full_is_one_line(root: str, staging: str, what: str):
     directory removed, DiskFullError in one line; the previous checkpoint stays the latest."""
     try:
         yield
-    except Exception as e:
-        if not disk_full(e):
+    except BaseException as e:  # torch's CheckpointException, which megatron-core raises for its writers, is one
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) or not disk_full(e, root):
             raise
         shutil.rmtree(staging, ignore_errors=True)
         raise disk_full_error(root, what) from None
@@ -141,8 +143,9 @@ def staged_directory(destination: str, flag: str = "--save-dir"):
         os.remove(os.path.join(staging, LOCK))
         os.rename(staging, destination)
     except BaseException as e:
+        full = disk_full(e, parent)
         shutil.rmtree(staging, ignore_errors=True)
-        if disk_full(e):
+        if full:
             raise disk_full_error(parent, f"writing {destination}") from None
         raise
     finally:
