@@ -42,7 +42,7 @@ def megatron_lm_args(cfg, layout: dict, consumed: int) -> argparse.Namespace:
         ffn_hidden_size=m.ffn_hidden_size, num_attention_heads=m.num_attention_heads, kv_channels=16,
         max_position_embeddings=m.max_position_embeddings, padded_vocab_size=m.padded_vocab_size,
         vocab_size=m.vocab_size, seq_length=t.seq_length, global_batch_size=t.global_batch_size,
-        micro_batch_size=t.micro_batch_size, rotary_base=10000, norm_epsilon=1e-6, normalization="RMSNorm",
+        micro_batch_size=t.micro_batch_size, rotary_base=10000, layernorm_epsilon=1e-6, normalization="RMSNorm",
         swiglu=True, add_bias_linear=False, add_qkv_bias=True, untie_embeddings_and_output_weights=True,
         position_embedding_type="rope", rotary_percent=1.0, mock_data=True, data_path=None,
         attention_backend=AttnBackend.auto, params_dtype=torch.float32, use_distributed_optimizer=True)

@@ -62,8 +62,8 @@ def megatron_lm_args(cfg: RunConfig, lay: dict, state: TrainState, weights_only:
         vocab_size=m.vocab_size,
         make_vocab_size_divisible_by=_vocab_divisor(m.padded_vocab_size, m.vocab_size, lay["tp"]),
         tokenizer_type=cfg.data.tokenizer_type, add_position_embedding=True, position_embedding_type="rope",
-        use_rotary_position_embeddings=True, rotary_base=m.rotary_base, rotary_percent=1.0, rotary_interleaved=False,
-        normalization="RMSNorm", norm_epsilon=m.norm_epsilon, apply_layernorm_1p=False, swiglu=True,
+        use_rotary_position_embeddings=False, rotary_base=m.rotary_base, rotary_percent=1.0, rotary_interleaved=False,
+        normalization="RMSNorm", layernorm_epsilon=m.norm_epsilon, apply_layernorm_1p=False, swiglu=True,
         squared_relu=False, add_bias_linear=False, add_qkv_bias=True, untie_embeddings_and_output_weights=True,
         apply_query_key_layer_scaling=False, attention_dropout=0.0, hidden_dropout=0.0, num_experts=None,
         init_method_std=m.init_method_std, data_path=list(cfg.data.data_path) or None, mock_data=cfg.data.mock_data)
@@ -108,6 +108,16 @@ def _arg(args, name: str, source: str):
     return getattr(args, name)
 
 
+def _padded(ids: int | None, args, source: str) -> int:
+    """The embedding rows Megatron-LM pads ``ids`` to (args.padded_vocab_size is set at run time, and absent
+    where the run built no tokenizer): a multiple of make_vocab_size_divisible_by x TP."""
+    if not ids:
+        raise ConfigError(f"{source}: Megatron-LM's args has neither padded_vocab_size nor vocab_size; the "
+                          "embedding's row count is unknown")
+    step = _arg(args, "make_vocab_size_divisible_by", source) * _arg(args, "tensor_model_parallel_size", source)
+    return -(-ids // step) * step
+
+
 def _run_config(args, source: str) -> RunConfig:
     """Our run configuration of the Megatron-LM run whose ``args`` are given; ConfigError in one line when
     that run is not Qwen's architecture."""
@@ -117,14 +127,14 @@ def _run_config(args, source: str) -> RunConfig:
                               f"{value!r}: another architecture, which this stack cannot load")
     heads, hidden = _arg(args, "num_attention_heads", source), _arg(args, "hidden_size", source)
     kv = getattr(args, "kv_channels", None)
-    rows = _arg(args, "padded_vocab_size", source)
+    ids = getattr(args, "vocab_size", None)
+    rows = getattr(args, "padded_vocab_size", None) or _padded(ids, args, source)
     model = QwenModelConfig(
         hidden_size=hidden, num_layers=_arg(args, "num_layers", source), num_attention_heads=heads,
-        ffn_hidden_size=_arg(args, "ffn_hidden_size", source),
-        vocab_size=getattr(args, "vocab_size", None) or min(QWEN_VOCAB_SIZE, rows),
+        ffn_hidden_size=_arg(args, "ffn_hidden_size", source), vocab_size=ids or min(QWEN_VOCAB_SIZE, rows),
         padded_vocab_size=rows, kv_channels=None if kv in (None, hidden // heads) else kv,
         max_position_embeddings=_arg(args, "max_position_embeddings", source),
-        rotary_base=getattr(args, "rotary_base", 10000), norm_epsilon=_arg(args, "norm_epsilon", source),
+        rotary_base=getattr(args, "rotary_base", 10000), norm_epsilon=_arg(args, "layernorm_epsilon", source),
         init_method_std=getattr(args, "init_method_std", 0.02))
     train = TrainSettings(global_batch_size=_arg(args, "global_batch_size", source),
                           micro_batch_size=getattr(args, "micro_batch_size", 1),
