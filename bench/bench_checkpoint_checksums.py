@@ -7,8 +7,9 @@ dist_checkpointing, alternately:
   checksums  checkpointing/saving.py's save_sharded (each shard hashed with xxh3-128 as it is written) and
              the manifest (the digests gathered; the small files megatron-core writes itself read once)
   plain      dist_checkpointing.save and a manifest of sizes only (the format before checksums)
-each into a fresh directory under --workdir, fsynced as megatron-core does, after one untimed save, best of
---rounds. Then it times
+each into a fresh directory under --workdir, fsynced as megatron-core does, after one untimed save: the
+best wall time of --rounds, and the median CPU time (user + system, the writer processes included), which
+the neighbours of a shared machine disturb less. Then it times
 the verification a --load does (integrity.damage, every file read and hashed; from the page cache here, so
 it is the hashing cost; from a cold disk it is one more read of the checkpoint, shared among the ranks).
 """
@@ -16,7 +17,9 @@ it is the hashing cost; from a cold disk it is one more read of the checkpoint, 
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -57,11 +60,18 @@ def save_plain(state: dict, directory: str) -> None:
         os.fsync(f.fileno())
 
 
-def timed(fn, state: dict, directory: str) -> float:
+def _cpu_seconds() -> float:
+    """User + system time of this process and of its children reaped so far (megatron-core's writers)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def timed(fn, state: dict, directory: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one save: the CPU time does not wait for the neighbours' processes."""
     os.makedirs(directory)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     fn(state, directory)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def main() -> dict:
@@ -81,13 +91,15 @@ def main() -> dict:
     try:
         state = tensors(args.size_gib)
         size = sum(t.numel() * 4 for t in state.values())
-        times = {"checksums": [], "plain": []}
+        times, cpu = {"checksums": [], "plain": []}, {"checksums": [], "plain": []}
         timed(save_with_checksums, sharded(state), os.path.join(work, "warmup"))  # first-save costs, untimed
         shutil.rmtree(os.path.join(work, "warmup"))
         for r in range(args.rounds):
             for name, fn in (("plain", save_plain), ("checksums", save_with_checksums)):
                 directory = os.path.join(work, f"{name}_{r}")
-                times[name].append(timed(fn, sharded(state), directory))
+                wall, used = timed(fn, sharded(state), directory)
+                times[name].append(wall)
+                cpu[name].append(used)
                 if not (name == "checksums" and r == args.rounds - 1):
                     shutil.rmtree(directory)
         verify_dir = os.path.join(work, f"checksums_{args.rounds - 1}")
@@ -98,12 +110,15 @@ def main() -> dict:
         destroy_distributed()
         shutil.rmtree(work, ignore_errors=True)
     best = {name: min(t) for name, t in times.items()}
-    result = {"bytes": size, "rounds": args.rounds, "save_s": times, "best_save_s": best,
-              "overhead_percent": 100 * (best["checksums"] / best["plain"] - 1), "verify_s": verify,
-              "verify_gb_per_s": size / verify / 1e9}
+    median_cpu = {name: statistics.median(c) for name, c in cpu.items()}
+    result = {"bytes": size, "rounds": args.rounds, "save_s": times, "save_cpu_s": cpu, "best_save_s": best,
+              "median_cpu_s": median_cpu, "overhead_percent": 100 * (best["checksums"] / best["plain"] - 1),
+              "cpu_overhead_percent": 100 * (median_cpu["checksums"] / median_cpu["plain"] - 1),
+              "verify_s": verify, "verify_gb_per_s": size / verify / 1e9}
     print(f"state {size / GIB:.2f} GiB, best of {args.rounds}: save {best['plain']:.2f} s plain, "
-          f"{best['checksums']:.2f} s with checksums ({result['overhead_percent']:+.1f}%); verification "
-          f"{verify:.2f} s ({result['verify_gb_per_s']:.2f} GB/s, page cache)", flush=True)
+          f"{best['checksums']:.2f} s with checksums ({result['overhead_percent']:+.1f}%); median CPU time "
+          f"{median_cpu['plain']:.2f} s and {median_cpu['checksums']:.2f} s ({result['cpu_overhead_percent']:+.1f}%); "
+          f"verification {verify:.2f} s ({result['verify_gb_per_s']:.2f} GB/s, page cache)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

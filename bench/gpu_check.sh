@@ -14,7 +14,8 @@
 # the time goes: the loss alone, chunked against megatron-core's, and one 1.8B step under torch.profiler;
 # (5) start-up: a 72B rank's weight draws on the GPU; (6) DeepSpeed: the deepspeed engine with DeepSpeed's
 # FusedAdam (its CUDA build, its step against torch's AdamW, the tiny model's losses against torch's AdamW
-# and the megatron engine; bench/gpu/check_deepspeed.py). Each stage has a time limit (measured durations:
+# and the megatron engine; bench/gpu/check_deepspeed.py); (7) checkpoints: the distributed optimizer's resume
+# and what checksums cost a save (bench/gpu/check_resume.py). Each stage has a time limit (measured durations:
 # docs/PERFORMANCE.md); a stage that runs out of time is reported as such while the next one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
@@ -145,6 +146,8 @@ DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
   --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
 stage "deepspeed: fused Adam" 180 "$PY" bench/gpu/check_deepspeed.py "$WORK/deepspeed.json" $QUICK
+stage "checkpoints: distributed optimizer resume, checksum cost" 150 "$PY" bench/gpu/check_resume.py \
+  "$WORK/checkpoints.json" $QUICK
 
 "$PY" bench/gpu/report.py "$WORK" "$OUT" "$MODE" "bench/gpu_check.sh $OUT${WHEELS:+ --wheels $WHEELS}$([ "$DRY" = 1 ] && echo ' --cpu-dry-run')${TRAIN_FLAGS[*]:+ --train-flags \"${TRAIN_FLAGS[*]}\"}${BUDGET_FLAG:+ --budget $BUDGET_FLAG}" \
   >> "$LOG" 2>&1 || { say "the report could not be written; see $LOG"; exit 1; }

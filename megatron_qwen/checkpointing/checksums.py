@@ -11,6 +11,8 @@ the few small files the libraries write by other means are hashed once at publis
 """
 
 import os
+import queue
+import threading
 
 import xxhash
 
@@ -19,21 +21,41 @@ DIGESTS = ".digests"  # in a checkpoint being written; removed when its manifest
 _CHUNK = 16 * 2**20
 
 
+_HELD = 2**20  # a buffer this large is hashed where it is (a tensor's storage); a smaller one is copied first
+
+
 class HashingFile:
     """A file opened for writing ("wb") that hashes what is written to it, in order, and records the digest
     when it is closed whole: not when the block writing it failed, nor when bytes reached the file another
-    way (torch's legacy serialization writes tensors through the descriptor; publish then hashes the file)."""
+    way (torch's legacy serialization writes tensors through the descriptor; publish then hashes the file).
 
-    def __init__(self, path):
+    With ``background``, a thread hashes while the writer goes on (xxhash releases the GIL), so the hashing
+    overlaps the copies into the page cache and the final fsync. It reads a large buffer after write()
+    returned: right for megatron-core's shard writer, whose large buffers are the storages of tensors it
+    keeps until the file is closed; small ones (torch's zip headers) are copied."""
+
+    def __init__(self, path, background: bool = False):
         self.name = os.fspath(path)
         self._file = open(self.name, "wb")
         self._hash = xxhash.xxh3_128()
         self._hashed = 0
+        self._queue = queue.SimpleQueue() if background else None
+        self._thread = threading.Thread(target=self._hash_queued, daemon=True) if background else None
+        if self._thread:
+            self._thread.start()
+
+    def _hash_queued(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
 
     def write(self, data) -> int:
         written = self._file.write(data)
-        self._hash.update(data)
         self._hashed += written
+        if self._queue is None:
+            self._hash.update(data)
+        else:
+            whole = isinstance(data, bytes) or (isinstance(data, memoryview) and data.nbytes >= _HELD)
+            self._queue.put(data if whole else bytes(data))
         return written
 
     def tell(self) -> int:
@@ -55,6 +77,9 @@ class HashingFile:
     def close(self, failed: bool = False) -> None:
         if self._file.closed:
             return
+        if self._thread:
+            self._queue.put(None)
+            self._thread.join()
         whole = not failed and os.fstat(self._file.fileno()).st_size == self._hashed
         self._file.close()
         if whole:
@@ -71,8 +96,11 @@ class HashingFile:
 
 
 def hashing_open(path, mode: str = "wb", *args, **kwargs):
-    """``open`` for a checkpoint writer: whole-file writes ("wb") are hashed, anything else is a plain open."""
-    return HashingFile(path) if mode == "wb" and not args and not kwargs else open(path, mode, *args, **kwargs)
+    """``open`` for megatron-core's shard writer: whole-file writes ("wb") are hashed (in the background),
+    anything else is a plain open."""
+    if mode == "wb" and not args and not kwargs:
+        return HashingFile(path, background=True)
+    return open(path, mode, *args, **kwargs)
 
 
 class checksummed_writes:  # noqa: N801  (used like a function: checksummed_writes(fn)(...))

@@ -37,9 +37,8 @@ def common_state(ckpt_dir: str) -> dict:
         raise ConfigError(f"{path}: not a checkpoint's common state (a {type(common).__name__})")
     if written_by_megatron_lm(common):
         common = {**common, **records_from_megatron_lm(common, path)}
-    missing = [k for k in ("run_config", "train_state", "layout") if k not in common]
-    if missing:
-        raise ConfigError(f"{path}: no {', '.join(missing)}: neither a checkpoint of ours nor Megatron-LM's")
+    if "run_config" not in common:  # a weights-only checkpoint (a conversion's) has no train_state
+        raise ConfigError(f"{path}: no run_config or args: neither a checkpoint of ours nor Megatron-LM's")
     return {**common, "scheduler": common.get("opt_param_scheduler", common.get("scheduler"))}
 
 

@@ -94,7 +94,7 @@ class HFWeights:
                     raise ConfigError(f"{index_path}: not a weight index json with a weight_map ({e}); "
                                       "restore the file from the original model") from None
                 for file in weight_map.values():
-                    contained(self.directory, file, index_path)  # a name: no '..', no absolute path, no link out
+                    contained(self.directory, file, index_path)  # a name inside: no "..", no absolute path
                 for file in sorted(set(weight_map.values())):
                     if not os.path.isfile(os.path.join(self.directory, file)):
                         raise ConfigError(f"{index_path} names {file}, which is missing from {self.directory}; "
