@@ -2,10 +2,12 @@
 between this stack and Megatron-LM: ours carry every record Megatron-LM core_v0.16.1's load_checkpoint reads
 (megatron/training/checkpointing.py), and a directory in Megatron-LM's layout, written here as that code
 writes it (nothing of ours in it; its default dp_reshardable optimizer state), resumes here with its
-iteration, LR schedule and optimizer state. Reference: the uninterrupted run's losses."""
+iteration, LR schedule and optimizer state; so does one in the layout of our checkpoints before these
+records. Reference: the uninterrupted run's losses."""
 
 import argparse
 import io
+import json
 import os
 import pickle
 
@@ -48,18 +50,58 @@ def megatron_lm_args(cfg, layout: dict, consumed: int) -> argparse.Namespace:
         attention_backend=AttnBackend.auto, params_dtype=torch.float32, use_distributed_optimizer=True)
 
 
-def write_megatron_lm_layout(source: str, target: str, argv: list[str]) -> None:
-    """The run saved under ``source``, rewritten as Megatron-LM's save_checkpoint writes it (generate_state_dict,
-    get_rng_state; torch_dist format, no --dist-ckpt-optim-fully-reshardable): the state is loaded into a
-    model and optimizer of one process, then saved through megatron-core alone."""
+def megatron_lm_state(cfg, model, optimizer, scheduler, state) -> tuple[dict, dict]:
+    """(state dict, content metadata) as Megatron-LM's save_checkpoint makes them (generate_state_dict,
+    get_rng_state; torch_dist format, no --dist-ckpt-optim-fully-reshardable)."""
     import random
 
     import numpy as np
-    from megatron.core import dist_checkpointing, tensor_parallel
+    from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    from megatron_qwen.config.recipes import PRETRAIN
     from megatron_qwen.model.builder import unwrap
+
+    meta = {"distrib_optim_sharding_type": "dp_reshardable", "singleton_local_shards": False,
+            "chained_optim_avoid_prefix": True}
+    rng = [{"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
+            "torch_rng_state": torch.get_rng_state(), "cuda_rng_state": torch.get_rng_state(),
+            "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states()}]
+    saved = {"args": megatron_lm_args(cfg, {"tp": 1, "pp": 1, "dp": 1}, state.consumed_samples),
+             "checkpoint_version": 3.0, "iteration": state.iteration,
+             "model": unwrap(model[0]).sharded_state_dict(metadata=dict(meta)),
+             "opt_param_scheduler": scheduler.state_dict(), "num_floating_point_operations_so_far": 0,
+             "rng_state": ShardedObject("rng_state", rng, (1, 1), (0, 0), replica_id=0)}
+    saved["optimizer"] = optimizer.sharded_state_dict(saved["model"], metadata=dict(meta))
+    return saved, meta
+
+
+def older_state(cfg, model, optimizer, scheduler, state) -> tuple[dict, None]:
+    """The state dict a checkpoint of ours held before Megatron-LM's records (this project at b1b6f60): the LR
+    schedule as ``scheduler``, the RNG states as one object per (pp, tp, dp) rank of the saved DP2 layout."""
+    import dataclasses
+
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    from megatron_qwen.checkpointing.job_state import rng_states
+    from megatron_qwen.checkpointing.run_state import data_state
+    from megatron_qwen.checkpointing.weights import model_state, sharded_metadata
+
+    saved = model_state(model)
+    saved["optimizer"] = optimizer.sharded_state_dict(saved, metadata=sharded_metadata())
+    saved.update({f"rng_state_{dp}": ShardedObject("rng_state", rng_states(), (1, 1, 2), (0, 0, dp), replica_id=0)
+                  for dp in range(2)})
+    saved.update(scheduler=scheduler.state_dict(), train_state=dataclasses.asdict(state), data_state=data_state(cfg),
+                 layout={"tp": 1, "pp": 1, "dp": 2}, run_config=cfg.to_dict())
+    return saved, None
+
+
+def rewrite(source: str, target: str, argv: list[str], kind: str) -> None:
+    """The run saved under ``source``, loaded into a model and optimizer of one process and saved again
+    through megatron-core alone, as Megatron-LM writes it (``kind`` megatron_lm) or as this project did
+    before (older: no checksums, a manifest of sizes)."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_qwen.config.recipes import PRETRAIN
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
     from megatron_qwen.training.arguments import parse_run_config
     from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
@@ -70,20 +112,15 @@ def write_megatron_lm_layout(source: str, target: str, argv: list[str]) -> None:
     try:
         model, optimizer, scheduler = build_model_and_optimizer(cfg)
         state = MegatronCheckpointer(cfg, model, optimizer, scheduler).load()
-        meta = {"distrib_optim_sharding_type": "dp_reshardable", "singleton_local_shards": False,
-                "chained_optim_avoid_prefix": True}
-        rng = [{"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
-                "torch_rng_state": torch.get_rng_state(), "cuda_rng_state": torch.get_rng_state(),
-                "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states()}]
-        saved = {"args": megatron_lm_args(cfg, {"tp": 1, "pp": 1, "dp": 1}, state.consumed_samples),
-                 "checkpoint_version": 3.0, "iteration": state.iteration,
-                 "model": unwrap(model[0]).sharded_state_dict(metadata=dict(meta)),
-                 "opt_param_scheduler": scheduler.state_dict(), "num_floating_point_operations_so_far": 0,
-                 "rng_state": ShardedObject("rng_state", rng, (1, 1), (0, 0), replica_id=0)}
-        saved["optimizer"] = optimizer.sharded_state_dict(saved["model"], metadata=dict(meta))
+        build = megatron_lm_state if kind == "megatron_lm" else older_state
+        saved, meta = build(cfg, model, optimizer, scheduler, state)
         ckpt_dir = os.path.join(target, f"iter_{state.iteration:07d}")
         os.makedirs(ckpt_dir)
         dist_checkpointing.save(saved, ckpt_dir, content_metadata=meta)
+        if kind == "older":
+            sizes = {name: os.path.getsize(os.path.join(ckpt_dir, name)) for name in os.listdir(ckpt_dir)}
+            with open(os.path.join(ckpt_dir, "manifest.json"), "w") as f:
+                json.dump(sizes, f)
         with open(os.path.join(target, "latest_checkpointed_iteration.txt"), "w") as f:
             f.write(str(state.iteration))
     finally:
@@ -91,7 +128,7 @@ def write_megatron_lm_layout(source: str, target: str, argv: list[str]) -> None:
 
 
 def test_distributed_optimizer_resumes_and_megatron_lm_checkpoints_move_both_ways(tmp_path):
-    ckpt, mlm = str(tmp_path / "ckpt"), str(tmp_path / "megatron_lm")
+    ckpt, mlm, older = str(tmp_path / "ckpt"), str(tmp_path / "megatron_lm"), str(tmp_path / "older")
     # The uninterrupted run saves at SAVED_AT (and at its end, which is then dropped): the resumes start there.
     jobs = [{"name": "reference", "nproc": 2, "argv": [*COMMON, "--save", ckpt, "--save-interval", str(SAVED_AT),
                                                        "--metrics-file", str(tmp_path / "reference.jsonl")]},
@@ -99,14 +136,15 @@ def test_distributed_optimizer_resumes_and_megatron_lm_checkpoints_move_both_way
     jobs += [{"name": name, "nproc": 2, "argv": [*COMMON, *flags, "--metrics-file", str(tmp_path / f"{name}.jsonl")]}
              for name, flags in [("same_layout", ["--load", ckpt]),
                                  ("other_layout", ["--load", ckpt, "--tensor-model-parallel-size", "2"])]]
-    jobs += [{"name": "rewrite", "call": "test_checkpoint_formats:write_megatron_lm_layout",
-              "args": [ckpt, mlm, COMMON]},
-             {"name": "from_megatron_lm", "nproc": 2,
-              "argv": [*COMMON, "--load", mlm, "--metrics-file", str(tmp_path / "from_megatron_lm.jsonl")]}]
+    for kind, target in (("megatron_lm", mlm), ("older", older)):
+        jobs += [{"name": f"write {kind}", "call": "test_checkpoint_formats:rewrite", "args": [ckpt, target, COMMON,
+                                                                                              kind]},
+                 {"name": f"from_{kind}", "nproc": 2,
+                  "argv": [*COMMON, "--load", target, "--metrics-file", str(tmp_path / f"from_{kind}.jsonl")]}]
     results = run_harness(jobs, tmp_path)
     ref = {it: row["lm_loss"] for it, row in metrics(tmp_path / "reference.jsonl").items()}
     assert sorted(ref) == [1, 2, 3, 4]
-    for name, rel in (("same_layout", 1e-6), ("other_layout", 1e-5), ("from_megatron_lm", 1e-6)):
+    for name, rel in (("same_layout", 1e-6), ("other_layout", 1e-5), ("from_megatron_lm", 1e-6), ("from_older", 1e-6)):
         run = results[name][0]
         assert run["codes"] == [0, 0], run["output"][-3000:]
         assert f"continuing at iteration {SAVED_AT}" in run["output"]
