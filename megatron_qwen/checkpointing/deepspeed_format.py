@@ -20,6 +20,7 @@ import tempfile
 from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.run_state import same_layout
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling, torch_load
+from megatron_qwen.checkpointing.writer_lock import waiting_for
 from megatron_qwen.config.errors import ConfigError
 
 UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
@@ -157,12 +158,16 @@ def to_universal(ckpt_dir: str) -> None:
     ds_to_universal into ``ckpt_dir/universal`` (the tag to load) on the first call (written under a staging
     name, renamed when whole) and reused after. Call on one rank."""
     out = os.path.join(ckpt_dir, UNIVERSAL)
-    if os.path.isdir(out):
-        return
+    with waiting_for(ckpt_dir):  # another job resuming the same checkpoint may be converting it: one at a time
+        if not os.path.isdir(out):
+            _convert_to_universal(ckpt_dir, out)
+
+
+def _convert_to_universal(ckpt_dir: str, out: str) -> None:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     staging, source = out + ".partial", out + ".input"
-    for leftover in (staging, source):
+    for leftover in (staging, source):  # a dead converter's (a live one holds the lock)
         shutil.rmtree(leftover, ignore_errors=True)
     _without_extra_state(ckpt_dir, source)
     ds_to_universal(argparse.Namespace(input_folder=source, output_folder=staging, num_extract_workers=1,

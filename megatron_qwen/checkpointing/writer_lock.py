@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 
 from megatron_qwen.config.errors import ConfigError
 
@@ -83,3 +84,20 @@ def writer_is_dead(directory: str) -> bool:
     if fd >= 0:
         os.close(fd)
     return True
+
+
+@contextmanager
+def waiting_for(directory: str):
+    """Hold ``directory``'s lock for the block, waiting while another live process holds it: a job that finds
+    another converting into the same place waits for it, then finds its result (and only a dead one's
+    leftovers)."""
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        yield
+    finally:
+        os.close(fd)
