@@ -1,5 +1,5 @@
 """Bytes one transformer layer keeps for its backward pass, per token: eager layers against compiled ones
-(--compile-layers), each beside the planner's estimate (model/memory.py).
+(--compile-layers), each beside the planner's estimate (planning/memory.py).
 
     python bench/bench_activations.py                          # 1.8B width, 2 layers, seq 128, bf16, sdpa
     python bench/bench_activations.py --hidden-size 4096 --num-attention-heads 32 --ffn-hidden-size 11008
@@ -21,7 +21,7 @@ import torch
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model, unwrap, wrap_for_training
-from megatron_qwen.model.memory import Workload, layer_bytes_per_position, layer_bytes_per_token
+from megatron_qwen.planning.memory import Workload, layer_bytes_per_position, layer_bytes_per_token
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.arguments import parse_run_config
 

@@ -1,21 +1,26 @@
-"""Checkpoint conversion both ways, with peak memory: tools/convert_checkpoint.py run as its own process.
+"""Checkpoint conversion, with peak memory: tools/convert_checkpoint.py run as its own process.
 
     python bench/bench_convert.py                   # Qwen-1.8B's shape: 24 layers, 1.84B parameters, bf16
     python bench/bench_convert.py --num-layers 2    # the same widths and vocabulary, fewer layers (quick)
 
 Writes a random checkpoint of Qwen-1.8B's shape in the published layout (QWenLMHeadModel names, bf16,
-safetensors in 2 GB shards like Qwen's own files) under --workdir, then runs, each as a fresh process:
-  import  tools/convert_checkpoint.py --load-dir HF --save-dir OURS                    (Hugging Face -> ours)
-  export  tools/convert_checkpoint.py --load-dir OURS --save-dir BACK --hf-layout qwen (ours -> Hugging Face)
-and checks that every tensor of BACK equals HF's bit for bit. For each direction it prints the wall time,
-the converting process's peak resident memory (as the tool reports it), the largest peak of any process
-in its tree (megatron-core forks writer processes while saving; their memory is mostly shared with the
-parent, copy-on-write), and the size of the checkpoint read and written. Timings on a shared machine
+safetensors in 2 GB shards like Qwen's own files) under --workdir, then runs, each as a fresh process and
+each --rounds times:
+  import  tools/convert_checkpoint.py --load-dir HF --save-dir OURS                      (Hugging Face -> ours)
+  export  tools/convert_checkpoint.py --load-dir OURS --save-dir BACK --hf-layout qwen   (ours -> Hugging Face)
+  export  tools/convert_checkpoint.py --load-dir OURS --save-dir VIA --hf-layout qwen2   (ours -> qwen2)
+  direct  tools/convert_checkpoint.py --load-dir HF --save-dir DIRECT --hf-layout qwen2  (qwen -> qwen2 directly)
+and checks that every tensor of BACK equals HF's bit for bit and that DIRECT equals VIA file for file (the way
+through ours: import, then export). For each conversion it prints the best wall time of the rounds, the
+converting process's peak resident memory (as the tool reports it), the largest peak of any process in its
+tree (megatron-core forks writer processes while saving; their memory is mostly shared with the parent,
+copy-on-write), and the size of the checkpoint read and written; then qwen -> qwen2 both ways side by side
+(the way through ours: import + export, its time the sum, its peak the larger). Timings on a shared machine
 say as much about the neighbours as about the code; the memory figures do not depend on them.
 """
 
 import argparse
-import json
+import filecmp
 import os
 import re
 import shutil
@@ -28,28 +33,11 @@ import torch
 from safetensors import safe_open
 
 from megatron_qwen.config.model import model_preset
-from megatron_qwen.hf.files import SafetensorsWriter
-from megatron_qwen.hf.layouts import hf_config, hf_shapes
+from megatron_qwen.hf.random_model import write_random_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "convert_checkpoint.py")
 GIB = 2**30
-
-
-def write_random_hf(directory: str, num_layers: int) -> int:
-    """A random Qwen-1.8B-shaped Qwen-1 checkpoint, written one tensor at a time; returns its parameters."""
-    cfg = model_preset("1.8b").with_overrides(num_layers=num_layers)
-    os.makedirs(directory)
-    shapes = hf_shapes(cfg, "qwen")
-    writer = SafetensorsWriter(directory, [(n, s, torch.bfloat16) for n, s in shapes.items()], 2 * 10**9)
-    g = torch.Generator().manual_seed(0)
-    for name, shape in shapes.items():
-        t = torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=g)
-        writer.write(name, t + 1 if ".ln_" in name else t)  # RMSNorm weights around 1
-    writer.close()
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config(cfg, "qwen", torch.bfloat16, cfg.seq_length), f, indent=2)
-    return sum(torch.Size(s).numel() for s in shapes.values())
 
 
 def du(path: str) -> int:
@@ -95,31 +83,59 @@ def same_tensors(a: str, b: str) -> bool:
     return True
 
 
+def same_directories(a: str, b: str) -> bool:
+    """The same files with the same bytes."""
+    names = sorted(os.listdir(a))
+    return names == sorted(os.listdir(b)) and filecmp.cmpfiles(a, b, names, shallow=False)[0] == names
+
+
+def best_runs(conversions: dict, work: str, rounds: int) -> dict:
+    """{name: (best wall, largest own peak, largest tree peak)} over ``rounds`` runs of each conversion
+    (name -> (tool arguments, output directory)); the outputs of the last round are kept."""
+    best = {}
+    for r in range(rounds):
+        for name, (args, out) in conversions.items():
+            shutil.rmtree(out, ignore_errors=True)
+            res = run_tool(args, os.path.join(work, f"{name.split()[0]}.log"))
+            print(f"  round {r + 1}, {name}: {res['summary']}", flush=True)
+            wall, own, tree = best.get(name, (float("inf"), 0.0, 0.0))
+            best[name] = (min(wall, res["wall"]), max(own, res["own"]), max(tree, res["tree"]))
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-layers", type=int, default=24, help="layers of the 1.8B shape (24: the real one)")
-    ap.add_argument("--workdir", default=None, help="where to write the three checkpoints (default: a temp dir)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each conversion; the best time is reported")
+    ap.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     a = ap.parse_args()
     work = a.workdir or tempfile.mkdtemp(prefix="bench_convert.")
-    hf, ours, back = (os.path.join(work, n) for n in ("hf", "ours", "back"))
+    hf, ours, back, via, direct = (os.path.join(work, n) for n in ("hf", "ours", "back", "via", "direct"))
+    conversions = {  # in order: each export reads the import's output
+        "import (HF -> ours)": (["--load-dir", hf, "--save-dir", ours], ours),
+        "export (ours -> qwen)": (["--load-dir", ours, "--save-dir", back, "--hf-layout", "qwen"], back),
+        "export (ours -> qwen2)": (["--load-dir", ours, "--save-dir", via, "--hf-layout", "qwen2"], via),
+        "direct (qwen -> qwen2)": (["--load-dir", hf, "--save-dir", direct, "--hf-layout", "qwen2"], direct),
+    }
     try:
         start = time.monotonic()
-        params = write_random_hf(hf, a.num_layers)
+        params = write_random_hf(hf, model_preset("1.8b").with_overrides(num_layers=a.num_layers), "qwen",
+                                 torch.bfloat16, max_shard_size=2 * 10**9)
         print(f"random Qwen-1.8B-shaped checkpoint, {a.num_layers} layers: {params / 1e9:.3f}B parameters, "
               f"bf16, {du(hf) / GIB:.2f} GiB ({time.monotonic() - start:.0f} s to write)", flush=True)
-        rows = []
-        for name, args, read, written in (("import (HF -> ours)", ["--load-dir", hf, "--save-dir", ours], hf, ours),
-                                          ("export (ours -> HF)", ["--load-dir", ours, "--save-dir", back,
-                                                                   "--hf-layout", "qwen"], ours, back)):
-            r = run_tool(args, os.path.join(work, f"{name.split()[0]}.log"))
-            rows.append((name, r["wall"], r["own"], r["tree"], du(read) / GIB, du(written) / GIB))
-            print(f"  {r['summary']}", flush=True)
+        best = best_runs(conversions, work, a.rounds)
         print(f"round trip bit for bit: {'yes' if same_tensors(hf, back) else 'NO'}")
-        print(f"\n{'direction':<22}{'wall s':>8}{'peak RSS GiB':>14}{'tree peak GiB':>15}{'read GiB':>10}"
-              f"{'written GiB':>13}")
-        for name, wall, own, tree, rd, wr in rows:
-            print(f"{name:<22}{wall:>8.0f}{own:>14.2f}{tree:>15.2f}{rd:>10.2f}{wr:>13.2f}")
+        print(f"direct equals import then export, file for file: {'yes' if same_directories(direct, via) else 'NO'}")
+        print(f"\nbest of {a.rounds}\n{'conversion':<24}{'wall s':>8}{'peak RSS GiB':>14}{'tree peak GiB':>15}"
+              f"{'read GiB':>10}{'written GiB':>13}")
+        for name, (args, out) in conversions.items():
+            wall, own, tree = best[name]
+            print(f"{name:<24}{wall:>8.0f}{own:>14.2f}{tree:>15.2f}{du(args[1]) / GIB:>10.2f}{du(out) / GIB:>13.2f}")
+        (iw, io, it), (ew, eo, et) = best["import (HF -> ours)"], best["export (ours -> qwen2)"]
+        dw, do, dt = best["direct (qwen -> qwen2)"]
+        print(f"\nqwen -> qwen2: through ours (import + export) {iw + ew:.0f} s, peak RSS {max(io, eo):.2f} GiB "
+              f"(tree {max(it, et):.2f}); directly {dw:.0f} s, peak RSS {do:.2f} GiB (tree {dt:.2f})")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

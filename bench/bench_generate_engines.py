@@ -4,14 +4,15 @@
     python bench/bench_generate_engines.py                  # tiny random export, 128 new tokens, best of 3
     python bench/bench_generate_engines.py --export hf/qwen2-export --new-tokens 64 --prompt "Hello" --prompt "你好"
 
-One qwen2 export (default: the tiny random one tools/check_vllm.py builds with our converter: 2 layers, hidden
-128, head dim 64, the published 151,936 vocabulary rows), the same prompts (one batch), the same number of new
+One qwen2 export (default: the tiny random model tools/check_vllm.py checks, megatron_qwen/hf/random_model.py:
+2 layers, hidden 128, head dim 64, the published 151,936 vocabulary rows, made a self-contained export by our
+converter), the same prompts (one batch), the same number of new
 tokens, greedy, no stop ids (each engine produces exactly --new-tokens per prompt), timed around the generate
 call only (the model already loaded, one warm-up call first), best of --rounds:
 - generate.py: megatron_qwen.inference.generate, the loop tools/generate.py runs (KV cache), in this process;
 - transformers: AutoModelForCausalLM.generate on the export (its KV cache), in this process;
-- vLLM: LLM.generate of vLLM's CPU build, in its own environment (a subprocess; tools/vllm_generate.py) with its
-  own CPU settings (it reserves a core for its scheduler; fp32 like the others).
+- vLLM: LLM.generate of vLLM's CPU build, in its own environment (a subprocess; megatron_qwen/inference/vllm.py)
+  with its own CPU settings (it reserves a core for its scheduler; fp32 like the others).
 Prints the JSON, then one line per engine: new tokens per second over all prompts, and whether the three
 produced the same ids. Never fails on a timing.
 """
@@ -19,15 +20,14 @@ produced the same ids. Never fails on a timing.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from check_vllm import DEFAULT_VLLM_PYTHON, build_tiny_export, vllm_generate  # noqa: E402
+from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
+from megatron_qwen.hf.relayout import relayout_hf
+from megatron_qwen.inference.vllm import vllm_generate, vllm_python
 
 PROMPTS = ["The capital of France is", "def fib(n):"]
 
@@ -69,13 +69,21 @@ def transformers_generate(export: str, prompts: list[list[int]], new_tokens: int
     return best_seconds(decode, rounds)
 
 
+def tiny_export(root: str) -> str:
+    """The tiny random model, written as a qwen2 directory and made a self-contained export (tokenizer and
+    generation files) by the direct conversion."""
+    write_random_hf(os.path.join(root, "src"), TINY_EXPORT_MODEL, "qwen2")
+    relayout_hf(os.path.join(root, "src"), os.path.join(root, "export"), "qwen2")
+    return os.path.join(root, "export")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", default=None, help="a qwen2 export (default: build the tiny random one)")
     p.add_argument("--prompt", action="append", default=None, help=f"a prompt; repeat for a batch ({PROMPTS})")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON))
+    p.add_argument("--vllm-python", default=None, help="vLLM's python (default: $VLLM_PYTHON, else .venv-vllm)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args()
     texts = args.prompt or PROMPTS
@@ -86,13 +94,14 @@ def main() -> None:
     silence_megatron_notices()
     prompts = [load_tokenizer().tokenize(t) for t in texts]
     with tempfile.TemporaryDirectory(prefix="bench_engines_") as root:
-        export = args.export or build_tiny_export(root)[1]
+        export = args.export or tiny_export(root)
         seconds, ids = {}, {}
         seconds["generate.py"], ids["generate.py"] = ours(export, prompts, args.new_tokens, args.rounds)
         seconds["transformers"], ids["transformers"] = transformers_generate(export, prompts, args.new_tokens,
                                                                              args.rounds)
         # vLLM's rounds: the first is its warm-up, as above.
-        vllm = vllm_generate(args.vllm_python, export, texts, args.new_tokens, ignore_eos=True, rounds=args.rounds + 1)
+        vllm = vllm_generate(vllm_python(args.vllm_python), export, texts, args.new_tokens, ignore_eos=True,
+                             rounds=args.rounds + 1)
         seconds["vLLM"], ids["vLLM"] = min(vllm["rounds"][1:]), vllm["ids"]
     total = args.new_tokens * len(prompts)
     result = {"export": args.export or "tiny random (2 layers, hidden 128, head dim 64, 151,936 rows)",

@@ -3,6 +3,7 @@ torchrun jobs over gloo, fake slurm tools (tests/slurm_fakes.py)."""
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +28,9 @@ def load_tool(name: str):
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
 LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
                  "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
-                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_memory.py",
-                 "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py")
+                 "test_reward_jobs.py", "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py",
+                 "test_memory.py", "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
+                 "test_reward_parity.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -91,3 +93,35 @@ def run_module(module: str, args: list[str], timeout: int = 600,
     """Run ``python -m module args`` as a single process; returns the completed process."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or quiet_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def package_source(dest: Path) -> Path:
+    """A copy of what `pip install .` or a git URL builds the package from: pyproject.toml, README.md and
+    megatron_qwen/ (tests/test_package.py, tests/test_image.py)."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    shutil.copytree(REPO / "megatron_qwen", dest / "megatron_qwen", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def fresh_venv(dest: Path) -> Path:
+    """A virtual environment over this machine's packages (--system-site-packages), without a pip of its own:
+    the machine's pip and setuptools install into it, with no index needed. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(dest)], check=True,
+                   timeout=120)
+    return dest / "bin" / "python"
+
+
+def write_sft_shards(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:
+    """SFT shards at ``prefix`` as tools/preprocess_data.py --chatml writes them: each document's token ids,
+    and its loss mask (1: the token is a training target) in the companion dataset."""
+    import numpy as np
+
+    from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
+
+    lengths = [len(ids) for ids, _ in docs]
+    with IndexedShardWriter(prefix) as w:
+        w.add_documents(np.concatenate([ids for ids, _ in docs]), lengths)
+    with IndexedShardWriter(loss_mask_prefix(prefix), np.uint8) as w:
+        w.add_documents(np.concatenate([m for _, m in docs]), lengths)

@@ -21,3 +21,13 @@ def merge(out_dir: str, kind: str) -> dict[str, torch.Tensor]:
                 slices.setdefault(name, {})[tp_rank] = t
                 dims[name] = dim
     return {n: unshard([s[r] for r in sorted(s)], n, dims[n]) for n, s in slices.items()}
+
+
+def assert_gradients_match(ref_dir, got_dir, label: str, kind: str = "grads") -> None:
+    """The gradients ``kind`` under ``got_dir`` equal the reference's first-step gradients, each tensor within
+    1e-5 of its scale (tests/test_parity.py's tolerance)."""
+    g_ref, g = merge(ref_dir, "grads"), merge(got_dir, kind)
+    assert g.keys() == g_ref.keys(), label
+    for name in g_ref:
+        err = (g[name] - g_ref[name]).abs().max().item()
+        assert err <= 1e-5 * max(g_ref[name].abs().max().item(), 1e-3), f"{label}: {kind} of {name} off by {err}"

@@ -19,9 +19,10 @@ def write_exe(path: Path, text: str) -> None:
 
 
 def install_fake_slurm(tmp_path: Path) -> Path:
-    """tmp_path/bin with scontrol, which prints HOSTS, and srun, which runs its command once per node with
+    """tmp_path/bin with scontrol, which prints HOSTS, srun, which runs its command once per node with
     that node's slurm variables, as `srun --ntasks-per-node=1` would, and records its own options in
-    tmp_path/srun_options."""
+    tmp_path/srun_options (pyxis's --container-* options among them), and apptainer, whose `exec` records its
+    options and image in tmp_path/apptainer_args and runs the command as it is."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     write_exe(bin_dir / "scontrol", "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 2\n"
@@ -31,6 +32,18 @@ while [[ "$1" == --* ]]; do echo "$1" >> {tmp_path}/srun_options; shift; done
 for ((i = 0; i < SLURM_NNODES; i++)); do
     SLURM_NODEID=$i SLURM_PROCID=$i SLURM_STEP_ID=0 "$@" || exit $?
 done
+""")
+    write_exe(bin_dir / "apptainer", f"""#!/bin/bash
+[[ "$1" == exec ]] || exit 2
+shift
+while [[ "$1" == --* ]]; do
+    echo "$1" >> {tmp_path}/apptainer_args
+    [[ "$1" == --nv ]] || {{ echo "$2" >> {tmp_path}/apptainer_args; shift; }}
+    shift
+done
+echo "image $1" >> {tmp_path}/apptainer_args
+shift
+"$@"
 """)
     return bin_dir
 

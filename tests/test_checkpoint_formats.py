@@ -186,7 +186,9 @@ def check_megatron_lm_records(ckpt_dir: str) -> None:
     # Megatron-LM pads the vocabulary to a multiple of divisor x TP: its divisor gives the same rows.
     step = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
     assert -(-args.vocab_size // step) * step == args.padded_vocab_size
-    # The RNG object: (pp, tp) shards, the data-parallel rank as replica id (one stored), a list of one dict.
+    # The RNG object: (pp, tp) shards, the data-parallel rank as replica id (one stored), a list of one dict per
+    # data-parallel rank in rank order (Megatron-LM's list under --data-parallel-random-init; it reads the first
+    # otherwise), so that each rank's states come back to it.
     metadata = pickle.load(open(os.path.join(ckpt_dir, ".metadata"), "rb"))
     rng_keys = [key for key in metadata.state_dict_metadata if key.startswith("rng_state")]
     assert rng_keys == ["rng_state/shard_0.0_1.1"], rng_keys
@@ -194,6 +196,7 @@ def check_megatron_lm_records(ckpt_dir: str) -> None:
     with open(os.path.join(ckpt_dir, info.relative_path), "rb") as f:
         f.seek(info.offset)
         (rng,) = torch.load(io.BytesIO(f.read(info.length)), weights_only=False)  # megatron-core's list of objects
-    assert isinstance(rng, list) and len(rng) == 1
-    assert set(rng[0]) == {"random_rng_state", "np_rng_state", "torch_rng_state", "cuda_rng_state",
-                           "rng_tracker_states"}
+    assert isinstance(rng, list) and len(rng) == args.data_parallel_size == 2
+    for entry in rng:
+        assert set(entry) == {"random_rng_state", "np_rng_state", "torch_rng_state", "cuda_rng_state",
+                              "rng_tracker_states"}

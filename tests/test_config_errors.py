@@ -7,10 +7,12 @@ BASE = ["--mock-data", "--model-size", "tiny", "--train-iters", "1", "--seq-leng
         "--micro-batch-size", "1", "--global-batch-size", "4"]
 
 # A few cases as real processes (the whole table runs in-process in test_reliability_config.py):
-# a layout rule, an argparse error and a data rule, each one line on a real stderr.
+# a layout rule, an argparse error, a declared range (--seq-length 0 was a SIGFPE) and a data rule, each one
+# line on a real stderr.
 CASES = {
     "world_not_tp_pp_cp": (3, ["--tensor-model-parallel-size", "2"], "world size 3"),
     "bad_flag_value": (1, ["--micro-batch-size", "two"], "--micro-batch-size"),
+    "seq_length_zero": (1, ["--seq-length", "0"], "--seq-length"),
     "no_data": (1, [], "--data-path"),
 }
 
@@ -21,7 +23,7 @@ def test_bad_config_is_one_clear_line(case, tmp_path):
     args = [a for a in BASE if not (case == "no_data" and a == "--mock-data")] + extra
     proc = run_module("megatron_qwen.pretrain", args, timeout=120,
                       env=quiet_env(WORLD_SIZE=str(world), RANK="0"))
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), proc.stderr[-2000:]
     assert needle in err[0]
@@ -61,15 +63,18 @@ def _run_before_any_work(args, tmp_path):
 
 
 def test_missing_shard_is_found_before_any_work(tmp_path):
-    line = _run_before_any_work(["--data-path", str(tmp_path / "nowhere_text_document")], tmp_path)
-    assert "nowhere_text_document" in line
+    prefix = str(tmp_path / "nowhere_text_document")
+    line = _run_before_any_work(["--data-path", prefix], tmp_path)
+    assert line == (f"error: --data-path {prefix}: {prefix}.idx not found; create the dataset with "
+                    "tools/preprocess_data.py (pass its prefix, without .bin/.idx)")
 
 
 def test_empty_shard_is_found_before_any_work(tmp_path):
     good = _write_shard(tmp_path / "good", [[1, 2, 3, 4]] * 8)
-    empty = _write_shard(tmp_path / "empty", [])
+    empty = _write_shard(tmp_path / "shard", [])
     line = _run_before_any_work(["--data-path", good, empty], tmp_path)
-    assert "empty" in line and str(tmp_path / "good") not in line
+    assert line == (f"error: --data-path {empty} holds no documents (an empty shard, e.g. a byte range inside one "
+                    "long line, or a file of bad records); leave it out of --data-path")
 
 
 def test_unreadable_index_is_found_before_any_work(tmp_path):
@@ -77,7 +82,8 @@ def test_unreadable_index_is_found_before_any_work(tmp_path):
     with open(f"{prefix}.idx", "r+b") as f:
         f.write(b"NOTANIDX")
     line = _run_before_any_work(["--data-path", prefix], tmp_path)
-    assert "bad.idx" in line or prefix in line
+    assert line == (f"error: --data-path {prefix}: {prefix}.idx: not a Megatron index (magic b'NOTANIDX\\x00', "
+                    "expected b'MMIDIDX\\x00\\x00'); rerun tools/preprocess_data.py for it")
 
 
 def test_tokenizer_larger_than_model_vocabulary_is_found_before_any_work(tmp_path):

@@ -369,3 +369,74 @@ def test_slurm_job_scripts_without_slurm(tmp_path, monkeypatch):
     pickled = str(tmp_path / "out" / "logs" / "extract" / "executor.pik")
     subprocess.run(["launch_pickled_pipeline", pickled], env=env, check=True, capture_output=True, timeout=120)
     assert [d["id"] for d in read_folder(tmp_path / "out" / FOLDERS["extract"])] == ["a"]
+
+
+# --- bad records: read past, counted and located, as tools/preprocess_data.py does ------------------------
+def test_a_bad_line_costs_only_itself(tmp_path, capsys):
+    """200 good records with one line of invalid UTF-8 at line 101 (datatrove's JsonlReader stops the file
+    there: 100 kept) and a file with a line that is JSON but not an object (an AttributeError in datatrove's):
+    every good record is kept, each bad line is counted and named with its file and line."""
+    rng = random.Random(3)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = [json.dumps({"text": " ".join(rng.choice(COMMON) for _ in range(30)), "id": f"a{i}"}).encode()
+             for i in range(200)]
+    lines.insert(100, b'{"text": "caf\xe9 au lait"}')
+    (raw / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (raw / "b.jsonl").write_text('{"text": "one river", "id": "b0"}\n[1, 2]\n{"text": "the last", "id": "b2"}\n')
+    out = tmp_path / "out"
+    assert curate_cli.main(["extract", "--input", str(raw), "--output", str(out), "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    docs = read_folder(out / FOLDERS["extract"])
+    assert sorted(d["id"] for d in docs) == sorted([f"a{i}" for i in range(200)] + ["b0", "b2"])
+    assert "skipped records: 2 (" in printed and "invalid UTF-8 1" in printed and "not a JSON object 1" in printed
+    assert f"  {raw / 'a.jsonl'}:101: invalid UTF-8" in printed
+    assert f"  {raw / 'b.jsonl'}:2: not a JSON object" in printed
+    assert curate_cli.main(["report", "--output", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "extract" in report.splitlines()[1] and " 202 " in report.splitlines()[1]
+    assert f"{raw / 'a.jsonl'}:101: invalid UTF-8" in report
+
+
+def test_report_counts_every_task_after_a_resume(tmp_path, capsys):
+    """A stage resumed after one of its tasks failed: datatrove's merged stats.json holds only the task the
+    resumed run ran; the report sums every task's own statistics, so its figures are the documents written."""
+    raw = tmp_path / "raw"
+    for name, n in (("a", 5), ("b", 7), ("c", 9)):
+        write_jsonl_gz(str(raw / f"{name}.jsonl.gz"), [{"text": f"{name} document number {i}", "id": f"{name}{i}"}
+                                                        for i in range(n)])
+    out = tmp_path / "out"
+    args = ["extract", "--input", str(raw), "--output", str(out), "--workers", "1"]
+    assert curate_cli.main(args) == 0
+    os.remove(out / "logs" / "extract" / "completions" / "00001")  # task 1 as if it had failed
+    assert curate_cli.main(args) == 0
+    with open(out / "logs" / "extract" / "stats.json") as f:
+        assert json.load(f)[0]["stats"]["documents"]["total"] == 7  # the resumed run alone
+    capsys.readouterr()
+    assert curate_cli.main(["report", "--output", str(out)]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:3] == ["extract", "21", "21"] and len(read_folder(out / FOLDERS["extract"])) == 21
+
+
+@pytest.mark.parametrize("case", ["output_is_a_file", "source_climbs_out", "eval_data_missing"])
+def test_bad_curation_arguments_are_one_line(case, tmp_path, capsys):
+    rng = random.Random(7)
+    pages = ["\n".join(" ".join(rng.choice(COMMON) for _ in range(12)) + " the of and." for _ in range(8))
+             for _ in range(2)]
+    raw = tmp_path / "raw.jsonl"
+    source = "../.." if case == "source_climbs_out" else "web"
+    raw.write_text(json.dumps({"text": pages[0], "source": source}) + "\n"
+                   + json.dumps({"text": pages[1], "source": "web"}) + "\n")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / ("a_file" if case == "output_is_a_file" else "out")
+    extra = ["--eval-data", str(tmp_path / "nope")] if case == "eval_data_missing" else []
+    rc = curate_cli.main(["run", "--input", str(raw), "--output", str(out), "--workers", "1", *extra])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if case == "source_climbs_out":  # a bad record, not a bad run: counted, named, the rest curated
+        assert rc == 0 and f"{raw}:1: source is not a folder name" in captured.out
+        assert not list(tmp_path.glob("*.jsonl.gz"))  # nothing written two folders above 6_upsample/
+        return
+    errors = [line for line in captured.err.splitlines() if line.startswith("curate: error:")]
+    needle = {"output_is_a_file": f"--output {out} is a file", "eval_data_missing": f"--eval-data {tmp_path / 'nope'}"}
+    assert rc == 2 and len(errors) == 1 and needle[case] in errors[0], captured.err

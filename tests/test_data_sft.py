@@ -1,11 +1,14 @@
-"""SFT datasets: padded and packed samples against hand-written expectations."""
+"""SFT datasets: padded and packed samples against hand-written expectations (a packed sample's boundaries
+as the mask the local and sdpa back ends take, model/packing.py; the THD form: tests/test_packed_sft.py)."""
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_sft_shards
 
 from megatron_qwen.data import DataPathError, SFTDataset, build_sft_datasets
-from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
+from megatron_qwen.data.shards import IndexedShardWriter
+from megatron_qwen.model.packing import attention_mask
 
 E = 151643
 SEQ = 8
@@ -28,18 +31,10 @@ class Tok:
     eod = E
 
 
-def _write_sft(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:
-    lengths = [len(ids) for ids, _ in docs]
-    with IndexedShardWriter(prefix) as w:
-        w.add_documents(np.concatenate([ids for ids, _ in docs]), lengths)
-    with IndexedShardWriter(loss_mask_prefix(prefix), np.uint8) as w:
-        w.add_documents(np.concatenate([m for _, m in docs]), lengths)
-
-
 @pytest.fixture
 def abc(tmp_path):
     prefix = str(tmp_path / "sft_messages_document")
-    _write_sft(prefix, list(DOCS.values()))
+    write_sft_shards(prefix, list(DOCS.values()))
     return prefix
 
 
@@ -55,6 +50,11 @@ def _expected_mask(segment_lengths: list[int]) -> torch.Tensor:
     return masked.unsqueeze(0)
 
 
+def mask_of(sample: dict) -> torch.Tensor:
+    """The attention mask the local and sdpa back ends get for this sample alone."""
+    return attention_mask(sample["cu_seqlens"].unsqueeze(0))[0]
+
+
 def test_padded_samples(abc):
     ds = SFTDataset(abc, 0, 3, SEQ, num_samples=3, seed=0, pack=False, eod=E)
     for i in range(3):
@@ -66,7 +66,7 @@ def test_padded_samples(abc):
         assert sample["labels"].tolist() == labels + [E] * pad
         assert sample["loss_mask"].tolist() == loss + [0] * pad
         assert sample["position_ids"].tolist() == list(range(len(tokens))) + list(range(pad))
-        assert torch.equal(sample["attention_mask"], _expected_mask([len(tokens), pad]))
+        assert sample["cu_seqlens"] is None  # one conversation, then padding: plain causal attention
     assert sorted(NAMES[int(ds[i]["tokens"][0])] for i in range(3)) == ["A", "B", "C"]  # one epoch, each once
 
 
@@ -85,7 +85,10 @@ def test_packed_samples_do_not_cross_conversations(abc):
         assert sample["labels"].tolist() == labels + [E] * pad  # each label is from its own conversation
         assert sample["loss_mask"].tolist() == loss + [0] * pad
         assert sample["position_ids"].tolist() == [p for n in lengths for p in range(n)] + list(range(pad))
-        assert torch.equal(sample["attention_mask"], _expected_mask(lengths + ([pad] if pad else [])))
+        segments = lengths + ([pad] if pad else [])
+        starts = [sum(segments[:k]) for k in range(len(segments) + 1)]
+        assert sample["cu_seqlens"].tolist() == starts + [-1] * (SEQ + 1 - len(starts))
+        assert torch.equal(mask_of(sample), _expected_mask(segments))
     # Fills: A=4, B=2, C=3 positions; greedy packing never leaves room for the next conversation.
     for i in range(3):
         used = sum(len(ds.tokens[d]) - 1 for d in ds.samples[i])
@@ -96,7 +99,7 @@ def test_packed_samples_do_not_cross_conversations(abc):
 def test_packed_example_written_out(tmp_path):
     # One fixed case in full: A (4 positions) then B (2 positions) packed, 2 padding positions.
     prefix = str(tmp_path / "ab")
-    _write_sft(prefix, [DOCS["A"], DOCS["B"]])
+    write_sft_shards(prefix, [DOCS["A"], DOCS["B"]])
     ds = SFTDataset(prefix, 0, 2, SEQ, num_samples=1, seed=0, pack=True, eod=E)
     order = [int(ds.tokens[d][0]) for d in ds.samples[0]]
     sample = ds[0]
@@ -111,21 +114,21 @@ def test_packed_example_written_out(tmp_path):
         assert sample["loss_mask"].tolist() == [1, 1, 0, 0, 1, 1, 0, 0]
         assert sample["position_ids"].tolist() == [0, 1, 0, 1, 2, 3, 0, 1]
     first = 4 if order == [1, 10] else 2
-    m = sample["attention_mask"][0]
+    m = mask_of(sample)[0]
     assert m[first, first - 1].item() and not m[first, first].item()  # no attention across the boundary
 
 
 def test_long_conversation_is_truncated(tmp_path):
     prefix = str(tmp_path / "long")
-    _write_sft(prefix, [(list(range(1, 21)), [1] * 20)])
+    write_sft_shards(prefix, [(list(range(1, 21)), [1] * 20)])
     sample = SFTDataset(prefix, 0, 1, SEQ, num_samples=1, seed=0, pack=False, eod=E)[0]
     assert sample["tokens"].tolist() == list(range(1, 9)) and sample["labels"].tolist() == list(range(2, 10))
 
 
 def test_build_splits_and_blend(tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    _write_sft(one, [([1, 2, 3], [1, 1, 1])] * 50)
-    _write_sft(two, [([7, 8, 9, 6], [1, 1, 1, 1])] * 50)
+    write_sft_shards(one, [([1, 2, 3], [1, 1, 1])] * 50)
+    write_sft_shards(two, [([7, 8, 9, 6], [1, 1, 1, 1])] * 50)
     train, valid, test = build_sft_datasets(["0.75", one, "0.25", two], "90,10,0", SEQ, 5, (2000, 40, 0), Tok(),
                                             pack=False)
     assert test is None and len(train) == 2000 and len(valid) == 40
@@ -146,6 +149,6 @@ def test_missing_loss_mask_is_a_clear_error(tmp_path):
 
 def test_split_without_documents_is_none(tmp_path):
     prefix = str(tmp_path / "small")
-    _write_sft(prefix, [([1, 2, 3], [1, 1, 1])] * 20)
+    write_sft_shards(prefix, [([1, 2, 3], [1, 1, 1])] * 20)
     train, valid, test = build_sft_datasets([prefix], "969,30,1", SEQ, 0, (4, 2, 2), Tok(), pack=True)
     assert len(train) == 4 and len(valid) == 2 and test is None  # 0.1% of 20 documents is none

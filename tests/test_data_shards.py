@@ -198,17 +198,35 @@ def test_check_loss_mask_companion(good):
                  loss_masks=True)
 
 
-def test_check_is_fast_on_a_large_shard(tmp_path):
-    # Header reads only: a shard of 1M documents is checked without reading its index arrays.
+def test_check_reads_the_whole_index_of_a_large_shard(tmp_path):
+    """A shard of 1M documents: a length spoiled in the middle is found and named (the header-only counts do
+    not see it); the chunked reading is exercised with a small chunk below."""
     prefix = str(tmp_path / "large")
     lengths = np.full(1_000_000, 3, dtype=np.int64)
     with IndexedShardWriter(prefix) as writer:
         writer.add_documents(np.zeros(3_000_000, dtype=np.int32), lengths)
-    with open(prefix + ".idx", "r+b") as f:  # spoil an index entry the check must not need
+    check_data_path([prefix])
+    with open(prefix + ".idx", "r+b") as f:
         f.seek(34 + 4 * 500_000)
         f.write(b"\xff\xff\xff\xff")
-    check_data_path([prefix])
     assert read_index_counts(prefix) == (1_000_000, 3_000_000)
+    _check_fails([prefix], "sequence 500000 has length -1")
+
+
+def test_whole_index_check_in_chunks_finds_the_first_bad_pointer(tmp_path, monkeypatch):
+    from megatron_qwen.data import shards
+
+    monkeypatch.setattr(shards, "INDEX_CHUNK", 7)
+    prefix = str(tmp_path / "chunked")
+    with IndexedShardWriter(prefix) as writer:
+        writer.add_documents(np.arange(100, dtype=np.int32), np.full(20, 5))
+    assert shards.check_index(prefix) == (20, 100)
+    with open(prefix + ".idx", "r+b") as f:  # sequence 15's pointer, in the third chunk
+        f.seek(34 + 4 * 20 + 8 * 15)
+        f.write(np.int64(76).tobytes())
+    with pytest.raises(shards.ShardError, match="sequence 15 points at byte 76 of the .bin, but the lengths before "
+                                                "it add up to byte 300"):
+        shards.check_index(prefix)
 
 
 def test_check_imports_neither_megatron_core_nor_torch():

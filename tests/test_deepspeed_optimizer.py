@@ -1,9 +1,9 @@
 """Which optimizer the deepspeed engine steps (training/deepspeed_optimizer.py), in one process.
 
-DeepSpeed's CPU Adam compiles a C++ extension on first use (264 s on this 2-core machine under load,
-docs/zero.md), more than the suite can spend: its build is replaced here by a stand-in op, so these tests
-check the choice, the parameter groups it receives, and the fallback when the build fails; the numbers of
-its update against torch's AdamW are bench/bench_deepspeed_adam.py's (max |w - torch| 6e-8 after 6 steps).
+DeepSpeed's CPU Adam compiles a C++ extension on first use, more than the suite can spend (its build time:
+docs/zero.md, "Optimizers"): its build is replaced here by a stand-in op, so these tests check the choice,
+the parameter groups it receives, and the fallback when the build fails; the numbers of its update against
+torch's AdamW are bench/bench_deepspeed_adam.py's (docs/zero.md).
 """
 
 import pytest

@@ -90,9 +90,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (workdir / "metrics.png").read_bytes().startswith(b"\x89PNG")
     figures = (workdir / "figures.txt").read_text().splitlines()
     assert [line.split(" ")[0] for line in figures] == [line.split(" ")[0] for line in readme_demo_block()]
-    assert figures[-1].startswith("held-out arithmetic, lm-eval GSM8K-format exact match")
+    assert figures[-1].startswith("held-out arithmetic, GSM8K chat protocol (Qwen's) accuracy")
     harness = json.loads((workdir / "eval_after_sft.json.harness.json").read_text())  # tools/evaluate.py's report
-    assert harness["scores"]["gsm8k"]["score"] == pytest.approx(100 * summary["exact_match"]["after_sft"])
+    assert harness["scores"]["gsm8k"]["score"] == pytest.approx(100 * summary["accuracy"]["after_sft"])
     assert all(line in result.stdout for line in figures) and str(workdir / "metrics.png") in result.stdout
     recorded = (DEMO / "figures-quick.txt").read_text().splitlines()
     if figures[0] != recorded[0]:  # the environment line: the corpus and the arithmetic depend on it

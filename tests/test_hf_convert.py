@@ -13,8 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import REPO, load_tool, torchrun
-from hf_fixtures import convert, qwen1_state
-from safetensors import safe_open
+from hf_fixtures import (
+    assert_bit_equal,
+    convert,
+    qwen1_config,
+    qwen1_state,
+    qwen2_model,
+    read_safetensors_dir,
+    write_qwen1,
+)
 from safetensors.torch import save_file
 
 from megatron_qwen.config.errors import ConfigError
@@ -27,59 +34,6 @@ transformers = pytest.importorskip("transformers")
 WORKER = os.path.join(REPO, "tests", "hf_convert_worker.py")
 # TP x PP; "v1": interleaved, one layer per virtual pipeline stage (stage 0 holds layers 0 and 2).
 LAYOUTS = ["1x1", "2x1", "2x2v1"]
-SHAPE = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=176,
-             max_position_embeddings=128)
-
-
-def qwen2_model(rows: int, seed: int, **shape):
-    config = transformers.Qwen2Config(vocab_size=rows, num_key_value_heads=shape.get("num_attention_heads", 4),
-                                      rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                                      **{**SHAPE, **shape})
-    config._attn_implementation = "eager"
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # every tensor random (norms around 1, biases non-zero): a misplaced one shows
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + float("norm" in name))
-    return model
-
-
-def qwen1_config(model) -> dict:
-    c = model.config
-    return {"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": c.hidden_size,
-            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-            "kv_channels": c.hidden_size // c.num_attention_heads, "intermediate_size": 2 * c.intermediate_size,
-            "vocab_size": c.vocab_size, "layer_norm_epsilon": c.rms_norm_eps, "rotary_emb_base": 10000,
-            "rotary_pct": 1.0, "no_bias": True, "tie_word_embeddings": False,
-            # Qwen-1's two lengths apart, as Qwen-7B's (8192 trained, 32768 positions): kept apart both ways
-            "seq_length": c.max_position_embeddings // 2, "max_position_embeddings": c.max_position_embeddings}
-
-
-def write_qwen1(directory, model, as_bin: bool) -> None:
-    os.makedirs(directory)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(qwen1_config(model), f)
-    if as_bin:
-        torch.save(qwen1_state(model), os.path.join(directory, "pytorch_model.bin"))
-    else:
-        save_file(qwen1_state(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-
-
-def read_safetensors_dir(directory) -> dict:
-    out = {}
-    for file in sorted(os.listdir(directory)):
-        if file.endswith(".safetensors"):
-            with safe_open(os.path.join(directory, file), framework="pt") as f:
-                out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def assert_bit_equal(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys(), (set(got) ^ set(want))
-    for k in want:
-        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
-
-
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     """Model A (151,936 rows) in both layouts: Qwen2 as sharded safetensors written by transformers,

@@ -1,5 +1,5 @@
-"""The memory estimator (megatron_qwen/model/memory.py) against memory measured in real training steps on the
-CPU, and its DeepSpeed states (model/zero_memory.py) against DeepSpeed's own estimators. The planner's command
+"""The memory estimator (megatron_qwen/planning/memory.py) against memory measured in real training steps on the
+CPU, and its DeepSpeed states (planning/zero_memory.py) against DeepSpeed's own estimators. The planner's command
 line built on it: tests/test_plan.py.
 
 The measurement is independent of the estimator: parameters, gradients and optimizer state are the summed
@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_on_meta, unwrap
-from megatron_qwen.model.memory import Layout, StageMemory, Workload, chunks_in_flight, estimate, stage_parameters
+from megatron_qwen.planning.memory import Layout, StageMemory, Workload, chunks_in_flight, estimate, stage_parameters
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.megatron_engine import build_model_and_optimizer
@@ -259,7 +259,7 @@ def test_deepspeed_states_match_deepspeeds_estimators(size):
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     from megatron_qwen.config.model import model_preset
-    from megatron_qwen.model.zero_memory import deepspeed_states, largest_module
+    from megatron_qwen.planning.zero_memory import deepspeed_states, largest_module
 
     model = model_preset(size)
     params = stage_parameters(model, Layout(), "only")
@@ -287,7 +287,7 @@ def test_deepspeed_states_match_deepspeeds_estimators(size):
 def test_deepspeed_stage1_by_hand():
     """ZeRO-1 in bf16 with fp32 gradient accumulation: 2 + 4 bytes a parameter whole and 12 over DP;
     offloaded, the fp32 gradients stay whole on the GPU and 16 bytes over DP go to the CPU."""
-    from megatron_qwen.model.zero_memory import deepspeed_states
+    from megatron_qwen.planning.zero_memory import deepspeed_states
 
     p = 1e9
     s = deepspeed_states(p, 0, 8, 1, True)

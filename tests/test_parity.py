@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO, quiet_env, torchrun
-from parity_outputs import WORKER, merge
+from parity_outputs import WORKER, assert_gradients_match, merge
 
 TP2 = ["--tensor-model-parallel-size", "2"]
 PP2 = ["--pipeline-model-parallel-size", "2"]
@@ -77,10 +77,7 @@ def test_layout_matches_single_process(runs, layout):
     # First-step loss and gradients.
     l_ref, l = json.load(open(ref / "losses.json")), json.load(open(got / "losses.json"))
     assert abs(l[0] - l_ref[0]) <= 1e-5 * abs(l_ref[0]), (layout, l[0], l_ref[0])
-    g_ref, g = merge(ref, "grads"), merge(got, "grads")
-    for name in g_ref:
-        err = (g[name] - g_ref[name]).abs().max().item()
-        assert err <= 1e-5 * max(g_ref[name].abs().max().item(), 1e-3), f"{layout}: grad of {name} off by {err}"
+    assert_gradients_match(ref, got, layout)
     # Loss curve over 5 optimizer steps.
     assert len(l) == len(l_ref) == 5
     for step, (a, b) in enumerate(zip(l, l_ref)):
@@ -97,11 +94,7 @@ def test_sdpa_matches_local_at_every_layout(runs, layout):
     ref, got = runs / "ref", runs / layout
     l_ref, l = json.load(open(ref / "losses.json"))[0], json.load(open(got / "sdpa_loss.json"))
     assert abs(l - l_ref) <= 1e-5 * abs(l_ref), (layout, l, l_ref)
-    g_ref, g = merge(ref, "grads"), merge(got, "sdpa_grads")
-    assert g.keys() == g_ref.keys()
-    for name in g_ref:
-        err = (g[name] - g_ref[name]).abs().max().item()
-        assert err <= 1e-5 * max(g_ref[name].abs().max().item(), 1e-3), f"{layout}: sdpa grad of {name} off by {err}"
+    assert_gradients_match(ref, got, layout, "sdpa_grads")
 
 
 def test_reference_learns(runs):

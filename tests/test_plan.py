@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import REPO, load_tool, quiet_env
 
-from megatron_qwen.model.memory import GIB
+from megatron_qwen.planning.memory import GIB
 
 
 def run_plan(flags: list[str]) -> int:
@@ -54,7 +54,8 @@ def test_planner_by_default_lists_each_slower_layout_only_if_it_needs_less_memor
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--model-size", "7b", "--num-gpus", "0"], "error: --num-gpus must be at least 1"),
+    (["--model-size", "7b", "--num-gpus", "0"], "error: argument --num-gpus: 0 must be at least 1"),
+    (["--model-size", "7b", "--achievable-tflops", "inf"], "error: argument --achievable-tflops: inf must be a finite"),
     (["--model-size", "9b"], "error: --model-size '9b' is unknown"),
     (["--model-size", "7b", "--global-batch-size", "7", "--micro-batch-size", "2"],
      "error: --global-batch-size 7 is not a multiple of --micro-batch-size 2"),
@@ -63,7 +64,7 @@ def test_planner_by_default_lists_each_slower_layout_only_if_it_needs_less_memor
     (["--model-size", "7b", "--hidden-size", "100", "--num-attention-heads", "3"],
      "error: --hidden-size 100 is not a multiple of --num-attention-heads 3"),
     (["--model-size", "7b", "--num-gpus", "7"], "error: no TP x PP x CP x DP split of --num-gpus 7"),
-    (["--model-size", "7b", "--headroom", "1.5"], "error: --headroom must be a fraction"),
+    (["--model-size", "7b", "--headroom", "1.5"], "error: argument --headroom: 1.5 must be at least 0 and below 1"),
     (["--model-size", "7b", "--transformer-impl", "cuda"], "error: argument --transformer-impl: invalid choice"),
     (["--model-size", "7b", "--compile-layers"], "error: --compile-layers is planned for the sdpa and flash"),
 ])

@@ -298,11 +298,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
         (["--chatml", "--append-eod"], "--append-eod does not apply"),
         (["--shard-index", "2", "--num-shards", "2"], "--shard-index 2"),
         (["--workers", "0"], "--workers 0"),
-        (["--no-default-system-prompt"], "--no-default-system-prompt applies to --chatml only"),
+        (["--no-default-system-prompt"], "--no-default-system-prompt applies to --chatml and --pairs only"),
+        (["--pairs", "--chatml"], "--pairs writes one dataset of its own"),
+        (["--pair-format", "stanford-shp"], "--pair-format stanford-shp applies to --pairs only"),
+        (["--output-prefix", "data/"], "--output-prefix data/ ends in a folder; add the start of a file name"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             preprocess.main(["--input", "x.jsonl", "--output-prefix", "x", *args])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
 def test_shard_names_are_stable_and_unique():

@@ -7,7 +7,7 @@ import re
 import pytest
 from conftest import REPO
 
-from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES, SFT, SFT_MATH
+from megatron_qwen.config.recipes import PRETRAIN, PRETRAIN_CODE, RECIPES, SFT, SFT_CODE, SFT_MATH
 from megatron_qwen.training.arguments import build_parser, parse_run_config
 from megatron_qwen.training.optimizer import build_scheduler
 
@@ -75,6 +75,24 @@ def test_math_sft_holds_2e_5_to_step_50000():
     assert values[25_000] == pytest.approx(peak)
 
 
+@pytest.mark.parametrize("size, peak", [("7b", 1e-5), ("14b", 2e-6)])
+def test_code_qwen_chat_rises_on_a_cosine_over_three_percent_then_holds(size, peak):
+    """Code-Qwen-Chat (report section 4.2): AdamW (0.9, 0.95, 1e-8), the peak LR of the size reached over 3%
+    of the steps on a cosine curve, then constant; from Code-Qwen's weights, on ChatML data."""
+    cfg, lr = lr_curve(SFT_CODE, ["--model-size", size], gbs=128)
+    o = cfg.train.optim
+    assert (o.adam_beta1, o.adam_beta2, o.adam_eps) == (0.9, 0.95, 1e-8)
+    assert cfg.checkpoint.finetune and cfg.data.data_format == "chatml"
+    steps = cfg.train.train_iters
+    warmup = round(0.03 * steps)
+    assert o.lr_warmup_iters == warmup == 120
+    for i in range(steps + 1):  # hand-computed: half a cosine from 0 up to the peak, then the peak
+        want = peak * 0.5 * (1 - math.cos(math.pi * i / warmup)) if i <= warmup else peak
+        assert lr[i] == pytest.approx(want, rel=1e-12, abs=1e-18), i
+    assert lr[warmup // 2] == pytest.approx(peak / 2)  # a line would be there too; the shape differs around it
+    assert lr[warmup // 4] == pytest.approx(peak * (1 - math.sqrt(0.5)) / 2) and lr[warmup // 4] < peak / 4
+
+
 def test_sft_flags_override_the_recipe():
     cfg, lr = lr_curve(SFT, ["--lr", "1e-5", "--lr-warmup-iters", "10", "--train-iters", "40",
                              "--hidden-dropout", "0"], gbs=4)
@@ -124,15 +142,19 @@ def stated_claims(r):
          lambda a, s, b, t: {s: float(a), t: float(b)} == per_size_lr),
         (rf"LR {LR}", lambda v: float(v) == r.lr),
         (rf"seq {NUMBER}", lambda v: int(v) == r.seq_length),
+        (rf"batch {NUMBER} pairs", lambda v: 2 * int(v) == r.global_batch_size and r.data_format == "pairs"),
         (rf"batch {NUMBER}", lambda v: int(v) == r.global_batch_size),
         (r"(\d+)M-token batches", lambda v: per_size_tokens == {int(v) * 2**20}),
         (rf"warmup {NUMBER}", lambda v: int(v.replace(",", "")) == r.lr_warmup_iters),
         (r"(\d+)% warmup", lambda v: int(v) / 100 == r.lr_warmup_fraction),
+        (r"on a cosine", lambda: r.lr_warmup_style == "cosine"),
         (r"cosine to (\d+)%", lambda v: r.lr_decay_style == "cosine" and int(v) / 100 == r.min_lr_ratio),
         (r"no decay", lambda: r.lr_decay_style == "constant" and r.min_lr_ratio == 1.0),
         (rf"{NUMBER} steps", lambda v: int(v.replace(",", "")) == r.train_iters),
         (r"dropout (\d\.\d+)", lambda v: float(v) == r.hidden_dropout == r.attention_dropout),
         (r"ChatML", lambda: r.data_format == "chatml"),
+        (r"comparison pairs", lambda: r.data_format == "pairs" and r.head == "reward"),
+        (r"one epoch", lambda: r.train_iters is None),
         (r"weights only", lambda: r.finetune),
     ]
 
@@ -150,3 +172,23 @@ def test_launching_md_states_each_recipes_values():
                 assert check(*m.groups()), f"docs/launching.md, {name}: {m.group(0)!r} is not config/recipes.py's"
             rest = re.sub(pattern, "", rest)
         assert not re.search(r"\d", rest), f"docs/launching.md, {name}: unchecked figures in {rest!r}"
+
+
+def test_reward_model_holds_3e_6_for_one_epoch_of_64_pair_batches(tmp_path):
+    """The report's reward model: constant LR 3e-6, 64 pairs (128 sequences) per step at 2048 tokens, one epoch:
+    as many steps as the training split's pairs fill (a pair shard of 1000 pairs, 900 in the train split)."""
+    from megatron_qwen.config.recipes import REWARD
+    from megatron_qwen.data.shards import IndexedShardWriter
+
+    with IndexedShardWriter(str(tmp_path / "p_pairs_document")) as w:
+        w.add_documents([5, 151645] * 2000, [2] * 2000)
+    cfg = parse_run_config(REWARD, ["--data-path", str(tmp_path / "p_pairs_document"), "--split", "90,10,0"])
+    t = cfg.train
+    assert (t.global_batch_size, t.micro_batch_size, t.seq_length) == (128, 2, 2048)
+    assert t.train_iters == 900 // 64 and cfg.build.head == "reward" and cfg.checkpoint.finetune
+    opt = _Optimizer()
+    sched = build_scheduler(opt, t.optim, t.train_iters, t.global_batch_size)
+    for _ in range(t.train_iters):
+        sched.step(increment=t.global_batch_size)
+        assert opt.param_groups[0]["lr"] == pytest.approx(3e-6, rel=1e-12)
+    assert parse_run_config(REWARD, ["--train-iters", "5", "--data-path", "x"]).train.train_iters == 5

@@ -42,6 +42,7 @@ CASES = {
     "train_iters_zero": (1, ["--train-iters", "0"], "--train-iters"),
     "warmup_past_horizon": (1, ["--lr-warmup-iters", "5"], "--lr-warmup-iters"),
     "warmup_fraction_whole_run": (1, ["--lr-warmup-fraction", "1.0"], "--lr-warmup-fraction"),
+    "min_lr_above_lr": (1, ["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr 0.001 is above the peak LR 0.0001"),
     "finetune_without_load": (1, ["--finetune"], "--load"),
     "keep_last_zero": (1, ["--keep-last-checkpoints", "0"], "--keep-last-checkpoints"),
     "not_a_number": (1, ["--micro-batch-size", "two"], "--micro-batch-size"),

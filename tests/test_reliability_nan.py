@@ -71,3 +71,24 @@ def test_spike_detector_flags_outliers_only():
     mean = sum(losses) / 20
     assert health._is_spike(2.01 * mean) and not health._is_spike(1.99 * mean)
     assert not health._is_spike(float("nan"))  # non-finite losses are the other check's
+
+
+
+def test_judge_returns_a_verdict_that_record_reports(single_process, capsys):
+    """judge() keeps nothing for record(): each step's verdict is returned and handed over, so a step judged
+    but never recorded cannot leak into the next report."""
+    from megatron_qwen.config.optimizer import OptimizerSettings
+    from megatron_qwen.config.settings import TrainSettings
+    from megatron_qwen.training.anomalies import StepHealth, TrainingHalted, Verdict
+
+    health = StepHealth(TrainSettings(1, 1, 1, 1, OptimizerSettings(), max_skipped_iterations=3))
+    bad = health.judge(torch.tensor([float("nan"), 4.0]), float("nan"))
+    assert bad == Verdict(bad_dp_ranks=(0,), spike=False, skip=True)
+    assert health.judge(torch.tensor([1.0, 4.0]), 0.25) == Verdict()  # judged, never recorded
+    health.record(1, None, False, bad)
+    assert "iteration 1: non-finite loss on data-parallel rank(s) 0: update skipped" in capsys.readouterr().out
+    health.record(2, float("inf"), False, Verdict())
+    out = capsys.readouterr().out
+    assert "iteration 2: non-finite gradient norm (inf)" in out and "data-parallel rank(s)" not in out
+    with pytest.raises(TrainingHalted, match="3 iterations in a row skipped"):
+        health.record(3, None, False, bad)

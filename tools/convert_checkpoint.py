@@ -2,12 +2,15 @@
 
     python tools/convert_checkpoint.py --load-dir /models/Qwen-7B --save-dir ckpt/qwen-7b
     python tools/convert_checkpoint.py --load-dir runs/7b/ckpt --save-dir hf/qwen-7b --hf-layout qwen2 --dtype bf16
+    python tools/convert_checkpoint.py --load-dir /models/Qwen-7B --save-dir hf/qwen-7b-qwen2 --hf-layout qwen2
 
 The direction comes from --load-dir. A directory with config.json is a Hugging Face model
 (Qwen-1's QWenLMHeadModel or transformers' Qwen2ForCausalLM; safetensors or pytorch_model.bin,
 single or sharded): it becomes a checkpoint of ours that every job --loads at any TP/PP layout,
-as weights only. A checkpoint of the deepspeed engine (--zero-engine deepspeed, any ZeRO stage
-and TP x DP layout; docs/zero.md) becomes one of ours the same way, from its fp32 master weights.
+as weights only; with --hf-layout it becomes a Hugging Face model of that layout instead, renamed
+tensor by tensor (no process group, no model; docs/checkpoints.md). A checkpoint of the deepspeed
+engine (--zero-engine deepspeed, any ZeRO stage and TP x DP layout; docs/zero.md) becomes one of
+ours the same way, from its fp32 master weights.
 Any other directory with latest_checkpointed_iteration.txt is ours or Megatron-LM's (torch_dist,
 saved at any layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen
 (Qwen-1 names, as published) or qwen2 (loads in transformers without remote code). A checkpoint is
@@ -27,9 +30,10 @@ from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import parse_size
 from megatron_qwen.hf.layouts import check_layout
+from megatron_qwen.hf.relayout import relayout_hf
 from megatron_qwen.hf.source import is_hf_dir, open_hf
 from megatron_qwen.platform.notices import silence_megatron_notices
-from megatron_qwen.tokenizer.files import TokenizerFileError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def build_parser() -> OneLineErrorParser:
@@ -38,14 +42,17 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--load-dir", required=True, help="a Hugging Face model directory, or a --save directory of ours")
     p.add_argument("--save-dir", required=True, help="where to write the converted checkpoint (must not exist)")
     p.add_argument("--hf-layout", default=None,
-                   help="to Hugging Face: qwen (Qwen-1 QWenLMHeadModel names) or qwen2 (Qwen2ForCausalLM)")
+                   help="to Hugging Face: qwen (Qwen-1 QWenLMHeadModel names) or qwen2 (Qwen2ForCausalLM); from a "
+                        "Hugging Face --load-dir, the layout to rewrite it in")
     p.add_argument("--dtype", default=None,
                    help="bf16, fp16 or fp32 (default: as stored; into ours bf16 or fp32, fp16 widening to fp32)")
     p.add_argument("--max-shard-size", default="5GB", help="to Hugging Face: largest safetensors file (5GB = 5e9 B)")
     p.add_argument("--tokenizer-model", default=None,
                    help="to Hugging Face: the qwen.tiktoken to copy (default: the verified fetched copy)")
+    add_unpublished_flag(p)
     p.add_argument("--chat", action="store_true", default=None,
-                   help="to Hugging Face: also stop generation at <|im_end|> (default: when the run trained on ChatML)")
+                   help="to Hugging Face: Qwen-7B-Chat's generation settings (default: when the run trained on "
+                        "ChatML, or a Hugging Face source's generation_config.json says chat_format chatml)")
     return p
 
 
@@ -58,9 +65,11 @@ def convert(args) -> str:
     src = args.load_dir
     if args.dtype is not None and args.dtype not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"--dtype {args.dtype} is unknown; choose bf16, fp16 or fp32")
+    if is_hf_dir(src) and args.hf_layout is not None:
+        files = relayout_hf(src, args.save_dir, check_layout(args.hf_layout), args.dtype,
+                            parse_size(args.max_shard_size), args.tokenizer_model, args.chat)
+        return f"Hugging Face -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
     if is_hf_dir(src):
-        if args.hf_layout is not None:
-            raise ConfigError(f"--hf-layout applies to exporting; --load-dir {src} is already a Hugging Face model")
         cfg, layout, _ = open_hf(src)  # every name and shape checked before megatron-core is even imported
         from megatron_qwen.hf.load import import_hf
 
@@ -81,6 +90,7 @@ def convert(args) -> str:
                               "code) or qwen2 (transformers' Qwen2ForCausalLM)")
         check_layout(args.hf_layout)
         max_shard = parse_size(args.max_shard_size)
+        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
         from megatron_qwen.hf.export import export_hf
 
         files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)

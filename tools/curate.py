@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate.fuzzy import FuzzyConfig
 from megatron_qwen.curate.pipeline import (
@@ -24,6 +25,7 @@ from megatron_qwen.curate.pipeline import (
     format_summary,
     make_executors,
     run,
+    skipped_records,
     step_input_files,
     summary,
 )
@@ -31,6 +33,7 @@ from megatron_qwen.curate.quality import DEFAULT_RULES_FILE
 from megatron_qwen.curate.upsample import parse_weights
 from megatron_qwen.data.shards import ShardError
 from megatron_qwen.data.sources import InputError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +60,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsample-mode", default="repeat", choices=["repeat", "blend"],
                    help="repeat documents, or keep them once and put the weights in --data-path")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    add_unpublished_flag(p)
     p.add_argument("--tasks", type=int, default=None, help="tasks per stage (default: one per input file)")
     p.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
     p.add_argument("--workers", type=int, default=-1,
@@ -69,7 +73,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     add_flags(sub.add_parser("run", help="every step, raw jsonl to shards"))
     for step in STEPS:
@@ -82,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args) -> CurateConfig:
     if args.command in ("run", "extract") and not args.input:
         raise ConfigError(f"{args.command}: --input is required (the raw jsonl)")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(f"--output {args.output} is a file; pass a folder (the curation's steps, logs and shards)")
     fuzzy = FuzzyConfig(ngram=args.minhash_ngram, num_perm=args.minhash_permutations,
                         threshold=args.minhash_threshold, bands=args.minhash_bands, rows=args.minhash_rows)
+    check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
     if (fuzzy.bands is None) != (fuzzy.rows is None):
         raise ConfigError("--minhash-bands and --minhash-rows go together (or neither: chosen from the threshold)")
     if not 1 <= fuzzy.ngram <= 64:
@@ -99,6 +106,8 @@ def config_from(args) -> CurateConfig:
 
 def print_report(cfg: CurateConfig, stage_names: list[str]) -> None:
     print(format_summary(summary(cfg.output, stage_names)))
+    if "extract" in stage_names and skipped_records(cfg):
+        print(skipped_records(cfg))
     if "tokenize" not in stage_names:
         return
     try:
@@ -118,6 +127,8 @@ def main(argv=None) -> int:
             cfg = CurateConfig(inputs=[], output=args.output)
             names = ["extract", *(s.name for s in build_stages(cfg, STEPS[1:]))]
             print(format_summary(summary(cfg.output, names)))
+            if skipped_records(cfg):
+                print(skipped_records(cfg))
             if os.path.exists(cfg.folder("data_path.txt")):
                 with open(cfg.folder("data_path.txt")) as f:
                     print("--data-path " + f.read().strip())
@@ -132,7 +143,7 @@ def main(argv=None) -> int:
                                cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                                env_command=args.env_command)
         run(make_executors(stages, cfg.output, opts), cfg, stages)
-    except (ConfigError, InputError, ImportError, StageFailed) as e:
+    except (ConfigError, InputError, ImportError, StageFailed, TokenizerFileError) as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return 2
     if args.executor == "local":

@@ -27,8 +27,9 @@ import time
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.data.blend import DataPathError, token_id_outside
 from megatron_qwen.data.progress import format_duration
-from megatron_qwen.data.shards import ShardError, read_index_counts
+from megatron_qwen.data.shards import ShardError, check_index, document_at, token_dtype
 from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, ntk_alpha, window_schedule
 from megatron_qwen.platform.notices import silence_megatron_notices
 
@@ -153,15 +154,24 @@ def plot(table: dict[str, dict[int, float]], lengths: list[int], train_length: i
     fig.savefig(path, dpi=120)
 
 
+def check_token_ids(stream, prefix: str, vocab_size: int) -> None:
+    """Every id of the evaluated tokens inside the model's vocabulary (one vectorised pass), else one line
+    naming the shard and the document."""
+    import numpy as np
+
+    bad = np.flatnonzero((stream < 0) | (stream >= vocab_size))
+    if bad.size:
+        raise token_id_outside(prefix, document_at(prefix, int(bad[0])), int(stream[bad[0]]), vocab_size)
+
+
 def run(args) -> dict:
     import numpy as np
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megatron_qwen.inference import load_model_for_inference
     from megatron_qwen.model.long_context import set_long_context
 
     try:
-        _, stream_tokens = read_index_counts(args.data_path)
+        _, stream_tokens = check_index(args.data_path)
     except ShardError as e:
         raise ConfigError(f"--data-path: {e}") from None
     if args.chunk < 1:
@@ -178,7 +188,8 @@ def run(args) -> dict:
     if lengths[-1] > model.max_sequence_length:
         raise ConfigError(f"--lengths {lengths[-1]} exceeds the model's {model.max_sequence_length} positions (its "
                           "max_position_embeddings); lift the limit with --max-position-embeddings")
-    stream = np.memmap(args.data_path + ".bin", dtype=IndexedDataset(args.data_path).index.dtype, mode="r")
+    stream = np.memmap(args.data_path + ".bin", dtype=token_dtype(args.data_path), mode="r")
+    check_token_ids(stream[:eval_tokens], args.data_path, model.vocab_size_unpadded)
     rows = row_settings(args, model.config.num_layers, train_length)
     # Only cells whose techniques change something at their length are run.
     keys = {(row, n): effective(s, n) for row, s in rows.items() for n in lengths}
@@ -205,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
-    except ConfigError as e:
+    except (ConfigError, DataPathError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     table, lengths = result["perplexity"], result["lengths"]

@@ -28,7 +28,7 @@ from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
 from megatron_qwen.platform.notices import silence_megatron_notices
-from megatron_qwen.tokenizer.files import TokenizerFileError
+from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
 def build_parser() -> OneLineErrorParser:
@@ -48,6 +48,7 @@ def build_parser() -> OneLineErrorParser:
                    help="transformers' repetition penalty: logits of ids already in the text divided by it when "
                         "positive, multiplied when negative (1: none)")
     p.add_argument("--tokenizer-model", default=None, help="qwen.tiktoken (default: the fetched copy)")
+    add_unpublished_flag(p)
     p.add_argument("--json", action="store_true", help="one JSON object per prompt: prompt, ids, text")
     add_long_context_arguments(p, switches=True)
     return p
@@ -109,9 +110,13 @@ def run(args) -> list[dict]:
     from megatron_qwen.model.long_context import set_long_context
     from megatron_qwen.tokenizer import load_tokenizer
 
+    check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(args.tokenizer_model)
     prompts = [prompt_ids(text, args.chat, tokenizer) for text in args.prompt]
     model = load_model_for_inference(args.load, args.max_position_embeddings)  # ours at any layout, or Hugging Face
+    if model.head != "lm":
+        raise ConfigError(f"--load {args.load} holds a reward model, which scores text and generates none; score "
+                          "with tools/evaluate_reward.py")
     if model.vocab_size_unpadded < tokenizer.vocab_size:
         raise ConfigError(f"--load {args.load}: the model knows {model.vocab_size_unpadded} token ids, the Qwen "
                           f"tokenizer {tokenizer.vocab_size}; this checkpoint was not trained on Qwen's vocabulary")

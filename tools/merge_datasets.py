@@ -3,7 +3,9 @@
     python tools/merge_datasets.py --input data/web_*_text_document --output-prefix data/web_text_document
     python tools/merge_datasets.py --input data/shards/ --output-prefix data/web_text_document
 
---input takes dataset prefixes (with or without .idx), globs, or directories (every .idx in them).
+--input takes dataset prefixes (with or without .idx or .bin), globs, or directories (every .idx in them). A
+prefix is a dataset even where a directory of the same name exists (training keeps its index cache in
+`PREFIX/cache/`).
 Shards are joined in sorted order. SFT shards carry a `_loss_mask` companion dataset; it is merged
 alongside into OUTPUT_loss_mask. The output is written under temporary names and renamed when whole.
 """
@@ -13,12 +15,15 @@ import glob
 import os
 import sys
 
+from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.data.shards import (
     LOSS_MASK_SUFFIX,
     ShardError,
+    check_index,
     is_loss_mask,
     loss_mask_prefix,
     merge_datasets,
+    output_prefix_problem,
     read_index_counts,
 )
 
@@ -30,14 +35,16 @@ class MergeError(ValueError):
 def find_prefixes(specs: list[str]) -> list[str]:
     prefixes = set()
     for spec in specs:
-        spec = spec[: -len(".idx")] if spec.endswith(".idx") else spec
-        if os.path.isdir(spec):
+        spec = spec.removesuffix(".idx") if spec.endswith(".idx") else spec.removesuffix(".bin")
+        if os.path.isfile(spec + ".idx"):  # before a directory: training's cache is PREFIX/cache/
+            found = [spec]
+        elif os.path.isdir(spec):
             found = [p[: -len(".idx")] for p in glob.glob(os.path.join(spec, "*.idx"))]
         elif glob.has_magic(spec):
             found = [p[: -len(".idx")] for p in glob.glob(spec + ("" if spec.endswith("*") else ".idx"))
                      if p.endswith(".idx")]
         else:
-            found = [spec] if os.path.isfile(spec + ".idx") else []
+            found = []
         if not found:
             raise MergeError(f"--input {spec}: no indexed dataset (.idx) found")
         prefixes.update(found)
@@ -46,10 +53,12 @@ def find_prefixes(specs: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged dataset")
     args = parser.parse_args(argv)
+    if output_prefix_problem(args.output_prefix):
+        parser.error(output_prefix_problem(args.output_prefix))
     try:
         prefixes = find_prefixes(args.input)
         if not prefixes:
@@ -58,7 +67,7 @@ def main(argv=None) -> int:
         if out in prefixes:
             raise MergeError(f"--output-prefix {out} is also an input")
         for prefix in prefixes:
-            read_index_counts(prefix)  # complete and consistent, before anything is written
+            check_index(prefix)  # complete and consistent, before anything is written
         with_mask = [os.path.isfile(loss_mask_prefix(p) + ".idx") for p in prefixes]
         if any(with_mask) and not all(with_mask):
             missing = prefixes[with_mask.index(False)]

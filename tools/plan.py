@@ -1,5 +1,6 @@
 """Memory and layout planner: which TP/PP/DP/CP, ZeRO-1 and recompute layouts fit a Qwen model on N GPUs,
-their memory per GPU, and an estimated step time to rank them (formulas and assumptions: docs/planning.md).
+their memory per GPU, and an estimated step time to rank them (formulas and assumptions: docs/planning.md;
+the library: megatron_qwen/planning/).
 
     python tools/plan.py --model-size 7b --seq-length 2048 --num-gpus 8
     python tools/plan.py --model-size 72b --num-gpus 64 --micro-batch-size 1 --top 10
@@ -10,32 +11,24 @@ does, 2 for flags that cannot be planned.
 
 import argparse
 import dataclasses
-import itertools
 import sys
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.flags import NON_NEGATIVE, POSITIVE, Bounds, bounded
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.model.memory import (
-    COMPILED_LAYER_BACKENDS,
-    GIB,
-    RECOMPUTE,
-    Cluster,
-    Layout,
-    StageMemory,
-    StepTime,
-    Workload,
-    peak_stage,
-    stage_parameters,
-    step_time,
-)
-from megatron_qwen.model.zero_memory import zero_suffix
+from megatron_qwen.planning.hardware import Cluster
+from megatron_qwen.planning.memory import COMPILED_LAYER_BACKENDS, GIB, Layout, Workload, stage_parameters
+from megatron_qwen.planning.search import Plan, pareto_front, plan
+from megatron_qwen.planning.zero_memory import zero_suffix
 from megatron_qwen.platform.backends import BACKEND_FLAGS
 from megatron_qwen.training.arguments import parse_run_config
 
 SHAPE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--ffn-hidden-size", "--vocab-size")
+
+
+COUNT, AMOUNT = bounded(int, POSITIVE), bounded(float, POSITIVE)  # argparse types: declared bounds (config/flags.py)
 
 
 class PlanError(Exception):
@@ -49,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-size", default=None,
                    help="preset: 1.8b, 7b, 14b, 72b, tiny, tiny-qwen-vocab; without it pass every shape flag")
     for flag in (*SHAPE_FLAGS, "--kv-channels"):
-        g.add_argument(flag, type=int, default=None, help="override the preset")
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+        g.add_argument(flag, type=COUNT, default=None, help="override the preset")
+    g.add_argument("--make-vocab-size-divisible-by", type=COUNT, default=128,
                    help="with --vocab-size: pad the vocabulary rows to a multiple of this")
     g.add_argument("--transformer-impl", choices=list(BACKEND_FLAGS), default="transformer_engine",
                    help="the layer back end of the GPU run (what --transformer-impl auto picks with TE installed)")
@@ -62,53 +55,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "as bench/bench_activations.py measures it")
 
     g = p.add_argument_group("batch")
-    g.add_argument("--seq-length", type=int, default=PRETRAIN.seq_length)
-    g.add_argument("--micro-batch-size", type=int, default=PRETRAIN.micro_batch_size)
-    g.add_argument("--global-batch-size", type=int, default=None,
+    g.add_argument("--seq-length", type=COUNT, default=PRETRAIN.seq_length)
+    g.add_argument("--micro-batch-size", type=COUNT, default=PRETRAIN.micro_batch_size)
+    g.add_argument("--global-batch-size", type=COUNT, default=None,
                    help=f"sequences per step (pretraining recipe: 2048 for the published sizes, else "
                         f"{PRETRAIN.global_batch_size})")
 
     g = p.add_argument_group("cluster")
-    g.add_argument("--num-gpus", type=int, default=8)
-    g.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU, GiB")
-    g.add_argument("--headroom", type=float, default=0.10,
+    g.add_argument("--num-gpus", type=COUNT, default=8)
+    g.add_argument("--gpu-memory-gb", type=AMOUNT, default=80.0, help="memory per GPU, GiB")
+    g.add_argument("--headroom", type=bounded(float, Bounds(low=0, high=1, high_open=True)), default=0.10,
                    help="fraction of GPU memory kept free for the CUDA context, NCCL buffers and fragmentation")
-    g.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node)
-    g.add_argument("--cpu-memory-gb", type=float, default=1024.0,
+    g.add_argument("--gpus-per-node", type=COUNT, default=Cluster.gpus_per_node)
+    g.add_argument("--cpu-memory-gb", type=AMOUNT, default=1024.0,
                    help="CPU memory per node, GiB, for DeepSpeed's offloaded state (the same headroom kept free)")
-    g.add_argument("--achievable-tflops", type=float, default=Cluster.achievable_tflops,
+    g.add_argument("--achievable-tflops", type=AMOUNT, default=Cluster.achievable_tflops,
                    help="bf16 dense TFLOP/s one GPU sustains on the model's matmuls (H100 peak 989: ~40%%)")
-    g.add_argument("--intra-node-bandwidth", type=float, default=Cluster.intra_node_gbs,
+    g.add_argument("--intra-node-bandwidth", type=AMOUNT, default=Cluster.intra_node_gbs,
                    help="GB/s per GPU that collectives reach inside a node (NVLink)")
-    g.add_argument("--inter-node-bandwidth", type=float, default=Cluster.inter_node_gbs,
+    g.add_argument("--inter-node-bandwidth", type=AMOUNT, default=Cluster.inter_node_gbs,
                    help="GB/s per GPU between nodes (one 400 Gb/s InfiniBand rail per GPU)")
     g.add_argument("--zero-engine", choices=["megatron", "deepspeed", "both"], default="both",
                    help="which data-parallel engines to plan: megatron-core's (ZeRO-0/1, any layout) and DeepSpeed's "
                         "(ZeRO-1/2/3 with optimizer and parameter offload, TP x DP)")
     g.add_argument("--all", action="store_true",
                    help="list every layout that fits, not only those no other layout beats on both time and memory")
-    g.add_argument("--top", type=int, default=20, help="show at most this many layouts (0: no limit)")
+    g.add_argument("--top", type=bounded(int, NON_NEGATIVE), default=20,
+                   help="show at most this many layouts (0: no limit)")
     return p
-
-
-def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("num_gpus", "gpus_per_node", "seq_length", "micro_batch_size", "global_batch_size",
-                 "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size", "kv_channels"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise PlanError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-    for name in ("gpu_memory_gb", "cpu_memory_gb", "achievable_tflops", "intra_node_bandwidth", "inter_node_bandwidth"):
-        if getattr(args, name) <= 0:
-            raise PlanError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
-    if not 0 <= args.headroom < 1:
-        raise PlanError(f"--headroom must be a fraction in [0, 1), not {args.headroom}")
-    if args.top < 0:
-        raise PlanError(f"--top must be 0 (all) or more, not {args.top}")
 
 
 def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
     """The model and batch the flags describe, resolved by the training parser itself."""
-    _check_positive(args)
     if args.model_size is None:
         missing = [f for f in SHAPE_FLAGS if getattr(args, f[2:].replace("-", "_")) is None]
         if missing:
@@ -138,77 +116,6 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, Workload]:
                     precision=cfg.build.precision, backend=backend, chunked_loss=args.cross_entropy_fusion,
                     compiled_layers=args.compile_layers)
     return cfg, work
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-# DeepSpeed's variants: (ZeRO stage, optimizer offload, parameter offload)
-DEEPSPEED_VARIANTS = ((1, False, False), (2, False, False), (3, False, False), (1, True, False), (2, True, False),
-                      (3, True, False), (3, True, True))
-
-
-def candidate_layouts(cfg: RunConfig, num_gpus: int, engines: str = "both") -> list[Layout]:
-    """Every layout training accepts on ``num_gpus`` GPUs: RunConfig.validate's rules, plus the FFN width
-    divisible by TP and megatron-core's interleaving rule (micro-batches a multiple of PP). Sequence
-    parallelism is on whenever TP > 1: the same compute and communication, and activations divided by TP.
-    ``engines``: "megatron", "deepspeed" or "both"."""
-    layouts = []
-    L = cfg.model.num_layers
-    for tp, pp, cp in itertools.product(_divisors(num_gpus), repeat=3):
-        if num_gpus % (tp * pp * cp) != 0 or cfg.model.ffn_hidden_size % tp != 0:
-            continue
-        dp = num_gpus // (tp * pp * cp)
-        num_mb = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp)
-        chunk_counts = [1]
-        if pp > 1 and L % pp == 0 and num_mb % pp == 0:  # megatron-core interleaves whole groups of PP micro-batches
-            chunk_counts += _divisors(L // pp)[1:]
-        zeros = [(0, False, False), (-1, False, False)] if engines != "deepspeed" else []  # -1: megatron ZeRO-1
-        zeros += list(DEEPSPEED_VARIANTS) if engines != "megatron" else []
-        for vp, (stage, off_opt, off_param), recompute in itertools.product(chunk_counts, zeros, RECOMPUTE):
-            if stage and dp * cp == 1:
-                continue
-            parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                      num_layers_per_virtual_pipeline_stage=L // (pp * vp) if vp > 1 else None,
-                                      context_parallel_size=cp, sequence_parallel=tp > 1)
-            build = dataclasses.replace(cfg.build, recompute_granularity=recompute)
-            zero = dataclasses.replace(cfg.zero, engine="deepspeed" if stage > 0 else "megatron", stage=abs(stage),
-                                       offload_optimizer="cpu" if off_opt else "none",
-                                       offload_param="cpu" if off_param else "none")
-            try:
-                dataclasses.replace(cfg, parallel=parallel, build=build, zero=zero).validate(num_gpus)
-            except ConfigError:
-                continue
-            layouts.append(Layout(tp=tp, pp=pp, dp=dp, cp=cp, vp=vp, distributed_optimizer=stage == -1,
-                                  recompute=recompute, deepspeed_stage=max(stage, 0), offload_optimizer=off_opt,
-                                  offload_param=off_param))
-    return layouts
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    layout: Layout
-    memory: StageMemory  # the most loaded GPU
-    time: StepTime
-
-
-def plan(cfg: RunConfig, work: Workload, num_gpus: int, cluster: Cluster, engines: str = "both") -> list[Plan]:
-    """Every valid layout with its peak memory and step time, fastest first (ties: less memory)."""
-    plans = [Plan(layout, peak_stage(work, layout), step_time(work, layout, cluster))
-             for layout in candidate_layouts(cfg, num_gpus, engines)]
-    return sorted(plans, key=lambda p: (p.time.total, p.memory.total))
-
-
-def pareto_front(plans: list[Plan]) -> list[Plan]:
-    """The plans (sorted fastest first) that no other is at least as fast as and smaller than: each next
-    one is slower but needs at least 1% less memory (finer differences are below the estimate's precision)."""
-    front, smallest = [], float("inf")
-    for p in plans:
-        if p.memory.total < 0.99 * smallest:
-            front.append(p)
-            smallest = p.memory.total
-    return front
 
 
 def _gib(n: float) -> str:

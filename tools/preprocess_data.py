@@ -14,10 +14,13 @@ import os
 import sys
 import time
 
+from megatron_qwen.config.cli import OneLineErrorParser
+from megatron_qwen.data.preference import PAIR_FORMATS
 from megatron_qwen.data.preprocess import Options, nothing_kept, plan_shards, remove_shards, run_shards, shard_outputs
-from megatron_qwen.data.shards import MESSAGES_KEY, TEXT_KEY
+from megatron_qwen.data.shards import MESSAGES_KEY, PAIRS_KEY, TEXT_KEY, output_prefix_problem
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
+from megatron_qwen.tokenizer.files import add_unpublished_flag, check_published
 
 SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -31,7 +34,7 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet), directories or globs")
     p.add_argument("--output-prefix", required=True, help="output path prefix, e.g. data/web")
@@ -40,10 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append-eod", action="store_true", help="append <|endoftext|> to every document (pretraining)")
     p.add_argument("--chatml", action="store_true",
                    help='SFT: records are {"messages": [{"role", "content"}]}; also writes the loss mask')
+    p.add_argument("--pairs", action="store_true",
+                   help="comparison pairs for the reward model (docs/data.md): one dataset PREFIX_pairs_document, "
+                        "each pair's chosen then rejected conversation, each ending with the end token <|im_end|>")
+    p.add_argument("--pair-format", choices=list(PAIR_FORMATS), default=None,
+                   help="--pairs: the records' format (default: pairs); pairs: {prompt or messages, chosen, rejected}; "
+                        "the others are the public formats of the Qwen report's Table 4 sets (data/preference.py)")
     p.add_argument("--no-default-system-prompt", action="store_true",
-                   help=f"--chatml: leave conversations without a system message as they are (default: they get "
-                        f"Qwen's {DEFAULT_SYSTEM_PROMPT!r}, as its finetune.py does)")
+                   help=f"--chatml, --pairs: leave conversations without a system message as they are (default: they "
+                        f"get Qwen's {DEFAULT_SYSTEM_PROMPT!r}, as its finetune.py does)")
     p.add_argument("--tokenizer-model", default=None, help="a qwen.tiktoken (default: the cached copy)")
+    add_unpublished_flag(p)
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: one per CPU); with fewer shards than workers they share each shard")
     p.add_argument("--encode-threads", type=int, default=None,
@@ -70,8 +80,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--append-eod does not apply to --chatml (each turn already ends with <|im_end|>)")
     if args.chatml and args.json_keys and len(args.json_keys) != 1:
         parser.error("--chatml takes one --json-keys entry (the messages list)")
-    if args.no_default_system_prompt and not args.chatml:
-        parser.error("--no-default-system-prompt applies to --chatml only")
+    if args.no_default_system_prompt and not (args.chatml or args.pairs):
+        parser.error("--no-default-system-prompt applies to --chatml and --pairs only")
+    if args.pairs and (args.chatml or args.append_eod or args.json_keys):
+        parser.error("--pairs writes one dataset of its own: drop --chatml, --append-eod and --json-keys")
+    if args.pair_format and not args.pairs:
+        parser.error(f"--pair-format {args.pair_format} applies to --pairs only: add --pairs, or drop it")
+    if output_prefix_problem(args.output_prefix):
+        parser.error(output_prefix_problem(args.output_prefix))
 
 
 def print_summary(result, elapsed: float, tasks, opts: Options) -> None:
@@ -95,7 +111,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    keys = tuple(args.json_keys or [MESSAGES_KEY if args.chatml else TEXT_KEY])
+    keys = (PAIRS_KEY,) if args.pairs else tuple(args.json_keys or [MESSAGES_KEY if args.chatml else TEXT_KEY])
     start = time.monotonic()
     try:
         files = expand_inputs(args.input)
@@ -105,8 +121,10 @@ def main(argv=None) -> int:
         workers = args.workers or cpus
         opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict,
                        threads=args.encode_threads or max(1, cpus // workers),
-                       default_system_prompt=None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT)
+                       default_system_prompt=None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT,
+                       pair_format=(args.pair_format or "pairs") if args.pairs else None)
         tasks = plan_shards(files, args.output_prefix, opts, args.shard_index, args.num_shards, args.max_shard_bytes)
+        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
         tokenizer = load_tokenizer(args.tokenizer_model)
         result = run_shards(tasks, opts, tokenizer, workers, args.log_interval)
     except (InputError, BadRecordError, TokenizerFileError) as e:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The virtual environment that runs vLLM's CPU build for tools/check_vllm.py and bench/bench_generate.py:
+# The virtual environment that runs vLLM's CPU build for tools/check_vllm.py and bench/bench_generate_engines.py:
 # built once from requirements-vllm.txt, reused while that file is unchanged. Prints its python.
 #
 #   bash tools/vllm_env.sh                      # .venv-vllm in the repository (git-ignored)

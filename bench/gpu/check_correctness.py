@@ -93,6 +93,14 @@ def check(name: str, value: float, tolerance: float, metric: str) -> dict:
     return {"name": name, "metric": metric, "value": value, "tolerance": tolerance, "pass": value <= tolerance}
 
 
+def print_checks(checks: list[dict]) -> int:
+    """One line per check; the exit status: 0 when every check passed."""
+    for c in checks:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['name']}: {c['value']:.3g} ({c['metric']}, tolerance "
+              f"{c['tolerance']:g})", flush=True)
+    return 0 if all(c["pass"] for c in checks) else 1
+
+
 def rope_tensor_errors(seq: int, heads: int = 16, head_dim: int = 128) -> dict:
     """A 1.8B-shaped query and key (16 heads of 128) in bf16, rotated by megatron-core's unfused RoPE in
     bf16 (stock) and in fp32 then rounded (ours), each against the exact fp32 rotation of the same input."""
@@ -198,9 +206,7 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
               "reference_losses": ref["losses"], "device_losses_fp32_local": fp32["local"]["losses"]}
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
-    for c in checks:
-        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['name']}: {c['value']:.3g} ({c['metric']}, tolerance "
-              f"{c['tolerance']:g})", flush=True)
+    status = print_checks(checks)
     for r in result["rope_tensor"]:
         for label, e in r.items():
             if isinstance(e, dict):
@@ -209,7 +215,7 @@ def compare(reference_path: str, out_path: str, quick: bool = False) -> int:
         if isinstance(e, dict):
             print(f"tiny model logits, seq {result['rope_model']['seq']}, {label} vs fp32: "
                   + ", ".join(f"{k} {v:.4g}" for k, v in e.items()))
-    return 0 if all(c["pass"] for c in checks) else 1
+    return status
 
 
 def main() -> int:

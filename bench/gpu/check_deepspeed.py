@@ -5,7 +5,7 @@
 1. DeepSpeed's FusedAdam (a CUDA extension built on first use; the deepspeed engine's optimizer on a GPU,
    training/deepspeed_optimizer.py): the build's time, and its step on 100M fp32 parameters against torch's
    AdamW, fused and foreach (bench/bench_deepspeed_adam.py --device cuda).
-2. The tiny model, fp32, 5 steps through the pretrain entry point on one GPU: ZeRO-2 with the engine's own
+2. The tiny model, fp32, sdpa, 5 steps through the pretrain entry point on one GPU: ZeRO-2 with the engine's own
    choice (FusedAdam, or torch's AdamW after a failed build, said in the log), ZeRO-2 with --use-torch-adamw,
    and the megatron engine. Tolerances: FusedAdam against torch's AdamW, losses 1e-5 relative (the same fp32
    update in another order, as check_correctness.py's fused AdamW check); the deepspeed engine against the
@@ -27,7 +27,7 @@ from bench_deepspeed_adam import describe, measure
 TOL_FUSED_VS_TORCH, TOL_VS_MEGATRON = 1e-5, 1e-4
 TINY = ["--model-size", "tiny", "--mock-data", "--seq-length", "128", "--micro-batch-size", "2",
         "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "1", "--seed", "5", "--eval-interval",
-        "1000", "--hidden-dropout", "0", "--attention-dropout", "0"]
+        "1000", "--hidden-dropout", "0", "--attention-dropout", "0", "--transformer-impl", "sdpa"]
 RUNS = {"deepspeed ZeRO-2, its optimizer": ["--zero-engine", "deepspeed", "--zero-stage", "2"],
         "deepspeed ZeRO-2, torch AdamW": ["--zero-engine", "deepspeed", "--zero-stage", "2", "--use-torch-adamw"],
         "megatron": ["--zero-engine", "megatron"]}

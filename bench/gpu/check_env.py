@@ -33,7 +33,7 @@ def main() -> int:
         "megatron_core": _version("megatron.core"),
         "transformer_engine": _version("transformer_engine"), "flash_attn": _version("flash_attn"),
         "apex": _version("apex"), "triton": _version("triton"),
-        "auto_backend": available_backend(),
+        "auto_backend": available_backend("bf16"), "auto_backend_fp32": available_backend("fp32"),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -64,14 +64,18 @@ def environment(env: dict | None) -> list[str]:
     return lines + [""]
 
 
+def checks_table(checks: list[dict]) -> list[str]:
+    return ["| check | metric | value | tolerance | result |", "| --- | --- | --- | --- | --- |"] + [
+        f"| {x['name']} | {x['metric']} | {x['value']:.3g} | {x['tolerance']:g} | "
+        f"{'pass' if x['pass'] else '**FAIL**'} |" for x in checks]
+
+
 def correctness(c: dict | None) -> list[str]:
     lines = ["## 2. Correctness (tiny preset, initial weights drawn on the CPU)", ""]
     if c is None:
         return lines + ["Not recorded (the stage failed; see gpu_check.log).", ""]
-    lines += ["Tolerances and their reasons: bench/gpu/check_correctness.py and docs/PERFORMANCE.md.", "",
-              "| check | metric | value | tolerance | result |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {x['name']} | {x['metric']} | {x['value']:.3g} | {x['tolerance']:g} | "
-              f"{'pass' if x['pass'] else '**FAIL**'} |" for x in c["checks"]]
+    lines += ["Tolerances and their reasons: bench/gpu/check_correctness.py and docs/PERFORMANCE.md.", ""]
+    lines += checks_table(c["checks"])
     lines += ["", "RoPE of one bf16 query/key against the exact fp32 rotation of the same input:", "",
               "| positions | shape | rotation | q rel L2 | q max abs | head-0 scores rel L2 |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -85,6 +89,23 @@ def correctness(c: dict | None) -> list[str]:
               "| model | rel L2 | rel max |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v['rel L2']:.4g} | {v['rel max']:.4g} |" for k, v in m.items() if k != "seq"]
     return lines + [""]
+
+
+def packed_sft(p: dict | None, layout: dict | None, skipped: str | None) -> list[str]:
+    lines = ["### Packed SFT against padded SFT, per conversation (bench/gpu/check_packed_sft.py)", ""]
+    if p is None:
+        lines += ["Not recorded (the stage failed or was skipped; see gpu_check.log).", ""]
+    else:
+        lines += [f"{p['conversations']} conversations packed into samples of {p['seq_length']} tokens, bf16 "
+                  "(transformer-engine and flash-attn through megatron-core's THD layout, sdpa and local through the "
+                  "block-diagonal mask); each control must miss its tolerance, or the check could not tell a leak "
+                  "across conversations from rounding.", ""] + checks_table(p["checks"]) + [""]
+    lines += ["### The Code-Qwen layout: TP2 x CP2 with sequence parallelism against TP1 x CP1 "
+              "(bench/gpu/check_code_qwen_layout.py)", ""]
+    if layout is None:
+        return lines + [f"Not run: {skipped or 'the stage failed; see gpu_check.log'}.", ""]
+    return lines + [f"{' '.join(layout['layout'])} on {layout['gpus']} x {layout['device']}.", ""] + checks_table(
+        layout["checks"]) + [""]
 
 
 def throughput(runs: dict[str, dict | None]) -> list[str]:
@@ -124,7 +145,10 @@ def fast_paths(runs: dict, loss: dict | None) -> list[str]:
             lines.append(f"- {label}, `{with_key}`: not measured (a throughput run failed or was skipped).")
             continue
         b_off, b_on = off["breakdown_s"], on["breakdown_s"]
-        lines.append(f"- {label}, micro-batch {on['micro_batch_size']}: step {off['step_s'] * 1e3:.1f} ms without, "
+        backends = (off["transformer_impl"] if off["transformer_impl"] == on["transformer_impl"] else
+                    f"{off['transformer_impl']} without, {on['transformer_impl']} with: not the same back end")
+        lines.append(f"- {label}, micro-batch {on['micro_batch_size']} ({backends}): step {off['step_s'] * 1e3:.1f} "
+                     "ms without, "
                      f"{on['step_s'] * 1e3:.1f} ms with (x{off['step_s'] / on['step_s']:.3f} speed); optimizer "
                      f"{b_off['optimizer'] * 1e3:.1f} -> {b_on['optimizer'] * 1e3:.1f} ms, forward + backward "
                      f"{(b_off['forward'] + b_off['backward']) * 1e3:.1f} -> "
@@ -179,10 +203,22 @@ def deepspeed(d: dict | None) -> list[str]:
     lines += [f"| {name} | {r['step_s'] * 1e3:.1f} | {r['max_abs_diff_vs_foreach']:.2g} |"
               for name, r in a["optimizers"].items()]
     picked = d["runs"]["deepspeed ZeRO-2, its optimizer"]["optimizer"]
-    lines += ["", f"The tiny model in fp32 (the deepspeed engine's own choice here: {picked}):", "",
-              "| check | metric | value | tolerance | result |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {x['name']} | {x['metric']} | {x['value']:.3g} | {x['tolerance']:g} | "
-              f"{'pass' if x['pass'] else '**FAIL**'} |" for x in d["checks"]]
+    lines += ["", f"The tiny model in fp32 (the deepspeed engine's own choice here: {picked}):", ""]
+    return lines + checks_table(d["checks"]) + [""]
+
+
+def reward(r: dict | None) -> list[str]:
+    lines = ["## 8. A reward-model step beside a pretraining step of the same shape (bench/bench_reward.py)", ""]
+    if r is None:
+        return lines + ["Not measured (stage failed or skipped; see gpu_check.log).", ""]
+    tps = r["tokens_per_s_per_gpu"]
+    lines += [f"{r['model_size']} at {r['num_layers']} layers, seq {r['seq_length']}, micro-batch "
+              f"{r['micro_batch_size']}, {r['precision']}, back end {r['transformer_impl']}, best of {r['rounds']} "
+              f"rounds of {r['steps_per_round']} steps:", "",
+              "| step | ms | tokens/s/GPU |", "| --- | --- | --- |",
+              f"| pretraining | {r['best_step_s']['pretrain'] * 1e3:.1f} | {tps['pretrain']:,.0f} |",
+              f"| reward | {r['best_step_s']['reward'] * 1e3:.1f} | {tps['reward']:,.0f} |", "",
+              f"One pair costs {r['pair_over_sequence_cost']:.2f} pretraining sequences (2.00: both heads alike)."]
     return lines + [""]
 
 
@@ -199,16 +235,22 @@ def main() -> int:
     results = {"mode": mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "commit": _commit(repo), "stages": stages, "env": _load(os.path.join(work, "env.json")),
                "correctness": _load(os.path.join(work, "correctness.json")), "throughput": runs,
+               "packed_sft": _load(os.path.join(work, "packed_sft.json")),
+               "code_qwen_layout": _load(os.path.join(work, "code_qwen_layout.json")),
                "loss_bench": _load(os.path.join(work, "loss.json")), "init": inits,
                "profile": _read(os.path.join(work, "profile.txt")),
-               "deepspeed": _load(os.path.join(work, "deepspeed.json"))}
+               "deepspeed": _load(os.path.join(work, "deepspeed.json")),
+               "reward": _load(os.path.join(work, "reward.json"))}
     what = ("CPU dry run: tiny shapes, 1+1 iterations; it proves every stage runs, its figures mean nothing"
             if mode == "cpu-dry-run" else "GPU")
     md = ["# GPU check results", "", f"Mode: **{what}**. Date {results['date']}, commit {results['commit']}.", "",
           f"Command: `{command}`", ""]
-    md += environment(results["env"]) + correctness(results["correctness"]) + throughput(runs)
+    skipped = next((st["status"] for st in stages if st["stage"].startswith("correctness: Code-Qwen layout")
+                    and st["status"].startswith("skipped")), None)
+    md += environment(results["env"]) + correctness(results["correctness"])
+    md += packed_sft(results["packed_sft"], results["code_qwen_layout"], skipped) + throughput(runs)
     md += fast_paths(runs, results["loss_bench"]) + startup(inits) + profile(results["profile"])
-    md += deepspeed(results["deepspeed"])
+    md += deepspeed(results["deepspeed"]) + reward(results["reward"])
     md += ["## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
     md += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in stages]
     with open(os.path.join(out, "results.json"), "w") as f:

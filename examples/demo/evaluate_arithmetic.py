@@ -1,7 +1,8 @@
 """The held-out arithmetic check, measured by lm-evaluation-harness: the problems are written as a
-GSM8K-format local task (question, answer ending "#### N") and tools/evaluate.py runs it on the checkpoint,
-zero-shot through the chat template (--chat: the ChatML the SFT data was encoded with, default system turn
-included), greedy, scoring the last number of each reply against the answer (exact match).
+GSM8K-format local task (question, answer ending "#### N") and tools/evaluate.py runs it on the checkpoint as
+Qwen's chat GSM8K script does (--chat, --protocol qwen: the question alone as the user turn after the default
+system turn, the ChatML the SFT data was encoded with; greedy; the reply's last number against the answer's,
+equal within 1e-4; docs/evaluation.md).
 
     python examples/demo/evaluate_arithmetic.py --checkpoint runs/demo/ckpt/sft \\
         --problems runs/demo/math/heldout.jsonl --output runs/demo/eval_sft.json
@@ -22,7 +23,7 @@ from arithmetic import read_conversations  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_ANSWER_TOKENS = 6  # answers are at most 3 digits; the tokenizer splits numbers into digits
-FILTER = "flexible-extract"  # the headline filter of tools/evaluate.py's gsm8k: the reply's last number
+FILTER, METRIC = "qwen", "numbers_equal"  # tools/evaluate.py's GSM8K under --protocol qwen --chat
 
 
 def write_gsm8k_task(problems_file: str, data_dir: str) -> int:
@@ -48,7 +49,7 @@ def evaluate(checkpoint: str, problems_file: str, output: str) -> dict:
     print(proc.stdout.strip())
     report = json.load(open(harness, encoding="utf-8"))
     samples = sorted((s for s in report["samples"]["qwen_gsm8k"] if s["filter"] == FILTER), key=lambda s: s["doc_id"])
-    correct = sum(s["exact_match"] for s in samples)
+    correct = sum(s[METRIC] for s in samples)
     examples = [{"question": s["doc"]["question"], "answer": s["target"], "prediction": s["resps"][0][0]}
                 for s in samples[:8]]
     return {"accuracy": report["scores"]["gsm8k"]["score"] / 100, "correct": round(correct), "total": total,
@@ -66,7 +67,7 @@ def main() -> int:
             print(f"evaluate_arithmetic: error: {flag} {path}: not found", file=sys.stderr)
             return 2
     result = evaluate(args.checkpoint, args.problems, args.output)
-    print(f"exact match on {result['total']} held-out problems (lm-eval, GSM8K format): {result['accuracy']:.1%}")
+    print(f"accuracy on {result['total']} held-out problems (Qwen's chat GSM8K protocol): {result['accuracy']:.1%}")
     for ex in result["examples"][:4]:
         print(f"  {ex['question']} -> {ex['prediction']!r} (answer {ex['answer']})")
     with open(args.output, "w", encoding="utf-8") as f:

@@ -8,7 +8,7 @@
 Stages: fetch the tokenizer -> build a corpus from text already on the machine (corpus.py) and
 arithmetic SFT problems (arithmetic.py) -> tools/preprocess_data.py -> pretrain a tiny Qwen with
 tensor parallelism 2 over gloo -> continue it as Code-Qwen at twice the context -> Math SFT ->
-held-out exact-match accuracy before and after SFT -> tools/plot_metrics.py.
+held-out accuracy before and after SFT (tools/evaluate.py) -> tools/plot_metrics.py.
 Everything lands under --workdir (default runs/demo); each stage's full output is in logs/.
 """
 
@@ -66,6 +66,11 @@ QUICK = DemoSize(name="quick", code_chars=200_000, heldout_problems=8, seq_lengt
 
 # A tiny Qwen with the real 151,851-token vocabulary: the output layer is most of the compute.
 MODEL_FLAGS = ["--model-size", "tiny-qwen-vocab", "--hidden-size", "64", "--ffn-hidden-size", "176"]
+# The CPU kernels every stage runs, pinned so the figures are the same digits on any x86-64 processor with AVX2
+# (examples/demo/README.md): ATen's vectorized kernels at AVX2 whatever the processor offers, MKL's GEMM in its
+# conditional numerical reproducibility mode for AVX2 (the same results on every processor of that branch), one
+# thread per process.
+CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class DemoError(RuntimeError):
@@ -91,8 +96,8 @@ class Demo:
 
     def start(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.logs / f"{name}.log"
-        # One thread per process (2 processes on 2 cores); no warnings about missing GPU libraries.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        # Pinned kernels, one thread per process (2 processes on 2 cores); no warnings about missing GPU libraries.
+        env = {**os.environ, **CPU_PINS, "PYTHONWARNINGS": "ignore"}
         with open(log, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
             return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env), log
@@ -169,7 +174,7 @@ class Demo:
         self.run(f"eval_{name}", [sys.executable, str(HERE / "evaluate_arithmetic.py"), "--checkpoint", checkpoint,
                                   "--problems", str(self.work / "math" / "heldout.jsonl"), "--output", str(out)])
         result = json.loads(out.read_text())
-        print(f"  exact match: {result['accuracy']:.1%} ({result['correct']}/{result['total']})")
+        print(f"  accuracy: {result['accuracy']:.1%} ({result['correct']}/{result['total']})")
         for ex in result["examples"][:3]:
             print(f"    {ex['question']} -> {ex['prediction']!r} (answer {ex['answer']})")
         return result
@@ -249,7 +254,7 @@ def run_demo(workdir: Path, size: DemoSize, record: bool = False) -> dict:
     total = time.monotonic() - t0
     summary = {"validation_loss": {n: validation_losses(r) for n, r in
                                    (("pretrain", base), ("code", code), ("sft", sft))},
-               "exact_match": {"before_sft": before["accuracy"], "after_sft": after["accuracy"],
+               "accuracy": {"before_sft": before["accuracy"], "after_sft": after["accuracy"],
                                "heldout_problems": after["total"]},
                "plot": str(png), "seconds": round(total, 1), "stages": dict(demo.timings)}
     (w / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -261,15 +266,25 @@ def run_demo(workdir: Path, size: DemoSize, record: bool = False) -> dict:
     return summary
 
 
+def cpu_kernels() -> str:
+    """The processor's vendor and the kernels the stages run: ATen's capability as torch reports it under CPU_PINS
+    (a processor without AVX2 reports less), and MKL's reproducibility branch."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           capture_output=True, text=True, env={**os.environ, **CPU_PINS}, check=True)
+    vendor = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("vendor_id")), "unknown vendor") if Path("/proc/cpuinfo").exists() else "?"
+    return f"{vendor}, ATen {probe.stdout.strip()}, MKL_CBWR {CPU_PINS['MKL_CBWR']}"
+
+
 def environment_line(sources: list[str]) -> str:
     """What the figures depend on besides the code: they repeat exactly, whatever the load, where this line is
     the same (the corpus is read from the interpreter's own files; fortunes-zh adds a Chinese part)."""
     return (f"Python {platform.python_version()}, torch {version('torch')}, megatron-core {version('megatron-core')}, "
-            f"{platform.machine()}; corpus: {', '.join(sources)}")
+            f"{platform.machine()} ({cpu_kernels()}); corpus: {', '.join(sources)}")
 
 
 def figure_lines(summary: dict, before: dict, after: dict, decimals: int) -> list[str]:
-    """The demo's results as README.md quotes them: validation losses, then the harness's exact match."""
+    """The demo's results as README.md quotes them: validation losses, then the harness's accuracy."""
     names = {"pretrain": "base pretraining", "code": "Code-Qwen", "sft": "Math SFT"}
     lines = []
     for key, losses in summary["validation_loss"].items():
@@ -279,7 +294,7 @@ def figure_lines(summary: dict, before: dict, after: dict, decimals: int) -> lis
                          f"{last:.{decimals}f} (iteration {i1})")
         else:
             lines.append(f"{names[key]:17s} no validation loss recorded")
-    lines.append(f"held-out arithmetic, lm-eval GSM8K-format exact match {before['accuracy']:.1%} "
+    lines.append(f"held-out arithmetic, GSM8K chat protocol (Qwen's) accuracy {before['accuracy']:.1%} "
                  f"({before['correct']}/{before['total']}) before SFT -> {after['accuracy']:.1%} "
                  f"({after['correct']}/{after['total']}) after SFT")
     return lines

@@ -2,8 +2,8 @@
 # Code-Qwen-7B: continued pretraining of the base model on code (report section 4.1, docs/qwen.md section 5:
 # ~90B tokens; context, LR and schedule are the recipe's defaults for 7b: docs/launching.md).
 #   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<code shards> CHECKPOINT_DIR=... \
-#       bash examples/pretrain_code/qwen_7b.sh                 (one node)
-#       sbatch --nodes=8 examples/pretrain_code/qwen_7b.sh     (slurm)
+#       bash examples/pretrain_code/qwen_7b.sh          (one node)
+#       sbatch --nodes=8 examples/pretrain_code/qwen_7b.sh   (slurm; CONTAINER_IMAGE or APPTAINER_IMAGE for a container)
 #SBATCH --job-name=qwen7b-code
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=1
@@ -12,10 +12,13 @@
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
 #SBATCH --requeue
-# (examples/launch.sh requeues a run that EXIT_DURATION_MINS stopped before --train-iters)
+#SBATCH --signal=B:USR1@240
+# The warning 240 s before the time limit leaves the run time to save a 7B checkpoint and exit;
+# unfinished, it requeues itself and resumes (docs/launching.md, "Time limits, preemption and requeue").
 # Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
 # in the directory the job was submitted from.
 for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+# shellcheck source=examples/launch.sh
 source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
 
 FLAGS=(
@@ -26,7 +29,7 @@ FLAGS=(
     --tensor-model-parallel-size 2 --context-parallel-size 2 --sequence-parallel
     # Still 4M tokens per step: 512 sequences of 8192.
     --seq-length 8192 --micro-batch-size 1 --global-batch-size 512
-    # 90B tokens / 4M per step.
-    --train-iters 21500
+    # The report's ~90B tokens of code (warmup: 3% of them).
+    --train-tokens 9e10
 )
 launch megatron_qwen.pretrain_code "${FLAGS[@]}"

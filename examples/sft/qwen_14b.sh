@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Qwen-14B-Chat SFT on ChatML conversations (report section 3.1, docs/qwen.md section 4;
 # sequence, batch, steps, LR schedule and dropout are the recipe's defaults: docs/launching.md).
-#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
-#   CHECKPOINT_DIR=... bash examples/sft/qwen_14b.sh            (one node)
-#                      sbatch --nodes=2 examples/sft/qwen_14b.sh       (slurm)
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> CHECKPOINT_DIR=... \
+#       bash examples/sft/qwen_14b.sh          (one node)
+#       sbatch --nodes=2 examples/sft/qwen_14b.sh   (slurm; CONTAINER_IMAGE or APPTAINER_IMAGE for a container)
 #SBATCH --job-name=qwen14b-sft
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -11,9 +11,14 @@
 #SBATCH --exclusive
 #SBATCH --time=24:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@360
+# The warning 360 s before the time limit leaves the run time to save a 14B checkpoint and exit;
+# unfinished, it requeues itself and resumes (docs/launching.md, "Time limits, preemption and requeue").
 # Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
 # in the directory the job was submitted from.
 for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+# shellcheck source=examples/launch.sh
 source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
 
 FLAGS=(

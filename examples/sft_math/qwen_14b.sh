@@ -2,9 +2,9 @@
 # Math-Qwen-14B: SFT of the base model on math instructions (report section 5.1, docs/qwen.md section 6;
 # system and user turns masked out of the loss; sequence, batch, LR and steps are the recipe's defaults:
 # docs/launching.md).
-#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
-#   CHECKPOINT_DIR=... bash examples/sft_math/qwen_14b.sh       (one node)
-#                      sbatch --nodes=2 examples/sft_math/qwen_14b.sh  (slurm)
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> CHECKPOINT_DIR=... \
+#       bash examples/sft_math/qwen_14b.sh          (one node)
+#       sbatch --nodes=2 examples/sft_math/qwen_14b.sh   (slurm; CONTAINER_IMAGE or APPTAINER_IMAGE for a container)
 #SBATCH --job-name=qwen14b-math-sft
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -12,9 +12,14 @@
 #SBATCH --exclusive
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@360
+# The warning 360 s before the time limit leaves the run time to save a 14B checkpoint and exit;
+# unfinished, it requeues itself and resumes (docs/launching.md, "Time limits, preemption and requeue").
 # Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
 # in the directory the job was submitted from.
 for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+# shellcheck source=examples/launch.sh
 source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
 
 FLAGS=(

@@ -2,9 +2,9 @@
 # Math-Qwen-7B: SFT of the base model on math instructions (report section 5.1, docs/qwen.md section 6;
 # system and user turns masked out of the loss; sequence, batch, LR and steps are the recipe's defaults:
 # docs/launching.md).
-#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> \
-#   CHECKPOINT_DIR=... bash examples/sft_math/qwen_7b.sh        (one node)
-#                      sbatch --nodes=2 examples/sft_math/qwen_7b.sh   (slurm)
+#   BASE_CHECKPOINT=<base --save dir> DATA_PATH=<ChatML shards (preprocess_data.py --chatml)> CHECKPOINT_DIR=... \
+#       bash examples/sft_math/qwen_7b.sh          (one node)
+#       sbatch --nodes=2 examples/sft_math/qwen_7b.sh   (slurm; CONTAINER_IMAGE or APPTAINER_IMAGE for a container)
 #SBATCH --job-name=qwen7b-math-sft
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -12,17 +12,21 @@
 #SBATCH --exclusive
 #SBATCH --time=48:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@240
+# The warning 240 s before the time limit leaves the run time to save a 7B checkpoint and exit;
+# unfinished, it requeues itself and resumes (docs/launching.md, "Time limits, preemption and requeue").
 # Find examples/launch.sh next to this file or, under sbatch (which runs a copy of this file),
 # in the directory the job was submitted from.
 for d in "${MEGATRON_QWEN_ROOT:-}" "$(dirname "$0")/../.." "${SLURM_SUBMIT_DIR:-}"; do [[ -f "$d/examples/launch.sh" ]] && break; done
+# shellcheck source=examples/launch.sh
 source "$d/examples/launch.sh" || { echo "cannot find examples/launch.sh: submit from the repository root or set MEGATRON_QWEN_ROOT" >&2; exit 1; }
 
 FLAGS=(
     --model-size 7b
     # Same TP2 layout as pretraining; data parallel = 4 per node.
     --tensor-model-parallel-size 2 --sequence-parallel
-    # 128 conversations per step, each padded to 1024 (GPU back ends pad SFT samples); micro-batch 4 (short sequences leave room).
-    # Up to 8 nodes: 128 must be a multiple of 4 x data parallel.
+    # 128 conversations per step, each padded to 1024 (GPU back ends pad SFT samples), micro-batch 4; up to 8 nodes.
     --seq-length 1024 --micro-batch-size 4 --global-batch-size 128
 )
 launch megatron_qwen.sft_math "${FLAGS[@]}"

@@ -56,6 +56,8 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
     tp_rank, tp = (parallel_state.get_tensor_model_parallel_rank(),
                    parallel_state.get_tensor_model_parallel_world_size())
     for name, p in module.named_parameters():
+        if name not in per_rank[0] and name in module.new_parameters:
+            continue  # a reward head started from a language model's checkpoint keeps its fresh values
         dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
         with torch.no_grad():
             p.copy_(shard(unshard([w[name] for w in per_rank], name, dim), name, p, tp_rank, tp))

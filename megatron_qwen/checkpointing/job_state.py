@@ -14,7 +14,7 @@ def current_layout() -> dict:
     """This job's layout record (run_state.layout; process groups built)."""
     return layout(parallel_state.get_tensor_model_parallel_world_size(),
                   parallel_state.get_pipeline_model_parallel_world_size(),
-                  parallel_state.get_data_parallel_world_size())
+                  parallel_state.get_data_parallel_world_size(), parallel_state.get_context_parallel_world_size())
 
 
 def rng_states() -> dict:

@@ -6,9 +6,11 @@ Both stacks save through megatron-core's dist_checkpointing under the same tenso
 optimizer tensors read either way as they are. What differs is beside them. Ours: run_config, train_state,
 data_state, layout (run_state.py). Megatron-LM's: ``args`` (an argparse.Namespace), ``checkpoint_version``,
 ``iteration``, ``opt_param_scheduler``, the ``content_metadata`` dist_checkpointing records (how the
-distributed optimizer's state is sharded), and the RNG object: a list holding one dict, sharded over
-(pipeline, tensor) ranks with the data-parallel rank as replica id. A checkpoint of ours carries both; one
-of Megatron-LM's is read by deriving ours from its ``args``.
+distributed optimizer's state is sharded), and the RNG object: a list of dicts, sharded over (pipeline,
+tensor) ranks with the data- x context-parallel rank as replica id (Megatron-LM's list holds one dict, or
+one per data-parallel rank under --data-parallel-random-init; ours one per data- x context-parallel rank,
+so that each rank's states come back to it). A checkpoint of ours carries both; one of Megatron-LM's is
+read by deriving ours from its ``args``.
 """
 
 import argparse
@@ -77,15 +79,18 @@ def megatron_lm_records(cfg: RunConfig, lay: dict, state: TrainState, scheduler_
     return records if scheduler_state is None else {**records, "opt_param_scheduler": scheduler_state}
 
 
-def rng_to_megatron_lm(state: dict) -> list[dict]:
-    """Our RNG record (job_state.rng_states) as Megatron-LM's object: a list of one dict under its key names.
-    Without CUDA, the CUDA state is the CPU generator's (what Megatron-LM on the CPU shim records)."""
-    return [{_RNG_KEYS[k]: state["torch"] if k == "cuda" and v is None else v for k, v in state.items()}]
+def rng_to_megatron_lm(states: list[dict]) -> list[dict]:
+    """Our RNG records (job_state.rng_states) of one place's ranks as Megatron-LM's object: a list of dicts under
+    its key names. Without CUDA, the CUDA state is the CPU generator's (what Megatron-LM on the CPU shim
+    records)."""
+    return [{_RNG_KEYS[k]: state["torch"] if k == "cuda" and v is None else v for k, v in state.items()}
+            for state in states]
 
 
-def rng_from_megatron_lm(saved: list[dict], cuda: bool) -> dict:
-    """Megatron-LM's RNG object as our record (job_state.set_rng_states); its CUDA state only where there is CUDA."""
-    ours = {k: saved[0][name] for k, name in _RNG_KEYS.items()}
+def rng_from_megatron_lm(entry: dict, cuda: bool) -> dict:
+    """One entry of Megatron-LM's RNG object as our record (job_state.set_rng_states); its CUDA state only where
+    there is CUDA."""
+    ours = {k: entry[name] for k, name in _RNG_KEYS.items()}
     return {**ours, "cuda": ours["cuda"] if cuda else None}
 
 
@@ -155,9 +160,10 @@ def records_from_megatron_lm(common: dict, source: str) -> dict:
     iteration = common.get("iteration", getattr(args, "iteration", 0))
     state = TrainState(iteration=iteration, consumed_samples=getattr(args, "consumed_train_samples", 0))
     tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
-    dp = getattr(args, "data_parallel_size", None) or _arg(args, "world_size", source) // (tp * pp)
+    cp = getattr(args, "context_parallel_size", 1) or 1
+    dp = getattr(args, "data_parallel_size", None) or _arg(args, "world_size", source) // (tp * pp * cp)
     run_config = cfg.to_dict()
     del run_config["model"]["seq_length"]  # Qwen-1's trained length (where NTK begins): Megatron-LM has none
     return {"run_config": run_config, "train_state": dataclasses.asdict(state), "data_state": data_state(cfg),
-            "layout": layout(tp, pp, dp), "no_save_optim": bool(getattr(args, "no_save_optim", False)),
+            "layout": layout(tp, pp, dp, cp), "no_save_optim": bool(getattr(args, "no_save_optim", False)),
             "no_save_rng": bool(getattr(args, "no_save_rng", False))}

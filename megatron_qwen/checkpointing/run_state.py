@@ -23,9 +23,11 @@ class TrainState:
         self.skipped_iterations += 0 if update_successful else 1
 
 
-def layout(tp: int, pp: int, dp: int) -> dict:
-    """The layout record a checkpoint stores: tensor-, pipeline- and data-parallel sizes."""
-    return {"tp": tp, "pp": pp, "dp": dp}
+def layout(tp: int, pp: int, dp: int, cp: int = 1) -> dict:
+    """The layout record a checkpoint stores: tensor-, pipeline- and data-parallel sizes, and the
+    context-parallel size where that is above 1 (a record without it is CP 1)."""
+    record = {"tp": tp, "pp": pp, "dp": dp}
+    return {**record, "cp": cp} if cp > 1 else record
 
 
 def same_layout(saved: dict, now: dict) -> bool:

@@ -47,12 +47,38 @@ def set_model_state(chunks, loaded: dict) -> None:
 
 def load_weights(ckpt_dir: str, chunks) -> None:
     """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout, by us or by Megatron-LM)
-    into this rank's chunks; its pickles are checked first and read restricted (unpickling.py)."""
+    into this rank's chunks; its pickles are checked first and read restricted (unpickling.py). The
+    parameters a model has beyond a language model's (``new_parameters``: the reward head) keep their values
+    where the checkpoint has none (a language model's)."""
     from megatron.core import dist_checkpointing
 
     check_pickles(ckpt_dir)
+    state = model_state(chunks)
     with restricted_unpickling():
-        set_model_state(chunks, dist_checkpointing.load(model_state(chunks), ckpt_dir))
+        kept = _pop_absent_new_parameters(ckpt_dir, chunks, state)
+        loaded = dist_checkpointing.load(state, ckpt_dir)
+    for key, values in kept.items():
+        loaded[key].update(values)
+    set_model_state(chunks, loaded)
+
+
+def _pop_absent_new_parameters(ckpt_dir: str, chunks, state: dict) -> dict[str, dict]:
+    """Takes out of ``state`` the new parameters the checkpoint does not hold; their current values, by model
+    key and name."""
+    from megatron.core import dist_checkpointing
+
+    wanted = {key: unwrap(chunk).new_parameters for key, chunk in zip(model_keys(chunks), chunks)}
+    if not any(wanted.values()):
+        return {}
+    stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
+    kept = {}
+    for (key, names), chunk in zip(wanted.items(), chunks):
+        params = dict(unwrap(chunk).named_parameters())
+        absent = [n for n in names if n in state[key] and state[key][n].key not in stored]
+        kept[key] = {n: params[n].detach() for n in absent}
+        for n in absent:
+            del state[key][n]
+    return kept
 
 
 def save_weights_only(destination: str, iteration: int, chunk, cfg: RunConfig, source: str, source_kind: str) -> str:

@@ -11,7 +11,7 @@ import math
 
 from megatron_qwen.config.deepspeed_json import said
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import flag_fields, spec_of
+from megatron_qwen.config.flags import flag_fields, spec_of, value_problem
 from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags
 from megatron_qwen.config.settings import TrainSettings
 from megatron_qwen.config.zero import ZeroSettings
@@ -54,6 +54,9 @@ def fill_unset_flags(args, user: dict, path: str, default_lr: float) -> None:
     for dest, (key, value) in found.items():
         given = getattr(args, dest)
         if given is None or given is False:
+            problem = value_problem(_spec(dest), value)
+            if problem:
+                raise ConfigError(f"--deepspeed_config {path}: {key} = {value} ({_flag(dest)}) {problem}")
             setattr(args, dest, value)
         elif not _same(given, value):
             raise ConfigError(f"{_flag(dest)} {given} contradicts {key} = {value} in --deepspeed_config {path}; "
@@ -72,13 +75,17 @@ def _put(found: dict, path: str, dest: str, key: str, value, overrides: bool = F
     found[dest] = (key, value)
 
 
-def _flag(dest: str) -> str:
-    """The flag of the setting parsed into ``dest``, as its field declares it (config/flags.py)."""
+def _spec(dest: str):
+    """The declaration of the flag parsed into ``dest`` (config/flags.py)."""
     for cls in (TrainSettings, OptimizerSettings, ScheduleFlags, ZeroSettings):
         for f in flag_fields(cls):
             if (spec_of(f).dest or f.name) == dest:
-                return spec_of(f).names[0]
+                return spec_of(f)
     raise KeyError(f"no flag declares {dest!r}")
+
+
+def _flag(dest: str) -> str:
+    return _spec(dest).names[0]
 
 
 def _same(a, b) -> bool:

@@ -5,7 +5,18 @@ Every size shares the architecture of docs/qwen.md section 1; only the numbers b
 
 from dataclasses import dataclass, replace
 
-from megatron_qwen.config.flags import FUSIONS, INIT, PRECISION, RECOMPUTE, REGULARIZATION, SHAPE, flag
+from megatron_qwen.config.flags import (
+    FUSIONS,
+    INIT,
+    NON_NEGATIVE,
+    POSITIVE,
+    PRECISION,
+    PROBABILITY,
+    RECOMPUTE,
+    REGULARIZATION,
+    SHAPE,
+    flag,
+)
 from megatron_qwen.platform.backends import BACKEND_FLAGS, available_backend
 
 QWEN_VOCAB_SIZE = 151_851  # 151,643 BPE ranks + 208 special tokens
@@ -13,9 +24,10 @@ QWEN_PADDED_VOCAB_SIZE = 151_936  # rows of the published Qwen-1.8B and Qwen-7B
 QWEN_LARGE_PADDED_VOCAB_SIZE = 152_064  # rows of the published Qwen-14B and Qwen-72B
 
 
-# The shape flags override a --model-size preset: unset (None) keeps the preset's value.
+# The shape flags override a --model-size preset: unset (None) keeps the preset's value; every one is a
+# positive number.
 def _shape(name: str, **kw):
-    return flag(name, group=SHAPE, unset=None, help="override the preset", **kw)
+    return flag(name, group=SHAPE, unset=None, bounds=POSITIVE, help="override the preset", **kw)
 
 
 @dataclass(frozen=True)
@@ -53,13 +65,14 @@ class VocabPadding:
     """Read to pad an explicit --vocab-size (padded_rows); not stored: the padded row count is."""
 
     make_vocab_size_divisible_by: int = flag(
-        "--make-vocab-size-divisible-by", group=SHAPE, default=128,
+        "--make-vocab-size-divisible-by", group=SHAPE, default=128, bounds=POSITIVE,
         help="with --vocab-size: pad the embedding rows to a multiple of this (the same at every TP)")
 
 
-def resolve_backend(flag_value: str) -> str:
-    """--transformer-impl's value as the model builder names it; auto: the best one installed."""
-    return available_backend() if flag_value == "auto" else BACKEND_FLAGS[flag_value]
+def resolve_backend(flag_value: str, precision: str) -> str:
+    """--transformer-impl's value as the model builder names it; auto: the best one installed for ``precision``
+    (the run's "fp32" or "bf16")."""
+    return available_backend(precision) if flag_value == "auto" else BACKEND_FLAGS[flag_value]
 
 
 FUSION_HELP = "turn this fusion off (on by default where it runs; docs/PERFORMANCE.md)"
@@ -74,23 +87,25 @@ class BuildSettings:
     """How the model is built and run, beyond its shape: the same for training, inference and
     conversion, so a model rebuilt from a checkpoint's stored configuration is the trained one."""
 
-    transformer_impl: str = flag(  # "te", "flash", "sdpa" or "local" (model/spec.py)
+    # "te", "flash", "sdpa" or "local" (model/spec.py); resolve_backend, given the precision (parse_run_config)
+    transformer_impl: str = flag(
         "--transformer-impl", group=FUSIONS, default="local", unset="auto", choices=("auto", *BACKEND_FLAGS),
-        to_field=resolve_backend,
-        help="layer back end; auto picks transformer_engine, then flash-attn, then torch sdpa on a GPU, and local on "
-             "the CPU")
+        help="layer back end; auto picks transformer_engine, then flash-attn (bf16 only), then torch sdpa on a GPU, "
+             "and local on the CPU")
     # "fp32" or "bf16" (bf16 params, fp32 master weights in the optimizer)
     precision: str = flag("--bf16", group=PRECISION, default="fp32", dest="bf16", kind=bool, unset=False,
                           to_field=lambda bf16: "bf16" if bf16 else "fp32",
                           help="bf16 mixed precision (fp32 master weights)")
     hidden_dropout: float = flag("--hidden-dropout", group=REGULARIZATION, default=0.0, recipe="hidden_dropout",
-                                 help="dropout after each block")
+                                 bounds=PROBABILITY, help="dropout after each block")
     attention_dropout: float = flag("--attention-dropout", group=REGULARIZATION, default=0.0,
-                                    recipe="attention_dropout", help="dropout on attention probabilities")
+                                    recipe="attention_dropout", bounds=PROBABILITY,
+                                    help="dropout on attention probabilities")
     recompute_granularity: str | None = flag("--recompute-granularity", group=RECOMPUTE, default=None,
                                              choices=("full", "selective"))
-    recompute_num_layers: int = flag("--recompute-num-layers", group=RECOMPUTE, default=1)
-    seed: int = flag("--seed", group=INIT, default=1234)  # initial weights (layout-independent) and dropout
+    recompute_num_layers: int = flag("--recompute-num-layers", group=RECOMPUTE, default=1, bounds=POSITIVE)
+    # initial weights (layout-independent) and dropout
+    seed: int = flag("--seed", group=INIT, default=1234, bounds=NON_NEGATIVE)
     cpu_initialization: bool = flag(
         "--use-cpu-initialization", group=INIT, default=False,
         help="draw the initial weights on the CPU, also on a GPU: the same weights as a CPU run and on every GPU "
@@ -111,6 +126,9 @@ class BuildSettings:
         "--compile-layers", group=FUSIONS, default=False,
         help="each transformer layer's forward and backward as compiled graphs (torch.compile; megatron engine, "
              "local/sdpa/flash back ends; docs/PERFORMANCE.md)")
+    # The recipe's: "lm", the output layer over the vocabulary, or "reward", one value per token read at the
+    # end token (model/reward.py). Checkpoints before this field were all "lm".
+    head: str = "lm"
 
 
 MODEL_PRESETS: dict[str, QwenModelConfig] = {

@@ -3,21 +3,23 @@
 from dataclasses import dataclass
 
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import PARALLEL, flag
+from megatron_qwen.config.flags import PARALLEL, POSITIVE, flag
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    tensor_model_parallel_size: int = flag("--tensor-model-parallel-size", group=PARALLEL, default=1)
-    pipeline_model_parallel_size: int = flag("--pipeline-model-parallel-size", group=PARALLEL, default=1)
+    tensor_model_parallel_size: int = flag("--tensor-model-parallel-size", group=PARALLEL, default=1, bounds=POSITIVE)
+    pipeline_model_parallel_size: int = flag("--pipeline-model-parallel-size", group=PARALLEL, default=1,
+                                             bounds=POSITIVE)
     # Layers per virtual pipeline chunk (interleaved 1F1B); None means plain 1F1B.
     num_layers_per_virtual_pipeline_stage: int | None = flag("--num-layers-per-virtual-pipeline-stage",
-                                                             group=PARALLEL, default=None)
-    context_parallel_size: int = flag("--context-parallel-size", group=PARALLEL, default=1)
+                                                             group=PARALLEL, default=None, bounds=POSITIVE)
+    context_parallel_size: int = flag("--context-parallel-size", group=PARALLEL, default=1, bounds=POSITIVE)
     sequence_parallel: bool = flag("--sequence-parallel", group=PARALLEL, default=False)
     overlap_grad_reduce: bool = flag("--overlap-grad-reduce", group=PARALLEL, default=False)
     overlap_param_gather: bool = flag("--overlap-param-gather", group=PARALLEL, default=False)
-    distributed_timeout_minutes: int = flag("--distributed-timeout-minutes", group=PARALLEL, default=30)
+    distributed_timeout_minutes: int = flag("--distributed-timeout-minutes", group=PARALLEL, default=30,
+                                               bounds=POSITIVE)
 
     def data_parallel_size(self, world_size: int) -> int:
         return world_size // (
@@ -33,9 +35,6 @@ class ParallelConfig:
                  padded_vocab_size: int) -> None:
         tp, pp, cp = (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
                       self.context_parallel_size)
-        if min(tp, pp, cp) < 1:
-            raise ConfigError("--tensor-model-parallel-size, --pipeline-model-parallel-size and "
-                              "--context-parallel-size must be at least 1")
         if world_size % (tp * pp * cp) != 0:
             raise ConfigError(
                 f"world size {world_size} is not a multiple of TP x PP x CP = {tp}x{pp}x{cp} = {tp * pp * cp}; "
@@ -53,7 +52,7 @@ class ParallelConfig:
             if pp < 2:
                 raise ConfigError("--num-layers-per-virtual-pipeline-stage needs "
                                   "--pipeline-model-parallel-size of at least 2")
-            if vp_layers < 1 or (num_layers // pp) % vp_layers != 0:
+            if (num_layers // pp) % vp_layers != 0:
                 raise ConfigError(
                     f"--num-layers-per-virtual-pipeline-stage {vp_layers} does not divide the "
                     f"{num_layers // pp} layers of each pipeline stage")

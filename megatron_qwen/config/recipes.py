@@ -17,12 +17,15 @@ class Recipe:
     lr_decay_style: str  # "cosine", "linear" or "constant"
     lr_warmup_iters: int = 0
     lr_warmup_fraction: float | None = None  # overrides lr_warmup_iters when set
-    train_iters: int = 1000
+    lr_warmup_style: str = "linear"  # "linear" (megatron-core's) or "cosine" (a half cosine up to the peak)
+    train_iters: int | None = 1000  # None: one epoch of the training split (training/arguments.py)
     global_batch_size: int = 8
     micro_batch_size: int = 1
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    data_format: str = "pretrain"  # "pretrain" (GPT shards) or "chatml" (SFT shards with loss masks)
+    # "pretrain" (GPT shards), "chatml" (SFT shards with loss masks) or "pairs" (comparison pairs, data/pairs.py)
+    data_format: str = "pretrain"
+    head: str = "lm"  # the model's head: "lm" (the output layer) or "reward" (model/reward.py)
     # Continued pretraining / SFT start from a checkpoint's weights with a fresh optimizer.
     finetune: bool = False
     # Per model size: {size: {field: value}} applied before flags (report Table 1, docs/qwen.md section 3).
@@ -79,4 +82,37 @@ SFT_MATH = replace(
     train_iters=50_000,
 )
 
-RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH)}
+# Code-Qwen-Chat is chat SFT started from Code-Qwen, in several stages, each a run of this recipe from the
+# previous stage's weights. The report states the optimizer, the per-size peak LR and the warmup (3% of the
+# steps, rising on a cosine, then constant); sequence, batch, steps and dropout are chat SFT's.
+SFT_CODE = replace(
+    SFT,
+    name="sft_code",
+    description="Code-Qwen-Chat: multi-stage SFT from Code-Qwen (report section 4.2, docs/qwen.md section 5)",
+    lr=1e-5,
+    lr_warmup_iters=0,
+    lr_warmup_fraction=0.03,
+    lr_warmup_style="cosine",
+    per_size={"7b": {"lr": 1e-5}, "14b": {"lr": 2e-6}},
+)
+
+# The reward model (report section 3.2.1, docs/qwen.md section 11): the same recipe for both stages,
+# preference-model pretraining from a language model (the head starts fresh) and fine-tuning from the PMP
+# checkpoint (--load PMP_SAVE: its head is loaded). Batch sizes count sequences, two per pair.
+REWARD = Recipe(
+    name="reward",
+    description="Reward model: preference-model pretraining, then fine-tuning, on comparison pairs (report "
+                "section 3.2.1, docs/qwen.md section 11)",
+    seq_length=2048,
+    lr=3e-6,
+    min_lr_ratio=1.0,
+    lr_decay_style="constant",
+    train_iters=None,  # a single epoch
+    global_batch_size=128,  # 64 pairs
+    micro_batch_size=2,  # one pair
+    data_format="pairs",
+    head="reward",
+    finetune=True,
+)
+
+RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH, SFT_CODE, REWARD)}

@@ -92,18 +92,28 @@ class RunConfig:
         if p.sequence_parallel and t.seq_length % p.tensor_model_parallel_size != 0:
             raise ConfigError(f"--sequence-parallel needs --seq-length divisible by "
                               f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
-        if not self.data.mock_data and not self.data.data_path:
-            raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] or --mock-data")
-        if self.data.tokenizer_type == "NullTokenizer" and self.data.data_format == "chatml":
-            raise ConfigError("--tokenizer-type NullTokenizer is for pretraining shards; chat SFT renders its "
-                              "turns with Qwen's tokenizer: drop the flag")
-        if t.train_iters < 1:
-            raise ConfigError("--train-iters must be at least 1")
-        if self.checkpoint.keep_last_checkpoints is not None and self.checkpoint.keep_last_checkpoints < 1:
-            raise ConfigError("--keep-last-checkpoints must be at least 1 (the latest checkpoint is never deleted)")
+        self.data.check()
+        self.log.check()
+        if self.data.tokenizer_type == "NullTokenizer" and self.data.data_format != "pretrain":
+            raise ConfigError("--tokenizer-type NullTokenizer is for pretraining shards; chat SFT and comparison "
+                              "pairs render their turns with Qwen's tokenizer: drop the flag")
+        if self.data.data_format == "pairs":
+            self._validate_pairs()
         if self.checkpoint.finetune and not self.checkpoint.load:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")
+
+    def _validate_pairs(self) -> None:
+        """A reward run's batches: both responses of a pair in one micro-batch (data/pairs.py)."""
+        if self.train.micro_batch_size % 2:
+            raise ConfigError(f"--micro-batch-size {self.train.micro_batch_size} is odd; batch sizes count "
+                              "sequences and a pair's two responses share a micro-batch: make it even (2 = one pair)")
+        if self.data.mock_data:
+            raise ConfigError("--mock-data has no comparison pairs; pass --data-path with shards written by "
+                              "tools/preprocess_data.py --pairs")
+        if self.parallel.context_parallel_size > 1:
+            raise ConfigError("--context-parallel-size > 1 is not supported for the reward model (the end token's "
+                              "value would sit on one context-parallel rank); drop it")
 
     def effective_deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed config this run gives DeepSpeed (--zero-engine deepspeed): config/zero.py."""

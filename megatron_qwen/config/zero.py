@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from megatron_qwen.config.deepspeed_json import passed_to_deepspeed, read_json, said
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import PARALLEL, ZERO, flag
+from megatron_qwen.config.flags import PARALLEL, POSITIVE, ZERO, flag
 from megatron_qwen.config.parallel import ParallelConfig
 
 ENGINES = ("megatron", "deepspeed")
@@ -39,7 +39,7 @@ class ZeroSettings:
                               help="deepspeed engine, stage 3: keep parameter shards in CPU memory (unset: the "
                                    "--deepspeed_config's, else none)")
     bucket_size: int = flag("--zero-bucket-size", group=ZERO, dest="zero_bucket_size", default=DEFAULT_BUCKET_ELEMENTS,
-                            unset=None,
+                            unset=None, bounds=POSITIVE,
                             help="deepspeed engine: elements per reduce / all-gather bucket (unset: the "
                                  f"--deepspeed_config's reduce_bucket_size, else {DEFAULT_BUCKET_ELEMENTS})")
     deepspeed_config: str | None = flag(  # a user's DeepSpeed JSON, under our flags

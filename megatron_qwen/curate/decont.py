@@ -65,7 +65,7 @@ class EvalNgramIndexer(PipelineStep):
         super().__init__()
         self.data_dirs = [p for p in eval_inputs if is_data_dir(p)]
         jsonl = [p for p in eval_inputs if p not in self.data_dirs]
-        self.files = expand_inputs(jsonl) if jsonl else []
+        self.files = expand_inputs(jsonl, flag="--eval-data") if jsonl else []
         if not all(f.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")) for f in self.files):
             raise InputError(f"--eval-data {eval_inputs}: evaluation sets must be jsonl files or an evaluation "
                              "--data-dir (docs/evaluation.md)")

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.stats import PipelineStats
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate import decont, exact, fuzzy, quality, upsample
 from megatron_qwen.curate.extract import HtmlExtraction, LanguageTagger, make_extractor
+from megatron_qwen.curate.raw_reader import RawJsonlReader, bad_records
 from megatron_qwen.curate.to_shards import TokenizeShards
-from megatron_qwen.data.sources import expand_inputs, parse_block, read_blocks, shard_names
+from megatron_qwen.data.sources import expand_inputs, shard_names
 
 STEPS = ("extract", "exact", "fuzzy", "quality", "decont", "upsample", "tokenize")
 FOLDERS = {step: f"{i}_{step}" for i, step in enumerate(STEPS[:-1], 1)}
@@ -54,26 +56,7 @@ class CurateConfig:
         return os.path.join(self.output, *parts)
 
 
-class RawAdapter:
-    """Raw record -> datatrove document: the text from `text_key`, else the HTML from `html_key` (marked
-    `html` for HtmlExtraction); `source` from the record, else the input file's name."""
-
-    def __init__(self, text_key: str, html_key: str, sources: dict[str, str]):
-        self.text_key, self.html_key = text_key, html_key
-        self.sources = sources
-
-    def __call__(self, reader, data: dict, path: str, id_in_file: int) -> dict:
-        if self.text_key in data:
-            text = data.pop(self.text_key)
-        else:
-            text = data.pop(self.html_key, "")
-            data["html"] = True
-        data.setdefault("source", self.sources.get(path, os.path.splitext(os.path.basename(path))[0]))
-        return {"text": text if isinstance(text, str) else "", "id": str(data.pop("id", f"{path}/{id_in_file}")),
-                "metadata": data}
-
-
-def raw_reader(cfg: CurateConfig) -> tuple[JsonlReader, int]:
+def raw_reader(cfg: CurateConfig) -> tuple[RawJsonlReader, int]:
     files = expand_inputs(cfg.inputs)
     if any(f.endswith(".parquet") for f in files):
         raise ConfigError(f"--input {cfg.inputs}: curation reads jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not parquet")
@@ -83,34 +66,35 @@ def raw_reader(cfg: CurateConfig) -> tuple[JsonlReader, int]:
     paths_file = cfg.folder("work", "inputs.txt")
     with open(paths_file, "w") as f:
         f.write("\n".join(relative) + "\n")
-    adapter = RawAdapter(cfg.text_key, cfg.html_key, dict(zip(relative, shard_names(files))))
-    return JsonlReader(root, paths_file=paths_file, adapter=adapter, add_file_path=False), len(files)
+    reader = RawJsonlReader(root, paths_file, cfg.text_key, cfg.html_key, dict(zip(relative, shard_names(files))),
+                            cfg.folder("logs", "extract"))
+    return reader, len(files)
+
+
+def count_by_reason(located: list[str]) -> str:
+    """'invalid UTF-8 2, not a JSON object 1' of located bad records ("FILE:LINE: reason")."""
+    reasons = Counter(line.rsplit(": ", 1)[1] for line in located)
+    return ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
+
+
+def skipped_records(cfg: CurateConfig, shown: int = 20) -> str:
+    """The extract step's bad records as tools/preprocess_data.py reports them: their count by reason, then
+    the first ``shown`` located (file:line: reason); empty when there were none."""
+    located = bad_records(cfg.folder("logs", "extract"))
+    if not located:
+        return ""
+    lines = [f"skipped records: {len(located):,} ({count_by_reason(located)})"]
+    return "\n".join(lines + [f"  {line}" for line in located[:shown]])
 
 
 def describe_raw_input(cfg: CurateConfig) -> str:
-    """Why the raw input gave no document, from a scan of it: its bad records counted by reason, with the
-    first one located (file:line), or that it holds no record at all."""
-
-    def check(obj):
-        if not isinstance(obj, dict):
-            return "malformed JSON"
-        value = obj.get(cfg.text_key, obj.get(cfg.html_key))
-        if value is None:
-            return f"no {cfg.text_key!r} or {cfg.html_key!r} key"
-        return value if isinstance(value, str) and value else "empty text"
-
-    reasons: Counter = Counter()
-    first = None
-    for path in expand_inputs(cfg.inputs):
-        for block in read_blocks(path, []):
-            for line, reason in parse_block(block, check).bad:
-                reasons[reason] += 1
-                first = first or f"{path}:{line}: {reason}"
-    if not reasons:
+    """Why the raw input gave no document: its bad records counted by reason, with the first one located
+    (file:line), or that it holds no record at all."""
+    located = bad_records(cfg.folder("logs", "extract"))
+    if not located:
         return "the files hold no record (one JSON object per line)"
-    counts = ", ".join(f"{reason} {n:,}" for reason, n in reasons.most_common())
-    return (f"every record is bad ({counts}; the first: {first}); expected one JSON object per line with "
-            f"--text-key {cfg.text_key} or --html-key {cfg.html_key}")
+    return (f"every record is bad ({count_by_reason(located)}; the first: {located[0]}); expected one JSON object "
+            f"per line with --text-key {cfg.text_key} or --html-key {cfg.html_key}")
 
 
 def step_input_files(cfg: CurateConfig, step: str) -> list[str]:
@@ -301,12 +285,17 @@ def _value(stat) -> float:
 
 
 def stage_stats(output: str, stage: str) -> list[dict] | None:
-    """datatrove's merged statistics of a finished stage (a list, one entry per pipeline step)."""
-    path = os.path.join(output, "logs", stage, "stats.json")
-    if not os.path.exists(path):
+    """datatrove's statistics of a stage (a list, one entry per pipeline step), summed over its tasks' own
+    files (stats/<task>.json): the stats.json a run merges holds only the tasks that run ran, so after a
+    resume it would miss the tasks completed before."""
+    tasks = sorted(glob.glob(os.path.join(output, "logs", stage, "stats", "*.json")))
+    if not tasks:
         return None
-    with open(path) as f:
-        return json.load(f)
+    total = PipelineStats()
+    for path in tasks:
+        with open(path) as f:
+            total += PipelineStats.from_json(json.load(f))
+    return json.loads(total.to_json())
 
 
 def summary(output: str, stage_names: list[str]) -> list[tuple[str, int, int, dict[str, float]]]:
@@ -320,7 +309,7 @@ def summary(output: str, stage_names: list[str]) -> list[tuple[str, int, int, di
         read = int(_value(stats[0]["stats"].get("documents", 0)))
         written = int(_value(stats[-1]["stats"].get("total", 0)))
         details = {key: _value(value) for step in stats for key, value in step["stats"].items()
-                   if key.startswith(("dropped_", "contaminated_", "lang_", "copies_", "extracted"))}
+                   if key.startswith(("dropped_", "contaminated_", "lang_", "copies_", "extracted", "bad_"))}
         rows.append((name, read, written, details))
     return rows
 

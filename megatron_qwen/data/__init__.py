@@ -10,10 +10,11 @@ _LAZY = {
     "build_pretrain_datasets": "megatron_qwen.data.pretrain",
     "build_sft_datasets": "megatron_qwen.data.sft",
     "SFTDataset": "megatron_qwen.data.sft",
+    "build_pair_datasets": "megatron_qwen.data.pairs",
 }
 
-__all__ = ["build_pretrain_datasets", "build_sft_datasets", "SFTDataset", "parse_data_path", "check_data_path",
-           "check_split", "DataPathError"]
+__all__ = ["build_pretrain_datasets", "build_sft_datasets", "SFTDataset", "build_pair_datasets", "parse_data_path",
+           "check_data_path", "check_split", "DataPathError"]
 
 
 def __getattr__(name: str):

@@ -10,13 +10,23 @@ fraction of a second, before any process group exists.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
-from megatron_qwen.data.shards import ShardError, loss_mask_prefix, read_index_counts
+from megatron_qwen.data.shards import ShardError, check_index, loss_mask_prefix
 
 
 class DataPathError(ValueError):
     """A malformed --data-path/--split or an unusable shard; the message is one line naming the flag
     or file and the fix."""
+
+
+@contextmanager
+def naming(flag: str):
+    """The errors below name --data-path: name ``flag``, the data flag that was given, instead."""
+    try:
+        yield
+    except DataPathError as e:
+        raise DataPathError(str(e).replace("--data-path", flag)) from None
 
 
 def _number(text: str) -> float | None:
@@ -61,9 +71,9 @@ def parse_data_path(data_path: list[str], check_files: bool = True) -> tuple[lis
 def check_shard(prefix: str, loss_mask: bool = False) -> int:
     """The document count of the shard at `prefix`, or DataPathError when its .bin/.idx are missing,
     unreadable, disagree or hold nothing; with `loss_mask`, also its SFT loss-mask companion.
-    Reads headers only."""
+    Reads the .idx whole (shards.check_index), not the .bin."""
     try:
-        documents, tokens = read_index_counts(prefix)
+        documents, tokens = check_index(prefix)
     except ShardError as e:
         raise DataPathError(f"--data-path {prefix}: {e}") from None
     if tokens == 0:  # megatron-core cannot map an empty .bin
@@ -72,7 +82,7 @@ def check_shard(prefix: str, loss_mask: bool = False) -> int:
     if loss_mask:
         mask = loss_mask_prefix(prefix)
         try:
-            mask_documents, mask_tokens = read_index_counts(mask)
+            mask_documents, mask_tokens = check_index(mask)
         except ShardError as e:
             raise DataPathError(f"--data-path {prefix}: its SFT loss mask: {e}") from None
         if (mask_documents, mask_tokens) != (documents, tokens):
@@ -85,10 +95,17 @@ def check_shard(prefix: str, loss_mask: bool = False) -> int:
 def check_data_path(data_path: list[str], loss_masks: bool = False) -> None:
     """Check --data-path (WEIGHT PREFIX pairs or prefixes, as parse_data_path) and every shard it names
     (check_shard; `loss_masks`: SFT shards, with their loss-mask companions); DataPathError (one
-    line) on the first problem. Header reads only, no process group: fast on any shard size."""
+    line) on the first problem. Index reads only, no process group: fast on any shard size."""
     prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         check_shard(prefix, loss_mask=loss_masks)
+
+
+def token_id_outside(prefix: str, document: int, token_id: int, vocab_size: int, model: str = "") -> DataPathError:
+    """The one line for a token id the model has no embedding row for (training/preflight.py, data/pretrain.py)."""
+    return DataPathError(f"--data-path {prefix}: document {document} holds token id {token_id}, outside the model's "
+                         f"vocabulary of {vocab_size}{model}; preprocess it with the model's tokenizer, or pick a "
+                         "model with that vocabulary")
 
 
 def check_split(split: str) -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from megatron_qwen.data.preference import PAIR_FIELDS, encode_pairs, pair_record_checker
 from megatron_qwen.data.progress import Progress
 from megatron_qwen.data.shards import IndexedShardWriter, dataset_prefix, is_complete, is_loss_mask, loss_mask_prefix
 from megatron_qwen.data.sources import (
@@ -62,6 +63,12 @@ class Options:
     strict: bool = False
     threads: int = 2  # encoding threads per process
     default_system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # chat mode: given to conversations without one
+    pair_format: str | None = None  # comparison pairs in this format (data/preference.py), one dataset "pairs"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The record fields read (a parquet file's columns)."""
+        return PAIR_FIELDS[self.pair_format] if self.pair_format else self.keys
 
 
 @dataclass
@@ -122,6 +129,8 @@ def nothing_kept(stats: ShardStats, opts: Options) -> str:
     """Why a run kept no document: its skipped records by reason with the first one located, or none at all."""
     expected = f"records with a {opts.keys[0]!r} {'conversation' if opts.chatml else 'string'}" if len(
         opts.keys) == 1 else f"records with the keys {', '.join(opts.keys)}"
+    if opts.pair_format:
+        expected = f"comparison records of --pair-format {opts.pair_format}"
     if not stats.bad:
         return f"no document kept: the input holds no record (expected one JSON object per line, {expected})"
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.bad.most_common())
@@ -155,18 +164,22 @@ class BlockEncoder:
 
     def __init__(self, tokenizer: QwenTokenizer, opts: Options):
         self.tokenizer, self.opts = tokenizer, opts
-        self.check = chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys))
+        self.check = (pair_record_checker(opts.pair_format) if opts.pair_format else
+                      chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys)))
 
     def __call__(self, block: Block) -> EncodedBlock:
         batch = parse_block(block, self.check)
         outputs = []
-        if batch.records and self.opts.chatml:
+        if batch.records and self.opts.pair_format:
+            outputs = [encode_pairs(batch.records, self.tokenizer, self.opts.default_system_prompt)]
+        elif batch.records and self.opts.chatml:
             outputs = self._encode_chats(batch.records)
         elif batch.records:
             outputs = [_encode_texts(self.tokenizer, [r[k] for r in batch.records], self.opts.append_eod)
                        for k in range(len(self.opts.keys))]
-        return EncodedBlock(outputs, len(batch.records), outputs[0][0].size if outputs else 0, batch.bad,
-                            block.input_bytes, block.position)
+        # documents: the sequences of the (first) dataset, two per pair
+        return EncodedBlock(outputs, len(outputs[0][1]) if outputs else 0, outputs[0][0].size if outputs else 0,
+                            batch.bad, block.input_bytes, block.position)
 
     def _encode_chats(self, conversations: list) -> list[tuple[np.ndarray, np.ndarray]]:
         ids: list[int] = []
@@ -277,7 +290,7 @@ def preprocess_shard(
     writers = [IndexedShardWriter(p, np.uint8 if is_loss_mask(p) else np.int32) for p in shard_outputs(task, opts)]
     try:
         last_position = 0
-        for encoded in encoding.map(read_blocks(task.input_path, list(opts.keys), task.start, task.end)):
+        for encoded in encoding.map(read_blocks(task.input_path, list(opts.columns), task.start, task.end)):
             for where, reason in encoded.bad:
                 if opts.strict:
                     raise BadRecordError(f"{task.input_path}:{where}: {reason} "

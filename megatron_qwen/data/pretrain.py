@@ -11,11 +11,12 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
-from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path
+from megatron_qwen.data.blend import DataPathError, check_split, parse_data_path, token_id_outside
 from megatron_qwen.data.shards import read_index_counts
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -34,6 +35,24 @@ def _lone_process_is_rank_zero():
         yield
     finally:
         torch.distributed.get_rank = original
+
+
+class CheckedGPTDataset(GPTDataset):
+    """megatron-core's GPTDataset that checks each sample's token ids against the vocabulary as it reads
+    the sample (the start-up check reads whole only shards up to 16 MiB, data/shards.py): one vectorised max
+    of the int64 ids seen as unsigned, where a negative id is above any vocabulary. An id outside it is one
+    DataPathError naming the shard and the document."""
+
+    def _query_document_sample_shuffle_indices(self, idx):
+        text, document_ids = super()._query_document_sample_shuffle_indices(idx)
+        vocab_size = self.config.tokenizer.vocab_size
+        if text.view(np.uint64).max() >= vocab_size:  # or megatron-core's padding (-1) of a short last sample
+            for document in document_ids:
+                ids = self.dataset.get(int(document))
+                bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+                if bad.size:
+                    raise token_id_outside(self.dataset.path_prefix, int(document), int(ids[bad[0]]), vocab_size)
+        return text, document_ids
 
 
 def _drop_splits_without_documents(config: GPTDatasetConfig, prefixes: list[str], num_samples) -> None:
@@ -73,7 +92,7 @@ def build_pretrain_datasets(
     else:
         if not data_path:
             raise ValueError("--data-path is required unless --mock-data is set")
-        blend, cls = parse_data_path(data_path), GPTDataset
+        blend, cls = parse_data_path(data_path), CheckedGPTDataset
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,

@@ -1,14 +1,17 @@
 """SFT datasets over ChatML shards (tokens + `_loss_mask` companion, written by --chatml).
 
-A sample is a dict like megatron-core's GPT samples: tokens, labels, loss_mask, position_ids and
-a boolean attention_mask [1, s, s] where True means "masked out". Within a conversation of n
-tokens, tokens = ids[:-1], labels = ids[1:], loss_mask = stored mask[1:] (the stored mask marks
-training targets). Conversations longer than seq_length + 1 tokens are truncated.
+A sample is a dict like megatron-core's GPT samples: tokens, labels, loss_mask, position_ids, and
+cu_seqlens, where its conversations begin and end (model/packing.py; None for a padded sample). Within a
+conversation of n tokens, tokens = ids[:-1], labels = ids[1:], loss_mask = stored mask[1:] (the stored
+mask marks training targets). Conversations longer than seq_length + 1 tokens are truncated.
 
-- padded (pack=False): one conversation per sample, the rest filled with EOD at loss mask 0.
+- padded (pack=False): one conversation per sample, the rest filled with EOD at loss mask 0; plain
+  causal attention, no mask.
 - packed (pack=True): consecutive conversations (in shuffled order) fill a sample while they
-  fit; attention is block-diagonal causal, position_ids restart at 0 for each conversation, and
-  no label crosses from one conversation into the next. Padding at the end is its own block.
+  fit; cu_seqlens delimits them (and the padding at the end, its own segment), so attention never
+  crosses a boundary: the training step turns it into the form the back end takes (a block-diagonal
+  mask, or megatron-core's PackedSeqParams). position_ids restart at 0 for each conversation, and no
+  label crosses from one conversation into the next.
 Every rank builds the same datasets deterministically from the seed; no files are written.
 """
 
@@ -19,14 +22,12 @@ from collections import deque
 import numpy as np
 import torch
 from megatron.core.datasets import helpers
-from megatron.core.datasets.blended_megatron_dataset_config import (
-    convert_split_vector_to_split_matrix,
-    parse_and_normalize_split,
-)
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_qwen.data.blend import DataPathError, check_data_path, check_split, parse_data_path
+from megatron_qwen.data.blend import DataPathError, check_data_path, parse_data_path
 from megatron_qwen.data.shards import LOSS_MASK_SUFFIX, loss_mask_prefix, read_index_counts
+from megatron_qwen.data.splits import split_parts
+from megatron_qwen.model.packing import describe_segments
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -68,14 +69,18 @@ class SFTDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        return self.sample(self.samples[idx])
+
+    def sample(self, docs) -> dict[str, torch.Tensor]:
+        """The sample holding documents ``docs`` in this order (``samples[i]`` for sample i)."""
         s = self.seq_length
         tokens = np.full(s, self.eod, dtype=np.int64)
         labels = np.full(s, self.eod, dtype=np.int64)
         loss_mask = np.zeros(s, dtype=np.float32)
         position_ids = np.zeros(s, dtype=np.int64)
-        segment = np.full(s, -1, dtype=np.int64)  # -1: padding, its own attention block
+        lengths = []
         start = 0
-        for k, doc in enumerate(self.samples[idx]):
+        for doc in docs:
             ids = self.tokens[doc][: s + 1]
             mask = self.masks[doc][: s + 1]
             n = len(ids) - 1
@@ -83,17 +88,15 @@ class SFTDataset(torch.utils.data.Dataset):
             labels[start:start + n] = ids[1:]
             loss_mask[start:start + n] = mask[1:]
             position_ids[start:start + n] = np.arange(n)
-            segment[start:start + n] = k
+            lengths.append(n)
             start += n
         position_ids[start:] = np.arange(s - start)
-        causal = np.tril(np.ones((s, s), dtype=bool))
-        attend = causal & (segment[:, None] == segment[None, :])
         return {
             "tokens": torch.from_numpy(tokens),
             "labels": torch.from_numpy(labels),
             "loss_mask": torch.from_numpy(loss_mask),
             "position_ids": torch.from_numpy(position_ids),
-            "attention_mask": torch.from_numpy(~attend).unsqueeze(0),
+            "cu_seqlens": describe_segments(lengths, s) if self.pack else None,
         }
 
 
@@ -123,35 +126,15 @@ def build_sft_datasets(data_path: list[str], split: str, seq_length: int, seed: 
     as WEIGHT PREFIX pairs; unweighted prefixes are weighted by their document counts)."""
     check_data_path(data_path, loss_masks=True)
     prefixes, weights = parse_data_path(data_path, check_files=False)
-    split_matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(check_split(split)))
     doc_counts = [read_index_counts(p)[0] for p in prefixes]
-    if weights is None:
-        weights = [float(n) for n in doc_counts]
-    total = sum(weights)
-    weights = [w / total for w in weights]
     out = []
-    for split_index, bounds in enumerate(split_matrix):
-        size = num_samples[split_index]
-        if bounds is None or not size:
+    for split_index, parts in enumerate(split_parts(prefixes, doc_counts, weights, split, num_samples)):
+        if parts is None:
             out.append(None)
             continue
         split_seed = seed + 1000 * split_index
-        parts, part_weights = [], []
-        for i, (prefix, n_docs) in enumerate(zip(prefixes, doc_counts)):
-            begin, end = int(round(bounds[0] * n_docs)), int(round(bounds[1] * n_docs))
-            if end > begin:  # a small dataset may give a small split no document at all
-                parts.append((i, prefix, begin, end))
-                part_weights.append(weights[i])
-        if not parts:
-            out.append(None)
-            continue
-        part_weights = [w / sum(part_weights) for w in part_weights]
-        datasets = [
-            # A little surplus, as megatron-core does, since blending may take one sample more.
-            SFTDataset(prefix, begin, end, seq_length,
-                       size if len(parts) == 1 else int(np.ceil(w * size * 1.005)) + 1,
-                       split_seed + i, pack, tokenizer.eod)
-            for (i, prefix, begin, end), w in zip(parts, part_weights)
-        ]
-        out.append(datasets[0] if len(datasets) == 1 else BlendedSFTDataset(datasets, part_weights, size))
+        datasets = [SFTDataset(p.prefix, p.begin, p.end, seq_length, p.size, split_seed + p.index, pack, tokenizer.eod)
+                    for p in parts]
+        out.append(datasets[0] if len(datasets) == 1 else
+                   BlendedSFTDataset(datasets, [p.weight for p in parts], num_samples[split_index]))
     return tuple(out)

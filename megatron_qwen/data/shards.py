@@ -24,6 +24,7 @@ import numpy as np
 
 TEXT_KEY = "text"  # default json key of pretraining records
 MESSAGES_KEY = "messages"  # default json key of ChatML SFT records
+PAIRS_KEY = "pairs"  # the dataset of comparison pairs (data/pairs.py)
 LOSS_MASK_SUFFIX = "_loss_mask"
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
@@ -43,6 +44,14 @@ class ShardError(ValueError):
 def dataset_prefix(output_prefix: str, key: str, shard: str | None = None) -> str:
     """Megatron's naming: `{output_prefix}_{key}_document`, with the shard name before the key."""
     return f"{output_prefix}_{shard}_{key}_document" if shard else f"{output_prefix}_{key}_document"
+
+
+def output_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name a dataset's files ("data/" would write "data/_text_document.bin"), or None."""
+    if not os.path.basename(prefix):
+        return (f"--output-prefix {prefix} ends in a folder; add the start of a file name, e.g. "
+                f"{os.path.join(prefix, 'web')}")
+    return None
 
 
 def loss_mask_prefix(prefix: str) -> str:
@@ -143,6 +152,9 @@ def _header(prefix: str) -> tuple[type[np.number], int, int]:
         raise ShardError(f"{idx_path}: index version {version}, only version 1 exists; {REDO}")
     if code not in DTYPE_CODES:
         raise ShardError(f"{idx_path}: unknown token dtype code {code} (known: 1-8); {REDO}")
+    if not np.issubdtype(DTYPE_CODES[code], np.integer):
+        raise ShardError(f"{idx_path}: token dtype code {code} is {np.dtype(DTYPE_CODES[code]).name}; token ids are "
+                         f"integers (codes 1-5, 8); {REDO}")
     if num_doc_indices < 1:
         raise ShardError(f"{idx_path}: no document index (Megatron's start with 0); {REDO}")
     expected = _HEADER.size + 12 * num_seq + 8 * num_doc_indices
@@ -181,6 +193,40 @@ def read_index_counts(prefix: str) -> tuple[int, int]:
     return num_docs, end_bytes // np.dtype(dtype).itemsize
 
 
+INDEX_CHUNK = 1 << 22  # sequences of the .idx checked at a time: bounded memory on any size
+
+
+def check_index(prefix: str) -> tuple[int, int]:
+    """(documents, tokens) of a dataset whose whole .idx is checked against its .bin: read_index_counts'
+    checks, then every sequence length non-negative and every pointer where the lengths before it put it
+    (so monotone and inside the .bin), the document index rising from 0 to the sequence count. ShardError
+    naming the file and the first bad sequence. Reads the .idx once, in chunks (12 bytes a sequence)."""
+    counts = read_index_counts(prefix)
+    dtype, num_seq, num_docs = _header(prefix)
+    idx_path, itemsize = prefix + ".idx", np.dtype(dtype).itemsize
+    lengths = np.memmap(idx_path, np.int32, "r", _HEADER.size, (num_seq,)) if num_seq else np.zeros(0, np.int32)
+    pointers = np.memmap(idx_path, np.int64, "r", _HEADER.size + 4 * num_seq, (num_seq,)) if num_seq else lengths
+    expected = 0  # bytes of the sequences before the chunk
+    for start in range(0, num_seq, INDEX_CHUNK):
+        chunk = lengths[start:start + INDEX_CHUNK].astype(np.int64)
+        negative = np.flatnonzero(chunk < 0)
+        if negative.size:
+            i = start + int(negative[0])
+            raise ShardError(f"{idx_path}: sequence {i} has length {lengths[i]}; {REDO}")
+        ends = expected + np.cumsum(chunk * itemsize)
+        starts = np.concatenate([[expected], ends[:-1]])
+        wrong = np.flatnonzero(pointers[start:start + INDEX_CHUNK] != starts)
+        if wrong.size:
+            i = start + int(wrong[0])
+            raise ShardError(f"{idx_path}: sequence {i} points at byte {pointers[i]} of the .bin, but the lengths "
+                             f"before it add up to byte {starts[wrong[0]]} (a damaged index); {REDO}")
+        expected = int(ends[-1])
+    documents = np.fromfile(idx_path, np.int64, num_docs + 1, offset=_HEADER.size + 12 * num_seq)
+    if documents[0] != 0 or (np.diff(documents) < 0).any():
+        raise ShardError(f"{idx_path}: its document index does not rise from 0 (a damaged index); {REDO}")
+    return counts
+
+
 def is_complete(prefix: str) -> bool:
     try:
         read_index_counts(prefix)
@@ -191,7 +237,7 @@ def is_complete(prefix: str) -> bool:
 
 def _read_index(prefix: str) -> tuple[type[np.number], np.ndarray, np.ndarray]:
     """(dtype, sequence lengths, document indices) of a complete dataset."""
-    read_index_counts(prefix)
+    check_index(prefix)
     dtype, num_seq, num_docs = _header(prefix)
     exact = _HEADER.size + 12 * num_seq + 8 * (num_docs + 1)
     if os.path.getsize(prefix + ".idx") != exact:
@@ -203,6 +249,11 @@ def _read_index(prefix: str) -> tuple[type[np.number], np.ndarray, np.ndarray]:
         f.seek(_HEADER.size + 12 * num_seq)
         document_indices = np.fromfile(f, dtype=np.int64, count=num_docs + 1)
     return dtype, lengths, document_indices
+
+
+def sequence_lengths(prefix: str) -> np.ndarray:
+    """The sequence lengths (tokens) of a complete dataset, read from its .idx."""
+    return _read_index(prefix)[1]
 
 
 def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
@@ -238,12 +289,13 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
 SCAN_BUDGET = 16 << 20  # bytes of each .bin read by the token-id check: whole below it, evenly spaced blocks above
 
 
-def find_token_id_at_least(prefix: str, limit: int, budget: int = SCAN_BUDGET) -> tuple[int, int] | None:
-    """(document, token id) of a token id >= ``limit`` in the dataset at ``prefix`` (a shard tokenized for
-    another vocabulary), else None. Reads the whole .bin up to ``budget`` bytes, and beyond that 64
-    evenly spaced blocks totalling ``budget``: a bounded cost on any size that catches a wrongly tokenized
-    shard (every block has such ids) but not a few stray ids in a huge one."""
-    dtype, num_seq, _ = _header(prefix)
+def find_token_id_outside(prefix: str, vocab_size: int, budget: int = SCAN_BUDGET) -> tuple[int, int] | None:
+    """(document, token id) of a token id outside 0..``vocab_size``-1 in the dataset at ``prefix`` (a shard
+    tokenized for another vocabulary, or damaged), else None. Reads the whole .bin up to ``budget`` bytes,
+    and beyond that 64 evenly spaced blocks totalling ``budget``: a bounded cost on any size that catches a
+    wrongly tokenized shard (every block has such ids) but not a few stray ids in a huge one; those are
+    caught as the loader reads their sample (data/pretrain.py)."""
+    dtype = _header(prefix)[0]
     itemsize = np.dtype(dtype).itemsize
     tokens = np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     if tokens.size * itemsize <= budget:
@@ -253,11 +305,15 @@ def find_token_id_at_least(prefix: str, limit: int, budget: int = SCAN_BUDGET) -
         starts = np.linspace(0, tokens.size - block, 64).astype(np.int64)
     for start in starts:
         chunk = tokens[start:start + block]
-        bad = np.flatnonzero(chunk >= limit)
+        bad = np.flatnonzero((chunk < 0) | (chunk >= vocab_size))
         if bad.size:
-            position = int(start + bad[0])
-            pointers = np.memmap(prefix + ".idx", dtype=np.int64, mode="r", offset=_HEADER.size + 4 * num_seq,
-                                 shape=(num_seq,))
-            sequence = int(np.searchsorted(pointers, position * itemsize, side="right")) - 1
-            return sequence, int(chunk[bad[0]])
+            return document_at(prefix, int(start + bad[0])), int(chunk[bad[0]])
     return None
+
+
+def document_at(prefix: str, token: int) -> int:
+    """The sequence (a document, in pretraining shards) holding the ``token``-th token of the .bin."""
+    dtype, num_seq, _ = _header(prefix)
+    pointers = np.memmap(prefix + ".idx", dtype=np.int64, mode="r", offset=_HEADER.size + 4 * num_seq,
+                         shape=(num_seq,))
+    return int(np.searchsorted(pointers, token * np.dtype(dtype).itemsize, side="right")) - 1

@@ -40,25 +40,25 @@ def _supported(path: str) -> bool:
     return path.endswith(INPUT_SUFFIXES)
 
 
-def expand_inputs(specs: list[str]) -> list[str]:
-    """Files named by `--input` entries (files, directories searched recursively, globs), sorted."""
+def expand_inputs(specs: list[str], flag: str = "--input") -> list[str]:
+    """Files named by the entries of ``flag`` (files, directories searched recursively, globs), sorted."""
     files: set[str] = set()
     for spec in specs:
         if os.path.isdir(spec):
             found = [os.path.join(root, name) for root, _, names in os.walk(spec) for name in names]
             matched = [f for f in found if _supported(f)]
             if not matched:
-                raise InputError(f"--input {spec}: directory holds no {'/'.join(INPUT_SUFFIXES)} files")
+                raise InputError(f"{flag} {spec}: directory holds no {'/'.join(INPUT_SUFFIXES)} files")
         elif os.path.isfile(spec):
             if not _supported(spec):
-                raise InputError(f"--input {spec}: unsupported file type; expected one of {', '.join(INPUT_SUFFIXES)}")
+                raise InputError(f"{flag} {spec}: unsupported file type; expected one of {', '.join(INPUT_SUFFIXES)}")
             matched = [spec]
         elif glob.has_magic(spec):
             matched = [f for f in glob.glob(spec, recursive=True) if os.path.isfile(f) and _supported(f)]
             if not matched:
-                raise InputError(f"--input {spec}: the pattern matches no {'/'.join(INPUT_SUFFIXES)} files")
+                raise InputError(f"{flag} {spec}: the pattern matches no {'/'.join(INPUT_SUFFIXES)} files")
         else:
-            raise InputError(f"--input {spec}: no such file or directory")
+            raise InputError(f"{flag} {spec}: no such file or directory")
         files.update(os.path.abspath(f) for f in matched)
     return sorted(files)
 

@@ -1,5 +1,5 @@
-"""The benchmarks of the Qwen report's Table 2, each with the report's shot count and the lm-eval task
-configuration it is built from (docs/qwen.md section 10)."""
+"""The benchmarks of the Qwen report's Table 2, each with the report's shot count and its subjects
+(docs/qwen.md section 10); how each protocol prompts and scores them: protocol_*.py."""
 
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ class Benchmark:
     name: str  # --tasks name, and the lm-eval group or task our configuration defines
     title: str  # as the report's table spells it
     shots: int  # the report's (Table 2)
-    metric: str  # lm-eval's metric key of the headline score
     subjects: tuple[str, ...] = ()  # one lm-eval task per subject, aggregated into the group
     code: bool = False  # runs the model's code (needs --allow-code-execution)
     partial: bool = False  # some subjects only (--tasks mmlu:anatomy): no published number applies
@@ -69,14 +68,13 @@ class Benchmark:
 
 
 BENCHMARKS = {b.name: b for b in (
-    Benchmark("mmlu", "MMLU", 5, "acc,none", MMLU_SUBJECTS),
-    Benchmark("ceval", "C-Eval", 5, "acc,none", CEVAL_SUBJECTS),
-    # the flexible extract takes the last number of the completion, as Qwen's own GSM8K scripts do
-    Benchmark("gsm8k", "GSM8K", 8, "exact_match,flexible-extract"),
-    Benchmark("math", "MATH", 4, "exact_match,none", tuple(MATH_SUBJECTS)),
-    Benchmark("humaneval", "HumanEval", 0, "pass_at_1,create_test", code=True),
-    Benchmark("mbpp", "MBPP", 3, "pass_at_1,none", code=True),
-    Benchmark("bbh", "BBH", 3, "exact_match,none", BBH_SUBJECTS),
+    Benchmark("mmlu", "MMLU", 5, MMLU_SUBJECTS),
+    Benchmark("ceval", "C-Eval", 5, CEVAL_SUBJECTS),
+    Benchmark("gsm8k", "GSM8K", 8),
+    Benchmark("math", "MATH", 4, tuple(MATH_SUBJECTS)),
+    Benchmark("humaneval", "HumanEval", 0, code=True),
+    Benchmark("mbpp", "MBPP", 3, code=True),
+    Benchmark("bbh", "BBH", 3, BBH_SUBJECTS),
 )}
 
 

@@ -5,6 +5,7 @@ lm-eval and curation's decontamination read them.
                                                                  question,A,B,C,D,answer)
     ceval/dev/<subject>_dev.csv, ceval/val/<subject>_val.csv    ceval-exam.zip (header id,question,A,B,C,D,answer)
     gsm8k/test.jsonl                                             openai/grade-school-math (question, answer)
+    gsm8k/gsm8k_prompt.txt                                       QwenLM/Qwen's eval/gsm8k_prompt.txt (--protocol qwen)
     math/test/<subject>/<n>.json                                 Hendrycks' MATH.tar's MATH/test (problem, solution)
     humaneval/HumanEval.jsonl[.gz]                               openai/human-eval (task_id, prompt, test, entry_point)
     mbpp/mbpp.jsonl                                              google-research/mbpp (task_id, text, code, test_list)
@@ -24,6 +25,8 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import BENCHMARKS, Benchmark
 
 MMLU_COLUMNS = ["question", "A", "B", "C", "D", "answer"]
+GSM8K_EXEMPLARS = os.path.join("gsm8k", "gsm8k_prompt.txt")
+QWEN_REPOSITORY = "https://github.com/QwenLM/Qwen"
 MBPP_TEST_IDS, MBPP_PROMPT_IDS = range(11, 511), range(2, 5)  # the paper's test split; its 3-shot prompt tasks
 REQUIRED_FIELDS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"),
                    "humaneval": ("task_id", "prompt", "test", "entry_point"),
@@ -100,8 +103,20 @@ def _check_first_record(bench: Benchmark, path: str) -> None:
                           "(docs/evaluation.md)")
 
 
-def check_data(benchmarks: list[Benchmark], root: str) -> None:
-    """One line for the first missing or malformed file, before any model is loaded."""
+def gsm8k_exemplars(root: str) -> str:
+    """Qwen's 8-shot GSM8K exemplars, as its evaluate_gsm8k.py reads them."""
+    path = os.path.join(root, GSM8K_EXEMPLARS)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--data-dir {root}: task gsm8k (--protocol qwen) expects {GSM8K_EXEMPLARS}, which is "
+                          f"missing: it is eval/gsm8k_prompt.txt of {QWEN_REPOSITORY}, Qwen's 8 exemplars "
+                          "(docs/evaluation.md)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def check_data(benchmarks: list[Benchmark], root: str, gsm8k_exemplar_file: bool = False) -> None:
+    """One line for the first missing or malformed file, before any model is loaded. ``gsm8k_exemplar_file``:
+    GSM8K needs Qwen's exemplar file too (its base-model protocol)."""
     if not os.path.isdir(root):
         raise ConfigError(f"--data-dir {root} does not exist; it holds one folder per benchmark (docs/evaluation.md)")
     for bench in benchmarks:
@@ -112,6 +127,8 @@ def check_data(benchmarks: list[Benchmark], root: str) -> None:
                     raise ConfigError(f"--data-dir {root}: task {bench.name} expects {shown}, which is missing "
                                       "(layouts: docs/evaluation.md)")
                 _check_first_record(bench, path)
+        if gsm8k_exemplar_file and bench.name == "gsm8k":
+            gsm8k_exemplars(root)
 
 
 def load_folder(folder: str, **_) -> dict:
@@ -121,12 +138,22 @@ def load_folder(folder: str, **_) -> dict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(list(_json_records(folder)))})
 
 
-def load_csv(files: dict[str, str], header: bool, **_) -> dict:
-    """lm-eval's custom_dataset for MMLU's and C-Eval's CSV files: every field kept as the text written
-    (a choice such as "None" or "1.50" stays as it is)."""
+def _pandas_records(path: str, header: bool) -> list[dict]:
+    """The rows as Qwen's scripts see them: pandas.read_csv's typed values printed by str() ("1.50" in a column
+    of numbers is "1.5", "None" is "nan")."""
+    import pandas
+
+    frame = pandas.read_csv(path, **({} if header else {"names": MMLU_COLUMNS}))
+    return [{k: str(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def load_csv(files: dict[str, str], header: bool, as_pandas_reads: bool = False, **_) -> dict:
+    """lm-eval's custom_dataset for MMLU's and C-Eval's CSV files: every field kept as the text written (a choice
+    such as "None" or "1.50" stays as it is), or ``as_pandas_reads`` (_pandas_records)."""
     import datasets
 
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(list(_csv_records(path, header)))
+    read = _pandas_records if as_pandas_reads else (lambda path, h: list(_csv_records(path, h)))
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(read(path, header))
                                  for split, path in files.items()})
 
 

@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import Benchmark, select
+from megatron_qwen.evaluation.fewshot_rows import check_fewshot_rows
 from megatron_qwen.evaluation.local_data import check_data
-from megatron_qwen.evaluation.published import PUBLISHED, SOURCE, size_of
-from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, check_sandbox_available
-from megatron_qwen.evaluation.task_configs import write_task_configs
+from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
+from megatron_qwen.evaluation.published import MODEL_NAMES, SIZES, published_for, size_of
+from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, SandboxLimits, check_sandbox_available
+from megatron_qwen.evaluation.task_configs import Protocol, protocol, write_task_configs
 
 
 @dataclass
@@ -25,6 +27,8 @@ class EvalConfig:
     batch_size: int = 8
     output: str | None = None
     chat: bool = False
+    protocol: str = "qwen"
+    published: str = "qwen"
     allow_code_execution: bool = False
     device: str = "cpu"
     dtype: str = "auto"
@@ -33,9 +37,12 @@ class EvalConfig:
     code_memory_mb: int = 1024
 
 
-def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
-    """Every check that needs no model: tasks, data files, code execution, the model's place."""
-    benchmarks = select(cfg.tasks)
+def check_inputs(cfg: EvalConfig) -> tuple[list[Benchmark], Protocol]:
+    """Every check that needs no model: tasks, protocol, published table, sandbox limits, data files, code
+    execution, the model's place."""
+    benchmarks, proto = select(cfg.tasks), protocol(cfg.protocol, cfg.chat)
+    published_for(cfg.published, cfg.chat)
+    SandboxLimits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
     code = [b.name for b in benchmarks if b.code]
     if code and not cfg.allow_code_execution:
         raise ConfigError(f"--tasks {' '.join(code)} run the model's code: add --allow-code-execution (each sample "
@@ -49,13 +56,17 @@ def check_inputs(cfg: EvalConfig) -> list[Benchmark]:
         what = "does not exist" if not os.path.exists(cfg.load) else f"has neither config.json nor {TRACKER}"
         raise ConfigError(f"--load {cfg.load} {what}; give a Hugging Face model directory or a --save directory "
                           "of ours")
-    check_data(benchmarks, cfg.data_dir)
-    return benchmarks
+    check_data(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)
+    check_fewshot_rows(benchmarks, cfg.data_dir, cfg.chat)
+    return benchmarks, proto
 
 
 def hf_model_dir(load: str, scratch: str) -> str:
     """``load`` as a directory transformers reads with its tokenizer: as it is when it is a self-contained
-    qwen2-layout export; otherwise exported (through ours for a Qwen-1 directory) into ``scratch``."""
+    qwen2-layout export; otherwise written as one into ``scratch`` (a Hugging Face directory renamed tensor by
+    tensor, a checkpoint of ours exported), without an export's decoding settings: lm-eval sets its own (a
+    max_new_tokens in generation_config.json would override its max_gen_toks), and Qwen's evaluation
+    turns the chat models' repetition penalty off."""
     from megatron_qwen.hf.source import is_hf_dir
 
     if is_hf_dir(load):
@@ -64,15 +75,15 @@ def hf_model_dir(load: str, scratch: str) -> str:
         _, layout = read_hf_config(load)
         if layout == "qwen2" and os.path.isfile(os.path.join(load, "tokenizer.json")):
             return load
-        from megatron_qwen.hf.load import import_hf
+        from megatron_qwen.hf.relayout import relayout_hf
 
         print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
-        import_hf(load, os.path.join(scratch, "ours"))
-        load = os.path.join(scratch, "ours")
+        relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
+        return os.path.join(scratch, "hf")
     from megatron_qwen.hf.export import export_hf
 
     print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
-    export_hf(load, os.path.join(scratch, "hf"), "qwen2")
+    export_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
     return os.path.join(scratch, "hf")
 
 
@@ -90,46 +101,56 @@ def _lm_eval(cfg: EvalConfig, benchmarks: list[Benchmark], model_dir: str, inclu
         fewshot_as_multiturn=False, gen_kwargs=gen_kwargs, confirm_run_unsafe_code=cfg.allow_code_execution)
 
 
-def headline_scores(benchmarks: list[Benchmark], results: dict, size: str | None) -> dict:
-    """{benchmark: {title, shots, metric, score (percent), published}} from lm-eval's results."""
+def headline_scores(benchmarks: list[Benchmark], results: dict, proto: Protocol, published: dict,
+                    size: str | None) -> dict:
+    """{benchmark: {title, shots, metric, score (percent), published: {size: [score, table] or None}}}."""
     scores = {}
     for b in benchmarks:
         row = results.get("groups", {}).get(b.lm_eval_name) or results["results"][b.lm_eval_name]
-        published = {s: None if b.partial else PUBLISHED[s][b.name] for s in ([size] if size else PUBLISHED)}
-        scores[b.name] = {"title": b.title, "shots": results["n-shot"].get(b.task_name(b.subjects[0] if b.subjects
-                                                                                          else None)),
-                          "metric": b.metric, "score": 100.0 * row[b.metric], "published": published}
+        scores[b.name] = {"title": b.title, "shots": 0 if proto.chat else b.shots,
+                          "metric": proto.headline_key(b), "score": 100.0 * row[proto.headline_key(b)],
+                          "published": {s: None if b.partial else published.get(s, {}).get(b.name)
+                                        for s in ([size] if size else SIZES)}}
     return scores
 
 
-def format_table(scores: dict, size: str | None) -> str:
-    sizes = [size] if size else list(PUBLISHED)
-    head = f"{'benchmark':<10} {'shots':>5} {'score':>7} " + " ".join(f"{'Qwen-' + s.upper():>10}" for s in sizes)
+def format_table(report: dict) -> str:
+    """Each score beside the published ones of the model's size (every size when the shape is not published),
+    each published number with its table."""
+    size, scores = report["published_size"], report["scores"]
+    sizes = [size] if size else list(SIZES)
+    model = report["published_model"]
+    head = (f"{'benchmark':<10} {'shots':>5} {'score':>7} "
+            + " ".join(f"{model + '-' + s.upper():>{max(10, len(model) + 6)}}" for s in sizes) + "  published in")
     lines = [head, "-" * len(head)]
     for s in scores.values():
-        pub = " ".join(f"{'-' if s['published'][z] is None else format(s['published'][z], '.1f'):>10}" for z in sizes)
-        lines.append(f"{s['title']:<10} {s['shots']:>5} {s['score']:>7.1f} {pub}")
-    lines.append(f"(score: lm-eval's {', '.join(sorted({s['metric'] for s in scores.values()}))}, in percent; "
-                 f"published: {SOURCE})")
+        cells = [s["published"][z] for z in sizes]
+        pub = " ".join(f"{'-' if c is None else format(c[0], '.1f'):>{max(10, len(model) + 6)}}" for c in cells)
+        tables = sorted({c[1] for c in cells if c is not None})
+        lines.append(f"{s['title']:<10} {s['shots']:>5} {s['score']:>7.1f} {pub}  {', '.join(tables) or '-'}")
+    lines.append(f"(score: --protocol {report['settings']['protocol']}, lm-eval metric "
+                 f"{', '.join(sorted({s['metric'] for s in scores.values()}))}, in percent; published: the Qwen "
+                 "report, QWEN_TECHNICAL_REPORT.pdf of QwenLM/Qwen, docs/qwen.md section 10)")
     return "\n".join(lines)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    benchmarks = check_inputs(cfg)
+    benchmarks, proto = check_inputs(cfg)
     with tempfile.TemporaryDirectory(prefix="megatron_qwen_eval_") as scratch:
         model_dir = hf_model_dir(cfg.load, scratch)
         with open(os.path.join(model_dir, "config.json")) as f:
             size = size_of(json.load(f))
-        include = write_task_configs(benchmarks, cfg.data_dir, os.path.join(scratch, "tasks"), cfg.chat)
+        include = write_task_configs(benchmarks, cfg.data_dir, os.path.join(scratch, "tasks"), proto)
         out = _lm_eval(cfg, benchmarks, model_dir, include)
     report = {"settings": asdict(cfg), "published_size": size,
-              "scores": headline_scores(benchmarks, out, size),
+              "published_model": MODEL_NAMES[(cfg.published, cfg.chat)],
+              "scores": headline_scores(benchmarks, out, proto, published_for(cfg.published, cfg.chat), size),
               "lm_eval": {k: out.get(k) for k in ("results", "groups", "n-shot", "versions", "higher_is_better")},
               "samples": out.get("samples", {})}
     if cfg.output:
         from lm_eval.utils import handle_non_serializable
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        with open(cfg.output, "w", encoding="utf-8") as f:
+        with open_no_looser(cfg.output, input_files(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)) as f:
             json.dump(report, f, indent=1, ensure_ascii=False, default=handle_non_serializable)
     return report

@@ -7,9 +7,6 @@ model's shape. Memory stays at a few copies of the largest tensor (the embedding
 the model's depth.
 """
 
-import json
-import os
-
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
@@ -23,20 +20,11 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.files import SafetensorsWriter
-from megatron_qwen.hf.layouts import (
-    check_layout,
-    generation_config,
-    global_weight_shapes,
-    hf_config,
-    hf_shapes,
-    to_hf_state_dict,
-)
-from megatron_qwen.hf.tokenizer_files import write_tokenizer_files
+from megatron_qwen.hf.layouts import DTYPES, check_layout, global_weight_shapes, hf_shapes, to_hf_state_dict
+from megatron_qwen.hf.side_files import write_side_files
 from megatron_qwen.model.layout import LAYER_NAME, TE_NORM_PREFIXES
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.tokenizer.files import read_tokenizer_file
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _stored_key(global_name: str) -> tuple[str, int | None]:
@@ -82,9 +70,9 @@ def _load(ckpt_dir: str, names: list[str], stored: dict, num_layers: int) -> dic
     return {name: loaded[name][0] if _stored_key(name)[1] is not None else loaded[name] for name in names}
 
 
-def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
+def _check_stored(ckpt_dir: str, cfg, stored: dict, head: str) -> None:
     """Every tensor the model needs is in the checkpoint, with the shape its run_config implies."""
-    for name, shape in global_weight_shapes(cfg).items():
+    for name, shape in global_weight_shapes(cfg, head).items():
         key, layer = _stored_key(name)
         want = shape if layer is None else (cfg.num_layers, *shape)
         if key not in stored:
@@ -95,51 +83,44 @@ def _check_stored(ckpt_dir: str, cfg, stored: dict) -> None:
                               f"model in its run_config implies {list(want)}")
 
 
-def _side_files(run: RunConfig, layout: str, dtype: torch.dtype, chat: bool) -> dict[str, dict]:
-    """The json files next to the weights (a qwen2 export's tokenizer files come from tokenizer_files.py).
-    Qwen-1's seq_length is the length the run trained at, its --seq-length."""
-    cfg = run.model
-    files = {"config.json": hf_config(cfg, layout, dtype, run.train.seq_length)}
-    if layout == "qwen":  # read by Qwen's remote-code tokenizer (tokenization_qwen.py, from the original model)
-        files["generation_config.json"] = generation_config(chat, run.train.seq_length)
-        files["tokenizer_config.json"] = {"tokenizer_class": "QWenTokenizer",
-                                          "model_max_length": cfg.max_position_embeddings,
-                                          "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}
-    return files
-
-
 def export_hf(source: str, destination: str, layout: str, dtype: str | None = None, max_shard_size: int = 5 * 10**9,
-              tokenizer_model: str | None = None, chat: bool | None = None) -> list[str]:
+              tokenizer_model: str | None = None, chat: bool | None = None, decoding: bool = True) -> list[str]:
     """Write the latest checkpoint under ``source`` (a --save directory) as a Hugging Face model
     of ``layout`` ("qwen" or "qwen2") at ``destination``; returns the files written.
 
-    dtype: "bf16", "fp16" or "fp32" (default: the checkpoint's). chat: whether
-    generation_config.json also stops at <|im_end|> (default: the checkpoint's run trained on
-    ChatML data)."""
+    dtype: "bf16", "fp16" or "fp32" (default: the checkpoint's). chat: whether generation_config.json
+    holds a chat model's settings (default: the checkpoint's run trained on ChatML data); decoding=False:
+    none of its decoding settings (hf/generation.py). Qwen-1's seq_length is the length the run trained at,
+    its --seq-length. A reward model's checkpoint goes out as Qwen2ForSequenceClassification (qwen2 only),
+    without generation settings."""
     check_layout(layout)
     iteration = latest_iteration(source)
     if iteration is None:
         raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
     ckpt_dir = checked_for_reading(iteration_dir(source, iteration))  # whole, and its pickles data only
-    tokenizer, _ = read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
+    read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
     init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
     try:
         with restricted_unpickling():
-            return _export(ckpt_dir, destination, layout, dtype, max_shard_size, tokenizer, tokenizer_model, chat)
+            return _export(source, ckpt_dir, destination, layout, dtype, max_shard_size, tokenizer_model, chat,
+                           decoding)
     finally:
         destroy_distributed()
 
 
-def _export(ckpt_dir: str, destination: str, layout: str, dtype: str | None, max_shard_size: int, tokenizer: bytes,
-            tokenizer_model: str | None, chat: bool | None) -> list[str]:
+def _export(source: str, ckpt_dir: str, destination: str, layout: str, dtype: str | None, max_shard_size: int,
+            tokenizer_model: str | None, chat: bool | None, decoding: bool) -> list[str]:
     """export_hf's work, on the checkpoint ``ckpt_dir`` already checked, inside the restricted unpickling."""
     run = RunConfig.from_dict(common_state(ckpt_dir)["run_config"])
-    cfg = run.model
+    cfg, head = run.model, run.build.head
+    if head == "reward" and layout != "qwen2":
+        raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
+                          "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
     stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
-    _check_stored(ckpt_dir, cfg, stored)
+    _check_stored(ckpt_dir, cfg, stored, head)
     out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
-    plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout).items()]  # in write order
-    names = list(global_weight_shapes(cfg))
+    plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
+    names = list(global_weight_shapes(cfg, head))
     with staged_directory(destination) as staging:
         writer = SafetensorsWriter(staging, plan, max_shard_size)
         with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
@@ -149,12 +130,7 @@ def _export(ckpt_dir: str, destination: str, layout: str, dtype: str | None, max
                     writer.write(hf_name, tensor.to(out_dtype))
                 bar.update(len(group))
         files = writer.close()
-        side = _side_files(run, layout, out_dtype, run.data.data_format == "chatml" if chat is None else chat)
-        for file, content in side.items():
-            with open(os.path.join(staging, file), "w") as f:
-                json.dump(content, f, indent=2)
-        with open(os.path.join(staging, "qwen.tiktoken"), "wb") as f:
-            f.write(tokenizer)
-        if layout == "qwen2":  # transformers and vLLM read these, not qwen.tiktoken
-            side = [*side, *write_tokenizer_files(staging, cfg.max_position_embeddings, tokenizer_model)]
-    return sorted([*files, *side, "qwen.tiktoken"])
+        chat = run.data.data_format == "chatml" if chat is None else chat
+        files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
+                                  decoding, head)
+    return sorted(files)

@@ -4,7 +4,9 @@
 section 1): fused ``attn.c_attn`` (q|k|v row blocks, with bias), ``mlp.w2`` the gate and
 ``mlp.w1`` the up projection, ``intermediate_size`` twice the FFN width.
 ``qwen2``: transformers' built-in ``Qwen2ForCausalLM``, the same network with separate q/k/v and
-gate/up/down projections; it loads without remote code.
+gate/up/down projections; it loads without remote code. A reward model (model/reward.py) goes out as its
+``Qwen2ForSequenceClassification`` with one label: our head is its ``score`` (qwen2 only; Qwen-1's remote code
+has no such class).
 
 Our side is the full (TP=1) megatron-core tensor of each layout-independent global name
 (model/layout.py). It differs from both layouts in two places: the QKV weight interleaves the
@@ -20,9 +22,10 @@ import torch
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QWEN_VOCAB_SIZE, QwenModelConfig
 from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
+from megatron_qwen.tokenizer.qwen import ENDOFTEXT, SPECIAL_TOKENS
 
 LAYOUTS = {"qwen": "QWenLMHeadModel", "qwen2": "Qwen2ForCausalLM"}
-ENDOFTEXT_ID, IM_END_ID = 151_643, 151_645  # <|endoftext|>, <|im_end|> (docs/qwen.md section 2)
+REWARD_ARCHITECTURE = "Qwen2ForSequenceClassification"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ _TOP_NAMES = {
     "qwen": {"embedding.word_embeddings.weight": "transformer.wte.weight",
              "decoder.final_layernorm.weight": "transformer.ln_f.weight", "output_layer.weight": "lm_head.weight"},
     "qwen2": {"embedding.word_embeddings.weight": "model.embed_tokens.weight",
-              "decoder.final_layernorm.weight": "model.norm.weight", "output_layer.weight": "lm_head.weight"},
+              "decoder.final_layernorm.weight": "model.norm.weight", "output_layer.weight": "lm_head.weight",
+              "reward_head.weight": "score.weight"},
 }
 # Buffers some checkpoints carry that the config already determines; they are skipped on import.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -78,8 +82,9 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def global_weight_shapes(cfg: QwenModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight of the full (TP=1) model by global name, in the order of the network."""
+def global_weight_shapes(cfg: QwenModelConfig, head: str = "lm") -> dict[str, tuple[int, ...]]:
+    """Every weight of the full (TP=1) model by global name, in the order of the network; ``head`` "reward":
+    the reward model's (config/model.py's BuildSettings.head)."""
     h, ffn, rows = cfg.hidden_size, cfg.ffn_hidden_size, cfg.padded_vocab_size
     attn = cfg.num_attention_heads * cfg.head_dim
     layer = {
@@ -95,7 +100,10 @@ def global_weight_shapes(cfg: QwenModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.num_layers):
         shapes.update({f"decoder.layers.{i}.{k}": v for k, v in layer.items()})
     shapes["decoder.final_layernorm.weight"] = (h,)
-    shapes["output_layer.weight"] = (rows, h)
+    if head == "reward":
+        shapes["reward_head.weight"] = (1, h)
+    else:
+        shapes["output_layer.weight"] = (rows, h)
     return shapes
 
 
@@ -140,10 +148,10 @@ def to_hf(global_name: str, full: torch.Tensor, head_dim: int) -> list[torch.Ten
     return [full]
 
 
-def hf_shapes(cfg: QwenModelConfig, layout: str) -> dict[str, tuple[int, ...]]:
+def hf_shapes(cfg: QwenModelConfig, layout: str, head: str = "lm") -> dict[str, tuple[int, ...]]:
     """Every tensor a Hugging Face checkpoint of this model holds, with its shape, in file order."""
     shapes = {}
-    for gname, shape in global_weight_shapes(cfg).items():
+    for gname, shape in global_weight_shapes(cfg, head).items():
         parts = to_hf(gname, torch.empty(shape, device="meta"), cfg.head_dim)
         for piece, part in zip(pieces(gname, layout), parts):
             shapes[piece.name] = (part.shape[0] * piece.blocks, *part.shape[1:])
@@ -305,13 +313,16 @@ def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
     return cfg, layout
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # --dtype's names
 _TORCH_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length: int) -> dict:
+def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length: int, head: str = "lm") -> dict:
     """config.json of ``cfg`` in ``layout``: Qwen-1's published keys, or transformers' Qwen2Config keys.
     ``seq_length``: the length the run trained at (Qwen-1's seq_length, where NTK and LogN begin); the
-    position limit is the model's max_position_embeddings."""
+    position limit is the model's max_position_embeddings. ``head`` "reward": Qwen2ForSequenceClassification
+    with one label, pooling at the last token that is not <|endoftext|> (the padding), which on our sequences
+    is the end token the reward is read at (docs/qwen.md section 11)."""
     common = {"architectures": [LAYOUTS[layout]], "model_type": layout, "hidden_size": cfg.hidden_size,
               "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
               "vocab_size": cfg.padded_vocab_size, "max_position_embeddings": cfg.max_position_embeddings,
@@ -325,32 +336,21 @@ def hf_config(cfg: QwenModelConfig, layout: str, dtype: torch.dtype, seq_length:
                 # Qwen's remote code: dynamic NTK and LogN past seq_length (docs/long_context.md); it has
                 # no window attention.
                 "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": "auto",
-                # All false, as published: the remote code then runs in the weights' dtype (torch_dtype) or
-                # the one the user asks for, instead of forcing one.
+                # All false, as published: the remote code then picks the precision from the device (bf16 on a
+                # GPU with bf16, else fp16 on a GPU with fp16, else fp32), whatever torch_dtype says, unless
+                # the user passes bf16/fp16/fp32=True (docs/checkpoints.md).
                 "bf16": False, "fp16": False, "fp32": False,
                 "tokenizer_class": "QWenTokenizer",
                 "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
                              "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}
-    head = {"head_dim": cfg.head_dim} if cfg.kv_channels is not None else {}
+    head_dim = {"head_dim": cfg.head_dim} if cfg.kv_channels is not None else {}
     # Plain RoPE and full attention: transformers' "dynamic" rope_scaling is another formula than Qwen-1's
     # NTK, it has no LogN, and its sliding window is one size on the upper layers (docs/long_context.md).
-    return {**common, **head, "num_key_value_heads": cfg.num_attention_heads,
+    reward = ({"architectures": [REWARD_ARCHITECTURE], "num_labels": 1, "pad_token_id": SPECIAL_TOKENS[ENDOFTEXT]}
+              if head == "reward" else {})
+    return {**common, **head_dim, "num_key_value_heads": cfg.num_attention_heads,
             "intermediate_size": cfg.ffn_hidden_size, "rms_norm_eps": cfg.norm_epsilon,
             "rope_theta": float(cfg.rotary_base), "rope_scaling": None, "hidden_act": "silu",
             "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None,
-            "max_window_layers": cfg.num_layers, "bos_token_id": None, "eos_token_id": ENDOFTEXT_ID}
-
-
-# Qwen-7B-Chat's published generation_config.json (docs/checkpoints.md): nucleus sampling over all tokens with
-# a mild repetition penalty, at most 512 new tokens.
-QWEN_CHAT_SAMPLING = {"do_sample": True, "top_k": 0, "top_p": 0.8, "repetition_penalty": 1.1, "max_new_tokens": 512}
-
-
-def generation_config(chat: bool, seq_length: int) -> dict:
-    """generation_config.json of a qwen export, with the keys Qwen's remote code reads: <|endoftext|> ends and
-    pads; chat_format "chatml" (a chat model, which also stops at <|im_end|>, with Qwen-7B-Chat's sampling
-    defaults) or "raw"; max_window_size, the history model.chat() keeps, the run's training length."""
-    out = {"eos_token_id": ENDOFTEXT_ID, "pad_token_id": ENDOFTEXT_ID, "max_window_size": seq_length,
-           "chat_format": "chatml" if chat else "raw",
-           "stop_words_ids": [[ENDOFTEXT_ID], [IM_END_ID]] if chat else [[ENDOFTEXT_ID]]}
-    return {**out, **QWEN_CHAT_SAMPLING} if chat else out
+            "max_window_layers": cfg.num_layers, "bos_token_id": None, "eos_token_id": SPECIAL_TOKENS[ENDOFTEXT],
+            **reward}

@@ -41,7 +41,9 @@ def fill_chunks(weights: HFWeights, layout: str, head_dim: int, chunks, progress
     for chunk in chunks:
         model = unwrap(chunk)
         names = global_param_names(model)
-        todo += [(names[local], param) for local, param in model.named_parameters()]
+        # a reward model's head has no Hugging Face language model tensor: it keeps its fresh values
+        todo += [(names[local], param) for local, param in model.named_parameters()
+                 if names[local] not in model.new_parameters]
     for gname, param in tqdm(todo, desc="loading Hugging Face weights", unit="tensor", disable=not progress):
         split = getattr(param, "tensor_model_parallel", False) and tp_size > 1
         dim = param.partition_dim if split else None

@@ -6,10 +6,12 @@ the same ``qwen.tiktoken`` our tokenizer reads, with Qwen's split pattern, NFC n
 Qwen's tokenizer normalizes) and the 208 special tokens at their ids. A client then needs no file
 from elsewhere: ``AutoTokenizer.from_pretrained(export)`` gives our ids, ``apply_chat_template``
 renders the ChatML of ``tools/generate.py --chat`` and Qwen's ``make_context`` (default system turn
-included), and generation stops on ``<|endoftext|>`` and ``<|im_end|>``.
+included).
 
-One difference stays: a client encoding a whole string reads a literal ``<|im_end|>`` in it as the
-special token, as Qwen's own tokenizer does by default; ours never does (tokenizer/qwen.py).
+One difference stays, and no template can remove it: transformers renders the chat template to one
+string and reads special-token text anywhere in it as the special token, so ``<|im_end|>`` written in a
+message ends the turn; Qwen's make_context, tools/generate.py --chat and training encode message content
+as text (docs/checkpoints.md, "Special-token text inside a message").
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '" + IM_START + "assistant\\n' }}{%- endif %}"
 )
-STOP_IDS = [SPECIAL_TOKENS[ENDOFTEXT], SPECIAL_TOKENS[IM_END]]
 
 
 def tokenizer_json(tiktoken_path: str):
@@ -59,15 +60,10 @@ def tokenizer_config(model_max_length: int) -> dict:
             "additional_special_tokens": [IM_START, IM_END], "chat_template": CHAT_TEMPLATE}
 
 
-def generation_config_stopping() -> dict:
-    """generation_config.json of a qwen2 export: stop on <|endoftext|> and <|im_end|>, pad with <|endoftext|>."""
-    return {"eos_token_id": STOP_IDS, "pad_token_id": SPECIAL_TOKENS[ENDOFTEXT], "bos_token_id": None}
-
-
 def write_tokenizer_files(out_dir: str, model_max_length: int, tokenizer_model: str | None = None) -> list[str]:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and generation_config.json
-    into ``out_dir`` (an existing directory); returns their names. ``tokenizer_model``: the
-    qwen.tiktoken to convert (default: the verified fetched copy, as load_tokenizer resolves it)."""
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir`` (an existing
+    directory); returns their names. ``tokenizer_model``: the qwen.tiktoken to convert (default: the verified
+    fetched copy, as load_tokenizer resolves it)."""
     data, source = read_tokenizer_file(tokenizer_model)
     parse_bpe_ranks(data, source)  # a corrupt explicit file fails here in one line, not inside the converter
     with tempfile.TemporaryDirectory() as tmp:  # the converter reads a path; hand it exactly the checked bytes
@@ -77,8 +73,7 @@ def write_tokenizer_files(out_dir: str, model_max_length: int, tokenizer_model: 
         tokenizer_json(path).save(os.path.join(out_dir, "tokenizer.json"))
     side = {"tokenizer_config.json": tokenizer_config(model_max_length),
             "special_tokens_map.json": {"eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT,
-                                        "additional_special_tokens": [IM_START, IM_END]},
-            "generation_config.json": generation_config_stopping()}
+                                        "additional_special_tokens": [IM_START, IM_END]}}
     for name, content in side.items():
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(content, f, indent=2, ensure_ascii=False)

@@ -2,7 +2,9 @@
 
 Pipeline parallelism is decided here (which layers, whether this chunk has the embedding or
 the output layer); tensor parallelism lives inside megatron-core's layers; data parallelism is
-the DDP wrapper at the end. Nothing else in the package splits the model.
+the DDP wrapper at the end, for the megatron engine. The DeepSpeed engine wraps the same chunks
+in DeepSpeed's own (training/deepspeed_engine.py; ZeRO-3 partitions their parameters), and a
+Hugging Face --load reads each rank's share of every tensor into them (hf/load.py).
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ from megatron_qwen.model.compile import compile_layers
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
 from megatron_qwen.model.spec import qwen_block_spec
+from megatron_qwen.platform.backends import PACKED_SEQUENCE_FORM
 from megatron_qwen.platform.distributed import on_gpu
 
 
@@ -34,11 +37,18 @@ def _installed(*modules: str) -> bool:
 
 class QwenGPTModel(GPTModel):
     """megatron-core's GPT model, with the loss of model/loss.py where ``chunked_loss``: the loss is the one
-    component megatron-core's specs do not reach."""
+    component megatron-core's specs do not reach. ``head`` names what its last stage ends in (the training
+    objective follows it: training/step.py); ``new_parameters``: those a language model's checkpoint lacks.
+    ``packed_form``: how its attention takes a packed sample's boundaries, "thd" or "mask" (model/packing.py;
+    the training step reads it)."""
 
-    def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, **kwargs):
+    head = "lm"
+    new_parameters: tuple[str, ...] = ()
+
+    def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, packed_form: str = "mask",
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.chunked_loss, self.compiled_loss = chunked_loss, compiled_loss
+        self.chunked_loss, self.compiled_loss, self.packed_form = chunked_loss, compiled_loss, packed_form
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if not self.chunked_loss:
@@ -53,20 +63,22 @@ def build_model(cfg: RunConfig, initialize: bool = True) -> list[QwenGPTModel]:
     layout-independent initial weights. Training, inference and checkpoint conversion all build
     through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
     Needs the process groups (platform/distributed.py)."""
-    tcfg = transformer_config(cfg.model, cfg.parallel, cfg.build)
+    tcfg = transformer_config(cfg.model, cfg.parallel, cfg.build, megatron_ddp=not cfg.zero.deepspeed)
     return _build_chunks(cfg.model, tcfg, cfg.build, initialize)
 
 
 def build_on_meta(cfg: RunConfig) -> list[QwenGPTModel]:
     """This rank's chunks with shapes but no storage: parameter counts and memory plans of
     models far larger than the machine."""
-    tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build),
+    tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build, not cfg.zero.deepspeed),
                                use_cpu_initialization=True, perform_initialization=False)
     with torch.device("meta"):
         return _build_chunks(cfg.model, tcfg, cfg.build, initialize=False)
 
 
-def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings) -> TransformerConfig:
+def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings,
+                       megatron_ddp: bool = True) -> TransformerConfig:
+    """``megatron_ddp``: the model will be wrapped in megatron-core's DDP (not the DeepSpeed engine's)."""
     bf16 = opts.precision == "bf16"
     recompute = {}
     if opts.recompute_granularity == "full":
@@ -112,8 +124,9 @@ def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: B
         masked_softmax_fusion=gpu and opts.masked_softmax_fusion and _installed(
             "scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda"),
         apply_rope_fusion=gpu and opts.rope_fusion and opts.transformer_impl == "te",
-        # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel.
-        gradient_accumulation_fusion=gpu and opts.gradient_accumulation_fusion
+        # Weight-gradient accumulation straight into fp32 main_grad needs apex's kernel, and the main_grad
+        # buffers of megatron-core's DDP: DeepSpeed gives the parameters none.
+        gradient_accumulation_fusion=gpu and megatron_ddp and opts.gradient_accumulation_fusion
         and _installed("fused_weight_gradient_mlp_cuda"),
         # With PP=2 and virtual stages, the previous and next stage are one peer, and batched
         # p2p pairs sends and receives in posting order: activations and gradients swap
@@ -128,9 +141,10 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
                   initialize: bool) -> list[QwenGPTModel]:
     vp_size = tcfg.virtual_pipeline_model_parallel_size
     chunks = []
+    model_class = _model_class(opts.head)
     for vp_stage in range(vp_size or 1):
         stage = vp_stage if vp_size else None
-        chunk = QwenGPTModel(
+        chunk = model_class(
             config=tcfg,
             transformer_layer_spec=qwen_block_spec(opts.transformer_impl,
                                                    get_num_layers_to_build(tcfg, vp_stage=stage),
@@ -146,11 +160,21 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
             vp_stage=stage,
             chunked_loss=opts.cross_entropy_fusion,
             compiled_loss=on_gpu() and opts.cross_entropy_fusion,
+            packed_form=PACKED_SEQUENCE_FORM[opts.transformer_impl],
         )
         chunks.append(chunk)
     if initialize:
         initialize_weights(chunks, model, opts.seed, torch.device("cpu") if opts.cpu_initialization else None)
     return chunks
+
+
+def _model_class(head: str) -> type[QwenGPTModel]:
+    """The model with ``head`` (config/model.py's BuildSettings.head) on its last stage."""
+    if head == "reward":
+        from megatron_qwen.model.reward import QwenRewardModel  # a subclass of QwenGPTModel
+
+        return QwenRewardModel
+    return QwenGPTModel
 
 
 def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig, distributed_optimizer: bool,

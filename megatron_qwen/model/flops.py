@@ -4,7 +4,8 @@ Per layer and token, the forward pass multiplies-and-adds (2 FLOPs each):
   QKV projection 3h*h, output projection h*h, SwiGLU MLP 3*h*f (gate, up, down),
   attention scores QK^T and the weighted sum of V: 2*s*h  (counted over the full s x s
   matrix, as Megatron-LM counts it, although causal attention needs half).
-The output layer adds h*V. Backward costs twice the forward, so training = 3 x forward:
+The output layer adds h*V (the reward model's scalar head: h). Backward costs twice the forward, so
+training = 3 x forward:
 
   FLOPs/token = 3 * 2 * [ L * (4h^2 + 3hf + 2sh) + hV ]
 
@@ -18,10 +19,11 @@ from megatron_qwen.config.model import QwenModelConfig
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "H800": 989.0, "A800": 312.0}
 
 
-def training_flops_per_token(model: QwenModelConfig, seq_length: int) -> float:
+def training_flops_per_token(model: QwenModelConfig, seq_length: int, head: str = "lm") -> float:
     h, f, L = model.hidden_size, model.ffn_hidden_size, model.num_layers
     per_layer = 4 * h * h + 3 * h * f + 2 * seq_length * h
-    return 6.0 * (L * per_layer + h * model.padded_vocab_size)
+    outputs = 1 if head == "reward" else model.padded_vocab_size
+    return 6.0 * (L * per_layer + h * outputs)
 
 
 def peak_tflops(device_name: str) -> float | None:

@@ -80,16 +80,13 @@ def qwen_layer_spec(backend: str, fused_norm: bool = False) -> ModuleSpec:
 
 
 def qwen_block_spec(backend: str, num_layers_in_chunk: int, fused_norm: bool = False) -> ModuleSpec:
-    """The decoder block of one pipeline chunk: its layers and, on the last stage, the final norm."""
-    if backend == "te":
-        from megatron.core.extensions.transformer_engine import TENorm
-
-        final_norm = TENorm
-    else:
-        final_norm = _norm_spec(fused_norm)
+    """The decoder block of one pipeline chunk: its layers and, on the last stage, the final norm. The final
+    norm is ours on every back end: transformer-engine's norm carries an ``_extra_state`` (FP8 metadata) that
+    ours does not, and megatron-core's loader accepts no missing key, so with it a checkpoint of any other
+    back end (or imported from Hugging Face) would not load on transformer-engine (docs/checkpoints.md)."""
     return ModuleSpec(
         module=TransformerBlock,
         submodules=TransformerBlockSubmodules(
-            layer_specs=[qwen_layer_spec(backend, fused_norm)] * num_layers_in_chunk, layer_norm=final_norm
+            layer_specs=[qwen_layer_spec(backend, fused_norm)] * num_layers_in_chunk, layer_norm=_norm_spec(fused_norm)
         ),
     )

@@ -11,6 +11,10 @@ That is exactly Qwen's finetune.py: system and user content masked, but their <|
 <|im_end|> and trailing newline still trained; for assistant turns only the role header is masked.
 Like finetune.py, a conversation without a system message gets DEFAULT_SYSTEM_PROMPT first
 (`default_system=None` turns that off).
+
+A reward model scores the same rendering of a conversation whose last turn is the assistant's response,
+closed by that turn's <|im_end|> with nothing after it (encode_reward_sequence): the reward is the model's
+value at that token (docs/qwen.md section 11).
 """
 
 from __future__ import annotations
@@ -82,3 +86,14 @@ def encode_turns(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
         ids += [tokenizer.im_start_id, *header, *body, tokenizer.im_end_id, *newline]
         mask += [1] + [0] * len(header) + [int(role == "assistant")] * len(body) + [1] * (1 + len(newline))
     return ids, mask
+
+
+def encode_reward_sequence(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
+                           default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """The ids a reward model scores: ``turns`` (checked by validate_messages, the last one the assistant's
+    response) in ChatML, ending with the response's <|im_end|>, the end token the reward is read at: the chat
+    template's rendering without the newline after the last <|im_end|>."""
+    if not turns or turns[-1][0] != "assistant":
+        raise ChatFormatError("the last message is not the assistant's response")
+    ids, _ = encode_turns(turns, tokenizer, default_system)
+    return ids[:len(ids) - len(tokenizer.tokenize("\n"))]

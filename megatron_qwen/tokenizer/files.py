@@ -1,9 +1,11 @@
 """Where `qwen.tiktoken` comes from, and checking that it is the real thing.
 
 Resolution order: an explicit `--tokenizer-model PATH` (the `qwen.tiktoken` of a Qwen checkpoint),
-otherwise the cached copy that `tools/fetch_tokenizer.py` takes out of the `dashscope==2.0.2`
-wheel (Alibaba's Apache-2.0 redistribution). dashscope itself is never installed or imported:
-the wheel is a zip and we read one member out of it.
+otherwise the user's cached copy that `tools/fetch_tokenizer.py` takes out of the `dashscope==2.0.2`
+wheel (Alibaba's Apache-2.0 redistribution), otherwise a copy shared by every user in
+`$MEGATRON_QWEN_TOKENIZER_DIR` (the Docker image bakes one there: under enroot or Apptainer the job
+runs as its user, whose home holds no cache). dashscope itself is never installed or imported: the
+wheel is a zip and we read one member out of it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def default_cache_path() -> Path:
     root = os.environ.get("MEGATRON_QWEN_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "megatron_qwen"
     return base / "qwen.tiktoken"
+
+
+def shared_copy_path() -> Path | None:
+    """`$MEGATRON_QWEN_TOKENIZER_DIR/qwen.tiktoken`, a read-only copy for every user; None when unset."""
+    root = os.environ.get("MEGATRON_QWEN_TOKENIZER_DIR")
+    return Path(root) / "qwen.tiktoken" if root else None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -70,13 +78,39 @@ def read_tokenizer_file(tokenizer_model: str | os.PathLike | None = None) -> tup
         if not path.is_file():
             raise TokenizerFileError(f"--tokenizer-model {tokenizer_model}: no such file; {HOW_TO_GET}")
         return path.read_bytes(), str(path)
-    path = default_cache_path()
-    if not path.is_file():
-        raise TokenizerFileError(f"Qwen tokenizer not found at {path}; {HOW_TO_GET}")
+    searched = [p for p in (default_cache_path(), shared_copy_path()) if p is not None]
+    path = next((p for p in searched if p.is_file()), None)
+    if path is None:
+        raise TokenizerFileError(f"Qwen tokenizer not found at {' nor '.join(map(str, searched))}; {HOW_TO_GET}")
     data = path.read_bytes()
     if sha256_hex(data) != QWEN_TIKTOKEN_SHA256:
         raise TokenizerFileError(f"{path} is corrupt (sha256 mismatch); delete it and {HOW_TO_GET}")
     return data, str(path)
+
+
+ALLOW_UNPUBLISHED = "--allow-unpublished-tokenizer"
+ALLOW_UNPUBLISHED_HELP = ("use a --tokenizer-model whose sha256 is not that of Qwen's published qwen.tiktoken "
+                          "(its ids differ from the published models' wherever its ranks do)")
+
+
+def check_published(tokenizer_model: str | os.PathLike | None, allowed: bool) -> None:
+    """A user's --tokenizer-model is Qwen's published file (its sha256), else one line naming the path, unless
+    ``allowed`` (the explicit ALLOW_UNPUBLISHED flag): a file with two ranks swapped parses as well as the real
+    one and silently gives other ids. The cached copy (None) is checked whenever it is read."""
+    if tokenizer_model is None:
+        return
+    data, path = read_tokenizer_file(tokenizer_model)
+    digest = sha256_hex(data)
+    if digest != QWEN_TIKTOKEN_SHA256 and not allowed:
+        raise TokenizerFileError(
+            f"--tokenizer-model {path}: its sha256 {digest[:12]}... is not that of Qwen's published qwen.tiktoken "
+            f"({QWEN_TIKTOKEN_SHA256[:12]}...), so its ids would not be the published models'; use the published "
+            f"file (python tools/fetch_tokenizer.py), or pass {ALLOW_UNPUBLISHED} to use this one anyway")
+
+
+def add_unpublished_flag(parser) -> None:
+    """The explicit flag check_published wants, for a tool's argparse parser."""
+    parser.add_argument(ALLOW_UNPUBLISHED, action="store_true", help=ALLOW_UNPUBLISHED_HELP)
 
 
 def _download_wheel(into: str) -> Path:

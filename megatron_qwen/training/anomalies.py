@@ -9,6 +9,7 @@ checkpoints hold only weights from before the streak (a skipped step changes not
 
 import math
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,15 @@ class TrainingHalted(RuntimeError):
     """Too many skipped steps in a row; the message is one line."""
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What judge() found in one step's losses, the same on every rank."""
+
+    bad_dp_ranks: tuple[int, ...] = ()  # the data-parallel ranks whose loss was not finite
+    spike: bool = False  # the loss was a spike
+    skip: bool = False  # the update must be skipped: a non-finite loss, or a spike with --skip-loss-spikes
+
+
 class StepHealth:
     def __init__(self, t: TrainSettings):
         self.max_skipped = t.max_skipped_iterations
@@ -30,13 +40,11 @@ class StepHealth:
         self.skip_spikes = t.skip_loss_spikes
         self._recent = deque(maxlen=_SPIKE_WINDOW)
         self.streak = 0
-        self.bad_dp_ranks: list[int] = []  # the verdict of the last judge()
-        self.spike = False
 
-    def judge(self, local_loss: torch.Tensor | None, loss: float | None) -> bool:
-        """Whether to skip this step (a collective: every rank calls it and gets the same answer).
-        ``local_loss`` is this rank's [loss sum, tokens] before the data-parallel reduction (last
-        pipeline stage only), ``loss`` the reduced one. Remembers who and what for record()."""
+    def judge(self, local_loss: torch.Tensor | None, loss: float | None) -> Verdict:
+        """This step's verdict (a collective: every rank calls it and gets the same answer), for the engine
+        (whether to skip) and for record() (what to report). ``local_loss`` is this rank's [loss sum, count, ...]
+        before the data-parallel reduction (last pipeline stage only), ``loss`` the reduced one."""
         dp_size = parallel_state.get_data_parallel_world_size()
         flags = torch.zeros(dp_size + 1, dtype=torch.int32)
         if local_loss is not None:  # the last pipeline stage: the only one that knows the loss
@@ -46,8 +54,8 @@ class StepHealth:
             flags = flags.cuda()
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         flags = flags.tolist()
-        self.bad_dp_ranks, self.spike = [r for r in range(dp_size) if flags[r]], bool(flags[dp_size])
-        return bool(self.bad_dp_ranks) or (self.spike and self.skip_spikes)
+        bad, spike = tuple(r for r in range(dp_size) if flags[r]), bool(flags[dp_size])
+        return Verdict(bad_dp_ranks=bad, spike=spike, skip=bool(bad) or (spike and self.skip_spikes))
 
     def _is_spike(self, loss: float | None) -> bool:
         if not self.spike_factor or loss is None or not math.isfinite(loss):
@@ -58,10 +66,9 @@ class StepHealth:
             self._recent.append(loss)
         return spike
 
-    def record(self, iteration: int, loss: float | None, grad_norm: float | None, update_successful: bool) -> None:
+    def record(self, iteration: int, grad_norm: float | None, update_successful: bool, verdict: Verdict) -> None:
         """Report the step's anomalies (rank 0) and count skips in a row; TrainingHalted past the limit."""
-        bad_dp_ranks, spike = self.bad_dp_ranks, self.spike
-        self.bad_dp_ranks, self.spike = [], False
+        bad_dp_ranks, spike = verdict.bad_dp_ranks, verdict.spike
         self.streak = 0 if update_successful else self.streak + 1
         if dist.get_rank() == 0:
             if bad_dp_ranks:

@@ -7,24 +7,25 @@ layers because a --load that holds a Hugging Face model fixes the model's shape 
 
 import argparse
 
+from megatron_qwen.config.budget import TokenFlags, budget_given, resolve_budget
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
 from megatron_qwen.config.deepspeed_json import read_json
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.flags import add_flags, flag_fields, from_flags
-from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset
+from megatron_qwen.config.flags import add_flags, check_flag_pairs, flag_fields, from_flags
+from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset, resolve_backend
 from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
-from megatron_qwen.platform.backends import MASKED_ATTENTION_BACKENDS
 
 # The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
-# ScheduleFlags and VocabPadding hold flags read only to resolve other settings.
+# ScheduleFlags, TokenFlags and VocabPadding hold flags read only to resolve other settings.
 FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
-                TrainSettings, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings, LogSettings)
+                TrainSettings, TokenFlags, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings,
+                LogSettings)
 
 
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
@@ -37,25 +38,52 @@ def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     return p
 
 
-def parse_run_config(recipe: Recipe, argv: list[str] | None = None) -> RunConfig:
+def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[str] | None = None) -> RunConfig:
+    """The run the flags ask for. ``notes``: gets one line for each recipe value another flag changed (the
+    entry points print them)."""
     parser = build_parser(recipe)
     args = parser.parse_args(argv)
+    check_flag_pairs(parser, args, FLAG_CLASSES)
     model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
     size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
         fill_unset_flags(args, read_json(args.deepspeed_config), args.deepspeed_config,
                          default_lr=size_defaults.get("lr", recipe.lr))
-    build = from_flags(BuildSettings, args)
+    build = from_flags(BuildSettings, args, head=recipe.head,
+                       transformer_impl=resolve_backend(args.transformer_impl, "bf16" if args.bf16 else "fp32"))
+    gbs = _given_or(args.global_batch_size, size_defaults.get("global_batch_size", recipe.global_batch_size))
+    if recipe.train_iters is None and not budget_given(args):  # the recipe's single epoch
+        args.train_iters = _one_epoch(args, gbs)
+    budget = resolve_budget(args, recipe, gbs, args.seq_length)
     train = from_flags(
-        TrainSettings, args, micro_batch_size=args.micro_batch_size or recipe.micro_batch_size,
-        global_batch_size=args.global_batch_size or size_defaults.get("global_batch_size", recipe.global_batch_size),
-        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr)))
-    data = from_flags(DataSettings, args, data_format=recipe.data_format,
-                      pack_sft=not args.no_pack_sft and build.transformer_impl in MASKED_ATTENTION_BACKENDS)
+        TrainSettings, args, micro_batch_size=_given_or(args.micro_batch_size, recipe.micro_batch_size),
+        global_batch_size=gbs, train_iters=budget.iters, train_samples=budget.samples,
+        optim=optimizer_settings(args, recipe, size_defaults.get("lr", recipe.lr), budget, gbs, args.seq_length,
+                                 notes))
+    data = from_flags(DataSettings, args, data_format=recipe.data_format, pack_sft=not args.no_pack_sft)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
                      parallel=from_flags(ParallelConfig, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
                      zero=zero_settings(args))
+
+
+def _one_epoch(args, global_batch_size: int) -> int:
+    """Steps of one pass over the training pairs, --train-data-path's or --data-path's training split (the
+    reward recipe's length)."""
+    flag, paths, split = (("--train-data-path", args.train_data_path, "1,0,0") if args.train_data_path else
+                          ("--data-path", args.data_path, args.split))
+    if not paths:
+        raise ConfigError("the recipe trains for one epoch of its training data: pass --data-path (or "
+                          "--train-data-path), or --train-iters")
+    from megatron_qwen.data.blend import naming
+    from megatron_qwen.data.pairs import training_pairs  # reads the shards' indexes only
+
+    with naming(flag):
+        return max(1, 2 * training_pairs(list(paths), split) // global_batch_size)
+
+
+def _given_or(value, default):
+    return default if value is None else value
 
 
 def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
@@ -82,6 +110,4 @@ def _padded_rows(vocab_size: int | None, divisible_by: int) -> int | None:
     """Embedding rows for an explicit --vocab-size (None: the preset's rows)."""
     if vocab_size is None:
         return None
-    if divisible_by < 1:
-        raise ConfigError("--make-vocab-size-divisible-by must be at least 1")
     return -(-vocab_size // divisible_by) * divisible_by

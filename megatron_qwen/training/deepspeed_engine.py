@@ -5,9 +5,9 @@ initial weights); DeepSpeed takes it bare instead of megatron-core's DDP wrapper
 process groups as its model-parallel unit. PP=1: each rank runs its micro-batches forward and backward
 itself, and DeepSpeed reduces (stage 1), reduce-scatters (2) or also gathers parameters (3).
 
-The loss stays token-weighted over the global batch (training/step.py): DeepSpeed averages gradients
-over DP and divides by the accumulation steps, so each micro-batch's token-loss sum is scaled by
-DP x accumulation / global token count before its backward.
+The loss stays token-weighted over the global batch (training/step.py; the reward model's: pair-weighted):
+DeepSpeed averages gradients over DP and divides by the accumulation steps, so each micro-batch's loss sum is
+scaled by DP x accumulation / global token (pair) count before its backward.
 """
 
 import json
@@ -20,12 +20,12 @@ from megatron_qwen.checkpointing.deepspeed_format import universal_checkpoint_in
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import on_gpu
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_checkpoint import DeepSpeedCheckpointer
 from megatron_qwen.training.deepspeed_optimizer import build_optimizer
 from megatron_qwen.training.optimizer import build_scheduler
 from megatron_qwen.training.starting_point import effective_load, load_weights_only
-from megatron_qwen.training.step import forward_step, reduce_loss
+from megatron_qwen.training.step import forward_step, objective_of, reduce_report
 
 
 class MegatronParallelUnit:
@@ -104,6 +104,7 @@ class DeepSpeedEngine:
         # The schedule sets the LR and weight decay of the AdamW groups DeepSpeed steps with.
         self.scheduler = build_scheduler(self.optimizer, t.optim, t.train_iters, t.global_batch_size)
         self.model = [self.engine.module]  # for evaluation: stage 3 gathers through hooks on the module
+        self.figures: dict[str, float] = {}
         self.checkpointer = DeepSpeedCheckpointer(cfg, self.engine, self.optimizer, self.scheduler, ds_config, load)
         if dist.get_rank() == 0:
             print(f" DeepSpeed config: {json.dumps(ds_config, sort_keys=True)}; optimizer: {optimizer_name}",
@@ -113,27 +114,30 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, microbatches: list[dict], num_microbatches: int, health: StepHealth):
-        """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful).
+    def train_step(self, microbatches: list[dict], num_microbatches: int,
+                   health: StepHealth) -> tuple[float | None, float | None, bool, Verdict]:
+        """One optimizer step over this rank's micro-batches. Returns (loss, grad_norm, update_successful,
+        the health verdict).
         A non-finite step is skipped by DeepSpeed itself (every stage discards a step whose gradient norm is
         not finite); ``health`` names the data-parallel ranks whose loss was, and the LR stays where it was."""
-        engine, dp_group = self.engine, parallel_state.get_data_parallel_group()
-        tokens = torch.stack([mb["loss_mask"].sum() for mb in microbatches]).sum().float().to(self.device)
+        engine, dp_group, objective = self.engine, parallel_state.get_data_parallel_group(), objective_of(self.engine)
+        tokens = torch.stack([objective.count(mb) for mb in microbatches]).sum().float().to(self.device)
         dist.all_reduce(tokens, group=dp_group)
         scale = num_microbatches * parallel_state.get_data_parallel_world_size() / tokens.clamp(min=1)
-        local = torch.zeros(2, device=self.device)
+        local = 0
         for mb in microbatches:
             output, loss_func = forward_step(iter([mb]), engine, self.device)
             loss_sum, _, report = loss_func(output)
             engine.backward(loss_sum * scale)
             engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation
-            local += report["lm loss"]
-        loss = reduce_loss(local)
-        health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
+            local = local + torch.cat(list(report.values()))
+        loss, *figures = reduce_report(local)
+        self.figures = dict(zip(objective.figures, figures))
+        verdict = health.judge(local, loss)  # for the report; --skip-loss-spikes is refused with this engine
         applied = engine.was_step_applied()
         if applied:
             self.scheduler.step(increment=self.cfg.train.global_batch_size)
-        return loss, float(engine.get_global_grad_norm()), applied
+        return loss, float(engine.get_global_grad_norm()), applied, verdict
 
 
 def master_partitions(zero_optimizer) -> list:

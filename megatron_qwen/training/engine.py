@@ -8,7 +8,7 @@ from typing import Protocol
 
 from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import StepHealth, Verdict
 
 
 class Checkpointer(Protocol):
@@ -27,15 +27,16 @@ class Checkpointer(Protocol):
 class Engine(Protocol):
     model: list  # the model chunks this rank holds, for evaluation
     checkpointer: Checkpointer
+    figures: dict[str, float]  # the last step's figures besides the loss, by name (training/step.py's Objective)
 
     @property
     def lr(self) -> float:
         """The learning rate of the last step."""
 
     def train_step(self, microbatches: list[dict], num_microbatches: int,
-                   health: StepHealth) -> tuple[float | None, float | None, bool]:
+                   health: StepHealth) -> tuple[float | None, float | None, bool, Verdict]:
         """One optimizer step over this rank's micro-batches: (loss on the last pipeline stage, gradient norm,
-        whether the update was applied). ``health`` judges the loss and reports the skipped steps."""
+        whether the update was applied, ``health``'s verdict on the loss, for its record())."""
 
 
 def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:

@@ -10,7 +10,7 @@ import sys
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import Recipe
-from megatron_qwen.platform.notices import silence_megatron_notices
+from megatron_qwen.platform.notices import notice, silence_megatron_notices
 from megatron_qwen.training.arguments import parse_run_config
 
 
@@ -23,11 +23,14 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     user_errors = (ConfigError, DataPathError, TokenizerFileError)
+    notes: list[str] = []
     try:
-        cfg = parse_run_config(recipe, argv)
+        cfg = parse_run_config(recipe, argv, notes)
         check_run(cfg, world_size)
     except user_errors as e:
         _exit_with(e)
+    for line in notes:
+        notice(line)
 
     from megatron_qwen.checkpointing.writer_lock import release
     from megatron_qwen.platform.distributed import destroy_distributed
@@ -75,5 +78,8 @@ def _peer_failure_message(error: RuntimeError, cfg) -> str:
 
 
 def _exit_with(error: Exception, code: int = 2):
-    print(f"error: {error}", file=sys.stderr, flush=True)
+    message = str(error)
+    if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch wraps it in the traceback
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -1,5 +1,7 @@
 """The training job, top to bottom: processes -> model -> data -> steps -> checkpoints."""
 
+import signal
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -12,6 +14,7 @@ from megatron_qwen.training.batches import microbatch_loader, next_global_batch
 from megatron_qwen.training.datasets import build_datasets
 from megatron_qwen.training.engine import Checkpointer, build_engine
 from megatron_qwen.training.metrics import MetricsSink
+from megatron_qwen.training.profiling import StepProfiler
 from megatron_qwen.training.signals import ExitSignal
 from megatron_qwen.training.step import run_microbatches
 
@@ -30,26 +33,34 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     state = checkpointer.load()
 
     # Data: every rank reads its own micro-batches; no broadcast needed.
-    train_ds, valid_ds, _ = build_datasets(cfg)
+    train_ds, valid_sets, test_ds = build_datasets(cfg)
     num_mb = cfg.num_microbatches(world_size)
     loader = microbatch_loader(train_ds, state.consumed_samples, t.global_batch_size, t.micro_batch_size,
                                *_data_parallel_rank_and_size(), cfg.data.num_workers)
 
     sink = MetricsSink(cfg, world_size)
-    exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler, duration_mins=cfg.checkpoint.exit_duration_in_mins)
+    exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler, signal.Signals[cfg.checkpoint.exit_signal],
+                             duration_mins=cfg.checkpoint.exit_duration_in_mins)
     health = StepHealth(t)
+    profiler = StepProfiler(cfg.log, dist.get_rank())
     while state.iteration < t.train_iters:
+        profiler.before_step(state.iteration)
         batches = next_global_batch(loader, num_mb)
-        loss, grad_norm, ok = engine.train_step(batches, num_mb, health)
+        loss, grad_norm, ok, verdict = engine.train_step(batches, num_mb, health)
         state.advance(t.global_batch_size, ok)
-        health.record(state.iteration, loss, grad_norm, ok)  # reports skips; stops a streak of them
+        profiler.after_step(state.iteration)
+        health.record(state.iteration, grad_norm, ok, verdict)  # reports skips; stops a streak of them
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
-                      engine.lr, grad_norm)
-        if valid_ds is not None and state.iteration % cfg.log.eval_interval == 0:
-            sink.log_eval(state.iteration, evaluate(cfg, model, valid_ds, num_mb, device))
+                      engine.lr, grad_norm, engine.figures)
+        if state.iteration % cfg.log.eval_interval == 0:
+            for name, dataset in valid_sets.items():  # each validation set under its own name
+                sink.log_eval(state.iteration, *evaluate(cfg, model, dataset, num_mb, device), split=name)
         if _save_or_exit(cfg, checkpointer, state, exit_signal):
             break
         sink.meter.restart()  # evaluation and checkpoint time stay out of the next step's figures
+    profiler.stop()
+    if cfg.data.test_data_path and state.iteration == t.train_iters:  # --split's test part is only held out
+        sink.log_eval(state.iteration, *evaluate(cfg, model, test_ds, num_mb, device), split="test")
     checkpointer.finish_pending(blocking=True)
     sink.close()
     return sink.last
@@ -77,23 +88,25 @@ def _save_due(cfg: RunConfig, iteration: int) -> bool:
     return bool(s.save_interval) and iteration % s.save_interval == 0
 
 
-def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> float | None:
-    """Mean loss over ``--eval-iters`` global batches from the start of the validation split."""
+def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> tuple[float | None, dict]:
+    """Mean loss (and figures: the reward model's accuracy and margin) over ``--eval-iters`` global batches from
+    the start of ``dataset`` (a validation set, or the test set)."""
     t = cfg.train
     for chunk in model:
         chunk.eval()
     loader = microbatch_loader(dataset, 0, t.global_batch_size, t.micro_batch_size, *_data_parallel_rank_and_size())
-    losses = []
+    losses, figures = [], []
     with torch.no_grad():
         for _ in range(min(cfg.log.eval_iters, len(dataset) // t.global_batch_size)):
             batches = next_global_batch(loader, num_mb)
+            figures.append({})
             losses.append(run_microbatches(model, [iter(batches) for _ in model], num_mb, t.seq_length,
-                                           t.micro_batch_size, device, forward_only=True))
+                                           t.micro_batch_size, device, forward_only=True, figures=figures[-1]))
     for chunk in model:
         chunk.train()
     if not losses or losses[0] is None:
-        return None
-    return sum(losses) / len(losses)
+        return None, {}
+    return sum(losses) / len(losses), {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}
 
 
 def _data_parallel_rank_and_size() -> tuple[int, int]:

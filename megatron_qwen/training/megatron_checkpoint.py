@@ -54,6 +54,7 @@ class MegatronCheckpointer:
         self.finish_pending(blocking=True)
         if not room_to_save(self.cfg.checkpoint.save, state.iteration):
             return
+        self._sync_params()
         with self._disk_full_is_one_line(state.iteration):
             request = self._write(state)
         if request is not None:
@@ -62,6 +63,14 @@ class MegatronCheckpointer:
             self._async_queue = self._async_queue or AsyncCallsQueue()
             self._async_queue.schedule_async_request(request)
             self._in_flight = state.iteration
+
+    def _sync_params(self) -> None:
+        """With --overlap-param-gather a step updates only each data-parallel rank's own shard of the weights;
+        the others arrive during the next forward. Gather them now, so that the checkpoint holds the step's
+        weights (Megatron-LM forces the same parameter sync before each save)."""
+        if self.cfg.parallel.overlap_param_gather and self.cfg.zero.distributed_optimizer:
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
 
     def finish_pending(self, blocking: bool) -> None:
         """Complete async saves (their tracker update runs only once all ranks have written)."""
@@ -103,7 +112,7 @@ class MegatronCheckpointer:
         sharded["optimizer"] = self.optimizer.sharded_state_dict(sharded, is_loading=False,
                                                                  metadata=sharded_metadata())
         lay = current_layout()
-        sharded.update(rng_state=_sharded_rng_state(megatron_lm_layout=True), train_state=dataclasses.asdict(state),
+        sharded.update(rng_state=_rng_object(_place_rng_states()), train_state=dataclasses.asdict(state),
                        data_state=data_state(cfg), layout=lay, run_config=cfg.to_dict(),
                        **megatron_lm_records(cfg, lay, state, self.scheduler.state_dict()))
 
@@ -140,7 +149,7 @@ class MegatronCheckpointer:
             self.scheduler.load_state_dict(common["scheduler"])
         if "rng_state" in loaded:
             saved = loaded["rng_state"]
-            set_rng_states(rng_from_megatron_lm(saved, torch.cuda.is_available()) if rng_layout else saved)
+            set_rng_states(_own_rng_states(saved, common["layout"]) if rng_layout else saved)
         state = TrainState(**common["train_state"])
         if dist.get_rank() == 0:
             what = f"model and optimizer (AdamW kernel: {adam_kernel(self.optimizer)})" if load_optim else "model"
@@ -151,7 +160,7 @@ class MegatronCheckpointer:
     def _state_to_load(self, common: dict, load_optim: bool, load_rng: bool) -> tuple[dict, bool]:
         """(the sharded state to load from a checkpoint whose common state is ``common``, whether its RNG object
         has Megatron-LM's layout). The optimizer's is built as the checkpoint's content_metadata says it is
-        sharded; the RNG states are taken when they belong to this rank's place: the same TP x PP (x DP in
+        sharded; the RNG states are taken when they belong to this rank's place: the same TP x PP (x DP x CP in
         checkpoints of ours written before Megatron-LM's layout)."""
         sharded = model_state(self.model)
         if load_optim:
@@ -165,15 +174,46 @@ class MegatronCheckpointer:
         return sharded, rng_layout
 
 
-def _sharded_rng_state(megatron_lm_layout: bool) -> ShardedObject:
-    """This rank's RNG states as one sharded object. Megatron-LM's layout (get_rng_state): one object per
-    (pp, tp) rank, a list of one dict under its names, the data-parallel rank as replica id (the
-    data-parallel ranks of one place share their RNG states). Checkpoints of ours written before it: one
-    object per (pp, tp, dp) rank."""
+def _rng_object(states: list[dict]) -> ShardedObject:
+    """RNG states in Megatron-LM's layout (get_rng_state): one object per (pp, tp) place, the data- x
+    context-parallel rank its replica id (the first one's is written), holding a list of RNG states under
+    Megatron-LM's names. Saved, the list is the place's ranks' states in their order (_place_rng_states:
+    Megatron-LM's list under --data-parallel-random-init); a load's template needs only this rank's."""
     lay = current_layout()
     pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
-    dp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    return ShardedObject("rng_state", rng_to_megatron_lm(states), (lay["pp"], lay["tp"]), (pp, tp),
+                         replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
+
+
+def _sharded_rng_state(megatron_lm_layout: bool) -> ShardedObject:
+    """The RNG object to load: Megatron-LM's layout (_rng_object), or that of checkpoints of ours written
+    before it, one object per (pp, tp, dp x cp) rank, declared over data- and context-parallel ranks together."""
     if megatron_lm_layout:
-        return ShardedObject("rng_state", rng_to_megatron_lm(rng_states()), (lay["pp"], lay["tp"]), (pp, tp),
-                             replica_id=dp)
-    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], lay["dp"]), (pp, tp, dp), replica_id=0)
+        return _rng_object([rng_states()])
+    lay = current_layout()
+    pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
+    dp_cp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    size = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+    return ShardedObject("rng_state", rng_states(), (lay["pp"], lay["tp"], size), (pp, tp, dp_cp), replica_id=0)
+
+
+def _own_rng_states(saved: list[dict], saved_layout: dict) -> dict:
+    """This rank's RNG states from a Megatron-LM-layout object loaded at the same TP x PP: its own entry where
+    the data- x context-parallel layout is the saved one; otherwise the first, as Megatron-LM takes without
+    --data-parallel-random-init (the ranks of one place are seeded alike and draw alike)."""
+    dp_cp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
+    size = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+    own = same_layout(saved_layout, current_layout()) and len(saved) == size
+    return rng_from_megatron_lm(saved[dp_cp if own else 0], torch.cuda.is_available())
+
+
+def _place_rng_states() -> list[dict]:
+    """The RNG states of this (pp, tp) place's data- x context-parallel ranks, in their rank order, on the
+    place's first rank (the replica that writes the object)."""
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    size = dist.get_world_size(group)
+    if size == 1:
+        return [rng_states()]
+    gathered = [None] * size if dist.get_rank(group) == 0 else None
+    dist.gather_object(rng_states(), gathered, dst=dist.get_global_rank(group, 0), group=group)
+    return gathered or [rng_states()]  # what the other ranks' objects hold is not written

@@ -2,10 +2,10 @@
 
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model, wrap_for_training
-from megatron_qwen.training.anomalies import StepHealth
+from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
 from megatron_qwen.training.optimizer import build_optimizer, build_scheduler
-from megatron_qwen.training.step import train_step
+from megatron_qwen.training.step import apply_update, forward_backward
 
 
 def build_model_and_optimizer(cfg: RunConfig, initialize: bool = True):
@@ -27,14 +27,22 @@ class MegatronEngine:
         self.cfg, self.device = cfg, device
         self.model, self.optimizer, self.scheduler = build_model_and_optimizer(cfg)
         self.checkpointer = MegatronCheckpointer(cfg, self.model, self.optimizer, self.scheduler)
+        self.figures: dict[str, float] = {}
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def train_step(self, microbatches: list[dict], num_microbatches: int, health: StepHealth):
-        """One optimizer step. Returns (loss, grad_norm, update_successful)."""
+    def train_step(self, microbatches: list[dict], num_microbatches: int,
+                   health: StepHealth) -> tuple[float | None, float | None, bool, Verdict]:
+        """One optimizer step: (loss, grad_norm, update_successful, the health verdict). The update is skipped
+        when the verdict says so (a non-finite loss, a spike to skip) or the gradient norm is not finite."""
         t = self.cfg.train
-        return train_step(self.model, self.optimizer, self.scheduler, [iter(microbatches) for _ in self.model],
-                          num_microbatches, t.seq_length, t.micro_batch_size, t.global_batch_size, self.device,
-                          health)
+        self.figures = {}
+        local, loss = forward_backward(self.model, self.optimizer, [iter(microbatches) for _ in self.model],
+                                       num_microbatches, t.seq_length, t.micro_batch_size, self.device, self.figures)
+        verdict = health.judge(local, loss)
+        if verdict.skip:
+            return loss, None, False, verdict
+        grad_norm, update_successful = apply_update(self.optimizer, self.scheduler, t.global_batch_size)
+        return loss, grad_norm, update_successful, verdict

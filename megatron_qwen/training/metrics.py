@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state
@@ -15,6 +15,7 @@ from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import LogSettings
 from megatron_qwen.data.progress import format_duration
 from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
+from megatron_qwen.training.step import OBJECTIVES
 
 
 @dataclass
@@ -33,6 +34,8 @@ class StepRecord:
     tflops_per_gpu: float
     mfu: float | None  # model FLOPs utilization, None without a known peak (CPU)
     peak_memory_gb: float | None
+    loss_name: str = "lm loss"  # the objective's (training/step.py)
+    figures: dict = field(default_factory=dict)  # the objective's figures besides the loss, by name
 
     def line(self) -> str:
         parts = [
@@ -41,7 +44,8 @@ class StepRecord:
             f"consumed tokens: {self.consumed_tokens:14d}",
             f"elapsed time per iteration (ms): {self.elapsed_s * 1e3:.1f}",
             f"learning rate: {self.lr:.6E}",
-            f"lm loss: {self.lm_loss:.6E}",
+            f"{self.loss_name}: {self.lm_loss:.6E}",
+            *(f"{name}: {value:.4f}" for name, value in self.figures.items()),
             f"grad norm: {self.grad_norm:.4f}" if self.grad_norm is not None else "grad norm: n/a",
             f"skipped iterations: {self.skipped_iterations}",
             f"tokens/s/GPU: {self.tokens_per_sec_per_gpu:.1f}",
@@ -55,7 +59,8 @@ class StepRecord:
 
     def json(self) -> dict:
         return {
-            "iteration": self.iteration, "lm_loss": self.lm_loss, "lr": self.lr,
+            "iteration": self.iteration, "train_iters": self.train_iters, _key(self.loss_name): self.lm_loss,
+            **{_key(name): value for name, value in self.figures.items()}, "lr": self.lr,
             "grad_norm": self.grad_norm, "tokens_per_sec": self.tokens_per_sec,
             "tokens_per_sec_per_gpu": self.tokens_per_sec_per_gpu, "tflops_per_gpu": self.tflops_per_gpu,
             "mfu": self.mfu, "consumed_samples": self.consumed_samples,
@@ -72,12 +77,13 @@ class MetricsSink:
         self.settings = cfg.log
         self.train_iters, self.seq_length = cfg.train.train_iters, cfg.train.seq_length
         self.tokens_per_iteration = cfg.train.global_batch_size * cfg.train.seq_length
+        self.loss_name = OBJECTIVES[cfg.build.head].loss_name
         self.is_reporter = (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
                             and parallel_state.get_tensor_model_parallel_rank() == 0
                             and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        self.meter = ThroughputMeter(training_flops_per_token(cfg.model, cfg.train.seq_length), world_size,
-                                     peak_tflops(device))
+        self.meter = ThroughputMeter(training_flops_per_token(cfg.model, cfg.train.seq_length, cfg.build.head),
+                                     world_size, peak_tflops(device))
         self.last: dict = {}  # the last logged figures, returned by train()
         self.metrics_file = None
         self.tb = None
@@ -97,7 +103,7 @@ class MetricsSink:
             self.wandb_run = _start_wandb(settings, run_config)
 
     def log_step(self, iteration: int, consumed_samples: int, skipped_iterations: int, loss: float | None,
-                 lr: float, grad_norm: float | None) -> None:
+                 lr: float, grad_norm: float | None, figures: dict | None = None) -> None:
         """Every iteration goes to the metrics file and dashboards; the console gets every
         --log-interval-th (and the last)."""
         seconds, tps, tps_gpu, tflops, mfu = self.meter.lap(self.tokens_per_iteration)
@@ -108,6 +114,7 @@ class MetricsSink:
             consumed_tokens=consumed_samples * self.seq_length, lm_loss=loss, lr=lr, grad_norm=grad_norm,
             skipped_iterations=skipped_iterations, elapsed_s=seconds, tokens_per_sec=tps,
             tokens_per_sec_per_gpu=tps_gpu, tflops_per_gpu=tflops, mfu=mfu, peak_memory_gb=peak_memory_gb(),
+            loss_name=self.loss_name, figures=dict(figures or {}),
         )
         if iteration % self.settings.log_interval == 0 or iteration == self.train_iters:
             print(rec.line(), flush=True)
@@ -115,24 +122,33 @@ class MetricsSink:
         if self.metrics_file:
             self.metrics_file.write(json.dumps(self.last) + "\n")
         scalars = {
-            "train/lm_loss": rec.lm_loss, "train/lr": rec.lr, "train/grad_norm": rec.grad_norm,
+            f"train/{_key(self.loss_name)}": rec.lm_loss, **{f"train/{_key(k)}": v for k, v in rec.figures.items()},
+            "train/lr": rec.lr, "train/grad_norm": rec.grad_norm,
             "throughput/tokens_per_sec_per_gpu": rec.tokens_per_sec_per_gpu,
             "throughput/tflops_per_gpu": rec.tflops_per_gpu, "throughput/mfu": rec.mfu,
             "memory/peak_gb": rec.peak_memory_gb,
         }
         self._scalars(scalars, rec.iteration)
 
-    def log_eval(self, iteration: int, loss: float | None, split: str = "validation") -> None:
+    def log_eval(self, iteration: int, loss: float | None, figures: dict | None = None,
+                 split: str = "validation") -> None:
+        """The validation loss; a language model's perplexity, or the objective's figures (the reward model's)."""
         if not self.is_reporter or loss is None:
             return
         self.last[f"{split}_loss"] = loss
-        ppl = math.exp(min(loss, 50.0))
-        print(f" {split} loss at iteration {iteration} | lm loss: {loss:.6E} | lm loss PPL: {ppl:.6E} |",
-              flush=True)
+        if figures:
+            shown = {_key(k): v for k, v in figures.items()}
+            parts = [f"{self.loss_name}: {loss:.6E}", *(f"{k}: {v:.4f}" for k, v in figures.items())]
+        else:
+            shown = {"ppl": math.exp(min(loss, 50.0))}
+            parts = [f"lm loss: {loss:.6E}", f"lm loss PPL: {shown['ppl']:.6E}"]
+        print(f" {split} loss at iteration {iteration} | " + " | ".join(parts) + " |", flush=True)
         if self.metrics_file:
-            self.metrics_file.write(json.dumps(
-                {"iteration": iteration, f"{split}_loss": loss, f"{split}_ppl": ppl, "time": time.time()}) + "\n")
-        self._scalars({f"{split}/lm_loss": loss, f"{split}/ppl": ppl}, iteration)
+            self.metrics_file.write(json.dumps({"iteration": iteration, f"{split}_loss": loss,
+                                                **{f"{split}_{k}": v for k, v in shown.items()},
+                                                "time": time.time()}) + "\n")
+        self._scalars({f"{split}/{_key(self.loss_name)}": loss, **{f"{split}/{k}": v for k, v in shown.items()}},
+                      iteration)
 
     def _scalars(self, scalars: dict, step: int) -> None:
         scalars = {k: v for k, v in scalars.items() if v is not None}
@@ -149,6 +165,11 @@ class MetricsSink:
             self.tb.close()
         if self.wandb_run:
             self.wandb_run.finish()
+
+
+def _key(name: str) -> str:
+    """A logged figure's name in the metrics file and dashboards: "lm loss" -> "lm_loss"."""
+    return name.replace(" ", "_")
 
 
 def _start_wandb(settings: LogSettings, run_config: dict):

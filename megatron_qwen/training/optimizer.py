@@ -1,5 +1,7 @@
 """AdamW (megatron-core's optimizer, distributed or not) and the learning-rate schedule."""
 
+import math
+
 import torch
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -41,16 +43,33 @@ def _connect_to_schedules(model_chunks, optimizer) -> None:
         config.grad_sync_func = sync[0] if len(sync) == 1 else sync
 
 
+class CosineWarmupScheduler(OptimizerParamScheduler):
+    """megatron-core's schedule with the warmup on a half cosine, from the initial LR up to the peak
+    (Code-Qwen-Chat, report section 4.2, docs/qwen.md section 5); the decay after it is unchanged."""
+
+    def get_lr(self, param_group: dict) -> float:
+        if self.lr_warmup_steps > 0 and self.num_steps <= self.lr_warmup_steps:
+            max_lr = param_group.get("max_lr", self.max_lr)
+            rise = 0.5 * (1.0 - math.cos(math.pi * self.num_steps / self.lr_warmup_steps))
+            return self.init_lr + (max_lr - self.init_lr) * rise
+        return super().get_lr(param_group)
+
+
 def build_scheduler(optimizer, settings: OptimizerSettings, train_iters: int, global_batch_size: int):
-    """Warmup then decay; steps are counted in samples, as Megatron-LM counts them."""
-    decay_iters = settings.lr_decay_iters or train_iters
-    return OptimizerParamScheduler(
+    """Warmup then decay; steps are counted in samples, as Megatron-LM counts them (a budget in samples or
+    tokens gives them directly: config/budget.py)."""
+    warmup = (settings.lr_warmup_samples if settings.lr_warmup_samples is not None
+              else settings.lr_warmup_iters * global_batch_size)
+    decay = (settings.lr_decay_samples if settings.lr_decay_samples is not None
+             else (settings.lr_decay_iters or train_iters) * global_batch_size)
+    scheduler = CosineWarmupScheduler if settings.lr_warmup_style == "cosine" else OptimizerParamScheduler
+    return scheduler(
         optimizer,
         init_lr=settings.lr_warmup_init,
         max_lr=settings.lr,
         min_lr=settings.min_lr,
-        lr_warmup_steps=settings.lr_warmup_iters * global_batch_size,
-        lr_decay_steps=decay_iters * global_batch_size,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay,
         lr_decay_style=settings.lr_decay_style,
         start_wd=settings.weight_decay,
         end_wd=settings.weight_decay,

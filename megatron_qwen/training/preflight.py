@@ -5,18 +5,24 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 """
 
 import os
+import tempfile
 
 from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint, iteration_dir, written_by_deepspeed
 from megatron_qwen.checkpointing.integrity import loadable_iteration
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
     """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found; then make this
     job (its rank 0) the one writer of --save (checkpointing/writer_lock.py), held until it ends."""
     cfg.validate(world_size)
+    for name, path, kind in declared_outputs(cfg):
+        check_writable(name, path, kind)
+    check_backend(cfg)
     _check_data(cfg)
     _check_checkpoint_dirs(cfg, world_size)
     _check_zero(cfg, world_size)
@@ -24,6 +30,43 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
         from megatron_qwen.checkpointing.writer_lock import lock_directory
 
         lock_directory(cfg.checkpoint.save)
+
+
+def check_writable(name: str, path: str, kind: str) -> None:
+    """The path a flag names (``kind`` "dir" or "file") can be written, else ConfigError naming the flag:
+    a probe file is created and removed in it (a directory) or in its nearest existing parent, which the
+    run would create the rest under. Nothing is left behind."""
+    if kind == "file" and os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a directory; pass a file path")
+    if kind == "dir" and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{name} {path} is a file; pass a directory")
+    parent = os.path.abspath(path if kind == "dir" else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{name} {path}: {parent} is a file, not a directory; pass a path under a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if kind == "file" and os.path.exists(path):
+            open(path, "ab").close()  # appending is what the run does to it
+    except OSError as e:
+        raise ConfigError(f"{name} {path}: cannot write there ({e.strerror or e}); pass a writable path") from None
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """What the layer back end cannot do: flash-attn in fp32, and keeping packed SFT conversations apart when
+    context parallelism splits the sequence (each back end's form of the boundaries, model/packing.py, holds
+    whole samples: megatron-core's split would cut a THD row's segments, and only local and sdpa take masks,
+    which context parallelism does not run)."""
+    p = cfg.parallel
+    if cfg.build.transformer_impl == "flash" and cfg.build.precision not in FLASH_PRECISIONS:
+        raise ConfigError("--transformer-impl flash runs in bf16 only (flash-attn has no fp32 kernels): add --bf16, "
+                          "or pass --transformer-impl sdpa for fp32")
+    if cfg.data.data_format == "chatml" and cfg.data.pack_sft and p.context_parallel_size > 1:
+        raise ConfigError(f"--transformer-impl {cfg.build.transformer_impl} cannot keep packed SFT conversations "
+                          f"apart under --context-parallel-size {p.context_parallel_size} (a packed sample would be "
+                          "split across ranks mid-conversation): pass --no-pack-sft, or --context-parallel-size 1")
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
@@ -51,8 +94,8 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
 
 
 def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: int) -> None:
-    """The checkpoint a run loads holds data only, the model this run builds, and (resumed) optimizer state
-    this run's layout can take."""
+    """The checkpoint a run loads holds data only, the model this run builds (its head too), and (resumed)
+    optimizer state this run's layout can take."""
     from megatron_qwen.checkpointing.reading import check_reshardable, common_state
     from megatron_qwen.checkpointing.run_state import check_same_model
     from megatron_qwen.checkpointing.unpickling import check_pickles
@@ -60,6 +103,7 @@ def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: 
     deepspeed = written_by_deepspeed(ckpt_dir)
     check_pickles(ckpt_dir, deepspeed=deepspeed)
     check_same_model(ckpt_dir, cfg)
+    _check_head(ckpt_dir, cfg, weights_only=finetune)
     p = cfg.parallel
     if not deepspeed and not finetune:
         planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
@@ -69,40 +113,65 @@ def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: 
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split
+    from megatron_qwen.data import check_data_path, check_split, parse_data_path
+    from megatron_qwen.data.blend import naming
     from megatron_qwen.tokenizer import load_tokenizer
+    from megatron_qwen.tokenizer.files import check_published
 
-    check_data_path(list(cfg.data.data_path))
+    given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
+    for name, paths in given.items():
+        with naming(name):
+            check_data_path(list(paths))
+            _check_token_ids(cfg, list(paths))
     check_split(cfg.data.split)
-    _check_token_ids(cfg)
     if cfg.data.tokenizer_type == "NullTokenizer":  # ids only: the check above is the whole contract
         return
+    check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
+    if cfg.data.data_format == "pairs":
+        from megatron_qwen.data.pairs import check_pair_shard
+
+        for name, paths in given.items():
+            with naming(name):
+                for prefix in parse_data_path(list(paths), check_files=False)[0]:
+                    check_pair_shard(prefix, tokenizer.im_end_id)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids but --model-size {cfg.model_size} has a "
             f"vocabulary of {cfg.model.vocab_size}; use a Qwen-vocab preset or --vocab-size {tokenizer.vocab_size}")
 
 
-def _check_token_ids(cfg: RunConfig) -> None:
-    """A shard tokenized for a larger vocabulary would index past the embedding in the middle of training."""
-    from megatron_qwen.data import DataPathError, parse_data_path
-    from megatron_qwen.data.shards import find_token_id_at_least
+def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
+    """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
+    of training."""
+    from megatron_qwen.data import parse_data_path
+    from megatron_qwen.data.blend import token_id_outside
+    from megatron_qwen.data.shards import find_token_id_outside
 
-    prefixes, _ = parse_data_path(list(cfg.data.data_path), check_files=False)
+    prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
-        found = find_token_id_at_least(prefix, cfg.model.vocab_size)
+        found = find_token_id_outside(prefix, cfg.model.vocab_size)
         if found:
-            raise DataPathError(
-                f"--data-path {prefix}: document {found[0]} holds token id {found[1]}, beyond the model's "
-                f"vocabulary of {cfg.model.vocab_size} (--model-size {cfg.model_size}); preprocess it with the "
-                "model's tokenizer, or pick a model with that vocabulary")
+            raise token_id_outside(prefix, *found, cfg.model.vocab_size, f" (--model-size {cfg.model_size})")
+
+
+def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
+    """A reward model starts from a language model's weights (its head then starts fresh), never the other way
+    round, and a resume continues the model that was saved."""
+    from megatron_qwen.checkpointing.reading import saved_run_config
+
+    saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
+    if saved == cfg.build.head or (weights_only and saved == "lm"):
+        return
+    if saved == "reward":
+        raise ConfigError(f"--load {ckpt_dir} holds a reward model, which has no output layer: a "
+                          f"{cfg.recipe} job cannot start from it; --load a language model")
+    raise ConfigError(f"--load {ckpt_dir} holds a language model: a {cfg.recipe} job starts from its weights only "
+                      "(--finetune), it cannot resume it")
 
 
 def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
     s = cfg.checkpoint
-    if s.save and os.path.isfile(s.save):
-        raise ConfigError(f"--save {s.save} is a file; pass a directory")
     if not s.load:
         return
     if os.path.isfile(s.load):
@@ -110,8 +179,8 @@ def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
     from megatron_qwen.hf.source import is_hf_dir, open_hf
     from megatron_qwen.training.starting_point import effective_load
 
-    effective = effective_load(s)
-    target = effective.load  # a fine-tuning job that already saved resumes its own --save
+    start = effective_load(s)
+    target = start.load  # a fine-tuning job that already saved resumes its own --save
     # A Hugging Face model directory is a valid --load once its weight files
     # match its config.json (every name and shape, from the file headers).
     if is_hf_dir(target):
@@ -122,7 +191,7 @@ def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
     # any process group, rather than after. The tensor files' checksums are verified at the load, shared out.
     it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
     if it is not None:
-        _check_resumable(iteration_dir(target, it), cfg, effective.finetune, world_size)
+        _check_resumable(iteration_dir(target, it), cfg, start.finetune, world_size)
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.

@@ -65,7 +65,7 @@ def run_parity(name: str, extra: list[str], root: str) -> None:
     for step in range(STEPS):
         idx = microbatch_indices(step * GLOBAL_BATCH, GLOBAL_BATCH, MICRO_BATCH, dp_rank, dp)
         batches = [collate([sample(i, cfg.model.vocab_size) for i in mb]) for mb in idx]
-        loss, norm, ok = engine.train_step(batches, num_mb, health)
+        loss, norm, ok, _ = engine.train_step(batches, num_mb, health)
         assert ok
         losses.append(loss)
         norms.append(float(norm))

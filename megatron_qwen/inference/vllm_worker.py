@@ -1,9 +1,10 @@
-"""Greedy generation with vLLM's offline `LLM` (CPU build), for tools/check_vllm.py and bench/bench_generate.py.
+"""Greedy generation with vLLM's offline `LLM` (CPU build): the worker that megatron_qwen/inference/vllm.py
+starts for tools/check_vllm.py and bench/bench_generate_engines.py.
 
-Runs with the python of the vLLM environment (tools/vllm_env.sh), not the project's: vLLM pins another
-transformers. Imports nothing of this repository.
+Runs as a script with the python of the vLLM environment (tools/vllm_env.sh), not the project's: vLLM pins
+another transformers. Imports nothing of this repository (nor does the package start it through).
 
-    .venv-vllm/bin/python tools/vllm_generate.py --model hf/qwen2-export --prompt "1 + 2 =" --max-new-tokens 16
+    .venv-vllm/bin/python megatron_qwen/inference/vllm_worker.py --model hf/qwen2-export --prompt "1 + 2 ="
 
 Prints one JSON object: {"ids": [[...] per prompt], "seconds": wall time of the generate call (the last round),
 "prompt_ids": [[...] per prompt as vLLM tokenized it], "rounds": [...]}. Generation stops where the model's

@@ -1,4 +1,4 @@
-"""Memory per GPU of a training layout, and a step-time heuristic that ranks layouts.
+"""Memory per GPU of a training layout (docs/planning.md).
 
 Every term is derived in docs/planning.md; in short, per GPU:
   parameters  2 bytes (bf16) or 4 (fp32) per parameter of the most loaded pipeline stage
@@ -11,16 +11,13 @@ Every term is derived in docs/planning.md; in short, per GPU:
               keeps per chunk; the largest working set on top at the peak (the loss over the vocabulary
               on the last stage, a layer's backward with its recompute, the embedding's weight gradient
               on the first stage); megatron-core's persistent buffers.
-The step time is model FLOPs / (GPUs x achievable FLOP/s) with a pipeline bubble, recompute and
-communication terms: a ranking heuristic, not a prediction.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from megatron_qwen.config.model import QwenModelConfig
-from megatron_qwen.model.flops import training_flops_per_token
 from megatron_qwen.model.loss import CHUNK_ELEMENTS
-from megatron_qwen.model.zero_memory import deepspeed_layout_states, deepspeed_traffic, zero_suffix
+from megatron_qwen.planning.zero_memory import deepspeed_layout_states, zero_suffix
 from megatron_qwen.platform.backends import BACKENDS
 
 ACTIVATION_BYTES = {"bf16": 2, "fp32": 4}
@@ -62,7 +59,7 @@ class Layout:
     vp: int = 1  # model chunks per pipeline stage: > 1 is interleaved 1F1B
     distributed_optimizer: bool = False
     recompute: str | None = None  # None, "selective" or "full"
-    deepspeed_stage: int = 0  # > 0: the DeepSpeed engine at this ZeRO stage (model/zero_memory.py)
+    deepspeed_stage: int = 0  # > 0: the DeepSpeed engine at this ZeRO stage (planning/zero_memory.py)
     offload_optimizer: bool = False  # DeepSpeed: optimizer state and step in CPU memory
     offload_param: bool = False  # DeepSpeed stage 3: parameter partitions in CPU memory too
 
@@ -335,65 +332,3 @@ def estimate(work: Workload, layout: Layout) -> list[StageMemory]:
 def peak_stage(work: Workload, layout: Layout) -> StageMemory:
     """The most loaded GPU, which decides whether a layout fits."""
     return max(estimate(work, layout), key=lambda m: m.total)
-
-
-# ---------------------------------------------------------------------------------------------- step time
-
-
-@dataclass(frozen=True)
-class Cluster:
-    achievable_tflops: float = 400.0  # bf16 dense, per GPU: ~40% of an H100's 989 (model/flops.py)
-    gpus_per_node: int = 8
-    intra_node_gbs: float = 300.0  # NVLink, achieved collective bandwidth per GPU
-    inter_node_gbs: float = 40.0  # one 400 Gb/s InfiniBand rail per GPU, achieved
-    host_link_gbs: float = 25.0  # PCIe 5 x16 between a GPU and CPU memory, achieved (DeepSpeed offload)
-
-
-@dataclass(frozen=True)
-class StepTime:
-    compute: float  # seconds: model FLOPs and recompute at the achievable rate
-    bubble: float
-    communication: float
-
-    @property
-    def total(self) -> float:
-        return self.compute + self.bubble + self.communication
-
-
-def step_time(work: Workload, layout: Layout, cluster: Cluster) -> StepTime:
-    m, s, b = work.model, work.seq_length, work.micro_batch_size
-    tokens = work.global_batch_size * s
-    model_flops = training_flops_per_token(m, s) * tokens
-    layer_flops = training_flops_per_token(replace(m, padded_vocab_size=0), s) * tokens
-    attention_flops = layer_flops - training_flops_per_token(replace(m, padded_vocab_size=0), 0) * tokens
-    # A recomputed forward costs a third of its forward-and-backward: full recompute repeats every layer's
-    # forward, selective only the attention core's.
-    extra = {"full": layer_flops / 3, "selective": attention_flops / 3}.get(layout.recompute, 0.0)
-    compute = (model_flops + extra) / (layout.num_gpus * cluster.achievable_tflops * 1e12)
-    num_mb = work.global_batch_size // (b * layout.dp)
-    bubble = compute * (layout.pp - 1) / (num_mb * layout.vp)
-
-    def bandwidth(span: int) -> float:  # a group of consecutive ranks spanning ``span`` GPUs
-        return (cluster.intra_node_gbs if span <= cluster.gpus_per_node else cluster.inter_node_gbs) * 1e9
-
-    d = ACTIVATION_BYTES[work.precision]
-    activation = s // layout.cp * b * m.hidden_size * d  # one [s, b, h] tensor of a micro-batch
-    layers = m.num_layers // layout.pp
-    comm = 0.0
-    if layout.tp > 1:
-        # sequence parallelism: all-gather before and reduce-scatter after attention and MLP, forward and
-        # backward: 8 per layer, 12 when full recompute repeats the forward
-        collectives = 12 if layout.recompute == "full" else 8
-        # (a ring all-gather or reduce-scatter moves (TP - 1) / TP of the full tensor through each GPU)
-        comm += num_mb * layers * collectives * (layout.tp - 1) / layout.tp * activation / bandwidth(layout.tp)
-    if layout.cp > 1:
-        # ring attention passes K and V (forward) and their gradients (backward) around the CP ring
-        kv = 2 * activation / layout.tp
-        comm += num_mb * layers * 3 * (layout.cp - 1) * kv / bandwidth(layout.tp * layout.cp)
-    if layout.pp > 1:
-        # one activation forward and one gradient backward per chunk boundary and micro-batch
-        comm += num_mb * layout.vp * 2 * activation / layout.tp / bandwidth(layout.num_gpus)
-    if layout.deepspeed_stage:  # DeepSpeed's extra traffic (model/zero_memory.py); its CPU Adam's time is not modelled
-        gathers, host = deepspeed_traffic(stage_parameters(m, layout, "only"), layout, work.precision == "bf16")
-        comm += gathers / bandwidth(layout.num_gpus) + host / (cluster.host_link_gbs * 1e9)
-    return StepTime(compute=compute, bubble=bubble, communication=comm)

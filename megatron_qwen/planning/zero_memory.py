@@ -60,7 +60,7 @@ def zero_suffix(layout) -> str:
 
 
 def deepspeed_layout_states(params: float, model: QwenModelConfig, layout, bf16: bool) -> "ZeroStates":
-    """deepspeed_states for a planner Layout (model/memory.py) of ``model``."""
+    """deepspeed_states for a planner Layout (planning/memory.py) of ``model``."""
     return deepspeed_states(params, largest_module(model, layout.tp), layout.dp, layout.deepspeed_stage, bf16,
                             layout.offload_optimizer, layout.offload_param)
 
