@@ -142,6 +142,7 @@ def load_paths(root, tmp_path, deepspeed: bool) -> dict[str, tuple[str, list]]:
     data = tmp_path / "evals" / "gsm8k"
     data.mkdir(parents=True, exist_ok=True)
     (data / "test.jsonl").write_text(json.dumps({"question": "1 + 1?", "answer": "#### 2"}) + "\n")
+    (data / "gsm8k_prompt.txt").write_text("Question: 1 + 1?\nThe answer is 2\n")  # --protocol qwen's exemplars
     return {"train --load": ("train", [*TINY, "--load", root]),
             "export": ("convert_checkpoint", ["--load-dir", root, "--save-dir", tmp_path / "hf", "--hf-layout",
                                               "qwen2"]),
