@@ -208,22 +208,20 @@ def deepspeed(d: dict | None) -> list[str]:
 
 
 def checkpoints(c: dict | None) -> list[str]:
-    lines = ["## 8. Checkpoints: the distributed optimizer's resume, what checksums cost (bench/gpu/check_resume.py)",
-             ""]
+    title = "## 8. Checkpoints: the distributed optimizer's resume, what checksums cost (bench/gpu/check_resume.py)"
     if c is None:
-        return lines + ["Not measured (stage failed or skipped; see gpu_check.log).", ""]
-    k = c["checksums"]
-    lines += [f"Tiny model, bf16, --use-distributed-optimizer: 2 iterations saved and 2 resumed against 4 "
-              f"uninterrupted, losses 3-4 within {c['worst_relative']:.1e} relative "
-              f"({'ok' if c['resume_ok'] else 'FAILED'}: at most 1e-6).", "",
-              f"A save of {k['bytes'] / 2**30:.2f} GiB, best of {k['rounds']} rounds:", "",
-              "| save | s | median CPU s |", "| --- | --- | --- |",
-              f"| plain | {k['best_save_s']['plain']:.2f} | {k['median_cpu_s']['plain']:.2f} |",
-              f"| with checksums | {k['best_save_s']['checksums']:.2f} ({k['overhead_percent']:+.1f}%) | "
-              f"{k['median_cpu_s']['checksums']:.2f} ({k['cpu_overhead_percent']:+.1f}%) |", "",
-              f"Verifying every file as a --load does: {k['verify_s']:.2f} s ({k['verify_gb_per_s']:.2f} GB/s, "
-              "page cache)."]
-    return lines + [""]
+        return [title, "", "Not measured (stage failed or skipped; see gpu_check.log).", ""]
+    k, verdict = c["checksums"], "ok" if c["resume_ok"] else "FAILED"
+    resume = (f"Tiny model, bf16, --use-distributed-optimizer: 2 iterations saved and 2 resumed against 4 "
+              f"uninterrupted, losses 3-4 within {c['worst_relative']:.1e} relative ({verdict}: at most 1e-6).")
+    table = ["| save | s | median CPU s |", "| --- | --- | --- |",
+             f"| plain | {k['best_save_s']['plain']:.2f} | {k['median_cpu_s']['plain']:.2f} |",
+             f"| with checksums | {k['best_save_s']['checksums']:.2f} ({k['overhead_percent']:+.1f}%) | "
+             f"{k['median_cpu_s']['checksums']:.2f} ({k['cpu_overhead_percent']:+.1f}%) |"]
+    verify = (f"Verifying every file as a --load does: {k['verify_s']:.2f} s ({k['verify_gb_per_s']:.2f} GB/s, "
+              "page cache).")
+    return [title, "", resume, "", f"A save of {k['bytes'] / 2**30:.2f} GiB, best of {k['rounds']} rounds:", "",
+            *table, "", verify, ""]
 
 
 def reward(r: dict | None) -> list[str]:
