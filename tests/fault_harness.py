@@ -92,6 +92,28 @@ def _wait_for(log: str, text: str, count: int, pids: list[int], timeout: float =
     return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies do not count: they hold no files)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _wait_until_gone(pgid: int, timeout: float = 60) -> None:
+    """A killed job's last processes (an asynchronous-save worker inside an fsync, which SIGKILL ends only when
+    the write returns) can outlive its ranks by seconds on a loaded disk, holding --save's writer lock: the
+    restart waits for them, as a scheduler's requeue does."""
+    deadline = time.time() + timeout
+    while _group_alive(pgid) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def _save_dir_state(argv: list[str]) -> dict:
     root = argv[argv.index("--save") + 1] if "--save" in argv else None
     if not root or not os.path.isdir(root):
@@ -130,6 +152,7 @@ def run_job(job: dict, log_dir: str) -> list[dict]:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _wait_until_gone(pgid)
         if record["killed"]:
             record["after_kill"] = _save_dir_state(job["argv"])
         record.update(codes=codes, output=open(log).read(), seconds=time.time() - start,

@@ -11,10 +11,12 @@ as weights only; with --hf-layout it becomes a Hugging Face model of that layout
 tensor by tensor (no process group, no model; docs/checkpoints.md). A checkpoint of the deepspeed
 engine (--zero-engine deepspeed, any ZeRO stage and TP x DP layout; docs/zero.md) becomes one of
 ours the same way, from its fp32 master weights.
-Any other directory with latest_checkpointed_iteration.txt is ours (saved at any
-layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen (Qwen-1 names,
-as published) or qwen2 (loads in transformers without remote code). Output is written under a
-temporary name and renamed when whole; an existing --save-dir is never overwritten.
+Any other directory with latest_checkpointed_iteration.txt is ours or Megatron-LM's (torch_dist,
+saved at any layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen
+(Qwen-1 names, as published) or qwen2 (loads in transformers without remote code). A checkpoint is
+checked before it is read (sizes, checksums, no pickled code: docs/reliability.md). Output is written
+under a temporary name and renamed when whole, with the user's file mode; an existing --save-dir is
+never overwritten, and what a killed conversion left is removed.
 """
 
 import argparse

@@ -19,6 +19,8 @@ import tempfile
 
 from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.run_state import same_layout
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling, torch_load
+from megatron_qwen.checkpointing.writer_lock import waiting_for
 from megatron_qwen.config.errors import ConfigError
 
 UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
@@ -48,7 +50,9 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
     from megatron_qwen.model.layout import shard, unshard
 
     saved_tp = deepspeed_record(ckpt_dir)["layout"]["tp"]
-    per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
+    check_pickles(ckpt_dir, deepspeed=True)
+    with restricted_unpickling(deepspeed=True):
+        per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
     tp_rank, tp = (parallel_state.get_tensor_model_parallel_rank(),
                    parallel_state.get_tensor_model_parallel_world_size())
     for name, p in module.named_parameters():
@@ -65,6 +69,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
     (``--finetune`` semantics: fresh optimizer and iteration). Returns the iteration directory."""
     import torch
 
+    from megatron_qwen.checkpointing.reading import checked_for_reading
     from megatron_qwen.checkpointing.weights import save_weights_only
     from megatron_qwen.config.parallel import ParallelConfig
     from megatron_qwen.config.run import RunConfig
@@ -74,11 +79,11 @@ def convert_to_megatron(source: str, destination: str) -> str:
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
     iteration = latest_iteration(source)
-    ckpt_dir = iteration_dir(source, iteration)
+    ckpt_dir = checked_for_reading(iteration_dir(source, iteration))
     saved = deepspeed_record(ckpt_dir)
     run = RunConfig.from_dict(saved["run_config"])
-    tp = saved["layout"]["tp"]
-    per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(tp)]
+    with restricted_unpickling(deepspeed=True):
+        per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved["layout"]["tp"])]
     # The run as one process with the reference back end: the model whose full tensors we fill.
     cfg = dataclasses.replace(run, parallel=ParallelConfig(), zero=ZeroSettings(),
                               build=dataclasses.replace(run.build, transformer_impl="local", precision="fp32"))
@@ -155,12 +160,16 @@ def to_universal(ckpt_dir: str) -> None:
     ds_to_universal into ``ckpt_dir/universal`` (the tag to load) on the first call (written under a staging
     name, renamed when whole) and reused after. Call on one rank."""
     out = os.path.join(ckpt_dir, UNIVERSAL)
-    if os.path.isdir(out):
-        return
+    with waiting_for(ckpt_dir):  # another job resuming the same checkpoint may be converting it: one at a time
+        if not os.path.isdir(out):
+            _convert_to_universal(ckpt_dir, out)
+
+
+def _convert_to_universal(ckpt_dir: str, out: str) -> None:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     staging, source = out + ".partial", out + ".input"
-    for leftover in (staging, source):
+    for leftover in (staging, source):  # a dead converter's (a live one holds the lock)
         shutil.rmtree(leftover, ignore_errors=True)
     _without_extra_state(ckpt_dir, source)
     ds_to_universal(argparse.Namespace(input_folder=source, output_folder=staging, num_extract_workers=1,
@@ -185,7 +194,7 @@ def _without_extra_state(ckpt_dir: str, source: str) -> None:
             if os.path.isfile(path):
                 os.symlink(os.path.abspath(path), os.path.join(source, f))
             continue
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch_load(path, path, deepspeed=True)
         module = state.get("module") or {}
         if all(torch.is_tensor(v) for v in module.values()):
             os.symlink(os.path.abspath(path), os.path.join(source, f))

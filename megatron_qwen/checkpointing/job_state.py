@@ -11,13 +11,10 @@ from megatron_qwen.checkpointing.run_state import layout
 
 
 def current_layout() -> dict:
-    """This job's layout record (run_state.layout; process groups built), with its context-parallel size where
-    that is above 1 (so a resume at another one takes fresh RNG states; a record without it is CP 1)."""
-    record = layout(parallel_state.get_tensor_model_parallel_world_size(),
-                    parallel_state.get_pipeline_model_parallel_world_size(),
-                    parallel_state.get_data_parallel_world_size())
-    cp = parallel_state.get_context_parallel_world_size()
-    return {**record, "cp": cp} if cp > 1 else record
+    """This job's layout record (run_state.layout; process groups built)."""
+    return layout(parallel_state.get_tensor_model_parallel_world_size(),
+                  parallel_state.get_pipeline_model_parallel_world_size(),
+                  parallel_state.get_data_parallel_world_size(), parallel_state.get_context_parallel_world_size())
 
 
 def rng_states() -> dict:

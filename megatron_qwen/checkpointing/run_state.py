@@ -3,10 +3,8 @@ where the run stands, the data settings a resume must not change silently, the p
 was saved at, and the run configuration (its model shape). Plain files and dicts: preflight reads them
 before torch is imported (job_state.py takes the layout and RNG states from the running job)."""
 
-import os
 from dataclasses import dataclass
 
-from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, deepspeed_record, written_by_deepspeed
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
@@ -25,9 +23,11 @@ class TrainState:
         self.skipped_iterations += 0 if update_successful else 1
 
 
-def layout(tp: int, pp: int, dp: int) -> dict:
-    """The layout record a checkpoint stores: tensor-, pipeline- and data-parallel sizes."""
-    return {"tp": tp, "pp": pp, "dp": dp}
+def layout(tp: int, pp: int, dp: int, cp: int = 1) -> dict:
+    """The layout record a checkpoint stores: tensor-, pipeline- and data-parallel sizes, and the
+    context-parallel size where that is above 1 (a record without it is CP 1)."""
+    record = {"tp": tp, "pp": pp, "dp": dp}
+    return {**record, "cp": cp} if cp > 1 else record
 
 
 def same_layout(saved: dict, now: dict) -> bool:
@@ -51,23 +51,16 @@ def check_data_state(ckpt_dir: str, saved: dict, cfg: RunConfig) -> None:
                       "anyway, or --finetune to start a new run from its weights")
 
 
-def saved_run_config(ckpt_dir: str) -> tuple[dict, str]:
-    """(run configuration as stored, the file it is in) of a checkpoint of either engine: DeepSpeed's
-    files hold none, so that engine stores ours beside them."""
-    if written_by_deepspeed(ckpt_dir):
-        return deepspeed_record(ckpt_dir)["run_config"], os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-    from megatron.core import dist_checkpointing
-
-    return dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"], os.path.join(ckpt_dir, "common.pt")
-
-
 def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
     """Refuse a checkpoint of another model shape than this run builds: one line naming each field, the
     flag that sets it, and both values. Run in preflight, before any process group."""
+    from megatron_qwen.checkpointing.reading import saved_run_config
+
     saved, source = saved_run_config(ckpt_dir)
     saved_model, model_now = saved["model"], cfg.to_dict()["model"]
-    diff = [f"{k.replace('_', ' ')} {saved_model.get(k)} saved, {v} asked (--{k.replace('_', '-')})"
-            for k, v in model_now.items() if saved_model.get(k) != v]
+    # A field the checkpoint does not record (newer than it; Qwen-1's trained length in Megatron-LM's) is not compared.
+    diff = [f"{k.replace('_', ' ')} {saved_model[k]} saved, {v} asked (--{k.replace('_', '-')})"
+            for k, v in model_now.items() if k in saved_model and saved_model[k] != v]
     if diff:
         raise ConfigError(f"--load {ckpt_dir} holds another model shape: {'; '.join(diff)}; pass the saved "
                           f"run's --model-size and shape flags (its config: {source})")

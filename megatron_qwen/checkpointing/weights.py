@@ -10,8 +10,12 @@ import json
 import os
 from dataclasses import asdict
 
-from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, staged_directory, write_tracker
-from megatron_qwen.checkpointing.run_state import layout
+from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, write_tracker
+from megatron_qwen.checkpointing.integrity import write_manifest
+from megatron_qwen.checkpointing.megatron_lm import content_metadata, megatron_lm_records
+from megatron_qwen.checkpointing.run_state import TrainState, layout
+from megatron_qwen.checkpointing.saving import save_sharded, staged_directory
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import unwrap
 
@@ -43,14 +47,17 @@ def set_model_state(chunks, loaded: dict, prefix: str = "") -> None:
 
 
 def load_weights(ckpt_dir: str, chunks) -> None:
-    """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout) into this rank's chunks. The
+    """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout, by us or by Megatron-LM)
+    into this rank's chunks; its pickles are checked first and read restricted (unpickling.py). The
     parameters a model has beyond a language model's (``new_parameters``: the reward head) keep their values
     where the checkpoint has none (a language model's)."""
     from megatron.core import dist_checkpointing
 
+    check_pickles(ckpt_dir)
     state = model_state(chunks)
-    kept = _pop_absent_new_parameters(ckpt_dir, chunks, state)
-    loaded = dist_checkpointing.load(state, ckpt_dir)
+    with restricted_unpickling():
+        kept = _pop_absent_new_parameters(ckpt_dir, chunks, state)
+        loaded = dist_checkpointing.load(state, ckpt_dir)
     for key, values in kept.items():
         loaded[key].update(values)
     set_model_state(chunks, loaded)
@@ -79,17 +86,16 @@ def save_weights_only(destination: str, iteration: int, chunk, cfg: RunConfig, s
     """Write the full (TP1, one process) model ``chunk`` as a new --save directory ``destination`` holding
     ``iteration``, marked as weights converted from ``source`` (of kind ``source_kind``: a Hugging Face
     layout, or deepspeed-zeroN). Staged: ``destination`` appears only whole. Returns the iteration directory."""
-    from megatron.core import dist_checkpointing
-
     with staged_directory(destination) as staging:
         ckpt_dir = iteration_dir(staging, iteration)
         os.makedirs(ckpt_dir)
-        state = model_state([chunk])
-        state.update(run_config=cfg.to_dict(), layout=layout(tp=1, pp=1, dp=1))
-        dist_checkpointing.save(state, ckpt_dir)
+        state, lay = model_state([chunk]), layout(tp=1, pp=1, dp=1)
+        state.update(run_config=cfg.to_dict(), layout=lay, **megatron_lm_records(cfg, lay, TrainState(iteration), None))
+        save_sharded(state, ckpt_dir, content_metadata(distributed_optimizer=False), asynchronous=False)
         with open(os.path.join(ckpt_dir, IMPORT_MARKER), "w") as f:
             json.dump({"source": os.path.abspath(source), "hf_layout": source_kind, "model": asdict(cfg.model)},
                       f, indent=2)
+        write_manifest(ckpt_dir)
         write_tracker(staging, iteration)
     return iteration_dir(destination, iteration)
 

@@ -212,3 +212,7 @@ class CheckpointSettings:
         help="delete older checkpoints once a new one is complete, keeping this many (default: all)")
     load_fallback: bool = flag("--load-fallback", group=CHECKPOINTING, default=False, needs=("--load",),
                                help="if the latest checkpoint under --load is damaged, load the newest whole older one")
+    no_verify_checksums: bool = flag(
+        "--no-verify-checksums", group=CHECKPOINTING, default=False, needs=("--load",),
+        help="--load: skip verifying the checksums of the checkpoint's tensor files (the job reads them once "
+             "more, shared among its ranks; docs/reliability.md gives the cost)")

@@ -12,7 +12,10 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from tqdm import tqdm
 
-from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, staged_directory
+from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.reading import checked_for_reading, common_state
+from megatron_qwen.checkpointing.saving import staged_directory
+from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.run import RunConfig
@@ -94,32 +97,40 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
     iteration = latest_iteration(source)
     if iteration is None:
         raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
-    ckpt_dir = iteration_dir(source, iteration)
+    ckpt_dir = checked_for_reading(iteration_dir(source, iteration))  # whole, and its pickles data only
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
     init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
     try:
-        run = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
-        cfg, head = run.model, run.build.head
-        if head == "reward" and layout != "qwen2":
-            raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
-                              "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
-        stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
-        _check_stored(ckpt_dir, cfg, stored, head)
-        out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
-        plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
-        names = list(global_weight_shapes(cfg, head))
-        with staged_directory(destination) as staging:
-            writer = SafetensorsWriter(staging, plan, max_shard_size)
-            with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
-                for group in _groups(names):
-                    full = _load(ckpt_dir, group, stored, cfg.num_layers)
-                    for hf_name, tensor in to_hf_state_dict(full, cfg, layout).items():
-                        writer.write(hf_name, tensor.to(out_dtype))
-                    bar.update(len(group))
-            files = writer.close()
-            chat = run.data.data_format == "chatml" if chat is None else chat
-            files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
-                                      decoding, head)
-        return sorted(files)
+        with restricted_unpickling():
+            return _export(source, ckpt_dir, destination, layout, dtype, max_shard_size, tokenizer_model, chat,
+                           decoding)
     finally:
         destroy_distributed()
+
+
+def _export(source: str, ckpt_dir: str, destination: str, layout: str, dtype: str | None, max_shard_size: int,
+            tokenizer_model: str | None, chat: bool | None, decoding: bool) -> list[str]:
+    """export_hf's work, on the checkpoint ``ckpt_dir`` already checked, inside the restricted unpickling."""
+    run = RunConfig.from_dict(common_state(ckpt_dir)["run_config"])
+    cfg, head = run.model, run.build.head
+    if head == "reward" and layout != "qwen2":
+        raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
+                          "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
+    stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
+    _check_stored(ckpt_dir, cfg, stored, head)
+    out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
+    plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
+    names = list(global_weight_shapes(cfg, head))
+    with staged_directory(destination) as staging:
+        writer = SafetensorsWriter(staging, plan, max_shard_size)
+        with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
+            for group in _groups(names):
+                full = _load(ckpt_dir, group, stored, cfg.num_layers)
+                for hf_name, tensor in to_hf_state_dict(full, cfg, layout).items():
+                    writer.write(hf_name, tensor.to(out_dtype))
+                bar.update(len(group))
+        files = writer.close()
+        chat = run.data.data_format == "chatml" if chat is None else chat
+        files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
+                                  decoding, head)
+    return sorted(files)

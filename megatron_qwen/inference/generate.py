@@ -27,10 +27,12 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.reading import checked_for_reading, common_state
+from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelConfig
@@ -63,8 +65,9 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
         iteration = latest_iteration(checkpoint_root)
         if iteration is None:
             raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory or a Hugging Face model")
-        ckpt_dir = iteration_dir(checkpoint_root, iteration)
-        trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+        ckpt_dir = checked_for_reading(iteration_dir(checkpoint_root, iteration))  # whole; its pickles data only
+        with restricted_unpickling():
+            trained = RunConfig.from_dict(common_state(ckpt_dir)["run_config"])
         load = partial(load_weights, ckpt_dir)
         train_length = trained.train.seq_length
     # The same model in one process. Attention must honour an explicit mask (left-padded batches)

@@ -11,18 +11,19 @@ import os
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.checksums import HashingSaves
 from megatron_qwen.checkpointing.deepspeed_format import UNIVERSAL, to_universal
 from megatron_qwen.checkpointing.directory import (
     DEEPSPEED_MARKER,
     deepspeed_record,
     iteration_dir,
-    publish,
-    room_to_save,
     staging_dir,
     written_by_deepspeed,
 )
 from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
 from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
+from megatron_qwen.checkpointing.saving import disk_full_is_one_line, publish, room_to_save
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings
@@ -49,14 +50,18 @@ class DeepSpeedCheckpointer:
         dist.barrier()
         client_state = {"train_state": dataclasses.asdict(state), "scheduler": self.scheduler.state_dict(),
                         "rng_state": rng_states(), "data_state": data_state(cfg)}
-        self.engine.save_checkpoint(root, tag=os.path.basename(staging), client_state=client_state,
-                                    save_latest=False)
-        dist.barrier()
-        if dist.get_rank() == 0:
-            with open(os.path.join(staging, DEEPSPEED_MARKER), "w") as f:
-                json.dump({"zero_stage": cfg.zero.stage, "layout": current_layout(), "universal_checkpoint_info": True,
-                           "deepspeed_config": self.ds_config, "run_config": cfg.to_dict()}, f, indent=1)
-            publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
+        if not isinstance(self.engine.checkpoint_engine, HashingSaves):  # every file hashed as it is written
+            self.engine.checkpoint_engine = HashingSaves(self.engine.checkpoint_engine)
+        with disk_full_is_one_line(root, staging, f"saving iteration {iteration}"):
+            self.engine.save_checkpoint(root, tag=os.path.basename(staging), client_state=client_state,
+                                        save_latest=False)
+            dist.barrier()
+            if dist.get_rank() == 0:
+                with open(os.path.join(staging, DEEPSPEED_MARKER), "w") as f:
+                    json.dump({"zero_stage": cfg.zero.stage, "layout": current_layout(),
+                               "universal_checkpoint_info": True, "deepspeed_config": self.ds_config,
+                               "run_config": cfg.to_dict()}, f, indent=1)
+                publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
         dist.barrier()
 
     def finish_pending(self, blocking: bool) -> None:
@@ -73,9 +78,11 @@ class DeepSpeedCheckpointer:
                               "megatron, or start from its weights with --finetune")
         saved = deepspeed_record(ckpt_dir)
         changed = not same_layout(saved["layout"], current_layout()) or saved["zero_stage"] != self.cfg.zero.stage
-        client = self._load_universal(ckpt_dir) if changed else self.engine.load_checkpoint(
-            s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
-            load_lr_scheduler_states=False)[1]
+        check_pickles(ckpt_dir, deepspeed=True)
+        with restricted_unpickling(deepspeed=True):
+            client = self._load_universal(ckpt_dir) if changed else self.engine.load_checkpoint(
+                s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
+                load_lr_scheduler_states=False)[1]
         check_data_state(ckpt_dir, client["data_state"], self.cfg)
         self.scheduler.load_state_dict(client["scheduler"])
         if not s.no_load_rng and not changed:  # each rank's saved RNG belongs to its place in the saved layout

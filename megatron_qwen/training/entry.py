@@ -32,6 +32,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     for line in notes:
         notice(line)
 
+    from megatron_qwen.checkpointing.writer_lock import release
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.anomalies import TrainingHalted
     from megatron_qwen.training.loop import train
@@ -48,6 +49,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
         _exit_with(_peer_failure_message(e, cfg), code=1)
     finally:
         destroy_distributed()
+        release(cfg.checkpoint.save)  # held since preflight (the kernel frees it anyway when the process ends)
 
 
 # What gloo and NCCL raise on the surviving ranks when another process of the job died or hangs.

@@ -46,9 +46,9 @@ class PPOCheckpointer(MegatronCheckpointer):
                 for chunk in part.model:
                     chunk.start_param_sync(force_sync=True)
 
-    def trained_state(self, is_loading: bool, with_optimizer: bool) -> dict:
+    def trained_state(self, is_loading: bool, with_optimizer: bool, metadata: dict) -> dict:
         return {name: model_and_optimizer_state(t.model, t.optimizer if with_optimizer else None, is_loading,
-                                                prefix=f"{name}.") for name, t in self.trained.items()}
+                                                metadata, prefix=f"{name}.") for name, t in self.trained.items()}
 
     def trained_common_state(self) -> dict:
         return {"schedulers": {name: t.scheduler.state_dict() for name, t in self.trained.items()},
@@ -57,8 +57,8 @@ class PPOCheckpointer(MegatronCheckpointer):
     def restore_trained_state(self, loaded: dict, common: dict, with_optimizer: bool) -> str:
         what = []
         for name, t in self.trained.items():
-            restored = restore_model_and_optimizer(self.cfg, loaded[name], {"scheduler": common["schedulers"][name]},
-                                                   t.model, t.optimizer, t.scheduler, with_optimizer, f"{name}.")
+            restored = restore_model_and_optimizer(self.cfg, loaded[name], common["schedulers"][name], t.model,
+                                                   t.optimizer, t.scheduler, with_optimizer, f"{name}.")
             what.append(f"{name} {restored}")
         saved = common["reward_normaliser"]
         self.normaliser.count, self.normaliser.mean = saved["count"], saved["mean"]

@@ -7,13 +7,8 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 import os
 import tempfile
 
-from megatron_qwen.checkpointing.directory import (
-    TRACKER,
-    is_deepspeed_checkpoint,
-    iteration_dir,
-    loadable_iteration,
-    written_by_deepspeed,
-)
+from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint, iteration_dir, written_by_deepspeed
+from megatron_qwen.checkpointing.integrity import loadable_iteration
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
@@ -22,18 +17,23 @@ from megatron_qwen.platform.backends import FLASH_PRECISIONS
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
-    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
+    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found; then make this
+    job (its rank 0) the one writer of --save (checkpointing/writer_lock.py), held until it ends."""
     cfg.validate(world_size)
     for name, path, kind in declared_outputs(cfg):
         check_writable(name, path, kind)
     check_backend(cfg)
     _check_data(cfg)
-    _check_checkpoint_dirs(cfg)
+    _check_checkpoint_dirs(cfg, world_size)
     _check_zero(cfg, world_size)
     if cfg.data.data_format == "prompts":
         from megatron_qwen.training.ppo_preflight import check_ppo
 
         check_ppo(cfg, world_size)
+    if cfg.checkpoint.save and int(os.environ.get("RANK", "0")) == 0:
+        from megatron_qwen.checkpointing.writer_lock import lock_directory
+
+        lock_directory(cfg.checkpoint.save)
 
 
 def check_writable(name: str, path: str, kind: str) -> None:
@@ -97,6 +97,23 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
         check_resumable(iteration_dir(s.load, it), cfg.zero.stage, planned)
 
 
+def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: int) -> None:
+    """The checkpoint a run loads holds data only, the model this run builds (its head too), and (resumed)
+    optimizer state this run's layout can take."""
+    from megatron_qwen.checkpointing.reading import check_reshardable, common_state
+    from megatron_qwen.checkpointing.run_state import check_same_model
+    from megatron_qwen.checkpointing.unpickling import check_pickles
+
+    deepspeed = written_by_deepspeed(ckpt_dir)
+    check_pickles(ckpt_dir, deepspeed=deepspeed)
+    check_same_model(ckpt_dir, cfg)
+    _check_head(ckpt_dir, cfg, weights_only=finetune)
+    p = cfg.parallel
+    if not deepspeed and not finetune:
+        planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
+        check_reshardable(ckpt_dir, common_state(ckpt_dir), planned, load_optim=not cfg.checkpoint.no_load_optim)
+
+
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
@@ -145,7 +162,7 @@ def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
 def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
     """A reward model starts from a language model's weights (its head then starts fresh), never the other way
     round, and a resume continues the model that was saved."""
-    from megatron_qwen.checkpointing.run_state import saved_run_config
+    from megatron_qwen.checkpointing.reading import saved_run_config
 
     saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
     if saved == cfg.build.head or (weights_only and saved == "lm"):
@@ -157,13 +174,12 @@ def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
                       "(--finetune), it cannot resume it")
 
 
-def _check_checkpoint_dirs(cfg: RunConfig) -> None:
+def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
     s = cfg.checkpoint
     if not s.load:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    from megatron_qwen.checkpointing.run_state import check_same_model
     from megatron_qwen.hf.source import is_hf_dir, open_hf
     from megatron_qwen.training.starting_point import effective_load
 
@@ -174,12 +190,12 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
     if is_hf_dir(target):
         open_hf(target)
         return
-    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice),
-    # of the model this run builds: refused here, before any process group, rather than after.
+    # The tracker's checkpoint, its files the sizes they were saved with and its records their checksums (or
+    # --load-fallback's choice), holding no pickled code, of the model this run builds: refused here, before
+    # any process group, rather than after. The tensor files' checksums are verified at the load, shared out.
     it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
     if it is not None:
-        check_same_model(iteration_dir(target, it), cfg)
-        _check_head(iteration_dir(target, it), cfg, weights_only=start.finetune)
+        _check_resumable(iteration_dir(target, it), cfg, start.finetune, world_size)
         return
     # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
     # from scratch the first time; anything else is a typo that would silently train from scratch.

@@ -2,15 +2,12 @@
 iteration it names, and how weights only are read from each kind of source."""
 
 import dataclasses
+import functools
 
 import torch.distributed as dist
 
-from megatron_qwen.checkpointing.directory import (
-    is_deepspeed_checkpoint,
-    iteration_dir,
-    latest_iteration,
-    loadable_iteration,
-)
+from megatron_qwen.checkpointing.directory import is_deepspeed_checkpoint, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.integrity import loadable_iteration, shared_damage
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.settings import CheckpointSettings
 from megatron_qwen.hf.source import holds_weights_only, is_hf_dir
@@ -30,8 +27,10 @@ def effective_load(s: CheckpointSettings) -> CheckpointSettings:
 
 def resume_iteration(s: CheckpointSettings) -> int | None:
     """The iteration to load from ``s.load``: the tracker's, or with --load-fallback the newest whole one
-    before a damaged one (said on rank 0); None when there is nothing to load."""
-    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback) if s.load else (None, None)
+    before a damaged one (said on rank 0); None when there is nothing to load. Whole: every file of the
+    size and (unless --no-verify-checksums) the checksum it was saved with, read once among the ranks."""
+    check = functools.partial(shared_damage, verify=not s.no_verify_checksums)
+    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback, check) if s.load else (None, None)
     if fallback_reason and dist.get_rank() == 0:
         print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     return iteration
@@ -51,7 +50,7 @@ def load_weights_only(s: CheckpointSettings, chunks) -> str:
         from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
 
         (module,) = chunks
-        ckpt_dir = iteration_dir(s.load, latest_iteration(s.load))
+        ckpt_dir = iteration_dir(s.load, resume_iteration(s))
         load_deepspeed_weights(ckpt_dir, module)
         return f"DeepSpeed checkpoint {ckpt_dir}"
     ckpt_dir = iteration_dir(s.load, resume_iteration(s))
