@@ -5,8 +5,9 @@ can split. Each problem is one line naming the flag or file."""
 
 import os
 
-from megatron_qwen.checkpointing.directory import iteration_dir, loadable_iteration
-from megatron_qwen.checkpointing.run_state import saved_run_config
+from megatron_qwen.checkpointing.directory import iteration_dir
+from megatron_qwen.checkpointing.integrity import loadable_iteration
+from megatron_qwen.checkpointing.reading import saved_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
