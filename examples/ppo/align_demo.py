@@ -80,12 +80,18 @@ def announce(module: str, argv: list[str]) -> None:
     print(f"\n$ python {module} {' '.join(argv)}", flush=True)
 
 
-def preprocess(work: Path) -> None:
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools/ is no package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("preprocess_data", REPO / "tools" / "preprocess_data.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def preprocess(work: Path) -> None:
+    tool = load_tool("preprocess_data")
     for kind, name in (("--chatml", "sft"), ("--pairs", "pairs")):
         argv = ["--input", str(work / f"{name}.jsonl"), "--output-prefix", str(work / name), kind,
                 "--log-interval", "0", "--workers", "1"]
@@ -171,11 +177,7 @@ def heldout_figures(work: Path, size: Size, flags: list[str], save: str | None) 
 
 
 def plot(work: Path) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("plot_metrics", REPO / "tools" / "plot_metrics.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("plot_metrics")
     argv = ["--metrics-file", str(work / "ppo.jsonl"), str(work / "ppo_high_kl.jsonl"), "--labels",
             "kl-coef 0.04", f"kl-coef {HIGH_KL:g}", "--output", str(work / "ppo_align.png")]
     announce("tools/plot_metrics.py", argv)
