@@ -27,10 +27,11 @@ def load_tool(name: str):
 
 # The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml: -n 2 --dist loadfile), and
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
-LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
-                 "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
-                 "test_reward_jobs.py", "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py",
-                 "test_memory.py", "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
+LONGEST_FIRST = ("test_training_jobs.py", "test_ppo_align.py", "test_ppo_jobs.py", "test_ppo_parity.py",
+                 "test_demo.py", "test_hf_convert.py", "test_deepspeed.py", "test_code_qwen.py", "test_parity.py",
+                 "test_reliability_kill.py", "test_sft_jobs.py", "test_reward_jobs.py", "test_ppo_rollout.py",
+                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_memory.py",
+                 "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
                  "test_reward_parity.py")
 
 
@@ -60,6 +61,24 @@ def fake_slurm(tmp_path):
     from slurm_fakes import install_fake_slurm  # not at the top: slurm_fakes imports this file
 
     return install_fake_slurm(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ppo_checkpoints(tmp_path_factory):
+    """PPO's starting checkpoints (tests/ppo_fixtures.py), written once for the session: under pytest-xdist once
+    for all workers, in their shared base directory, by whichever worker asks first (the others wait on a lock)."""
+    import filelock
+    from ppo_fixtures import write_checkpoints  # not at the top: ppo_fixtures imports this file
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "ppo_checkpoints"
+    with filelock.FileLock(str(shared / "ppo_checkpoints.lock")):
+        if not (root / "written").exists():
+            root.mkdir(exist_ok=True)
+            write_checkpoints(root)
+            (root / "written").touch()
+    return root
 
 
 def free_port() -> int:

@@ -78,9 +78,10 @@ def write_prompts(path, prompts: list[str]) -> str:
     return str(path)
 
 
-def ppo_flags(root, prompts: str, *extra: str) -> list[str]:
-    """A small PPO run from ``root``'s checkpoints (the policy's shape is its --load's): 4 responses (2 prompts x 2)
-    of up to 6 tokens per iteration."""
-    return ["--load", str(root / "sft"), "--reward-model", str(root / "reward"), "--prompt-data-path", prompts,
+def ppo_flags(checkpoints, prompts: str, *extra: str) -> list[str]:
+    """A small PPO run from the ``checkpoints`` write_checkpoints wrote (the policy's shape is its --load's):
+    4 responses (2 prompts x 2) of up to 6 tokens per iteration."""
+    return ["--load", str(checkpoints / "sft"), "--reward-model", str(checkpoints / "reward"),
+            "--prompt-data-path", prompts,
             "--seq-length", "48", "--max-new-tokens", "6", "--micro-batch-size", "2", "--global-batch-size", "4",
             "--lr", "1e-4", "--value-lr", "1e-4", "--transformer-impl", "local", *extra]

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch.distributed as dist
 from conftest import REPO, load_tool, quiet_env
-from ppo_fixtures import ppo_flags, write_checkpoints, write_pretraining_shard, write_prompts
+from ppo_fixtures import ppo_flags, write_pretraining_shard, write_prompts
 
 from megatron_qwen.config.recipes import PPO
 from megatron_qwen.training import entry
@@ -33,13 +33,14 @@ from megatron_qwen.platform.distributed import destroy_distributed, init_distrib
 from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.training.entry import main
 
-root, runs = sys.argv[1], json.loads(sys.argv[2])
+root, checkpoints, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 for argv in runs:
     main(PPO, argv)
 init_distributed(ParallelConfig(), 2, 0)
-saved = (("sft", 0), ("warmup", 2), ("straight", 3), ("resumed", 3))
-tensors = {name: {k: v for k, v in load_plain_tensors(f"{root}/{name}/iter_{it:07d}").items()
-                  if isinstance(v, torch.Tensor)} for name, it in saved}
+saved = {"sft": f"{checkpoints}/sft/iter_0000000", **{name: f"{root}/{name}/iter_{it:07d}" for name, it in
+                                                     (("warmup", 2), ("straight", 3), ("resumed", 3))}}
+tensors = {name: {k: v for k, v in load_plain_tensors(path).items() if isinstance(v, torch.Tensor)}
+           for name, path in saved.items()}
 torch.save(tensors, f"{root}/tensors.pt")
 destroy_distributed()
 """
@@ -48,24 +49,23 @@ destroy_distributed()
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_jobs")
-    write_checkpoints(root)
     write_prompts(root / "prompts.jsonl", PROMPTS)
     return root
 
 
 @pytest.fixture(scope="module")
-def runs(root):
-    base = ppo_flags(root, str(root / "prompts.jsonl"))
+def runs(root, ppo_checkpoints):
+    base = ppo_flags(ppo_checkpoints, str(root / "prompts.jsonl"))
     shard = write_pretraining_shard(root / "pretraining_text_document")
     straight = [*base, "--train-iters", "3", "--value-warmup-iters", "1"]
     runs = [[*base, "--train-iters", "2", "--value-warmup-iters", "2", "--save", str(root / "warmup")],
             [*straight, "--save", str(root / "straight"), "--metrics-file", str(root / "straight.jsonl")],
             *[[*straight, "--save", str(root / "resumed"), "--exit-interval", "2", "--metrics-file",
                str(root / "resumed.jsonl")]] * 2,
-            *[[*base, "--train-iters", "2", "--value-warmup-iters", "1", "--data-path", shard, "--ptx-coef", coef,
-               "--metrics-file", str(root / f"ptx_{coef}.jsonl")] for coef in ("0", "0.5")]]
-    proc = subprocess.run([sys.executable, "-c", RUNS, str(root), json.dumps(runs)], cwd=REPO, env=quiet_env(),
-                          capture_output=True, text=True, timeout=900)
+            [*base, "--train-iters", "2", "--value-warmup-iters", "1", "--data-path", shard, "--ptx-coef", "0.5",
+             "--metrics-file", str(root / "ptx.jsonl")]]
+    proc = subprocess.run([sys.executable, "-c", RUNS, str(root), str(ppo_checkpoints), json.dumps(runs)], cwd=REPO,
+                          env=quiet_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     import torch
 
@@ -122,11 +122,13 @@ def test_metrics_and_plot(root, runs, tmp_path):
 
 def test_pretraining_term_adds_its_coefficient_times_its_loss(root, runs):
     """The first policy step of two runs that differ only in --ptx-coef (the same rollouts: the same weights and
-    seeds until then): the logged policy loss differs by the coefficient times the pretraining loss."""
-    def second(coef):
-        return [json.loads(line) for line in open(root / f"ptx_{coef}.jsonl")][1]
+    seeds until then): the logged policy loss differs by the coefficient times the pretraining loss. The run
+    without the term is the straight run (--ptx-coef 0 reads no pretraining data; the LRs are constant, so its
+    --train-iters changes nothing before its end)."""
+    def second(name):
+        return [json.loads(line) for line in open(root / f"{name}.jsonl")][1]
 
-    off, on = second("0"), second("0.5")
+    off, on = second("straight"), second("ptx")
     assert on["reward"] == off["reward"] and on["ptx_loss"] > 1  # a language-model loss over random text
     assert on["policy_loss"] == pytest.approx(off["policy_loss"] + 0.5 * on["ptx_loss"], rel=1e-5, abs=1e-6)
 
@@ -149,17 +151,17 @@ def one_line_error(argv: list[str], monkeypatch) -> str:
     return lines[0]
 
 
-def test_bad_input_is_one_line_before_any_model(root, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_before_any_model(root, ppo_checkpoints, tmp_path, monkeypatch):
     prompts = str(root / "prompts.jsonl")
-    base = ppo_flags(root, prompts)
+    base = ppo_flags(ppo_checkpoints, prompts)
 
     def with_flag(flag, value, flags=base):
         i = flags.index(flag)
         return [*flags[:i + 1], value, *flags[i + 2:]]
 
-    line = one_line_error(with_flag("--reward-model", str(root / "reward_small_vocab")), monkeypatch)
+    line = one_line_error(with_flag("--reward-model", str(ppo_checkpoints / "reward_small_vocab")), monkeypatch)
     assert "--reward-model" in line and "vocabulary of 1024" in line
-    line = one_line_error(with_flag("--reward-model", str(root / "reward_other_tokenizer")), monkeypatch)
+    line = one_line_error(with_flag("--reward-model", str(ppo_checkpoints / "reward_other_tokenizer")), monkeypatch)
     assert "another tokenizer" in line and "other.tiktoken" in line
     long_prompts = write_prompts(tmp_path / "long.jsonl", ["Hi.", "word " * 40])
     line = one_line_error(with_flag("--prompt-data-path", long_prompts), monkeypatch)
@@ -168,5 +170,5 @@ def test_bad_input_is_one_line_before_any_model(root, tmp_path, monkeypatch):
     empty.write_text("\n")
     line = one_line_error(with_flag("--prompt-data-path", str(empty)), monkeypatch)
     assert str(empty) in line and "holds no prompts" in line
-    line = one_line_error(with_flag("--reward-model", str(root / "sft")), monkeypatch)
+    line = one_line_error(with_flag("--reward-model", str(ppo_checkpoints / "sft")), monkeypatch)
     assert "holds a language model, not a reward model" in line

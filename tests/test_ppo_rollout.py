@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, quiet_env
 from hf_fixtures import hf_model
-from ppo_fixtures import MODEL, ppo_flags, write_checkpoints, write_prompts
+from ppo_fixtures import MODEL, ppo_flags, write_prompts
 
 from megatron_qwen.config.recipes import SFT
 from megatron_qwen.hf.layouts import to_hf_state_dict
@@ -47,15 +47,14 @@ destroy_distributed()
 
 
 @pytest.fixture(scope="module")
-def rollout(tmp_path_factory):
+def rollout(tmp_path_factory, ppo_checkpoints):
     root = tmp_path_factory.mktemp("ppo_rollout")
-    write_checkpoints(root)
-    flags = ppo_flags(root, write_prompts(root / "prompts.jsonl", PROMPTS), "--max-new-tokens", str(NEW_TOKENS),
-                      "--global-batch-size", "6")
+    flags = ppo_flags(ppo_checkpoints, write_prompts(root / "prompts.jsonl", PROMPTS), "--max-new-tokens",
+                      str(NEW_TOKENS), "--global-batch-size", "6")
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(flags)], cwd=REPO, env=quiet_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return root, json.loads(proc.stdout.split("ROLLOUT ", 1)[1])
+    return ppo_checkpoints, json.loads(proc.stdout.split("ROLLOUT ", 1)[1])
 
 
 def cut(ids: list[int], stops) -> list[int]:
