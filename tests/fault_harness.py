@@ -38,6 +38,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _train(job: dict) -> None:
+    from nan_injection import nan_loss_at
+
+    from megatron_qwen.config.recipes import PRETRAIN
+    from megatron_qwen.training.entry import main
+
+    nan = job.get("nan_loss")
+    with nan_loss_at(set(nan["iterations"]), nan["dp_rank"]) if nan else contextlib.nullcontext():
+        main(PRETRAIN, job["argv"])
+
+
+def _child(log: str, run) -> None:
+    """In a forked child: its output into the file ``log``, then ``run()``, then exit with its code (a
+    SystemExit's, 1 for any other exception, whose traceback goes to the log)."""
+    fd = os.open(log, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    code = 0
+    try:
+        run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _start(job: dict, log_dir: str, attempt: int) -> tuple[int, list[int], str]:
     """Fork the job's ranks into one new process group; returns (group id, pids, rank-0 log)."""
     nproc, port = job.get("nproc", 1), _free_port()
@@ -49,33 +81,11 @@ def _start(job: dict, log_dir: str, attempt: int) -> tuple[int, list[int], str]:
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, pgid)
-            fd = os.open(logs[rank], os.O_WRONLY)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
             os.environ.update(job.get("env", {}))
             if nproc > 1:
                 os.environ.update(WORLD_SIZE=str(nproc), RANK=str(rank), LOCAL_RANK=str(rank),
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            code = 0
-            try:
-                from nan_injection import nan_loss_at
-
-                from megatron_qwen.config.recipes import PRETRAIN
-                from megatron_qwen.training.entry import main
-
-                nan = job.get("nan_loss")
-                with nan_loss_at(set(nan["iterations"]), nan["dp_rank"]) if nan else contextlib.nullcontext():
-                    main(PRETRAIN, job["argv"])
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            _child(logs[rank], lambda: _train(job))
         pgid = pgid or pid
         os.setpgid(pid, pgid)
         pids.append(pid)
@@ -130,23 +140,11 @@ def _forked(call, log: str) -> dict:
     """``call()`` in a child of its own process group, its output into ``log``: a call that computes with torch
     or starts a process group leaves threads behind, which a later fork would inherit mid-state (a forked
     job then hangs), and helper processes (megatron-core's writer starts one), removed with the group."""
+    open(log, "w").close()
     pid = os.fork()
     if pid == 0:
         os.setpgid(0, 0)
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        code = 0
-        try:
-            call()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _child(log, call)
     _, status = os.waitpid(pid, 0)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
