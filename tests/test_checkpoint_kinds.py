@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import traceback
 
 import pytest
 from conftest import REPO, load_tool
@@ -66,7 +67,7 @@ def _engine_job(root: str, consumer: str, kind: str) -> dict:
 
 def _tool_cell(run) -> dict:
     """{code, stderr, error} of ``run()`` as a tool's main() reports it: its exit code (0 when it returns None),
-    or 2 and the one line of a ConfigError it raises."""
+    or 2 and the one line of a ConfigError it raises; any other exception is 1 and its traceback."""
     from megatron_qwen.config.errors import ConfigError
 
     stderr, cell = io.StringIO(), {}
@@ -75,6 +76,9 @@ def _tool_cell(run) -> dict:
             cell["code"] = run() or 0
     except ConfigError as e:
         cell.update(code=2, error=f"error: {e}")
+    except Exception:
+        cell["code"] = 1
+        stderr.write(traceback.format_exc())
     cell["stderr"] = stderr.getvalue()
     return cell
 
