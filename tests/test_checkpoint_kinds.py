@@ -39,7 +39,8 @@ REFUSED = {
     ("export", "deepspeed"): ("DeepSpeed-engine checkpoint", CONVERT_FIRST),
     ("convert", "megatron"): ("megatron-engine checkpoint", "it is ours already: to export it pass --hf-layout"),
     ("convert", "weights_only"): ("weights-only checkpoint", "it is ours already: to export it pass --hf-layout"),
-    **{(consumer, "none"): ("does not exist", "pass") for consumer in [*ENGINES, *TOOLS]},
+    **{(consumer, "none"): ("does not exist", "pass a directory written by --save") for consumer in ENGINES},
+    **{(consumer, "none"): ("does not exist", "expected a Hugging Face model directory") for consumer in TOOLS},
 }
 
 

@@ -82,7 +82,7 @@ _INSTEAD = {
 @dataclass(frozen=True)
 class Resolved:
     """What the directory ``path`` holds: ``kind``; ``iteration``, the tracker's (checkpoints); ``hf_layout``
-    and ``model`` (a Hugging Face model's, from config.json); ``marker``, the record that names the kind
+    and ``hf_model`` (a Hugging Face model's, from config.json); ``marker``, the record that names the kind
     (hf_import.json's or deepspeed.json's contents); ``why``, for kind NONE, what the path is instead."""
 
     path: str
@@ -139,7 +139,8 @@ class Resolved:
         if self.kind is Kind.NONE:
             instead = ("pass a directory written by --save, or drop --load to train from scratch"
                        if use in TRAINING_USES else
-                       "pass the --save directory of a training run or a Hugging Face model directory")
+                       "expected a Hugging Face model directory (config.json and its weights) or the --save "
+                       "directory of a training run")
             return f"{self.described(flag)}; {instead}"
         instead = _INSTEAD.get((self.kind, use))
         if instead is None:

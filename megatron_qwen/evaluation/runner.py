@@ -50,9 +50,9 @@ def check_inputs(cfg: EvalConfig) -> tuple[list[Benchmark], Protocol]:
                           "runs in a sandbox: docs/evaluation.md), or leave them out of --tasks")
     if code:
         check_sandbox_available()
-    resolve(cfg.load).check_for(Use.EVALUATE)
     check_data(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)
     check_fewshot_rows(benchmarks, cfg.data_dir, cfg.chat)
+    resolve(cfg.load).check_for(Use.EVALUATE)  # reads config.json's fields: after the cheaper checks above
     return benchmarks, proto
 
 
