@@ -78,7 +78,7 @@ def convert_to_megatron(source: Resolved, destination: str) -> str:
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
     ckpt_dir, saved = source.checked(), source.marker
-    run = RunConfig.from_dict(saved["run_config"])
+    run = RunConfig.from_dict(source.stored_config[0])
     with restricted_unpickling(deepspeed=True):
         per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved["layout"]["tp"])]
     # The run as one process with the reference back end: the model whose full tensors we fill.
