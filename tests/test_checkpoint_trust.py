@@ -95,9 +95,9 @@ def with_payload(kind: str, ours, tmp_path, marker):
     """(the --load directory, the file holding the payload) of a checkpoint whose ``kind`` file runs code."""
     root = tmp_path / kind
     if kind.startswith("deepspeed"):
-        from megatron_qwen.checkpointing.reading import saved_run_config
+        from megatron_qwen.checkpointing.resolver import resolve
 
-        cfg_dict, _ = saved_run_config(str(ours / "iter_0000001"))
+        cfg_dict, _ = resolve(str(ours)).stored_config
         ckpt = deepspeed_dir(root, cfg_dict)
         victim = {"deepspeed model states": ckpt / "mp_rank_00_model_states.pt",
                   "deepspeed optimizer states": ckpt / "zero_pp_rank_0_mp_rank_00_optim_states.pt",

@@ -1,4 +1,4 @@
-"""DeepSpeed-engine checkpoints (recognised by directory.written_by_deepspeed): their weights, and conversions.
+"""DeepSpeed-engine checkpoints (recognised by resolver.py): their weights, and conversions.
 
 A deepspeed-engine checkpoint is DeepSpeed's own files (``mp_rank_XX_model_states.pt``,
 ``*zero_pp_rank_D_mp_rank_XX_*_states.pt``) in our directory layout (``ROOT/iter_NNNNNNN/``, the
@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 
-from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.resolver import Resolved
 from megatron_qwen.checkpointing.run_state import same_layout
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling, torch_load
 from megatron_qwen.checkpointing.writer_lock import waiting_for
@@ -40,16 +40,16 @@ def _tp_rank_fp32_weights(ckpt_dir: str, tp_rank: int) -> dict:
         return get_fp32_state_dict_from_zero_checkpoint(tmp, tag="tag")
 
 
-def load_deepspeed_weights(ckpt_dir: str, module) -> None:
-    """Fill this rank's bare model (any TP) with the fp32 master weights of a deepspeed-engine checkpoint
-    (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a ZeRO-3
-    checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
+def load_deepspeed_weights(source: Resolved, module) -> None:
+    """Fill this rank's bare model (any TP) with the fp32 master weights of the deepspeed-engine checkpoint
+    ``source`` (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a
+    ZeRO-3 checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
     import torch
     from megatron.core import parallel_state
 
     from megatron_qwen.model.layout import shard, unshard
 
-    saved_tp = deepspeed_record(ckpt_dir)["layout"]["tp"]
+    ckpt_dir, saved_tp = source.ckpt_dir, source.marker["layout"]["tp"]
     check_pickles(ckpt_dir, deepspeed=True)
     with restricted_unpickling(deepspeed=True):
         per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
@@ -63,13 +63,12 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
             p.copy_(shard(unshard([w[name] for w in per_rank], name, dim), name, p, tp_rank, tp))
 
 
-def convert_to_megatron(source: str, destination: str) -> str:
+def convert_to_megatron(source: Resolved, destination: str) -> str:
     """Write the latest deepspeed-engine checkpoint under ``source`` as a checkpoint of ours at
     ``destination``: full (TP1) fp32 master weights, loadable as weights only at any layout
     (``--finetune`` semantics: fresh optimizer and iteration). Returns the iteration directory."""
     import torch
 
-    from megatron_qwen.checkpointing.reading import checked_for_reading
     from megatron_qwen.checkpointing.weights import save_weights_only
     from megatron_qwen.config.parallel import ParallelConfig
     from megatron_qwen.config.run import RunConfig
@@ -78,10 +77,8 @@ def convert_to_megatron(source: str, destination: str) -> str:
     from megatron_qwen.model.layout import unshard
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
-    iteration = latest_iteration(source)
-    ckpt_dir = checked_for_reading(iteration_dir(source, iteration))
-    saved = deepspeed_record(ckpt_dir)
-    run = RunConfig.from_dict(saved["run_config"])
+    ckpt_dir, saved = source.checked(), source.marker
+    run = RunConfig.from_dict(source.stored_config[0])
     with restricted_unpickling(deepspeed=True):
         per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved["layout"]["tp"])]
     # The run as one process with the reference back end: the model whose full tensors we fill.
@@ -98,17 +95,18 @@ def convert_to_megatron(source: str, destination: str) -> str:
             dim = split[0] if split else None
             with torch.no_grad():
                 p.copy_(unshard([w[name] for w in per_rank], name, dim))
-        return save_weights_only(destination, iteration, chunk, cfg, source, f"deepspeed-zero{saved['zero_stage']}")
+        return save_weights_only(destination, source.iteration, chunk, cfg, source.path,
+                                 f"deepspeed-zero{saved['zero_stage']}")
     finally:
         destroy_distributed()
 
 
-def check_resumable(ckpt_dir: str, stage: int, layout: dict) -> None:
-    """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``ckpt_dir`` at ZeRO
+def check_resumable(source: Resolved, stage: int, layout: dict) -> None:
+    """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``source`` at ZeRO
     ``stage`` and ``layout`` (run_state.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
     0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
     TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
-    saved = deepspeed_record(ckpt_dir)
+    ckpt_dir, saved = source.ckpt_dir, source.marker
     was = saved["zero_stage"]
     if (was == 3) != (stage == 3):
         raise ConfigError(f"--load {ckpt_dir} was saved at ZeRO-{was}; DeepSpeed's universal checkpoint does not "

@@ -1,28 +1,16 @@
-"""Reading a checkpoint directory, after checking it: its manifest (sizes, checksums, the paths it names:
-integrity.py) and every pickle in it (unpickling.py) before any library opens a file; then the common state
-of a megatron-core checkpoint, whoever wrote it: this version of ours, an earlier one, or Megatron-LM
-(whose records are turned into ours: megatron_lm.py).
+"""The common state of a megatron-core checkpoint, whoever wrote it: this version of ours, an earlier one, or
+Megatron-LM (whose records are turned into ours: megatron_lm.py), read once the checkpoint is checked (its
+manifest: integrity.py; its pickles: unpickling.py; both reached through resolver.Resolved.checked).
 """
 
 import os
 
-from megatron_qwen.checkpointing.directory import written_by_deepspeed
-from megatron_qwen.checkpointing.integrity import checked_checkpoint
 from megatron_qwen.checkpointing.megatron_lm import content_metadata, records_from_megatron_lm, written_by_megatron_lm
-from megatron_qwen.checkpointing.unpickling import check_pickles, torch_load
+from megatron_qwen.checkpointing.unpickling import torch_load
 from megatron_qwen.config.errors import ConfigError
 
 COMMON = "common.pt"  # megatron-core's file of everything that is not a sharded tensor or object
 FULLY_RESHARDABLE = ("fully_reshardable", "fully_sharded_model_space")  # loadable at any TP x PP
-
-
-def checked_for_reading(ckpt_dir: str, verify: bool = True) -> str:
-    """``ckpt_dir`` once it is whole (checksums verified unless ``verify`` is False) and its pickles hold
-    nothing but data; ConfigError in one line naming the file otherwise. For readers of one checkpoint
-    (conversion, export, generation); a training --load checks in preflight and at the load."""
-    checked_checkpoint(ckpt_dir, verify)
-    check_pickles(ckpt_dir, deepspeed=written_by_deepspeed(ckpt_dir))
-    return ckpt_dir
 
 
 def common_state(ckpt_dir: str) -> dict:
@@ -67,13 +55,3 @@ def check_reshardable(ckpt_dir: str, common: dict, layout_now: dict, load_optim:
                           f"PP{saved['pp']}, which loads only at that TP x PP (this run: TP{layout_now['tp']} x "
                           f"PP{layout_now['pp']}); resume at that layout, pass --no-load-optim, or save it from "
                           "Megatron-LM with --dist-ckpt-optim-fully-reshardable")
-
-
-def saved_run_config(ckpt_dir: str) -> tuple[dict, str]:
-    """(run configuration as stored, the file it is in) of a checkpoint of either engine: DeepSpeed's files
-    hold none, so that engine stores ours beside them."""
-    from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, deepspeed_record
-
-    if written_by_deepspeed(ckpt_dir):
-        return deepspeed_record(ckpt_dir)["run_config"], os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-    return common_state(ckpt_dir)["run_config"], os.path.join(ckpt_dir, COMMON)

@@ -51,12 +51,11 @@ def check_data_state(ckpt_dir: str, saved: dict, cfg: RunConfig) -> None:
                       "anyway, or --finetune to start a new run from its weights")
 
 
-def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
-    """Refuse a checkpoint of another model shape than this run builds: one line naming each field, the
-    flag that sets it, and both values. Run in preflight, before any process group."""
-    from megatron_qwen.checkpointing.reading import saved_run_config
-
-    saved, source = saved_run_config(ckpt_dir)
+def check_same_model(ckpt_dir: str, stored: tuple[dict, str], cfg: RunConfig) -> None:
+    """Refuse a checkpoint of another model shape than this run builds (``stored``: the run configuration it
+    stores, and its file: resolver.Resolved.stored_config): one line naming each field, the flag that sets it,
+    and both values. Run in preflight, before any process group."""
+    saved, source = stored
     saved_model, model_now = saved["model"], cfg.to_dict()["model"]
     # A field the checkpoint does not record (newer than it; Qwen-1's trained length in Megatron-LM's) is not compared.
     diff = [f"{k.replace('_', ' ')} {saved_model[k]} saved, {v} asked (--{k.replace('_', '-')})"

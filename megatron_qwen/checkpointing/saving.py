@@ -1,6 +1,12 @@
 """Writing checkpoints so that nothing already saved is put at risk: every write is staged and published
 whole (its manifest with the checksums last), a save is not started without room for it, a disk that fills
 during one is one line naming ENOSPC, and a conversion's output appears only whole, with the user's file mode.
+
+``StagedSaves`` is the protocol both training engines save through (docs/reliability.md): what interrupted
+saves left is removed at start, each save is staged in ``iter_N.partial`` (a stale one cleared first), written
+by the engine (its files hashed as written), published by rank 0 once every rank has written (manifest,
+rename to ``iter_N``, tracker, pruning), with one asynchronous save in flight at most where the engine writes
+asynchronously (the megatron engine's --async-save).
 """
 
 import errno
@@ -8,10 +14,11 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from megatron_qwen.checkpointing.checksums import checksummed_writes
-from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, prune, write_tracker
+from megatron_qwen.checkpointing.directory import complete_iterations, iteration_dir, latest_iteration, write_tracker
 from megatron_qwen.checkpointing.integrity import checkpoint_bytes, write_manifest
 from megatron_qwen.checkpointing.writer_lock import LOCK, lock_directory, release, writer_is_dead
 from megatron_qwen.config.errors import ConfigError
@@ -88,6 +95,91 @@ def save_sharded(sharded_state: dict, ckpt_dir: str, content_metadata: dict, asy
         return request
     request.execute_sync()
     return None
+
+
+def remove_leftovers(root: str) -> list[str]:
+    """Delete what interrupted saves left (staging directories, replaced checkpoints, a tracker being
+    written); returns their names. Only by the holder of ``root``'s writer lock (writer_lock.py), before its
+    first save: then no other process is writing there, and what is staged is a dead writer's."""
+    names = os.listdir(root) if os.path.isdir(root) else []
+    leftovers = sorted(n for n in names if n.endswith((".partial", ".old", ".tmp")))
+    for name in leftovers:
+        path = os.path.join(root, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return leftovers
+
+
+def prune(root: str, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` whole checkpoints (never the tracker's); returns their iterations."""
+    latest = latest_iteration(root)
+    doomed = [it for it in complete_iterations(root)[:-keep] if it != latest]
+    for it in doomed:
+        shutil.rmtree(iteration_dir(root, it))
+    return doomed
+
+
+def staging_dir(root: str, iteration: int) -> str:
+    """Where a checkpoint is written before publish() renames it: iter_* directories are only ever complete."""
+    return iteration_dir(root, iteration) + ".partial"
+
+
+class StagedSaves:
+    """The save protocol of a run under --save ``root`` (module docstring), keeping the newest ``keep_last``
+    checkpoints (None: all). Every rank makes the same calls (they are collectives)."""
+
+    def __init__(self, root: str, keep_last: int | None):
+        import torch.distributed as dist
+
+        self.root, self.keep_last = root, keep_last
+        self._async_queue, self._in_flight = None, 0
+        if dist.get_rank() == 0:  # no save runs yet, and preflight holds root's lock: what is staged is a dead run's
+            for name in remove_leftovers(root):
+                print(f" removed {os.path.join(root, name)}, left by an interrupted save", flush=True)
+
+    def save(self, iteration: int, write: Callable[[str], object]) -> None:
+        """Save ``iteration``: ``write(staging)`` writes every rank's files into the staging directory and
+        returns None once written, or megatron-core's request still to run (an asynchronous save, published by
+        finish_pending once every rank has written). One asynchronous save in flight at most: a kill then
+        loses at most two save intervals (docs/reliability.md)."""
+        import torch.distributed as dist
+
+        self.finish_pending(blocking=True)
+        if not room_to_save(self.root, iteration):
+            return
+        staging = staging_dir(self.root, iteration)
+        if dist.get_rank() == 0:
+            os.makedirs(self.root, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted save of this iteration
+            os.makedirs(staging)
+        dist.barrier()
+
+        def finalize():
+            if dist.get_rank() == 0:
+                publish(self.root, iteration, staging, self.keep_last)
+
+        with self._disk_full_is_one_line(iteration):
+            request = write(staging)
+        if request is not None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            request.add_finalize_fn(finalize)
+            self._async_queue = self._async_queue or AsyncCallsQueue()
+            self._async_queue.schedule_async_request(request)
+            self._in_flight = iteration
+            return
+        dist.barrier()
+        with self._disk_full_is_one_line(iteration):
+            finalize()
+        dist.barrier()
+
+    def finish_pending(self, blocking: bool) -> None:
+        """Complete asynchronous saves (each is published only once all ranks have written it)."""
+        if self._async_queue is not None:
+            with self._disk_full_is_one_line(self._in_flight):
+                self._async_queue.maybe_finalize_async_calls(blocking=blocking)
+
+    def _disk_full_is_one_line(self, iteration: int):
+        return disk_full_is_one_line(self.root, staging_dir(self.root, iteration), f"saving iteration {iteration}")
 
 
 def publish(root: str, iteration: int, staging: str, keep_last: int | None = None) -> None:

@@ -2,7 +2,7 @@
 the megatron engine holds, loaded at any layout, and weights-only checkpoints written from one full (TP1)
 model, which is what a conversion (from Hugging Face, from the DeepSpeed engine) produces.
 
-A weights-only checkpoint carries directory.IMPORT_MARKER, naming where its weights came from and its model
+A weights-only checkpoint carries resolver.IMPORT_MARKER, naming where its weights came from and its model
 shape: a run that --loads it starts from the weights with a fresh optimizer and iteration, as with --finetune.
 """
 
@@ -10,9 +10,10 @@ import json
 import os
 from dataclasses import asdict
 
-from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, write_tracker
+from megatron_qwen.checkpointing.directory import iteration_dir, write_tracker
 from megatron_qwen.checkpointing.integrity import write_manifest
 from megatron_qwen.checkpointing.megatron_lm import content_metadata, megatron_lm_records
+from megatron_qwen.checkpointing.resolver import IMPORT_MARKER
 from megatron_qwen.checkpointing.run_state import TrainState, layout
 from megatron_qwen.checkpointing.saving import save_sharded, staged_directory
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling

@@ -12,8 +12,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from tqdm import tqdm
 
-from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration
-from megatron_qwen.checkpointing.reading import checked_for_reading, common_state
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Resolved, Use, resolve
 from megatron_qwen.checkpointing.saving import staged_directory
 from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.config.errors import ConfigError
@@ -94,27 +93,27 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
     its --seq-length. A reward model's checkpoint goes out as Qwen2ForSequenceClassification (qwen2 only),
     without generation settings."""
     check_layout(layout)
-    iteration = latest_iteration(source)
-    if iteration is None:
-        raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
-    ckpt_dir = checked_for_reading(iteration_dir(source, iteration))  # whole, and its pickles data only
+    resolved = resolve(source).check_for(Use.EXPORT, flag="--load-dir")
+    if resolved.kind in HF_KINDS:  # tools/convert_checkpoint.py and evaluation rename those (hf/relayout.py)
+        raise ConfigError(f"{resolved.described('--load-dir')}: rename it with hf/relayout.py's relayout_hf")
+    resolved.checked()  # whole, and its pickles data only
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
     init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
     try:
         with restricted_unpickling():
-            return _export(source, ckpt_dir, destination, layout, dtype, max_shard_size, tokenizer_model, chat,
+            return _export(resolved, destination, layout, dtype, max_shard_size, tokenizer_model, chat,
                            decoding)
     finally:
         destroy_distributed()
 
 
-def _export(source: str, ckpt_dir: str, destination: str, layout: str, dtype: str | None, max_shard_size: int,
+def _export(source: Resolved, destination: str, layout: str, dtype: str | None, max_shard_size: int,
             tokenizer_model: str | None, chat: bool | None, decoding: bool) -> list[str]:
-    """export_hf's work, on the checkpoint ``ckpt_dir`` already checked, inside the restricted unpickling."""
-    run = RunConfig.from_dict(common_state(ckpt_dir)["run_config"])
+    """export_hf's work, on the checkpoint ``source`` already checked, inside the restricted unpickling."""
+    ckpt_dir, run = source.ckpt_dir, RunConfig.from_dict(source.stored_config[0])
     cfg, head = run.model, run.build.head
     if head == "reward" and layout != "qwen2":
-        raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
+        raise ConfigError(f"--load-dir {source.path} holds a reward model, which goes out as transformers' "
                           "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
     stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
     _check_stored(ckpt_dir, cfg, stored, head)

@@ -1,4 +1,4 @@
-"""Hugging Face's two layouts of the Qwen-1 network: tensor names, config.json keys, conversions.
+"""Hugging Face's two layouts of the Qwen-1 network: tensor names, config.json as written, conversions.
 
 ``qwen``: the remote-code ``QWenLMHeadModel`` of Qwen's published checkpoints (docs/qwen.md
 section 1): fused ``attn.c_attn`` (q|k|v row blocks, with bias), ``mlp.w2`` the gate and
@@ -13,18 +13,16 @@ Our side is the full (TP=1) megatron-core tensor of each layout-independent glob
 heads ([q_h; k_h; v_h] per head) and fc1 stacks [gate; up].
 """
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
 
+from megatron_qwen.checkpointing.resolver import LAYOUTS
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.model import QWEN_VOCAB_SIZE, QwenModelConfig
+from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
 from megatron_qwen.tokenizer.qwen import ENDOFTEXT, SPECIAL_TOKENS
 
-LAYOUTS = {"qwen": "QWenLMHeadModel", "qwen2": "Qwen2ForCausalLM"}
 REWARD_ARCHITECTURE = "Qwen2ForSequenceClassification"
 
 
@@ -165,152 +163,6 @@ def to_hf_state_dict(full: dict[str, torch.Tensor], cfg: QwenModelConfig, layout
         for piece, part in zip(pieces(gname, layout), to_hf(gname, tensor, cfg.head_dim)):
             blocks.setdefault(piece.name, []).append(part)
     return {name: parts[0] if len(parts) == 1 else torch.cat(parts, dim=0) for name, parts in blocks.items()}
-
-
-# ---------------------------------------------------------------- config.json
-
-
-def _number(value) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
-
-
-_REQUIRED = object()
-
-
-class _Keys:
-    """config.json read with its types and ranges checked: one-line errors naming the file and the key."""
-
-    def __init__(self, config: dict, path: str):
-        self.config, self.path = config, path
-
-    def _given(self, key: str, default, kind: str) -> bool:
-        """Whether config.json gives ``key`` a value (absent or null: the layout's default, if it has one)."""
-        if self.config.get(key) is not None:
-            return True
-        if default is _REQUIRED:
-            what = "missing" if key not in self.config else "null"
-            raise ConfigError(f"{self.path}: key {key!r} is {what}; it must be {kind} (the model's shape "
-                              "depends on it)")
-        return False
-
-    def _wrong(self, key: str, kind: str):
-        return ConfigError(f"{self.path}: {key} = {self.config[key]!r} ({type(self.config[key]).__name__}); it must "
-                           f"be {kind}: fix config.json")
-
-    def integer(self, key: str, default=_REQUIRED, minimum: int = 1) -> int:
-        """A whole number >= ``minimum`` (a JSON integer: not "64", 4.0 or true)."""
-        kind = f"an integer of at least {minimum}"
-        if not self._given(key, default, kind):
-            return default
-        if type(self.config[key]) is not int or self.config[key] < minimum:
-            raise self._wrong(key, kind)
-        return self.config[key]
-
-    def number(self, key: str, default=_REQUIRED, below: float = float("inf")) -> int | float:
-        """A finite positive number below ``below``."""
-        kind = f"a positive number below {below:g}" if below < float("inf") else "a positive number"
-        if not self._given(key, default, kind):
-            return default
-        if type(self.config[key]) not in (int, float) or not 0 < self.config[key] < below:
-            raise self._wrong(key, kind)
-        return self.config[key]
-
-    def of_type(self, key: str, kind: type, default=None):
-        """A value of JSON type ``kind`` (str, list, dict, bool), or ``default`` when absent or null."""
-        if not self._given(key, default, f"a {kind.__name__}"):
-            return default
-        if type(self.config[key]) is not kind:
-            raise self._wrong(key, f"a {kind.__name__}")
-        return self.config[key]
-
-    def expect(self, key: str, allowed: tuple, what: str) -> None:
-        if key in self.config and self.config[key] not in allowed:
-            raise ConfigError(f"{self.path}: {key} = {self.config[key]!r} is not Qwen-1's architecture ({what}); "
-                              "this model cannot be converted")
-
-
-def hf_layout_of(k: _Keys) -> str:
-    """The layout a config.json describes, from its architectures (else its model_type)."""
-    archs = k.of_type("architectures", list, [])
-    model_type = k.of_type("model_type", str)
-    by_arch = {arch: layout for layout, arch in LAYOUTS.items()}
-    known = [by_arch[a] for a in archs if isinstance(a, str) and a in by_arch]
-    if known:
-        return known[0]
-    if not archs and model_type in LAYOUTS:
-        return model_type
-    raise ConfigError(f"{k.path}: architecture {archs or model_type!r} is unknown; expected QWenLMHeadModel (Qwen-1, "
-                      "model_type qwen) or Qwen2ForCausalLM (model_type qwen2) with Qwen-1's shape")
-
-
-def qwen1_lengths(k: _Keys) -> tuple[int, int]:
-    """(seq_length, max_position_embeddings) of a Qwen-1 config.json, absent keys as QWenConfig's defaults
-    (8192 both; the first releases spelled the limit n_positions). The limit is never below the training
-    length: the model has been run at that many positions."""
-    seq_length = k.integer("seq_length", 8192)
-    positions = k.integer("max_position_embeddings", None) or k.integer("n_positions", None) or 8192
-    return seq_length, max(positions, seq_length)
-
-
-def _qwen1_shape(k: _Keys) -> dict:
-    intermediate = k.integer("intermediate_size", minimum=2)
-    if intermediate % 2:
-        raise ConfigError(f"{k.path}: intermediate_size {intermediate} is odd; Qwen-1's is twice the FFN width")
-    k.expect("rotary_pct", (1.0, 1), "RoPE over the whole head")
-    k.expect("no_bias", (True,), "no bias except on QKV")
-    seq_length, positions = qwen1_lengths(k)
-    return {"ffn": intermediate // 2, "head_dim": k.integer("kv_channels", 128),
-            "eps": k.number("layer_norm_epsilon", 1e-6, below=1), "base": k.number("rotary_emb_base", 10000),
-            "seq_length": seq_length, "positions": positions}
-
-
-def _qwen2_shape(k: _Keys, hidden: int, heads: int) -> dict:
-    if k.integer("num_key_value_heads", heads) != heads:
-        raise ConfigError(f"{k.path}: num_key_value_heads {k.config['num_key_value_heads']} differs from "
-                          f"num_attention_heads {heads}; grouped-query attention is not Qwen-1's architecture and "
-                          "cannot be converted")
-    rope = k.of_type("rope_parameters", dict) or k.of_type("rope_scaling", dict) or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ConfigError(f"{k.path}: RoPE scaling {rope!r} cannot be converted; Qwen-1 uses plain RoPE")
-    k.expect("use_sliding_window", (False,), "full attention in every layer")
-    k.expect("hidden_act", ("silu",), "SwiGLU")
-    if "head_dim" not in k.config and hidden % heads:
-        raise ConfigError(f"{k.path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads} and "
-                          "there is no head_dim")
-    base = k.number("rope_theta", None) or rope.get("rope_theta", 10000.0)
-    if type(base) not in (int, float) or base <= 0:
-        raise ConfigError(f"{k.path}: rope_parameters.rope_theta = {base!r}; it must be a positive number")
-    positions = k.integer("max_position_embeddings", 32768)
-    return {"ffn": k.integer("intermediate_size"), "head_dim": k.integer("head_dim", hidden // heads),
-            "eps": k.number("rms_norm_eps", 1e-6, below=1), "base": base,
-            "seq_length": positions, "positions": positions}  # Qwen2Config has no training length of its own
-
-
-def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
-    """(our model config, layout) of the Hugging Face model in ``directory``, every value read checked for
-    type and range. Missing optional keys take the defaults of the layout's own config class."""
-    path = os.path.join(directory, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read it as JSON ({e}); pass a Hugging Face model directory") from None
-    k = _Keys(config, path)
-    layout = hf_layout_of(k)
-    hidden, heads = k.integer("hidden_size"), k.integer("num_attention_heads")
-    k.expect("tie_word_embeddings", (False,), "untied embedding and output layer")
-    shape = _qwen1_shape(k) if layout == "qwen" else _qwen2_shape(k, hidden, heads)
-    rows = k.integer("vocab_size")
-    cfg = QwenModelConfig(
-        hidden_size=hidden, num_layers=k.integer("num_hidden_layers"), num_attention_heads=heads,
-        ffn_hidden_size=shape["ffn"], vocab_size=min(QWEN_VOCAB_SIZE, rows), padded_vocab_size=rows,
-        kv_channels=None if shape["head_dim"] * heads == hidden else shape["head_dim"],
-        max_position_embeddings=shape["positions"], seq_length=shape["seq_length"],
-        rotary_base=_number(shape["base"]), norm_epsilon=float(shape["eps"]),
-    )
-    return cfg, layout
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # --dtype's names

@@ -30,8 +30,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest_iteration
-from megatron_qwen.checkpointing.reading import checked_for_reading, common_state
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Use, resolve
 from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
@@ -39,7 +38,7 @@ from megatron_qwen.config.parallel import ParallelConfig
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.load import load_hf_weights
-from megatron_qwen.hf.source import imported_model, is_hf_dir, lift_position_limit
+from megatron_qwen.hf.source import lift_position_limit
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 
@@ -54,20 +53,15 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
     --seq-length; Hugging Face: Qwen-1's ``seq_length``, Qwen2's ``max_position_embeddings``), the
     length long-context inference extends; ``model.max_sequence_length`` the position limit (the
     checkpoint's max_position_embeddings, or ``max_positions``, with a warning when that lifts it)."""
-    if not os.path.isdir(checkpoint_root):
-        raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
-                          "or a Hugging Face model directory")
-    if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
-        trained = RunConfig(recipe=PRETRAIN.name, model_size="hf", model=imported_model(checkpoint_root))
+    source = resolve(checkpoint_root).check_for(Use.GENERATE)
+    if source.kind in HF_KINDS:  # the shape comes from its config.json
+        trained = RunConfig(recipe=PRETRAIN.name, model_size="hf", model=source.hf_model)
         load = partial(load_hf_weights, checkpoint_root)
         train_length = trained.model.seq_length or trained.model.max_position_embeddings
     else:
-        iteration = latest_iteration(checkpoint_root)
-        if iteration is None:
-            raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory or a Hugging Face model")
-        ckpt_dir = checked_for_reading(iteration_dir(checkpoint_root, iteration))  # whole; its pickles data only
+        ckpt_dir = source.checked()  # whole; its pickles data only
         with restricted_unpickling():
-            trained = RunConfig.from_dict(common_state(ckpt_dir)["run_config"])
+            trained = RunConfig.from_dict(source.stored_config[0])
         load = partial(load_weights, ckpt_dir)
         train_length = trained.train.seq_length
     # The same model in one process. Attention must honour an explicit mask (left-padded batches)

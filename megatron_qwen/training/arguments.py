@@ -99,9 +99,10 @@ def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
     --model-size that contradicts it is refused (docs/checkpoints.md)."""
     shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
     if args.load:
-        from megatron_qwen.hf.source import check_flags_against, imported_model  # torch: only when needed
+        from megatron_qwen.checkpointing.resolver import resolve
+        from megatron_qwen.hf.source import check_flags_against  # torch: only when needed
 
-        imported = imported_model(args.load)
+        imported = resolve(args.load).imported_model
         if imported is not None:
             model = check_flags_against(imported, args.load, shape, args.model_size if named else None)
             return model, args.model_size if named else "hf"

@@ -7,15 +7,14 @@ so is reading, which also takes Megatron-LM's checkpoints.
 """
 
 import dataclasses
-import os
-import shutil
+import functools
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_qwen.checkpointing.directory import iteration_dir, remove_leftovers, staging_dir
+from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
 from megatron_qwen.checkpointing.megatron_lm import (
     content_metadata,
@@ -24,8 +23,9 @@ from megatron_qwen.checkpointing.megatron_lm import (
     rng_to_megatron_lm,
 )
 from megatron_qwen.checkpointing.reading import common_state, megatron_lm_rng, sharding
+from megatron_qwen.checkpointing.resolver import Start, starting_point
 from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
-from megatron_qwen.checkpointing.saving import disk_full_is_one_line, publish, room_to_save, save_sharded
+from megatron_qwen.checkpointing.saving import StagedSaves, save_sharded
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig
@@ -35,34 +35,22 @@ from megatron_qwen.training.optimizer import (
     load_optimizer_state,
     set_adam_kernel,
 )
-from megatron_qwen.training.starting_point import effective_load, load_weights_only, resume_iteration
+from megatron_qwen.training.starting_point import load_weights_only, resume_iteration
 
 
 class MegatronCheckpointer:
     """Saves and restores one run's model, optimizer, schedule and state under --save/--load,
     and owns the asynchronous saves still in flight."""
 
-    def __init__(self, cfg: RunConfig, model, optimizer, scheduler):
+    def __init__(self, cfg: RunConfig, model, optimizer, scheduler, start: Start | None = None):
+        """``start``: where the run starts (default: resolved from ``cfg``'s checkpoint settings)."""
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
-        self._async_queue, self._in_flight = None, 0
-        if cfg.checkpoint.save and dist.get_rank() == 0:  # no save runs yet: what is staged is a killed save's
-            for name in remove_leftovers(cfg.checkpoint.save):
-                print(f" removed {os.path.join(cfg.checkpoint.save, name)}, left by an interrupted save", flush=True)
+        self.start = start or starting_point(cfg.checkpoint)
+        self.saves = StagedSaves(cfg.checkpoint.save, cfg.checkpoint.keep_last_checkpoints) if cfg.checkpoint.save \
+            else None
 
     def save(self, state: TrainState) -> None:
-        # One asynchronous save in flight at most: a kill then loses at most two save intervals (docs/reliability.md).
-        self.finish_pending(blocking=True)
-        if not room_to_save(self.cfg.checkpoint.save, state.iteration):
-            return
-        self._sync_params()
-        with self._disk_full_is_one_line(state.iteration):
-            request = self._write(state)
-        if request is not None:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-            self._async_queue = self._async_queue or AsyncCallsQueue()
-            self._async_queue.schedule_async_request(request)
-            self._in_flight = state.iteration
+        self.saves.save(state.iteration, functools.partial(self._write, state))
 
     def _sync_params(self) -> None:
         """With --overlap-param-gather a step updates only each data-parallel rank's own shard of the weights;
@@ -73,20 +61,14 @@ class MegatronCheckpointer:
                 chunk.start_param_sync(force_sync=True)
 
     def finish_pending(self, blocking: bool) -> None:
-        """Complete async saves (their tracker update runs only once all ranks have written)."""
-        if self._async_queue is not None:
-            with self._disk_full_is_one_line(self._in_flight):
-                self._async_queue.maybe_finalize_async_calls(blocking=blocking)
-
-    def _disk_full_is_one_line(self, iteration: int):
-        root = self.cfg.checkpoint.save
-        return disk_full_is_one_line(root, staging_dir(root, iteration), f"saving iteration {iteration}")
+        if self.saves is not None:
+            self.saves.finish_pending(blocking)
 
     def load(self) -> TrainState:
         """Restore from --load if it holds a checkpoint; returns the train state to continue from."""
-        s = effective_load(self.cfg.checkpoint)
+        s = self.start.settings
         if s.load and s.finetune:
-            what = load_weights_only(s, self.model)
+            what = load_weights_only(self.start, self.model)
             self.optimizer.reload_model_params()  # fp32 main copies (bf16 runs) were taken from the initial weights
             if dist.get_rank() == 0:
                 print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0",
@@ -98,35 +80,17 @@ class MegatronCheckpointer:
         return self._resume(iteration_dir(s.load, iteration), load_optim=not s.no_load_optim,
                             load_rng=not s.no_load_rng)
 
-    def _write(self, state: TrainState):
-        """Write a checkpoint of ``state``; with --async-save, returns the request still to finish."""
-        cfg, root = self.cfg, self.cfg.checkpoint.save
-        iteration = state.iteration  # the caller's state moves on while an async save completes
-        staging = staging_dir(root, iteration)
-        if dist.get_rank() == 0:
-            os.makedirs(root, exist_ok=True)
-            shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted save
-            os.makedirs(staging)
-        dist.barrier()
+    def _write(self, state: TrainState, staging: str):
+        """Write a checkpoint of ``state`` into ``staging``; with --async-save, returns the request still to run."""
+        self._sync_params()
+        cfg = self.cfg
         lay = current_layout()
         sharded = self.trained_state(is_loading=False, with_optimizer=True, metadata=sharded_metadata())
         sharded.update(self.trained_common_state(), rng_state=_rng_object(_place_rng_states()),
                        train_state=dataclasses.asdict(state), data_state=data_state(cfg), layout=lay,
                        run_config=cfg.to_dict(), **megatron_lm_records(cfg, lay, state, self.scheduler.state_dict()))
-
-        def finalize():
-            if dist.get_rank() == 0:
-                publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
-
-        request = save_sharded(sharded, staging, content_metadata(cfg.zero.distributed_optimizer),
-                               asynchronous=cfg.checkpoint.async_save)
-        if request is not None:
-            request.add_finalize_fn(finalize)
-            return request
-        dist.barrier()
-        finalize()
-        dist.barrier()
-        return None
+        return save_sharded(sharded, staging, content_metadata(cfg.zero.distributed_optimizer),
+                            asynchronous=cfg.checkpoint.async_save)
 
     def _resume(self, ckpt_dir: str, load_optim: bool, load_rng: bool) -> TrainState:
         """Continue the run saved in ``ckpt_dir`` (ours or Megatron-LM's; model shape checked in preflight)."""

@@ -18,7 +18,7 @@ from megatron_qwen.training.megatron_checkpoint import (
 )
 from megatron_qwen.training.ppo_objective import RunningMean
 from megatron_qwen.training.ppo_update import Trained
-from megatron_qwen.training.starting_point import effective_load, resume_iteration
+from megatron_qwen.training.starting_point import resume_iteration
 
 PARTS = ("policy", "value")
 
@@ -31,7 +31,7 @@ class PPOCheckpointer(MegatronCheckpointer):
 
     def load(self) -> TrainState | None:
         """Resume the run saved under --save (a PPO job's --load is its SFT policy); None for a first start."""
-        s = effective_load(self.cfg.checkpoint)
+        s = self.start.settings
         if not s.load or s.finetune:
             return None
         iteration = resume_iteration(s)

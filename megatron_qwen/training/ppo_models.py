@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_qwen.checkpointing.resolver import starting_point
 from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings
@@ -64,8 +65,13 @@ def load_frozen(cfg: RunConfig, models: PPOModels) -> None:
     """The reference from --load (with --no-finetune it keeps the fresh weights the policy starts from) and the
     reward model from --reward-model: at a first start and at every resume alike."""
     if cfg.checkpoint.finetune:
-        load_weights_only(CheckpointSettings(load=cfg.checkpoint.load, finetune=True), models.reference)
-    load_weights_only(CheckpointSettings(load=cfg.ppo.reward_model, finetune=True), models.reward)
+        _load_weights(cfg.checkpoint.load, models.reference)
+    _load_weights(cfg.ppo.reward_model, models.reward)
+
+
+def _load_weights(path: str, chunks) -> str:
+    """Fill ``chunks`` with the weights under ``path`` (its newest loadable checkpoint); what was read."""
+    return load_weights_only(starting_point(CheckpointSettings(load=path, finetune=True)), chunks)
 
 
 def start_weights(cfg: RunConfig, models: PPOModels) -> str:
@@ -73,8 +79,8 @@ def start_weights(cfg: RunConfig, models: PPOModels) -> str:
     reference's too), the value model from --reward-model; what was read, for the log."""
     policy = "fresh weights (--seed)"
     if cfg.checkpoint.finetune:
-        policy = load_weights_only(CheckpointSettings(load=cfg.checkpoint.load, finetune=True), models.policy.model)
-    value = load_weights_only(CheckpointSettings(load=cfg.ppo.reward_model, finetune=True), models.value.model)
+        policy = _load_weights(cfg.checkpoint.load, models.policy.model)
+    value = _load_weights(cfg.ppo.reward_model, models.value.model)
     for trained in (models.policy, models.value):
         trained.optimizer.reload_model_params()  # fp32 main copies (bf16 runs) were taken before the load
     return f"policy from {policy}, value model from {value}"

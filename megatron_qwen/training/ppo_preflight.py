@@ -5,9 +5,8 @@ can split. Each problem is one line naming the flag or file."""
 
 import os
 
-from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.integrity import loadable_iteration
-from megatron_qwen.checkpointing.reading import saved_run_config
+from megatron_qwen.checkpointing.resolver import resolve
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
@@ -31,7 +30,7 @@ def reward_model_config(path: str) -> RunConfig:
     iteration, _ = loadable_iteration(path, fallback=False)
     if iteration is None:
         raise ConfigError(f"--reward-model {path} holds no checkpoint; pass the --save directory of a reward run")
-    saved = RunConfig.from_dict(saved_run_config(iteration_dir(path, iteration))[0])
+    saved = RunConfig.from_dict(resolve(path).at(iteration).stored_config[0])
     if saved.build.head != "reward":
         raise ConfigError(f"--reward-model {path} holds a language model, not a reward model; train one with "
                           "python -m megatron_qwen.reward")

@@ -7,8 +7,8 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 import os
 import tempfile
 
-from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint, iteration_dir, written_by_deepspeed
 from megatron_qwen.checkpointing.integrity import loadable_iteration
+from megatron_qwen.checkpointing.resolver import HF_KINDS, NOT_A_DIRECTORY, Kind, Resolved, Start, starting_point
 from megatron_qwen.checkpointing.run_state import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
@@ -74,44 +74,33 @@ def check_backend(cfg: RunConfig) -> None:
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
-    """The effective DeepSpeed config (a --deepspeed-config contradicting the flags is refused), and a
-    deepspeed-engine checkpoint given to the megatron engine."""
+    """The effective DeepSpeed config: a --deepspeed-config contradicting the flags is refused."""
     if cfg.zero.deepspeed:
-        cfg.effective_deepspeed_config(world_size)  # refuses a --deepspeed-config contradicting the flags
-        _check_deepspeed_resume(cfg, world_size)
-    elif cfg.checkpoint.load and is_deepspeed_checkpoint(cfg.checkpoint.load):
-        raise ConfigError(f"--load {cfg.checkpoint.load} holds a DeepSpeed-engine checkpoint: resume it with "
-                          "--zero-engine deepspeed, or convert it with tools/convert_checkpoint.py --load-dir "
-                          f"{cfg.checkpoint.load} --save-dir NEW_DIR and --load that")
+        cfg.effective_deepspeed_config(world_size)
 
 
-def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
-    """A deepspeed-engine checkpoint resumed at a ZeRO stage or layout its universal checkpoint cannot reach."""
-    from megatron_qwen.checkpointing.deepspeed_format import check_resumable
-    from megatron_qwen.training.starting_point import effective_load
-
-    s = effective_load(cfg.checkpoint)
-    it, _ = loadable_iteration(s.load, s.load_fallback) if s.load and os.path.isdir(s.load) else (None, None)
-    if it is not None and not s.finetune and written_by_deepspeed(iteration_dir(s.load, it)):
-        planned = layout(cfg.parallel.tensor_model_parallel_size, 1, cfg.parallel.data_parallel_size(world_size))
-        check_resumable(iteration_dir(s.load, it), cfg.zero.stage, planned)
-
-
-def _check_resumable(ckpt_dir: str, cfg: RunConfig, finetune: bool, world_size: int) -> None:
-    """The checkpoint a run loads holds data only, the model this run builds (its head too), and (resumed)
-    optimizer state this run's layout can take."""
+def _check_resumable(source: Resolved, cfg: RunConfig, start: Start, world_size: int) -> None:
+    """The checkpoint a run loads (``source``, at the iteration it loads) holds data only, the model this run
+    builds (its head too), and (resumed) optimizer state this run's layout and ZeRO stage can take."""
     from megatron_qwen.checkpointing.reading import check_reshardable, common_state
     from megatron_qwen.checkpointing.run_state import check_same_model
     from megatron_qwen.checkpointing.unpickling import check_pickles
 
-    deepspeed = written_by_deepspeed(ckpt_dir)
-    check_pickles(ckpt_dir, deepspeed=deepspeed)
-    check_same_model(ckpt_dir, cfg)
-    _check_head(ckpt_dir, cfg, weights_only=finetune)
+    deepspeed = source.kind is Kind.DEEPSPEED
+    check_pickles(source.ckpt_dir, deepspeed=deepspeed)
+    check_same_model(source.ckpt_dir, source.stored_config, cfg)
+    _check_head(source, cfg, weights_only=start.settings.finetune)
+    if not start.resume:
+        return
     p = cfg.parallel
-    if not deepspeed and not finetune:
-        planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
-        check_reshardable(ckpt_dir, common_state(ckpt_dir), planned, load_optim=not cfg.checkpoint.no_load_optim)
+    planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
+    if deepspeed:
+        from megatron_qwen.checkpointing.deepspeed_format import check_resumable
+
+        check_resumable(source, cfg.zero.stage, planned)
+    else:
+        check_reshardable(source.ckpt_dir, common_state(source.ckpt_dir), planned,
+                          load_optim=not cfg.checkpoint.no_load_optim)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -159,12 +148,10 @@ def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
             raise token_id_outside(prefix, *found, cfg.model.vocab_size, f" (--model-size {cfg.model_size})")
 
 
-def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
+def _check_head(source: Resolved, cfg: RunConfig, weights_only: bool) -> None:
     """A reward model starts from a language model's weights (its head then starts fresh), never the other way
     round, and a resume continues the model that was saved."""
-    from megatron_qwen.checkpointing.reading import saved_run_config
-
-    saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
+    ckpt_dir, saved = source.ckpt_dir, source.stored_config[0]["build"].get("head", "lm")
     if saved == cfg.build.head or (weights_only and saved == "lm"):
         return
     if saved == "reward":
@@ -175,33 +162,27 @@ def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
 
 
 def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
+    """What --load holds (checkpointing/resolver.py) can start this run on its engine: a Hugging Face model whose
+    weight files match its config.json (every name and shape, from the file headers), or the tracker's
+    checkpoint (or --load-fallback's choice) with its files the sizes they were saved with and its records
+    their checksums, holding no pickled code, of the model this run builds: refused here, before any process
+    group, rather than after. The tensor files' checksums are verified at the load, shared out."""
     s = cfg.checkpoint
     if not s.load:
         return
-    if os.path.isfile(s.load):
-        raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    from megatron_qwen.hf.source import is_hf_dir, open_hf
-    from megatron_qwen.training.starting_point import effective_load
+    start = starting_point(s)  # a fine-tuning job that already saved resumes its own --save
+    source = start.source
+    if source.kind is Kind.NONE and source.why != NOT_A_DIRECTORY:
+        # A job restarted with the same command (--load = --save) starts from scratch the first time;
+        # anything else is a typo that would silently train from scratch.
+        if s.save and os.path.abspath(s.save) == os.path.abspath(s.load) and not s.finetune:
+            print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
+            return
+    source.check_for(start.use(cfg.zero.deepspeed))
+    if source.kind in HF_KINDS:
+        from megatron_qwen.hf.source import open_hf
 
-    start = effective_load(s)
-    target = start.load  # a fine-tuning job that already saved resumes its own --save
-    # A Hugging Face model directory is a valid --load once its weight files
-    # match its config.json (every name and shape, from the file headers).
-    if is_hf_dir(target):
-        open_hf(target)
+        open_hf(source.path)
         return
-    # The tracker's checkpoint, its files the sizes they were saved with and its records their checksums (or
-    # --load-fallback's choice), holding no pickled code, of the model this run builds: refused here, before
-    # any process group, rather than after. The tensor files' checksums are verified at the load, shared out.
-    it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
-    if it is not None:
-        _check_resumable(iteration_dir(target, it), cfg, start.finetune, world_size)
-        return
-    # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
-    # from scratch the first time; anything else is a typo that would silently train from scratch.
-    if s.save and os.path.abspath(s.save) == os.path.abspath(s.load) and not s.finetune:
-        print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
-        return
-    what = "does not exist" if not os.path.exists(s.load) else f"holds no checkpoint ({TRACKER} is missing)"
-    raise ConfigError(f"--load {s.load} {what}; pass a directory written by --save, or drop --load "
-                      "to train from scratch")
+    iteration, _ = loadable_iteration(source.path, s.load_fallback)
+    _check_resumable(source.at(iteration), cfg, start, world_size)
