@@ -57,8 +57,9 @@ class MegatronCheckpointer:
         the others arrive during the next forward. Gather them now, so that the checkpoint holds the step's
         weights (Megatron-LM forces the same parameter sync before each save)."""
         if self.cfg.parallel.overlap_param_gather and self.cfg.zero.distributed_optimizer:
-            for chunk in self.model:
-                chunk.start_param_sync(force_sync=True)
+            for model in self.trained_models():
+                for chunk in model:
+                    chunk.start_param_sync(force_sync=True)
 
     def finish_pending(self, blocking: bool) -> None:
         if self.saves is not None:
@@ -74,9 +75,16 @@ class MegatronCheckpointer:
                 print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0",
                       flush=True)
             return TrainState()
-        iteration = resume_iteration(s)
-        if iteration is None:  # training/preflight.py has said why, and refused what is not a first start
-            return TrainState()
+        return self.resume() or TrainState()
+
+    def resume(self) -> TrainState | None:
+        """Continue the run saved under --load (as starting_point reads it); None when there is no run to
+        continue: no --load, a start from weights only, or no checkpoint (training/preflight.py has said why,
+        and refused what is not a first start)."""
+        s = self.start.settings
+        iteration = resume_iteration(s) if s.load and not s.finetune else None
+        if iteration is None:
+            return None
         return self._resume(iteration_dir(s.load, iteration), load_optim=not s.no_load_optim,
                             load_rng=not s.no_load_rng)
 
@@ -124,7 +132,11 @@ class MegatronCheckpointer:
         return sharded, rng_layout
 
     # What is trained, and how it is stored: one model, its optimizer and LR schedule here (the schedule in
-    # Megatron-LM's records); PPO's two models (training/ppo_checkpoint.py) override these three.
+    # Megatron-LM's records); PPO's two models (training/ppo_checkpoint.py) override these four.
+    def trained_models(self) -> list:
+        """The trained models (each a list of chunks): their weights are what a save must hold whole."""
+        return [self.model]
+
     def trained_state(self, is_loading: bool, with_optimizer: bool, metadata: dict) -> dict:
         """The sharded state of the model and (``with_optimizer``) its optimizer, sharded as ``metadata`` says."""
         return model_and_optimizer_state(self.model, self.optimizer if with_optimizer else None, is_loading,

@@ -8,8 +8,6 @@ import dataclasses
 
 import torch.distributed as dist
 
-from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.megatron_checkpoint import (
     MegatronCheckpointer,
@@ -18,33 +16,19 @@ from megatron_qwen.training.megatron_checkpoint import (
 )
 from megatron_qwen.training.ppo_objective import RunningMean
 from megatron_qwen.training.ppo_update import Trained
-from megatron_qwen.training.starting_point import resume_iteration
-
-PARTS = ("policy", "value")
 
 
 class PPOCheckpointer(MegatronCheckpointer):
+    """The policy and the value model as the trained state. A first start reads no checkpoint here (a PPO job
+    continues its --save with ``resume()``; its --load is the SFT policy, read by ppo_models.start_weights)."""
+
     def __init__(self, cfg: RunConfig, policy: Trained, value: Trained, normaliser: RunningMean):
         super().__init__(cfg, policy.model, policy.optimizer, policy.scheduler)
         self.trained = {"policy": policy, "value": value}
         self.normaliser = normaliser
 
-    def load(self) -> TrainState | None:
-        """Resume the run saved under --save (a PPO job's --load is its SFT policy); None for a first start."""
-        s = self.start.settings
-        if not s.load or s.finetune:
-            return None
-        iteration = resume_iteration(s)
-        if iteration is None:
-            return None
-        return self._resume(iteration_dir(s.load, iteration), load_optim=not s.no_load_optim,
-                            load_rng=not s.no_load_rng)
-
-    def _sync_params(self) -> None:
-        if self.cfg.parallel.overlap_param_gather and self.cfg.zero.distributed_optimizer:
-            for part in self.trained.values():
-                for chunk in part.model:
-                    chunk.start_param_sync(force_sync=True)
+    def trained_models(self) -> list:
+        return [t.model for t in self.trained.values()]
 
     def trained_state(self, is_loading: bool, with_optimizer: bool, metadata: dict) -> dict:
         return {name: model_and_optimizer_state(t.model, t.optimizer if with_optimizer else None, is_loading,
