@@ -8,6 +8,7 @@ import dataclasses
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.megatron_checkpoint import (
     MegatronCheckpointer,
@@ -19,13 +20,17 @@ from megatron_qwen.training.ppo_update import Trained
 
 
 class PPOCheckpointer(MegatronCheckpointer):
-    """The policy and the value model as the trained state. A first start reads no checkpoint here (a PPO job
-    continues its --save with ``resume()``; its --load is the SFT policy, read by ppo_models.start_weights)."""
+    """The policy and the value model as the trained state."""
 
     def __init__(self, cfg: RunConfig, policy: Trained, value: Trained, normaliser: RunningMean):
         super().__init__(cfg, policy.model, policy.optimizer, policy.scheduler)
         self.trained = {"policy": policy, "value": value}
         self.normaliser = normaliser
+
+    def load(self) -> TrainState | None:
+        """Resume the run saved under --save; None for a first start (a PPO job's --load is its SFT policy, which
+        ppo_models.start_weights reads)."""
+        return self.resume()
 
     def trained_models(self) -> list:
         return [t.model for t in self.trained.values()]

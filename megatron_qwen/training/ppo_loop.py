@@ -143,7 +143,7 @@ def train_ppo(cfg: RunConfig, world_size: int) -> dict:
     job = PPOJob(cfg, build_ppo_models(cfg), prompts, tokenizer, device)
     checkpointer = PPOCheckpointer(cfg, job.models.policy, job.models.value, job.normaliser)
     load_frozen(cfg, job.models)
-    state = checkpointer.resume()  # a PPO job's --load is its SFT policy, read by start_weights
+    state = checkpointer.load()
     if state is None:
         read = start_weights(cfg, job.models)
         state = TrainState()
