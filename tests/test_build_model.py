@@ -43,7 +43,7 @@ ckpt = iteration_dir(root, 2)
 stored = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt)["run_config"])
 assert stored == cfg, "the stored configuration is not the run's"
 init_distributed(stored.parallel, stored.model.num_layers, stored.build.seed)
-(rebuilt,) = build_model(stored)
+(rebuilt,) = build_model(stored.model, stored.parallel, stored.build)
 fresh = {k: v.detach().clone() for k, v in rebuilt.named_parameters()}
 load_weights(ckpt, [rebuilt])
 params = dict(rebuilt.named_parameters())

@@ -88,7 +88,7 @@ def cache_vs_full(m):
     return {"err": err, "scale": scale}
 
 # PyTorch's sdpa attention (what load_model_for_inference builds on a GPU) on the same weights.
-(sdpa,) = build_model(dataclasses.replace(cfg, build=dataclasses.replace(cfg.build, transformer_impl="sdpa")),
+(sdpa,) = build_model(cfg.model, cfg.parallel, dataclasses.replace(cfg.build, transformer_impl="sdpa"),
                       initialize=False)
 sdpa.load_state_dict(model.state_dict())
 sdpa.eval()

@@ -65,7 +65,7 @@ def tiny(flags=(), rotary_base=None):
     cfg = parse_run_config(PRETRAIN, [*FLAGS, *flags])
     if rotary_base is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rotary_base=rotary_base))
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     # At the initialization's scale (std 0.02) attention is nearly uniform and position barely matters;
     # unit-variance activations give a random model whose attention depends on RoPE.
     g = torch.Generator().manual_seed(5)

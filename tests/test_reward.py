@@ -171,7 +171,7 @@ def test_starts_from_a_language_model_with_a_fresh_head_and_from_a_reward_model_
     def model(head: str, seed: int):
         build = BuildSettings(transformer_impl="local", head=head, seed=seed)
         cfg = RunConfig(recipe="reward", model_size="tiny", model=model_preset("tiny"), build=build)
-        return cfg, build_model(cfg)[0]
+        return cfg, build_model(cfg.model, cfg.parallel, cfg.build)[0]
 
     lm_cfg, lm = model("lm", 1)
     save_weights_only(str(tmp_path / "lm"), 0, lm, lm_cfg, "test", "qwen2")

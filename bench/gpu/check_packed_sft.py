@@ -55,7 +55,8 @@ def run(backend: str, batch: dict) -> tuple[torch.Tensor, dict]:
     initial weights."""
     flags = ["--mock-data", "--model-size", "tiny", "--seed", "5", "--bf16", "--use-cpu-initialization",
              "--hidden-dropout", "0", "--attention-dropout", "0", "--transformer-impl", backend]
-    (chunk,) = build_model(parse_run_config(PRETRAIN, flags))
+    cfg = parse_run_config(PRETRAIN, flags)
+    (chunk,) = build_model(cfg.model, cfg.parallel, cfg.build)
     chunk = chunk.to(compute_device())
     staged = {k: None if v is None else v.to(compute_device()) for k, v in batch.items()}
     losses = chunk(**model_inputs(staged, chunk)).float().reshape(batch["tokens"].shape)

@@ -84,7 +84,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
                               build=dataclasses.replace(run.build, transformer_impl="local", precision="fp32"))
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     try:
-        chunk = build_on_meta(cfg)[0].to_empty(device="cpu")
+        chunk = build_on_meta(cfg.model, cfg.parallel, cfg.build)[0].to_empty(device="cpu")
         for name, p in chunk.named_parameters():  # PP=1: the saved names are the full model's
             if name not in per_rank[0]:
                 raise ConfigError(f"{ckpt_dir}: the DeepSpeed checkpoint has no weight {name}")

@@ -87,11 +87,11 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
                     build=BuildSettings(transformer_impl="local", precision=dtype),
                     train=TrainSettings(seq_length=model.seq_length), data=DataSettings(mock_data=True),
                     checkpoint=CheckpointSettings(load=source))
-    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
+    init_distributed(cfg.parallel, model.num_layers, cfg.build.seed)
     try:
         # Shapes without initial values: every parameter is overwritten from the files.
-        chunks = [chunk.to_empty(device="cpu") for chunk in build_on_meta(cfg)]
-        fill_chunks(weights, layout, cfg.model.head_dim, chunks, progress=True)
+        chunks = [chunk.to_empty(device="cpu") for chunk in build_on_meta(model, cfg.parallel, cfg.build)]
+        fill_chunks(weights, layout, model.head_dim, chunks, progress=True)
         return save_weights_only(destination, 0, chunks[0], cfg, source, layout)
     finally:
         destroy_distributed()

@@ -21,7 +21,6 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.compile import compile_layers
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
@@ -58,22 +57,24 @@ class QwenGPTModel(GPTModel):
         return loss.t().contiguous()  # [b, s]
 
 
-def build_model(cfg: RunConfig, initialize: bool = True) -> list[QwenGPTModel]:
-    """This rank's chunks of the model ``cfg`` describes (one per virtual pipeline stage), with
-    layout-independent initial weights. Training, inference and checkpoint conversion all build
-    through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
+def build_model(model: QwenModelConfig, parallel: ParallelConfig, build: BuildSettings, *, initialize: bool = True,
+                megatron_ddp: bool = True) -> list[QwenGPTModel]:
+    """This rank's chunks (one per virtual pipeline stage) of ``model`` at the ``parallel`` layout, built as
+    ``build`` says, with layout-independent initial weights. Training, inference and checkpoint conversion all
+    build through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
+    ``megatron_ddp``: the chunks will be wrapped in megatron-core's DDP (False: the DeepSpeed engine's).
     Needs the process groups (platform/distributed.py)."""
-    tcfg = transformer_config(cfg.model, cfg.parallel, cfg.build, megatron_ddp=not cfg.zero.deepspeed)
-    return _build_chunks(cfg.model, tcfg, cfg.build, initialize)
+    tcfg = transformer_config(model, parallel, build, megatron_ddp)
+    return _build_chunks(model, tcfg, build, initialize)
 
 
-def build_on_meta(cfg: RunConfig) -> list[QwenGPTModel]:
+def build_on_meta(model: QwenModelConfig, parallel: ParallelConfig, build: BuildSettings) -> list[QwenGPTModel]:
     """This rank's chunks with shapes but no storage: parameter counts and memory plans of
-    models far larger than the machine."""
-    tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build, not cfg.zero.deepspeed),
+    models far larger than the machine, and models about to be filled from files."""
+    tcfg = dataclasses.replace(transformer_config(model, parallel, build),
                                use_cpu_initialization=True, perform_initialization=False)
     with torch.device("meta"):
-        return _build_chunks(cfg.model, tcfg, cfg.build, initialize=False)
+        return _build_chunks(model, tcfg, build, initialize=False)
 
 
 def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings,

@@ -85,7 +85,7 @@ class DeepSpeedEngine:
         self.cfg, self.device = cfg, device
         t = cfg.train
         load = effective_load(cfg.checkpoint)
-        module = build_model(cfg)[0]
+        module = build_model(cfg.model, cfg.parallel, cfg.build, megatron_ddp=False)[0]
         if on_gpu():
             module = module.cuda(torch.cuda.current_device())
         if load.load and load.finetune:  # weights only: into the bare model, before DeepSpeed partitions it

@@ -197,7 +197,7 @@ def run_convert(sources: dict, root: str) -> None:
         # The converted checkpoint read back by a job's own loader, at TP1.
         cfg = parse_run_config(PRETRAIN, PARITY_FLAGS + ["--load", ours])
         init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
-        chunks = build_model(cfg)
+        chunks = build_model(cfg.model, cfg.parallel, cfg.build)
         load_weights(iteration_dir(ours, latest_iteration(ours)), chunks)
         weights = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
         weights["hf:lm_head.weight"] = load_file(os.path.join(hf, "model.safetensors"))["lm_head.weight"]

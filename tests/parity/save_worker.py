@@ -101,7 +101,7 @@ def run_step_and_save(root: str, name: str, flags: list[str]) -> None:
                GLOBAL_BATCH, torch.device("cpu"))
     checkpointer.save(TrainState(iteration=1, consumed_samples=GLOBAL_BATCH))
     torch.save(weights(model), os.path.join(out, f"params_rank{dist.get_rank()}.pt"))
-    fresh = build_model(cfg, initialize=False)
+    fresh = build_model(cfg.model, cfg.parallel, cfg.build, initialize=False)
     load_weights(iteration_dir(os.path.join(out, "ckpt"), 1), fresh)
     if dist.get_rank() == 0:
         torch.save(weights(fresh), os.path.join(out, "loaded.pt"))
