@@ -69,13 +69,13 @@ WORKER = r"""
 import json, sys, types, runpy, torch
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.inference import generate, load_model_for_inference
-from megatron_qwen.model.long_context import LongContext, set_long_context
+from megatron_qwen.model.long_context import LongContextSettings, set_long_context
 
 directory, data, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 new, lengths = int(sys.argv[4]), json.loads(sys.argv[5])
 model = load_model_for_inference(directory)
 out = {"train_length": model.train_length, "limit": model.max_sequence_length}
-set_long_context(model, LongContext(model.train_length, dynamic_ntk=True))
+set_long_context(model, LongContextSettings(model.train_length, dynamic_ntk=True))
 out["ntk_ids"] = generate(model, [prompt], new, stop_ids=(), vocab_size=1024)[0]
 set_long_context(model, None)
 try:

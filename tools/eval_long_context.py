@@ -30,7 +30,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.data.blend import DataPathError, token_id_outside
 from megatron_qwen.data.progress import format_duration
 from megatron_qwen.data.shards import ShardError, check_index, document_at, token_dtype
-from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, ntk_alpha, window_schedule
+from megatron_qwen.model.long_context import LongContextSettings, add_long_context_arguments, ntk_alpha, window_schedule
 from megatron_qwen.platform.notices import silence_megatron_notices
 
 ROWS = ("none", "+ dynamic NTK", "+ dynamic NTK + LogN", "+ dynamic NTK + LogN + window")
@@ -52,19 +52,19 @@ def build_parser() -> OneLineErrorParser:
     return p
 
 
-def row_settings(args, num_layers: int, train_length: int) -> dict[str, LongContext]:
+def row_settings(args, num_layers: int, train_length: int) -> dict[str, LongContextSettings]:
     """The four rows; the window row uses --window-attn (default: the training length in the first layer up
     to 4 times it in the last, so that nothing changes up to the training length, as in Table 3)."""
     windows = window_schedule(num_layers, args.window_attn or [train_length, 4 * train_length])
     return {
-        ROWS[0]: LongContext(train_length),
-        ROWS[1]: LongContext(train_length, dynamic_ntk=True),
-        ROWS[2]: LongContext(train_length, dynamic_ntk=True, logn_attn=True),
-        ROWS[3]: LongContext(train_length, dynamic_ntk=True, logn_attn=True, windows=windows),
+        ROWS[0]: LongContextSettings(train_length),
+        ROWS[1]: LongContextSettings(train_length, dynamic_ntk=True),
+        ROWS[2]: LongContextSettings(train_length, dynamic_ntk=True, logn_attn=True),
+        ROWS[3]: LongContextSettings(train_length, dynamic_ntk=True, logn_attn=True, windows=windows),
     }
 
 
-def effective(settings: LongContext, length: int) -> tuple:
+def effective(settings: LongContextSettings, length: int) -> tuple:
     """What ``settings`` changes at ``length``: equal keys give equal perplexities."""
     windows = tuple(w if w < length else None for w in settings.windows or ())
     return (ntk_alpha(length, settings.train_length) if settings.dynamic_ntk else 1,

@@ -26,7 +26,7 @@ import sys
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
+from megatron_qwen.model.long_context import LongContextSettings, add_long_context_arguments, window_schedule
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
@@ -54,10 +54,10 @@ def build_parser() -> OneLineErrorParser:
     return p
 
 
-def long_context_of(args, num_layers: int, train_length: int) -> LongContext:
+def long_context_of(args, num_layers: int, train_length: int) -> LongContextSettings:
     """The techniques the flags switch on (all off: the plain model)."""
     windows = None if args.window_attn is None else window_schedule(num_layers, args.window_attn)
-    return LongContext(train_length=args.train_length or train_length, dynamic_ntk=args.dynamic_ntk,
+    return LongContextSettings(train_length=args.train_length or train_length, dynamic_ntk=args.dynamic_ntk,
                        logn_attn=args.logn_attn, windows=windows)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from check_correctness import backends, check, print_checks
 
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.data import SFTDataset
 from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
@@ -98,7 +98,7 @@ def compare(backend: str, packed: dict, padded: dict, segments: list) -> list[di
 
 def main() -> int:
     out_path, quick = sys.argv[1], "--quick" in sys.argv
-    init_distributed(ParallelConfig(), 4, seed=0)
+    init_distributed(ParallelSettings(), 4, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         count = 12 if quick else 40
         write_conversations(f"{tmp}/sft", count)

@@ -66,7 +66,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
     import torch
 
     from megatron_qwen.checkpointing.weights import save_weights_only
-    from megatron_qwen.config.parallel import ParallelConfig
+    from megatron_qwen.config.parallel import ParallelSettings
     from megatron_qwen.config.run import RunConfig
     from megatron_qwen.config.zero import ZeroSettings
     from megatron_qwen.model.builder import build_on_meta
@@ -80,7 +80,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
     tp = saved["layout"]["tp"]
     per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(tp)]
     # The run as one process with the reference back end: the model whose full tensors we fill.
-    cfg = dataclasses.replace(run, parallel=ParallelConfig(), zero=ZeroSettings(),
+    cfg = dataclasses.replace(run, parallel=ParallelSettings(), zero=ZeroSettings(),
                               build=dataclasses.replace(run.build, transformer_impl="local", precision="fp32"))
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     try:

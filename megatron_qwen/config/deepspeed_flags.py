@@ -12,7 +12,7 @@ import math
 from megatron_qwen.config.deepspeed_json import said
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import flag_fields, spec_of, value_problem
-from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags
+from megatron_qwen.config.optimizer import OptimizerSettings, WarmupFractionSettings
 from megatron_qwen.config.settings import TrainSettings
 from megatron_qwen.config.zero import ZeroSettings
 
@@ -77,7 +77,7 @@ def _put(found: dict, path: str, dest: str, key: str, value, overrides: bool = F
 
 def _spec(dest: str):
     """The declaration of the flag parsed into ``dest`` (config/flags.py)."""
-    for cls in (TrainSettings, OptimizerSettings, ScheduleFlags, ZeroSettings):
+    for cls in (TrainSettings, OptimizerSettings, WarmupFractionSettings, ZeroSettings):
         for f in flag_fields(cls):
             if (spec_of(f).dest or f.name) == dest:
                 return spec_of(f)

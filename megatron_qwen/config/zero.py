@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from megatron_qwen.config.deepspeed_json import passed_to_deepspeed, read_json, said
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import PARALLEL, POSITIVE, ZERO, flag
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 
 ENGINES = ("megatron", "deepspeed")
 OFFLOAD_DEVICES = ("none", "cpu")
@@ -60,7 +60,7 @@ class ZeroSettings:
         """megatron-core's distributed optimizer: ZeRO-1 on the megatron engine."""
         return not self.deepspeed and self.stage == 1
 
-    def validate(self, parallel: ParallelConfig, async_save: bool) -> None:
+    def validate(self, parallel: ParallelSettings, async_save: bool) -> None:
         if not self.deepspeed:
             for flag, value in (("--zero-offload-optimizer", self.offload_optimizer),
                                 ("--zero-offload-param", self.offload_param)):
@@ -101,7 +101,7 @@ class ZeroSettings:
 
 
 @dataclass(frozen=True)
-class ZeroSwitches:
+class ZeroAliasSettings:
     """Megatron-LM's and Megatron-DeepSpeed's names for ZeroSettings' values, read to resolve them; not stored."""
 
     deepspeed: bool = flag("--deepspeed", group=ZERO, default=False,

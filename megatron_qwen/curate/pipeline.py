@@ -43,7 +43,7 @@ class CurateConfig:
     html_key: str = "html"  # a record without `text_key` but with this key is HTML: its main text is extracted
     extractor: str = "resiliparse"
     languages: list[str] | None = None  # keep only these (ISO 639-1); None: keep all, tagged
-    fuzzy: fuzzy.FuzzyConfig = field(default_factory=fuzzy.FuzzyConfig)
+    fuzzy: fuzzy.FuzzySettings = field(default_factory=fuzzy.FuzzySettings)
     quality_config: str = quality.DEFAULT_RULES_FILE
     quality_scorer: str | None = None  # 'module:function', text -> score
     eval_data: list[str] = field(default_factory=list)
@@ -187,7 +187,7 @@ def fuzzy_stages(cfg: CurateConfig, tasks: int) -> list[Stage]:
 
 
 @dataclass
-class ExecutorOptions:
+class ExecutorSettings:
     kind: str = "local"  # local, slurm or ray
     workers: int = -1  # local: concurrent tasks (-1: all); slurm: max concurrent array tasks
     partition: str | None = None
@@ -198,7 +198,7 @@ class ExecutorOptions:
     sbatch_args: dict = field(default_factory=dict)
 
 
-def make_executors(stages: list[Stage], output: str, opts: ExecutorOptions) -> list:
+def make_executors(stages: list[Stage], output: str, opts: ExecutorSettings) -> list:
     """One datatrove executor per stage, each depending on the one before it."""
     executors = []
     for stage in stages:
@@ -326,10 +326,10 @@ def format_summary(rows) -> str:
 def data_path(cfg: CurateConfig) -> list[tuple[float, str]]:
     """(weight, prefix) of every curated shard for `--data-path`: with --upsample-mode blend, a source's
     weight times its shard's tokens (weight 1: the natural share); with repeat (already upsampled), tokens."""
-    from megatron_qwen.data.preprocess import Options, plan_shards
+    from megatron_qwen.data.preprocess import PreprocessSettings, plan_shards
     from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
 
-    opts = Options(keys=(TEXT_KEY,))
+    opts = PreprocessSettings(keys=(TEXT_KEY,))
     files = expand_inputs([cfg.folder(FOLDERS["upsample"])])
     pairs = []
     for task in plan_shards(files, cfg.folder("shards", "curated"), opts):

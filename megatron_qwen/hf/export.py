@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, staged_directory
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.files import SafetensorsWriter
 from megatron_qwen.hf.layouts import DTYPES, check_layout, global_weight_shapes, hf_shapes, to_hf_state_dict
@@ -96,7 +96,7 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
         raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
     ckpt_dir = iteration_dir(source, iteration)
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
-    init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
+    init_distributed(ParallelSettings(), 1, 0)  # dist_checkpointing reads through a process group
     try:
         run = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
         cfg, head = run.model, run.build.head

@@ -33,7 +33,7 @@ from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import BuildSettings
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.load import load_hf_weights
 from megatron_qwen.hf.source import imported_model, is_hf_dir, lift_position_limit
@@ -74,7 +74,7 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
     if max_positions is not None:
         limit = lift_position_limit(model_cfg.max_position_embeddings, max_positions, checkpoint_root)
         model_cfg = dataclasses.replace(model_cfg, max_position_embeddings=limit)
-    parallel = ParallelConfig()
+    parallel = ParallelSettings()
     init_distributed(parallel, model_cfg.num_layers, build.seed)
     (model,) = build_model(model_cfg, parallel, build, initialize=False)
     load([model])

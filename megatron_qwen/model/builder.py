@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.model.compile import compile_layers
 from megatron_qwen.model.init import initialize_weights
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
@@ -57,7 +57,7 @@ class QwenGPTModel(GPTModel):
         return loss.t().contiguous()  # [b, s]
 
 
-def build_model(model: QwenModelConfig, parallel: ParallelConfig, build: BuildSettings, *, initialize: bool = True,
+def build_model(model: QwenModelConfig, parallel: ParallelSettings, build: BuildSettings, *, initialize: bool = True,
                 megatron_ddp: bool = True) -> list[QwenGPTModel]:
     """This rank's chunks (one per virtual pipeline stage) of ``model`` at the ``parallel`` layout, built as
     ``build`` says, with layout-independent initial weights. Training, inference and checkpoint conversion all
@@ -68,7 +68,7 @@ def build_model(model: QwenModelConfig, parallel: ParallelConfig, build: BuildSe
     return _build_chunks(model, tcfg, build, initialize)
 
 
-def build_on_meta(model: QwenModelConfig, parallel: ParallelConfig, build: BuildSettings) -> list[QwenGPTModel]:
+def build_on_meta(model: QwenModelConfig, parallel: ParallelSettings, build: BuildSettings) -> list[QwenGPTModel]:
     """This rank's chunks with shapes but no storage: parameter counts and memory plans of
     models far larger than the machine, and models about to be filled from files."""
     tcfg = dataclasses.replace(transformer_config(model, parallel, build),
@@ -77,7 +77,7 @@ def build_on_meta(model: QwenModelConfig, parallel: ParallelConfig, build: Build
         return _build_chunks(model, tcfg, build, initialize=False)
 
 
-def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings,
+def transformer_config(model: QwenModelConfig, parallel: ParallelSettings, opts: BuildSettings,
                        megatron_ddp: bool = True) -> TransformerConfig:
     """``megatron_ddp``: the model will be wrapped in megatron-core's DDP (not the DeepSpeed engine's)."""
     bf16 = opts.precision == "bf16"
@@ -178,7 +178,7 @@ def _model_class(head: str) -> type[QwenGPTModel]:
     return QwenGPTModel
 
 
-def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig, distributed_optimizer: bool,
+def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelSettings, distributed_optimizer: bool,
                       compiled_layers: bool = False) -> list[DistributedDataParallel]:
     """Move to the device, compile the layers if asked (model/compile.py), cast to bf16 if asked, and wrap
     each chunk in megatron-core DDP (with its buffers laid out for the distributed optimizer, ZeRO-1, if

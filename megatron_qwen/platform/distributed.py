@@ -23,7 +23,7 @@ def compute_device() -> torch.device:
 
 def init_distributed(parallel, num_layers: int, seed: int) -> None:
     """Join the job launched by torchrun (or run as a single process) and build the groups. ``parallel`` is
-    the run's ParallelConfig (config/parallel.py), read for its sizes only: this layer sits below config."""
+    the run's ParallelSettings (config/parallel.py), read for its sizes only: this layer sits below config."""
     cpu_shim.install_if_needed()
     if not dist.is_initialized():
         if on_gpu():
