@@ -18,7 +18,7 @@ import shutil
 import tempfile
 
 from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
-from megatron_qwen.checkpointing.run_state import same_layout
+from megatron_qwen.checkpointing.parallel_layout import same_layout
 from megatron_qwen.config.errors import ConfigError
 
 UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
@@ -100,7 +100,7 @@ def convert_to_megatron(source: str, destination: str) -> str:
 
 def check_resumable(ckpt_dir: str, stage: int, layout: dict) -> None:
     """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``ckpt_dir`` at ZeRO
-    ``stage`` and ``layout`` (run_state.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
+    ``stage`` and ``layout`` (parallel_layout.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
     0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
     TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
     saved = deepspeed_record(ckpt_dir)

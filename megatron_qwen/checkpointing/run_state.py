@@ -1,12 +1,8 @@
-"""What a checkpoint of either engine records beside its tensors, and the checks made on it at --load:
-where the run stands, the data settings a resume must not change silently, the parallel layout it
-was saved at, and the run configuration (its model shape). Plain files and dicts: preflight reads them
-before torch is imported (job_state.py takes the layout and RNG states from the running job)."""
+"""Where a run stands, as a checkpoint of either engine records it beside its tensors: its iteration and
+samples consumed, and the data settings a resume must not change silently."""
 
-import os
 from dataclasses import dataclass
 
-from megatron_qwen.checkpointing.directory import DEEPSPEED_MARKER, deepspeed_record, written_by_deepspeed
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 
@@ -25,16 +21,6 @@ class TrainState:
         self.skipped_iterations += 0 if update_successful else 1
 
 
-def layout(tp: int, pp: int, dp: int) -> dict:
-    """The layout record a checkpoint stores: tensor-, pipeline- and data-parallel sizes."""
-    return {"tp": tp, "pp": pp, "dp": dp}
-
-
-def same_layout(saved: dict, now: dict) -> bool:
-    """Whether a checkpoint's layout record is ``now``'s (DeepSpeed-engine records before pp was stored: pp 1)."""
-    return {"pp": 1, **saved} == now
-
-
 def data_state(cfg: RunConfig) -> dict:
     """What must not change silently between a checkpoint and its resume."""
     return {"global_batch_size": cfg.train.global_batch_size, "data_path": list(cfg.data.data_path),
@@ -49,25 +35,3 @@ def check_data_state(ckpt_dir: str, saved: dict, cfg: RunConfig) -> None:
     raise ConfigError(f"--load {ckpt_dir} was saved with data settings {saved} but this run has {data_state(cfg)}; "
                       "resuming would not continue the same data stream. Pass --override-data-state to resume "
                       "anyway, or --finetune to start a new run from its weights")
-
-
-def saved_run_config(ckpt_dir: str) -> tuple[dict, str]:
-    """(run configuration as stored, the file it is in) of a checkpoint of either engine: DeepSpeed's
-    files hold none, so that engine stores ours beside them."""
-    if written_by_deepspeed(ckpt_dir):
-        return deepspeed_record(ckpt_dir)["run_config"], os.path.join(ckpt_dir, DEEPSPEED_MARKER)
-    from megatron.core import dist_checkpointing
-
-    return dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"], os.path.join(ckpt_dir, "common.pt")
-
-
-def check_same_model(ckpt_dir: str, cfg: RunConfig) -> None:
-    """Refuse a checkpoint of another model shape than this run builds: one line naming each field, the
-    flag that sets it, and both values. Run in preflight, before any process group."""
-    saved, source = saved_run_config(ckpt_dir)
-    saved_model, model_now = saved["model"], cfg.to_dict()["model"]
-    diff = [f"{k.replace('_', ' ')} {saved_model.get(k)} saved, {v} asked (--{k.replace('_', '-')})"
-            for k, v in model_now.items() if saved_model.get(k) != v]
-    if diff:
-        raise ConfigError(f"--load {ckpt_dir} holds another model shape: {'; '.join(diff)}; pass the saved "
-                          f"run's --model-size and shape flags (its config: {source})")

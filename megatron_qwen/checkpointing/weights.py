@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict
 
 from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, staged_directory, write_tracker
-from megatron_qwen.checkpointing.run_state import layout
+from megatron_qwen.checkpointing.parallel_layout import layout
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import unwrap
 

@@ -21,8 +21,9 @@ from megatron_qwen.checkpointing.directory import (
     staging_dir,
     written_by_deepspeed,
 )
-from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
-from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
+from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
+from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
+from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings

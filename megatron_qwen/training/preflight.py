@@ -14,7 +14,7 @@ from megatron_qwen.checkpointing.directory import (
     loadable_iteration,
     written_by_deepspeed,
 )
-from megatron_qwen.checkpointing.run_state import layout
+from megatron_qwen.checkpointing.parallel_layout import layout
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
@@ -141,7 +141,7 @@ def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
 def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
     """A reward model starts from a language model's weights (its head then starts fresh), never the other way
     round, and a resume continues the model that was saved."""
-    from megatron_qwen.checkpointing.run_state import saved_run_config
+    from megatron_qwen.checkpointing.stored_config import saved_run_config
 
     saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
     if saved == cfg.build.head or (weights_only and saved == "lm"):
@@ -159,7 +159,7 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    from megatron_qwen.checkpointing.run_state import check_same_model
+    from megatron_qwen.checkpointing.stored_config import check_same_model
     from megatron_qwen.hf.source import is_hf_dir, open_hf
     from megatron_qwen.training.starting_point import effective_load
 

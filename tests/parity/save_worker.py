@@ -28,7 +28,7 @@ from megatron.core import parallel_state
 from parity_worker import sample
 
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.job_state import current_layout
+from megatron_qwen.checkpointing.parallel_layout import current_layout
 from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.recipes import PRETRAIN
