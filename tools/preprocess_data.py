@@ -98,15 +98,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def print_summary(result, elapsed: float, tasks, opts: PreprocessSettings) -> None:
-    s = result.stats
+    stats = result.stats
     print(f"shards: {result.done} written, {result.skipped} already complete (skipped), {len(result.failed)} failed")
-    print(f"documents {s.documents:,} | tokens {s.tokens:,} | input {s.input_bytes / 1e6:,.1f} MB | "
-          f"{elapsed:.1f} s: {s.documents / elapsed:,.0f} docs/s, {s.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
-          f"{s.tokens / elapsed / 1e6:,.2f}M tokens/s")
-    if s.bad:
-        reasons = ", ".join(f"{reason} {n:,}" for reason, n in s.bad.most_common())
-        print(f"skipped records: {sum(s.bad.values()):,} ({reasons})")
-        for example in s.examples[:20]:
+    print(f"documents {stats.documents:,} | tokens {stats.tokens:,} | input {stats.input_bytes / 1e6:,.1f} MB | "
+          f"{elapsed:.1f} s: {stats.documents / elapsed:,.0f} docs/s, {stats.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
+          f"{stats.tokens / elapsed / 1e6:,.2f}M tokens/s")
+    if stats.bad:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.bad.most_common())
+        print(f"skipped records: {sum(stats.bad.values()):,} ({reasons})")
+        for example in stats.examples[:20]:
             print(f"  {example}")
     for failure in result.failed:
         print(f"failed: {failure}")

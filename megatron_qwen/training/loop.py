@@ -80,12 +80,12 @@ def _save_or_exit(cfg: RunConfig, checkpointer: Checkpointer, state: TrainState,
 
 def _save_due(cfg: RunConfig, iteration: int) -> bool:
     """--save-interval's, --exit-interval's and the last iteration's checkpoints."""
-    s = cfg.checkpoint
-    if not s.save:
+    ckpt = cfg.checkpoint
+    if not ckpt.save:
         return False
-    if iteration == cfg.train.train_iters or (s.exit_interval and iteration % s.exit_interval == 0):
+    if iteration == cfg.train.train_iters or (ckpt.exit_interval and iteration % ckpt.exit_interval == 0):
         return True
-    return bool(s.save_interval) and iteration % s.save_interval == 0
+    return bool(ckpt.save_interval) and iteration % ckpt.save_interval == 0
 
 
 def evaluate(cfg: RunConfig, model, dataset, num_mb: int, device) -> tuple[float | None, dict]:
