@@ -1,17 +1,17 @@
 """Long context at inference (model/long_context.py): the formulas against hand computations, and the
 techniques in a tiny random model against independent references: megatron-core's own RoPE at the
 rescaled base, a window equal to running the model on the window's tokens alone, the full forward
-for the KV cache and for tools/eval_long_context.py's chunked perplexity."""
+for the KV cache and for evaluation/long_context.py's chunked perplexity."""
 
 import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import load_tool
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.evaluation.long_context import sequence_nll
 from megatron_qwen.inference import KVCacheDecoder
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.model.long_context import (
@@ -183,16 +183,15 @@ def test_training_mode_and_window_count_are_refused(model):
 
 
 def test_chunked_perplexity_is_the_full_forward(model, ids):
-    """tools/eval_long_context.py's bounded-memory pass (KV cache, a chunk of queries at a time, NTK
+    """evaluation/long_context.py's bounded-memory pass (KV cache, a chunk of queries at a time, NTK
     alpha of the whole length) gives the full forward's negative log-likelihood."""
-    tool = load_tool("eval_long_context")
     model.vocab_size_unpadded = 1024
     settings = LongContextSettings(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(6, 9, 12, 20))
     try:
         set_long_context(model, settings)
         full = logits(model, ids)
         set_long_context(model, dataclasses.replace(settings, ntk_length=ids.numel()))
-        nll, count = tool.sequence_nll(model, ids, chunk=24)
+        nll, count = sequence_nll(model, ids, chunk=24)
     finally:
         set_long_context(model, None)
     expected = torch.nn.functional.cross_entropy(full[:-1].double(), ids[1:], reduction="sum").item()
