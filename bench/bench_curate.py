@@ -25,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 from bench_preprocess import Corpus  # noqa: E402
 
 from megatron_qwen.curate.fuzzy import FuzzySettings, MinhashSignature  # noqa: E402
@@ -96,11 +97,11 @@ def bench_steps(folder: str, evals: str, workers: int, tasks: int) -> None:
 
 def bench_minhash(texts: list[str], seed: int = 3) -> None:
     try:
+        # optional: datasketch is not in requirements.txt
         from datasketch import MinHash
     except ImportError:
         print("minhash vs datasketch: skipped, datasketch is not installed (pip install 'megatron-qwen[curate]')")
         return
-    import numpy as np
 
     cfg = FuzzySettings()
     ours = MinhashSignature(tempfile.mkdtemp(), cfg)

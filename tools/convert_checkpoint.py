@@ -23,6 +23,7 @@ import resource
 import sys
 import time
 
+from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
 from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
@@ -69,6 +70,7 @@ def convert(args) -> str:
         return f"Hugging Face -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
     if is_hf_dir(src):
         cfg, layout, _ = open_hf(src)  # every name and shape checked before megatron-core is even imported
+        # deferred: megatron-core takes seconds to import; the input is checked before
         from megatron_qwen.hf.load import import_hf
 
         ckpt = import_hf(src, args.save_dir, args.dtype)
@@ -78,7 +80,6 @@ def convert(args) -> str:
         if args.hf_layout is not None or args.dtype is not None:
             raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint: convert it to ours first (no "
                               "--hf-layout or --dtype), then export that")
-        from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
 
         ckpt = convert_to_megatron(src, args.save_dir)
         return f"DeepSpeed ZeRO -> ours: {ckpt} (fp32 master weights, loadable at any layout as weights only)"
@@ -89,6 +90,7 @@ def convert(args) -> str:
         check_layout(args.hf_layout)
         max_shard = parse_size(args.max_shard_size)
         check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
+        # deferred: megatron-core takes seconds to import; the input is checked before
         from megatron_qwen.hf.export import export_hf
 
         files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)

@@ -17,9 +17,15 @@ import re
 import shutil
 import tempfile
 
+import torch
+
 from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.parallel_layout import same_layout
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.parallel import ParallelSettings
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.zero import ZeroSettings
+from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1, shard, unshard
 
 UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
 
@@ -28,6 +34,7 @@ def _tp_rank_fp32_weights(ckpt_dir: str, tp_rank: int) -> dict:
     """The fp32 master weights of one tensor-parallel rank, gathered from its data-parallel partitions by
     DeepSpeed's own zero_to_fp32 (which reads one model-parallel rank per directory: we give it a
     directory of links to this rank's files)."""
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     mine = [f for f in os.listdir(ckpt_dir) if f"mp_rank_{tp_rank:02d}_" in f]
@@ -42,10 +49,8 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
     """Fill this rank's bare model (any TP) with the fp32 master weights of a deepspeed-engine checkpoint
     (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a ZeRO-3
     checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
-    import torch
+    # deferred: megatron-core takes seconds to import; preflight imports this module
     from megatron.core import parallel_state
-
-    from megatron_qwen.model.layout import shard, unshard
 
     saved_tp = deepspeed_record(ckpt_dir)["layout"]["tp"]
     per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
@@ -63,14 +68,9 @@ def convert_to_megatron(source: str, destination: str) -> str:
     """Write the latest deepspeed-engine checkpoint under ``source`` as a checkpoint of ours at
     ``destination``: full (TP1) fp32 master weights, loadable as weights only at any layout
     (``--finetune`` semantics: fresh optimizer and iteration). Returns the iteration directory."""
-    import torch
-
+    # deferred: the model and megatron-core take seconds to import; preflight imports this module
     from megatron_qwen.checkpointing.weights import save_weights_only
-    from megatron_qwen.config.parallel import ParallelSettings
-    from megatron_qwen.config.run import RunConfig
-    from megatron_qwen.config.zero import ZeroSettings
     from megatron_qwen.model.builder import build_on_meta
-    from megatron_qwen.model.layout import unshard
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
     iteration = latest_iteration(source)
@@ -122,6 +122,7 @@ def universal_checkpoint_info(module) -> dict:
     the module carries it): replicated (the norms), split along dim 1 (row-parallel), SwiGLU's stacked
     [gate; up] fc1 (two sub-parameters along dim 0), or along dim 0 (everything else: DeepSpeed's default).
     One pattern per parameter name, the layer index generalized."""
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.checkpoint.constants import (
         PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0,
         PARAMETER_WITH_ROW_PARALLELISM_PATTERNS,
@@ -129,8 +130,6 @@ def universal_checkpoint_info(module) -> dict:
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
         UNIVERSAL_CHECKPOINT_VERSION_VALUE,
     )
-
-    from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
 
     kinds: dict[str, set] = {TP_REPLICATED_PARAMETER_PATTERNS: set(), PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: set(),
                              PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0: set()}
@@ -157,6 +156,7 @@ def to_universal(ckpt_dir: str) -> None:
     out = os.path.join(ckpt_dir, UNIVERSAL)
     if os.path.isdir(out):
         return
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     staging, source = out + ".partial", out + ".input"
@@ -176,8 +176,6 @@ def _without_extra_state(ckpt_dir: str, source: str) -> None:
     """``ckpt_dir`` as ds_to_universal can read it, in ``source``: links to its files, but the model-states
     files rewritten without megatron-core's ``_extra_state`` entries (None in its linear layers), which
     ds_to_universal would try to save as fp32 weights (stages 1 and 2)."""
-    import torch
-
     os.makedirs(source)
     for f in os.listdir(ckpt_dir):
         path = os.path.join(ckpt_dir, f)

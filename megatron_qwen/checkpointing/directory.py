@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
+import torch.distributed as dist
+
 from megatron_qwen.config.errors import ConfigError
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -170,8 +172,6 @@ def too_little_disk(root: str) -> str | None:
 
 def room_to_save(root: str, iteration: int) -> bool:
     """Rank 0 checks the free disk space for every rank (a collective); a refused save is one line."""
-    import torch.distributed as dist
-
     problem = [too_little_disk(root) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(problem, src=0)
     if problem[0] and dist.get_rank() == 0:

@@ -10,6 +10,8 @@ import json
 import os
 from dataclasses import asdict
 
+from megatron.core import dist_checkpointing
+
 from megatron_qwen.checkpointing.directory import IMPORT_MARKER, iteration_dir, staged_directory, write_tracker
 from megatron_qwen.checkpointing.parallel_layout import layout
 from megatron_qwen.config.run import RunConfig
@@ -45,8 +47,6 @@ def load_weights(ckpt_dir: str, chunks) -> None:
     """Load the model weights of the checkpoint ``ckpt_dir`` (saved at any layout) into this rank's chunks. The
     parameters a model has beyond a language model's (``new_parameters``: the reward head) keep their values
     where the checkpoint has none (a language model's)."""
-    from megatron.core import dist_checkpointing
-
     state = model_state(chunks)
     kept = _pop_absent_new_parameters(ckpt_dir, chunks, state)
     loaded = dist_checkpointing.load(state, ckpt_dir)
@@ -58,8 +58,6 @@ def load_weights(ckpt_dir: str, chunks) -> None:
 def _pop_absent_new_parameters(ckpt_dir: str, chunks, state: dict) -> dict[str, dict]:
     """Takes out of ``state`` the new parameters the checkpoint does not hold; their current values, by model
     key and name."""
-    from megatron.core import dist_checkpointing
-
     wanted = {key: unwrap(chunk).new_parameters for key, chunk in zip(model_keys(chunks), chunks)}
     if not any(wanted.values()):
         return {}
@@ -78,8 +76,6 @@ def save_weights_only(destination: str, iteration: int, chunk, cfg: RunConfig, s
     """Write the full (TP1, one process) model ``chunk`` as a new --save directory ``destination`` holding
     ``iteration``, marked as weights converted from ``source`` (of kind ``source_kind``: a Hugging Face
     layout, or deepspeed-zeroN). Staged: ``destination`` appears only whole. Returns the iteration directory."""
-    from megatron.core import dist_checkpointing
-
     with staged_directory(destination) as staging:
         ckpt_dir = iteration_dir(staging, iteration)
         os.makedirs(ckpt_dir)

@@ -20,6 +20,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.stats import PipelineStats
@@ -29,6 +30,8 @@ from megatron_qwen.curate import decont, exact, fuzzy, quality, upsample
 from megatron_qwen.curate.extract import HtmlExtraction, LanguageTagger, make_extractor
 from megatron_qwen.curate.raw_reader import RawJsonlReader, bad_records
 from megatron_qwen.curate.to_shards import TokenizeShards
+from megatron_qwen.data.preprocess import PreprocessSettings, plan_shards
+from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
 from megatron_qwen.data.sources import expand_inputs, shard_names
 
 STEPS = ("extract", "exact", "fuzzy", "quality", "decont", "upsample", "tokenize")
@@ -205,13 +208,9 @@ def make_executors(stages: list[Stage], output: str, opts: ExecutorSettings) -> 
         common = dict(pipeline=stage.pipeline, tasks=stage.tasks, logging_dir=os.path.join(output, "logs", stage.name),
                       depends=executors[-1] if executors else None)
         if opts.kind == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
             workers = min(opts.workers if opts.workers > 0 else os.cpu_count() or 1, stage.tasks)
             executors.append(LocalPipelineExecutor(workers=workers, start_method="fork", **common))
         elif opts.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
             if not opts.partition:
                 raise ConfigError("--executor slurm needs --partition")
             executors.append(SlurmPipelineExecutor(
@@ -223,7 +222,6 @@ def make_executors(stages: list[Stage], output: str, opts: ExecutorSettings) -> 
                 import ray  # noqa: F401
             except ImportError:
                 raise ConfigError("--executor ray needs ray: pip install 'ray[default]'") from None
-            from datatrove.executor import RayPipelineExecutor
 
             executors.append(RayPipelineExecutor(workers=opts.workers, cpus_per_task=opts.cpus_per_task,
                                                  mem_per_cpu_gb=opts.mem_per_cpu_gb, **common))
@@ -241,8 +239,6 @@ def run(executors: list, cfg: CurateConfig | None = None, stages: list[Stage] | 
     own chaining would wait for it forever) or, with `cfg` and `stages` given, at a step that kept no
     document (the next step would only fail to find its input); elsewhere the last executor submits the
     whole chain."""
-    from datatrove.executor import LocalPipelineExecutor
-
     if executors and not isinstance(executors[-1], LocalPipelineExecutor):
         executors[-1].run()
         return
@@ -326,9 +322,6 @@ def format_summary(rows) -> str:
 def data_path(cfg: CurateConfig) -> list[tuple[float, str]]:
     """(weight, prefix) of every curated shard for `--data-path`: with --upsample-mode blend, a source's
     weight times its shard's tokens (weight 1: the natural share); with repeat (already upsampled), tokens."""
-    from megatron_qwen.data.preprocess import PreprocessSettings, plan_shards
-    from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
-
     opts = PreprocessSettings(keys=(TEXT_KEY,))
     files = expand_inputs([cfg.folder(FOLDERS["upsample"])])
     pairs = []

@@ -8,6 +8,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 
+from megatron_qwen.checkpointing.directory import TRACKER
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import Benchmark, select
 from megatron_qwen.evaluation.fewshot_rows import check_fewshot_rows
@@ -16,6 +17,9 @@ from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
 from megatron_qwen.evaluation.published import MODEL_NAMES, SIZES, published_for, size_of
 from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, SandboxLimits, check_sandbox_available
 from megatron_qwen.evaluation.task_configs import Protocol, protocol, write_task_configs
+from megatron_qwen.hf.layouts import read_hf_config
+from megatron_qwen.hf.relayout import relayout_hf
+from megatron_qwen.hf.source import is_hf_dir
 
 
 @dataclass
@@ -49,8 +53,6 @@ def check_inputs(cfg: EvalConfig) -> tuple[list[Benchmark], Protocol]:
                           "runs in a sandbox: docs/evaluation.md), or leave them out of --tasks")
     if code:
         check_sandbox_available()
-    from megatron_qwen.checkpointing.directory import TRACKER
-    from megatron_qwen.hf.source import is_hf_dir
 
     if not (is_hf_dir(cfg.load) or os.path.isfile(os.path.join(cfg.load, TRACKER))):
         what = "does not exist" if not os.path.exists(cfg.load) else f"has neither config.json nor {TRACKER}"
@@ -67,19 +69,15 @@ def hf_model_dir(load: str, scratch: str) -> str:
     tensor, a checkpoint of ours exported), without an export's decoding settings: lm-eval sets its own (a
     max_new_tokens in generation_config.json would override its max_gen_toks), and Qwen's evaluation
     turns the chat models' repetition penalty off."""
-    from megatron_qwen.hf.source import is_hf_dir
-
     if is_hf_dir(load):
-        from megatron_qwen.hf.layouts import read_hf_config
-
         _, layout = read_hf_config(load)
         if layout == "qwen2" and os.path.isfile(os.path.join(load, "tokenizer.json")):
             return load
-        from megatron_qwen.hf.relayout import relayout_hf
 
         print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
         relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
         return os.path.join(scratch, "hf")
+    # deferred: the export builds the model: megatron-core takes seconds to import
     from megatron_qwen.hf.export import export_hf
 
     print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
@@ -88,6 +86,7 @@ def hf_model_dir(load: str, scratch: str) -> str:
 
 
 def _lm_eval(cfg: EvalConfig, benchmarks: list[Benchmark], model_dir: str, include: str) -> dict:
+    # deferred: lm-eval's tasks take seconds to import; the inputs are checked before
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -148,6 +147,7 @@ def evaluate(cfg: EvalConfig) -> dict:
               "lm_eval": {k: out.get(k) for k in ("results", "groups", "n-shot", "versions", "higher_is_better")},
               "samples": out.get("samples", {})}
     if cfg.output:
+        # deferred: lm-eval takes a second to import; the inputs are checked before
         from lm_eval.utils import handle_non_serializable
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -22,8 +21,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.model.compile import compile_layers
+from megatron_qwen.model.gpt import QwenGPTModel
 from megatron_qwen.model.init import initialize_weights
-from megatron_qwen.model.loss import vocab_parallel_cross_entropy
+from megatron_qwen.model.reward import QwenRewardModel
 from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.backends import PACKED_SEQUENCE_FORM
 from megatron_qwen.platform.distributed import on_gpu
@@ -32,29 +32,6 @@ from megatron_qwen.platform.distributed import on_gpu
 def _installed(*modules: str) -> bool:
     """Whether every compiled extension a megatron-core fusion imports is there (none ships with it)."""
     return all(importlib.util.find_spec(m) is not None for m in modules)
-
-
-class QwenGPTModel(GPTModel):
-    """megatron-core's GPT model, with the loss of model/loss.py where ``chunked_loss``: the loss is the one
-    component megatron-core's specs do not reach. ``head`` names what its last stage ends in (the training
-    objective follows it: training/step.py); ``new_parameters``: those a language model's checkpoint lacks.
-    ``packed_form``: how its attention takes a packed sample's boundaries, "thd" or "mask" (model/packing.py;
-    the training step reads it)."""
-
-    head = "lm"
-    new_parameters: tuple[str, ...] = ()
-
-    def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, packed_form: str = "mask",
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.chunked_loss, self.compiled_loss, self.packed_form = chunked_loss, compiled_loss, packed_form
-
-    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if not self.chunked_loss:
-            return super().compute_language_model_loss(labels, logits)
-        # logits [s, b, V/TP], labels [b, s]
-        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.pg_collection.tp, self.compiled_loss)
-        return loss.t().contiguous()  # [b, s]
 
 
 def build_model(model: QwenModelConfig, parallel: ParallelSettings, build: BuildSettings, *, initialize: bool = True,
@@ -171,11 +148,7 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
 
 def _model_class(head: str) -> type[QwenGPTModel]:
     """The model with ``head`` (config/model.py's BuildSettings.head) on its last stage."""
-    if head == "reward":
-        from megatron_qwen.model.reward import QwenRewardModel  # a subclass of QwenGPTModel
-
-        return QwenRewardModel
-    return QwenGPTModel
+    return QwenRewardModel if head == "reward" else QwenGPTModel
 
 
 def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelSettings, distributed_optimizer: bool,

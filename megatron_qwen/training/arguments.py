@@ -26,6 +26,8 @@ from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroAliasSettings, ZeroSettings, zero_settings
+from megatron_qwen.data.blend import naming
+from megatron_qwen.hf.source import check_flags_against, imported_model
 
 # The dataclasses whose fields declare the flags, in --help's order within each group. VocabPaddingSettings,
 # ZeroAliasSettings, TokenBudgetSettings and WarmupFractionSettings hold flags read only to resolve other
@@ -82,7 +84,7 @@ def _one_epoch(args, global_batch_size: int) -> int:
     if not paths:
         raise ConfigError("the recipe trains for one epoch of its training data: pass --data-path (or "
                           "--train-data-path), or --train-iters")
-    from megatron_qwen.data.blend import naming
+    # deferred: data.pairs imports megatron-core (seconds); only a reward run's epoch needs it
     from megatron_qwen.data.pairs import training_pairs  # reads the shards' indexes only
 
     with naming(flag):
@@ -99,8 +101,6 @@ def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
     --model-size that contradicts it is refused (docs/checkpoints.md)."""
     shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
     if args.load:
-        from megatron_qwen.hf.source import check_flags_against, imported_model  # torch: only when needed
-
         imported = imported_model(args.load)
         if imported is not None:
             model = check_flags_against(imported, args.load, shape, args.model_size if named else None)

@@ -9,6 +9,8 @@ from typing import Protocol
 from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.anomalies import StepHealth, Verdict
+from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
+from megatron_qwen.training.megatron_engine import MegatronEngine
 
 
 class Checkpointer(Protocol):
@@ -41,9 +43,6 @@ class Engine(Protocol):
 
 def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:
     if cfg.zero.deepspeed:
-        from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
-
         return DeepSpeedEngine(cfg, world_size, device)
-    from megatron_qwen.training.megatron_engine import MegatronEngine
 
     return MegatronEngine(cfg, device)

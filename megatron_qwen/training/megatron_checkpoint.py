@@ -12,6 +12,7 @@ import shutil
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
 from megatron_qwen.checkpointing.directory import (
     iteration_dir,
@@ -48,8 +49,6 @@ class MegatronCheckpointer:
         self._sync_params()
         request = self._write(state)
         if request is not None:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
             self._async_queue = self._async_queue or AsyncCallsQueue()
             self._async_queue.schedule_async_request(request)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state
+from torch.utils.tensorboard import SummaryWriter
 
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import LogSettings
@@ -95,8 +96,6 @@ class MetricsSink:
             os.makedirs(os.path.dirname(os.path.abspath(settings.metrics_file)), exist_ok=True)
             self.metrics_file = open(settings.metrics_file, "a", buffering=1)
         if settings.tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.tb = SummaryWriter(log_dir=settings.tensorboard_dir)
             self.tb.add_text("config", "```\n" + json.dumps(run_config, indent=1, default=str) + "\n```")
         if settings.wandb_project:
@@ -174,6 +173,7 @@ def _key(name: str) -> str:
 
 def _start_wandb(settings: LogSettings, run_config: dict):
     """wandb offline unless the user configured an API key; never a hang for lack of network."""
+    # deferred: wandb takes half a second to import; only --wandb-project needs it
     import wandb
 
     has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))

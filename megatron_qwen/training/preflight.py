@@ -7,6 +7,7 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 import os
 import tempfile
 
+from megatron_qwen.checkpointing.deepspeed_format import check_resumable
 from megatron_qwen.checkpointing.directory import (
     TRACKER,
     is_deepspeed_checkpoint,
@@ -15,10 +16,17 @@ from megatron_qwen.checkpointing.directory import (
     written_by_deepspeed,
 )
 from megatron_qwen.checkpointing.parallel_layout import layout
+from megatron_qwen.checkpointing.stored_config import check_same_model, saved_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.data import check_data_path, check_split, parse_data_path
+from megatron_qwen.data.blend import naming, token_id_outside
+from megatron_qwen.data.shards import find_token_id_outside
+from megatron_qwen.hf.source import is_hf_dir, open_hf
 from megatron_qwen.platform.backends import FLASH_PRECISIONS
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.tokenizer.files import check_published
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -83,7 +91,7 @@ def _check_zero(cfg: RunConfig, world_size: int) -> None:
 
 def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
     """A deepspeed-engine checkpoint resumed at a ZeRO stage or layout its universal checkpoint cannot reach."""
-    from megatron_qwen.checkpointing.deepspeed_format import check_resumable
+    # deferred: starting_point imports the model (megatron-core: seconds)
     from megatron_qwen.training.starting_point import effective_load
 
     s = effective_load(cfg.checkpoint)
@@ -96,10 +104,6 @@ def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split, parse_data_path
-    from megatron_qwen.data.blend import naming
-    from megatron_qwen.tokenizer import load_tokenizer
-    from megatron_qwen.tokenizer.files import check_published
 
     given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
     for name, paths in given.items():
@@ -112,6 +116,7 @@ def _check_data(cfg: RunConfig) -> None:
     check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if cfg.data.data_format == "pairs":
+        # deferred: data.pairs imports megatron-core (seconds); only reward runs need it
         from megatron_qwen.data.pairs import check_pair_shard
 
         for name, paths in given.items():
@@ -127,10 +132,6 @@ def _check_data(cfg: RunConfig) -> None:
 def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
     """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
     of training."""
-    from megatron_qwen.data import parse_data_path
-    from megatron_qwen.data.blend import token_id_outside
-    from megatron_qwen.data.shards import find_token_id_outside
-
     prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         found = find_token_id_outside(prefix, cfg.model.vocab_size)
@@ -141,8 +142,6 @@ def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
 def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
     """A reward model starts from a language model's weights (its head then starts fresh), never the other way
     round, and a resume continues the model that was saved."""
-    from megatron_qwen.checkpointing.stored_config import saved_run_config
-
     saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
     if saved == cfg.build.head or (weights_only and saved == "lm"):
         return
@@ -159,8 +158,7 @@ def _check_checkpoint_dirs(cfg: RunConfig) -> None:
         return
     if os.path.isfile(s.load):
         raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    from megatron_qwen.checkpointing.stored_config import check_same_model
-    from megatron_qwen.hf.source import is_hf_dir, open_hf
+    # deferred: starting_point imports the model (megatron-core: seconds)
     from megatron_qwen.training.starting_point import effective_load
 
     start = effective_load(s)

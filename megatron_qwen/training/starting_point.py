@@ -5,6 +5,7 @@ import dataclasses
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
 from megatron_qwen.checkpointing.directory import (
     is_deepspeed_checkpoint,
     iteration_dir,
@@ -13,6 +14,7 @@ from megatron_qwen.checkpointing.directory import (
 )
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.settings import CheckpointSettings
+from megatron_qwen.hf.load import load_hf_weights
 from megatron_qwen.hf.source import holds_weights_only, is_hf_dir
 
 
@@ -45,13 +47,9 @@ def load_weights_only(checkpoint: CheckpointSettings, chunks) -> str:
     rank reads its own slices), a DeepSpeed-engine checkpoint (PP=1) or a checkpoint of ours, at any
     layout. Returns what was read, for the log."""
     if is_hf_dir(checkpoint.load):
-        from megatron_qwen.hf.load import load_hf_weights
-
         load_hf_weights(checkpoint.load, chunks, progress=dist.get_rank() == 0)
         return f"Hugging Face model {checkpoint.load}"
     if is_deepspeed_checkpoint(checkpoint.load):
-        from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
-
         (module,) = chunks
         ckpt_dir = iteration_dir(checkpoint.load, latest_iteration(checkpoint.load))
         load_deepspeed_weights(ckpt_dir, module)
