@@ -11,6 +11,7 @@ import os
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.data_state import check_data_state, data_state
 from megatron_qwen.checkpointing.deepspeed_format import UNIVERSAL, to_universal
 from megatron_qwen.checkpointing.directory import (
     DEEPSPEED_MARKER,
@@ -23,11 +24,11 @@ from megatron_qwen.checkpointing.directory import (
 )
 from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
 from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
-from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings
 from megatron_qwen.training.starting_point import resume_iteration
+from megatron_qwen.training.train_state import TrainState
 
 
 class DeepSpeedCheckpointer:

@@ -6,11 +6,11 @@ and DeepSpeed ZeRO stages 1-3 (training/deepspeed_engine.py). train() asks for n
 
 from typing import Protocol
 
-from megatron_qwen.checkpointing.run_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
 from megatron_qwen.training.megatron_engine import MegatronEngine
+from megatron_qwen.training.train_state import TrainState
 
 
 class Checkpointer(Protocol):

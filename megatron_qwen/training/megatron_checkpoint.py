@@ -14,6 +14,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
+from megatron_qwen.checkpointing.data_state import check_data_state, data_state
 from megatron_qwen.checkpointing.directory import (
     iteration_dir,
     publish,
@@ -23,11 +24,11 @@ from megatron_qwen.checkpointing.directory import (
 )
 from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
 from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
-from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.optimizer import adam_kernel, set_adam_kernel
 from megatron_qwen.training.starting_point import effective_load, load_weights_only, resume_iteration
+from megatron_qwen.training.train_state import TrainState
 
 
 class MegatronCheckpointer:

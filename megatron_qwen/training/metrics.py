@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import LogSettings
 from megatron_qwen.data.progress import format_duration
-from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
+from megatron_qwen.model.flops import peak_tflops
 from megatron_qwen.training.step import OBJECTIVES
 
 
@@ -74,7 +74,8 @@ class MetricsSink:
     """Console, JSONL file, tensorboard and wandb. Only the last pipeline stage's first rank
     reports (it alone knows the loss without communication); on every other rank this is a no-op."""
 
-    def __init__(self, cfg: RunConfig, world_size: int):
+    def __init__(self, cfg: RunConfig, world_size: int, flops_per_token: float):
+        """``flops_per_token``: the model's training FLOPs per token (model/flops.py), behind TFLOP/s and MFU."""
         self.settings = cfg.log
         self.train_iters, self.seq_length = cfg.train.train_iters, cfg.train.seq_length
         self.tokens_per_iteration = cfg.train.global_batch_size * cfg.train.seq_length
@@ -83,8 +84,7 @@ class MetricsSink:
                             and parallel_state.get_tensor_model_parallel_rank() == 0
                             and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        self.meter = ThroughputMeter(training_flops_per_token(cfg.model, cfg.train.seq_length, cfg.build.head),
-                                     world_size, peak_tflops(device))
+        self.meter = ThroughputMeter(flops_per_token, world_size, peak_tflops(device))
         self.last: dict = {}  # the last logged figures, returned by train()
         self.metrics_file = None
         self.tb = None

@@ -1,24 +1,8 @@
-"""Where a run stands, as a checkpoint of either engine records it beside its tensors: its iteration and
-samples consumed, and the data settings a resume must not change silently."""
-
-from dataclasses import dataclass
+"""The data settings a checkpoint of either engine records, which a resume must not change silently (where the
+run stands, its iteration and samples consumed, is training/train_state.py's TrainState)."""
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
-
-
-@dataclass
-class TrainState:
-    """Where a run stands: what a checkpoint restores besides the model, optimizer and schedule."""
-
-    iteration: int = 0
-    consumed_samples: int = 0
-    skipped_iterations: int = 0
-
-    def advance(self, global_batch_size: int, update_successful: bool) -> None:
-        self.iteration += 1
-        self.consumed_samples += global_batch_size
-        self.skipped_iterations += 0 if update_successful else 1
 
 
 def data_state(cfg: RunConfig) -> dict:
