@@ -11,7 +11,7 @@ tokens, greedy, no stop ids (each engine produces exactly --new-tokens per promp
 call only (the model already loaded, one warm-up call first), best of --rounds:
 - generate.py: megatron_qwen.inference.generate, the loop tools/generate.py runs (KV cache), in this process;
 - transformers: AutoModelForCausalLM.generate on the export (its KV cache), in this process;
-- vLLM: LLM.generate of vLLM's CPU build, in its own environment (a subprocess; megatron_qwen/inference/vllm.py)
+- vLLM: LLM.generate of vLLM's CPU build, in its own environment (a subprocess; megatron_qwen/inference/vllm_client.py)
   with its own CPU settings (it reserves a core for its scheduler; fp32 like the others).
 Prints the JSON, then one line per engine: new tokens per second over all prompts, and whether the three
 produced the same ids. Never fails on a timing.
@@ -29,7 +29,7 @@ import transformers
 from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
 from megatron_qwen.hf.relayout import relayout_hf
 from megatron_qwen.inference import generate, load_model_for_inference
-from megatron_qwen.inference.vllm import vllm_generate, vllm_python
+from megatron_qwen.inference.vllm_client import vllm_generate, vllm_python
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer import load_tokenizer
 

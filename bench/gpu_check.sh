@@ -18,9 +18,10 @@
 # the time goes: the loss alone, chunked against megatron-core's, and one 1.8B step under torch.profiler;
 # (5) start-up: a 72B rank's weight draws on the GPU; (6) DeepSpeed: the deepspeed engine with DeepSpeed's
 # FusedAdam (its CUDA build, its step against torch's AdamW, the tiny model's losses against torch's AdamW
-# and the megatron engine; bench/gpu/check_deepspeed.py); (7) a reward-model step beside a pretraining step of
-# the same shape (bench/bench_reward.py, docs/reward.md). Each stage has a time limit (measured durations:
-# docs/PERFORMANCE.md); a stage that runs out of time is reported as such while the next one starts.
+# and the megatron engine; bench/gpu/check_deepspeed.py); (7) checkpoints: the distributed optimizer's resume
+# and what checksums cost a save (bench/gpu/check_resume.py); (8) a reward-model step beside a pretraining
+# step of the same shape (bench/bench_reward.py, docs/reward.md). Each stage has a time limit (measured
+# durations: docs/PERFORMANCE.md); a stage that runs out of time is reported as such while the next one starts.
 #
 # --wheels DIR: for a machine with CUDA and PyTorch but not this project's requirements; installs
 # bench/gpu/requirements-gpu-check.txt offline from DIR (filled by bench/gpu/fetch_wheels.sh). torch is
@@ -28,12 +29,13 @@
 # --cpu-dry-run (also chosen when CUDA is absent): every stage with tiny shapes and 1+1 iterations, on the
 # CPU; results.md is written the same way. --train-flags "FLAGS": pretraining flags added to every
 # throughput and profile run, e.g. "--no-cross-entropy-fusion" to measure without a path that
-# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (690 on a GPU:
-# 450 for stages 1-5, 180 for DeepSpeed's and 60 for the reward step's, which keeps the whole check under 12
-# minutes; a longer one lets every stage run where compilation is slow). Every stage that builds layers names
-# its back end: the one --transformer-impl auto picks here for bf16, passed explicitly; compiled layers run on
-# it unless it is transformer-engine (whose layer is fused already), then on sdpa. Exit status: 0 when every
-# stage ran (or was skipped for want of GPUs) and every check passed.
+# fails on this machine; results.md names them. --budget SECONDS: the stages' time budget (840 on a GPU:
+# 450 for stages 1-5, 180 for DeepSpeed's, 150 for the checkpoints' and 60 for the reward step's, which
+# keeps the whole check under 15 minutes; a longer one lets every stage run where compilation is slow).
+# Every stage that builds layers names its back end: the one --transformer-impl auto picks here for bf16,
+# passed explicitly; compiled layers run on it unless it is transformer-engine (whose layer is fused
+# already), then on sdpa. Exit status: 0 when every stage ran (or was skipped for want of GPUs) and every
+# check passed.
 set -uo pipefail
 
 usage() {
@@ -103,9 +105,9 @@ if [ "$DRY" = 1 ]; then
   RUN_7B=("${RUN_18B[@]}" --num-layers 2)
   QUICK=--quick; INIT_SIZE=tiny; RUN_REWARD=("${RUN_18B[@]}"); REWARD_ROUNDS=1
 else
-  # 690 s of stages (450 for 1-5, 180 for DeepSpeed, 60 for the reward step) leaves the 12-minute promise room for
-  # start-up and the report.
-  MODE=gpu; BUDGET=${BUDGET_FLAG:-690}; CAP_SCALE=1
+  # 840 s of stages (450 for 1-5, 180 for DeepSpeed, 150 for the checkpoints, 60 for the reward step) leaves the
+  # 15-minute promise room for start-up and the report.
+  MODE=gpu; BUDGET=${BUDGET_FLAG:-840}; CAP_SCALE=1
   ITERS=(--warmup 3 --iters 10)  # the first warm-up step compiles (fused kernels; with --compile-layers, the layer)
   # Shapes chosen to fit one 80 GB GPU: 1.8B at micro-batch 4 (2 leaves the GPU waiting for the host) and 8
   # (fits with the chunked loss only); 7B width at 8 layers (2.9B parameters, no distributed optimizer) at
@@ -180,6 +182,8 @@ DEVICE=$([ "$DRY" = 1 ] && echo cpu || echo cuda)
 stage "start-up: $INIT_SIZE draws on the $DEVICE" 60 "$PY" bench/bench_init.py --model-size "$INIT_SIZE" \
   --device "$DEVICE" --json "$WORK/init_${INIT_SIZE}_${DEVICE}.json"
 stage "deepspeed: fused Adam (sdpa)" 180 "$PY" bench/gpu/check_deepspeed.py "$WORK/deepspeed.json" $QUICK
+stage "checkpoints: distributed optimizer resume, checksum cost" 150 "$PY" bench/gpu/check_resume.py \
+  "$WORK/checkpoints.json" $QUICK
 # the reward model's step beside pretraining's, same shape (docs/reward.md); 1.8B's width at 12 layers: two models
 stage "throughput: reward step ($BACKEND)" 60 "$PY" bench/bench_reward.py --rounds "$REWARD_ROUNDS" --steps 2 \
   "${RUN_REWARD[@]}" --json "$WORK/reward.json"

@@ -4,6 +4,7 @@ torchrun jobs over gloo, fake slurm tools (tests/slurm_fakes.py)."""
 import importlib.util
 import os
 import shutil
+import site
 import socket
 import subprocess
 import sys
@@ -26,10 +27,11 @@ def load_tool(name: str):
 
 # The suite runs on two pytest-xdist workers, a file at a time (pyproject.toml: -n 2 --dist loadfile), and
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
-LONGEST_FIRST = ("test_training_jobs.py", "test_demo.py", "test_hf_convert.py", "test_deepspeed.py",
-                 "test_code_qwen.py", "test_parity.py", "test_reliability_kill.py", "test_sft_jobs.py",
-                 "test_reward_jobs.py", "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py",
-                 "test_memory.py", "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
+LONGEST_FIRST = ("test_training_jobs.py", "test_ppo_align.py", "test_ppo_jobs.py", "test_ppo_parity.py",
+                 "test_demo.py", "test_hf_convert.py", "test_deepspeed.py", "test_code_qwen.py", "test_parity.py",
+                 "test_reliability_kill.py", "test_sft_jobs.py", "test_reward_jobs.py", "test_ppo_rollout.py",
+                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_memory.py",
+                 "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
                  "test_reward_parity.py")
 
 
@@ -61,6 +63,24 @@ def fake_slurm(tmp_path):
     return install_fake_slurm(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def ppo_checkpoints(tmp_path_factory):
+    """PPO's starting checkpoints (tests/ppo_fixtures.py), written once for the session: under pytest-xdist once
+    for all workers, in their shared base directory, by whichever worker asks first (the others wait on a lock)."""
+    import filelock
+    from ppo_fixtures import write_checkpoints  # not at the top: ppo_fixtures imports this file
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "ppo_checkpoints"
+    with filelock.FileLock(str(shared / "ppo_checkpoints.lock")):
+        if not (root / "written").exists():
+            root.mkdir(exist_ok=True)
+            write_checkpoints(root)
+            (root / "written").touch()
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,10 +99,15 @@ def torchrun(nproc: int, target: list[str], timeout: int = 600, extra_torchrun: 
              env: dict | None = None) -> str:
     """Run ``torchrun --nproc_per_node nproc <target>``; returns stdout+stderr, fails the test on error.
     ``target`` is a script path with its arguments, or ``["-m", module, ...]``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *(extra_torchrun or []), *target]
-    proc = subprocess.run(cmd, cwd=REPO, env=env or quiet_env(), capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
+    for _ in range(3):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *(extra_torchrun or []), *target]
+        proc = subprocess.run(cmd, cwd=REPO, env=env or quiet_env(), capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        # The port free_port() saw free can be taken (by another test's gloo sockets) before torchrun's store binds
+        # it; that launch never started a worker, so it is tried again on another port.
+        if not (proc.returncode != 0 and "EADDRINUSE" in out and "static_tcp_rendezvous" in out):
+            break
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}): {' '.join(cmd)}\n{out[-6000:]}")
     return out
@@ -106,11 +131,20 @@ def package_source(dest: Path) -> Path:
 
 
 def fresh_venv(dest: Path) -> Path:
-    """A virtual environment over this machine's packages (--system-site-packages), without a pip of its own:
-    the machine's pip and setuptools install into it, with no index needed. Returns its python."""
+    """A virtual environment over the packages of the environment running the tests, without a pip of its own:
+    that environment's pip and setuptools install into it, with no index needed. Returns its python.
+
+    --system-site-packages alone would see the base interpreter's packages, not those of a virtual environment
+    the tests run in (as .ci/run's), so a .pth file adds the running environment's site directories, ahead of
+    the base interpreter's."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(dest)], check=True,
                    timeout=120)
-    return dest / "bin" / "python"
+    python = dest / "bin" / "python"
+    purelib = subprocess.run([str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "_running_environment.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in site.getsitepackages()))
+    return python
 
 
 def write_sft_shards(prefix: str, docs: list[tuple[list[int], list[int]]]) -> None:

@@ -4,9 +4,9 @@ launcher (tests/test_reliability*.py).
 
     python tests/fault_harness.py JOBS.json RESULTS.json
 
-JOBS.json is a list of {"name", "argv", "nproc", "env", "kills", "nan_loss"} (or {"name", "call", "args"}: a
-function run here between jobs); "nan_loss" {"iterations", "dp_rank"} injects NaN losses
-(tests/nan_injection.py); each kill is
+JOBS.json is a list of {"name", "argv", "nproc", "env", "kills", "nan_loss"} (or {"name", "call", "args",
+"fork"}: a function run here between jobs, in a child of its own with "fork"); "nan_loss" {"iterations",
+"dp_rank"} injects NaN losses (tests/nan_injection.py); each kill is
 {"after": TEXT, "count": N, "delay": SECONDS}: once rank 0 has printed TEXT N times, wait DELAY and
 SIGKILL the job's whole process group (every rank and the asynchronous-save workers), or with
 "rank": R only that rank, then restart the same command. After the kills the job runs to its end.
@@ -17,6 +17,7 @@ A test calls run_harness() (this command, run on JOBS) and reads a job's --metri
 """
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -37,6 +38,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _train(job: dict) -> None:
+    from nan_injection import nan_loss_at
+
+    from megatron_qwen.config.recipes import PRETRAIN
+    from megatron_qwen.training.entry import main
+
+    nan = job.get("nan_loss")
+    with nan_loss_at(set(nan["iterations"]), nan["dp_rank"]) if nan else contextlib.nullcontext():
+        main(PRETRAIN, job["argv"])
+
+
+def _child(log: str, run) -> None:
+    """In a forked child: its output into the file ``log``, then ``run()``, then exit with its code (a
+    SystemExit's, 1 for any other exception, whose traceback goes to the log)."""
+    fd = os.open(log, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    code = 0
+    try:
+        run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _start(job: dict, log_dir: str, attempt: int) -> tuple[int, list[int], str]:
     """Fork the job's ranks into one new process group; returns (group id, pids, rank-0 log)."""
     nproc, port = job.get("nproc", 1), _free_port()
@@ -48,33 +81,11 @@ def _start(job: dict, log_dir: str, attempt: int) -> tuple[int, list[int], str]:
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, pgid)
-            fd = os.open(logs[rank], os.O_WRONLY)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
             os.environ.update(job.get("env", {}))
             if nproc > 1:
                 os.environ.update(WORLD_SIZE=str(nproc), RANK=str(rank), LOCAL_RANK=str(rank),
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            code = 0
-            try:
-                from nan_injection import nan_loss_at
-
-                from megatron_qwen.config.recipes import PRETRAIN
-                from megatron_qwen.training.entry import main
-
-                nan = job.get("nan_loss")
-                with nan_loss_at(set(nan["iterations"]), nan["dp_rank"]) if nan else contextlib.nullcontext():
-                    main(PRETRAIN, job["argv"])
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            _child(logs[rank], lambda: _train(job))
         pgid = pgid or pid
         os.setpgid(pid, pgid)
         pids.append(pid)
@@ -92,6 +103,28 @@ def _wait_for(log: str, text: str, count: int, pids: list[int], timeout: float =
     return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies do not count: they hold no files)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+            continue
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _wait_until_gone(pgid: int, timeout: float = 60) -> None:
+    """A killed job's last processes (an asynchronous-save worker inside an fsync, which SIGKILL ends only when
+    the write returns) can outlive its ranks by seconds on a loaded disk, holding --save's writer lock: the
+    restart waits for them, as a scheduler's requeue does."""
+    deadline = time.time() + timeout
+    while _group_alive(pgid) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def _save_dir_state(argv: list[str]) -> dict:
     root = argv[argv.index("--save") + 1] if "--save" in argv else None
     if not root or not os.path.isdir(root):
@@ -103,10 +136,29 @@ def _save_dir_state(argv: list[str]) -> dict:
             "tracker": int(open(tracker).read()) if os.path.isfile(tracker) else None}
 
 
+def _forked(call, log: str) -> dict:
+    """``call()`` in a child of its own process group, its output into ``log``: a call that computes with torch
+    or starts a process group leaves threads behind, which a later fork would inherit mid-state (a forked
+    job then hangs), and helper processes (megatron-core's writer starts one), removed with the group."""
+    open(log, "w").close()
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        _child(log, call)
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _wait_until_gone(pid)
+    return {"codes": [os.waitstatus_to_exitcode(status)], "output": open(log).read()}
+
+
 def run_job(job: dict, log_dir: str) -> list[dict]:
     if "call" in job:  # a step between jobs, e.g. editing a checkpoint: "module:function" with args
         module, function = job["call"].split(":")
-        getattr(importlib.import_module(module), function)(*job.get("args", []))
+        call = functools.partial(getattr(importlib.import_module(module), function), *job.get("args", []))
+        if job.get("fork"):
+            return [_forked(call, os.path.join(log_dir, f"{job['name']}.log"))]
+        call()
         return []
     attempts = []
     for attempt, kill in enumerate([*job.get("kills", []), None]):
@@ -130,6 +182,7 @@ def run_job(job: dict, log_dir: str) -> list[dict]:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _wait_until_gone(pgid)
         if record["killed"]:
             record["after_kill"] = _save_dir_state(job["argv"])
         record.update(codes=codes, output=open(log).read(), seconds=time.time() - start,

@@ -31,3 +31,19 @@ def assert_gradients_match(ref_dir, got_dir, label: str, kind: str = "grads") ->
     for name in g_ref:
         err = (g[name] - g_ref[name]).abs().max().item()
         assert err <= 1e-5 * max(g_ref[name].abs().max().item(), 1e-3), f"{label}: {kind} of {name} off by {err}"
+
+
+def run_layouts(worker: str, layouts: dict, root) -> None:
+    """``worker`` (a tests/parity/ script taking --layouts and --out) alone for the single-process reference "ref",
+    then under torchrun on 2 processes for ``layouts``, writing under ``root``."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import quiet_env, torchrun
+
+    proc = subprocess.run([sys.executable, worker, "--layouts", json.dumps({"ref": []}), "--out", str(root)],
+                          cwd=REPO, env=quiet_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torchrun(2, [worker, "--layouts", json.dumps(layouts), "--out", str(root)])
+

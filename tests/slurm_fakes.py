@@ -54,7 +54,9 @@ def base_env(tmp_path: Path, **extra) -> dict:
     (base / TRACKER).write_text("1000")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update({"DRY_RUN": "1", "DATA_PATH": "0.7 /data/web_text_document 0.3 /data/code_text_document",
-                "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "BASE_CHECKPOINT": str(base), **extra})
+                "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "BASE_CHECKPOINT": str(base),
+                # PPO's (examples/ppo): the reward model and the prompts, named only
+                "REWARD_CHECKPOINT": "/ckpt/reward", "PROMPT_DATA": "/data/prompts.jsonl", **extra})
     return env
 
 

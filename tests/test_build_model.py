@@ -15,7 +15,7 @@ from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.training.train_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
 from megatron_qwen.training.megatron_engine import build_model_and_optimizer

@@ -64,7 +64,8 @@ def sbatch(script: Path, env: dict, tmp_path) -> tuple[list[str], list[str]]:
 
 def test_every_job_and_size_has_a_script():
     assert {job_of(s) for s in JOB_SCRIPTS} == {
-        (f"megatron_qwen.{job}", size) for job in ("pretrain", "pretrain_code", "sft_math", "sft", "sft_code", "reward")
+        (f"megatron_qwen.{job}", size) for job in ("pretrain", "pretrain_code", "sft_math", "sft", "sft_code", "reward",
+                                                    "ppo")
         for size in SIZES}
     assert set(RECIPES) == {script.parent.name for script in JOB_SCRIPTS}
 

@@ -17,7 +17,7 @@ from megatron_qwen.config.flags import flag_fields, spec_of, value_type
 from megatron_qwen.config.recipes import RECIPES
 from megatron_qwen.config.settings import TrainSettings
 from megatron_qwen.training import entry
-from megatron_qwen.training.arguments import FLAG_CLASSES
+from megatron_qwen.training.arguments import FLAG_CLASSES, flag_classes
 
 # Valid on its own for every recipe but the reward model's (--no-finetune: the continued-pretraining and SFT recipes
 # need --load). The reward recipe trains on comparison pairs: pair_base.
@@ -92,6 +92,17 @@ def pair_base(tmp) -> list[str]:
             "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4", "--no-finetune"]
 
 
+def ppo_base(tmp) -> list[str]:
+    """BASE for the PPO recipe: a prompt file and a reward model instead of --mock-data (tests/ppo_fixtures.py), the
+    policy of the reward model's shape from fresh weights."""
+    from ppo_fixtures import MODEL, write_checkpoints, write_prompts
+
+    write_checkpoints(tmp)
+    return ["--prompt-data-path", write_prompts(tmp / "prompts.jsonl", ["Hi."]), "--reward-model", str(tmp / "reward"),
+            *MODEL, "--train-iters", "4", "--seq-length", "48", "--max-new-tokens", "8", "--micro-batch-size", "2",
+            "--global-batch-size", "4", "--no-finetune"]
+
+
 def base_for(extra: list[str], base: list[str] = BASE) -> list[str]:
     """``base`` without the flags that a flag of ``extra`` contradicts, or that contradict it (its --train-iters
     against a row's --train-samples): the row is refused for its own pair, not for one with the base."""
@@ -144,12 +155,13 @@ def failures(recipe, rows, base: list[str] = BASE) -> list[str]:
 @pytest.fixture
 def accepted_is_an_outcome(monkeypatch, tmp_path):
     """Training replaced by Accepted; WORLD_SIZE 1; the files the rows name."""
-    from megatron_qwen.training import loop
+    from megatron_qwen.training import loop, ppo_loop
 
     def train(cfg, world_size):
         raise Accepted
 
     monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(ppo_loop, "train_ppo", train)  # the entry point's choice for the PPO job
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     (tmp_path / "a_file").write_text("x")
@@ -158,13 +170,15 @@ def accepted_is_an_outcome(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_declared_flag_refuses_its_invalid_values_in_one_line(recipe, accepted_is_an_outcome):
-    rows = generate_rows(FLAG_CLASSES, accepted_is_an_outcome)
-    base = pair_base(accepted_is_an_outcome) if RECIPES[recipe].data_format == "pairs" else BASE
+    rows = generate_rows(flag_classes(RECIPES[recipe]), accepted_is_an_outcome)
+    bases = {"pairs": pair_base, "prompts": ppo_base}
+    data_format = RECIPES[recipe].data_format
+    base = bases[data_format](accepted_is_an_outcome) if data_format in bases else BASE
     assert outcome(RECIPES[recipe], base)[0] == "accepted"  # the base is valid: a row fails by its own value
     flags = {name for name, _, _ in rows}
     for listed in ("--micro-batch-size", "--clip-grad", "--seq-length", "--lr", "--hidden-dropout", "--eval-interval",
                    "--num-layers", "--vocab-size", "--metrics-file", "--save", "--async-save", "--load-fallback",
-                   "--mock-data"):
+                   "--no-verify-checksums", "--mock-data"):
         assert listed in flags
     assert failures(RECIPES[recipe], rows, base) == []
 

@@ -39,7 +39,7 @@ from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import KVCacheDecoder, Sampling, generate, load_model_for_inference
-from megatron_qwen.training.train_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import init_distributed
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer

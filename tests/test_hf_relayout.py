@@ -9,6 +9,8 @@ small; the tokenizer files are written in full as for any export."""
 import filecmp
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -24,6 +26,8 @@ from hf_fixtures import (
     read_safetensors_dir,
     write_qwen1,
 )
+
+from megatron_qwen.config.errors import ConfigError
 
 transformers = pytest.importorskip("transformers")
 
@@ -116,3 +120,37 @@ def test_evaluation_reads_a_qwen1_directory_converted_directly(models, tmp_path)
     assert filecmp.cmpfiles(converted, root / "direct_qwen2", others, shallow=False)[0] == others
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert generation == {"eos_token_id": [151_643, 151_645], "pad_token_id": 151_643, "bos_token_id": None}
+
+
+def test_relayout_writes_as_exports_do_and_checks_what_it_reads(models, tmp_path):
+    """The direct conversion stages its output as the export does (checkpointing/saving.py): a killed one's
+    DST.partial-* is removed, and the result has the umask's mode, not a temporary directory's 0700. What it
+    reads is checked as on import: a weight-index entry outside the model, or a config.json value of the wrong
+    type, is one line naming it, and nothing is written."""
+    root, _ = models
+    from megatron_qwen.hf.relayout import relayout_hf
+
+    killed = tmp_path / "out.partial-killed"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    umask = os.umask(0o027)
+    try:
+        relayout_hf(str(root / "qwen"), str(tmp_path / "out"), "qwen2")
+    finally:
+        os.umask(umask)
+    assert not killed.exists() and stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o750
+
+    outside = tmp_path / "outside"
+    shutil.copytree(root / "qwen2", outside)
+    index = json.loads((outside / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = "../qwen2/model-00001-of-00002.safetensors"
+    (outside / "model.safetensors.index.json").write_text(json.dumps(index))
+    wrong_type = tmp_path / "wrong_type"
+    shutil.copytree(root / "qwen2", wrong_type)
+    config = json.loads((wrong_type / "config.json").read_text())
+    (wrong_type / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "2"}))
+    for source, named in ((outside, "../qwen2/model-00001-of-00002.safetensors"), (wrong_type, "num_hidden_layers")):
+        with pytest.raises(ConfigError) as e:
+            relayout_hf(str(source), str(tmp_path / f"{source.name}_out"), "qwen")
+        assert named in str(e.value) and "\n" not in str(e.value)
+        assert not list(tmp_path.glob(f"{source.name}_out*"))

@@ -55,7 +55,7 @@ def venv(tmp_path_factory):
 
 def test_installed_package_imports_every_entry_point(venv):
     python, env_dir, tmp = venv
-    assert set(ENTRY_POINTS) == {"pretrain", "pretrain_code", "sft", "sft_math", "sft_code", "reward"}
+    assert set(ENTRY_POINTS) == {"pretrain", "pretrain_code", "sft", "sft_math", "sft_code", "reward", "ppo"}
     probe = subprocess.run([str(python), "-I", "-c", PROBE, *ENTRY_POINTS], capture_output=True, text=True,
                            timeout=300, cwd=tmp)  # -I: no PYTHONPATH, no checkout on the path
     assert probe.returncode == 0, probe.stderr[-3000:]

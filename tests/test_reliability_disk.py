@@ -1,11 +1,13 @@
 """A save does not start without room for it: the free space must hold another checkpoint the size
-of the last one (checkpointing/directory.py: too_little_disk, checked by rank 0 before each save)."""
+of the last one (checkpointing/saving.py: too_little_disk, checked by rank 0 before each save)."""
 
 import os
 import types
 
-from megatron_qwen.checkpointing import directory
-from megatron_qwen.checkpointing.directory import TRACKER, too_little_disk, write_manifest
+from megatron_qwen.checkpointing import saving
+from megatron_qwen.checkpointing.directory import TRACKER
+from megatron_qwen.checkpointing.integrity import write_manifest
+from megatron_qwen.checkpointing.saving import too_little_disk
 
 
 def _checkpoint(root, iteration: int, sizes: list[int]) -> int:
@@ -20,7 +22,7 @@ def _checkpoint(root, iteration: int, sizes: list[int]) -> int:
 
 
 def _free(monkeypatch, free: int) -> None:
-    monkeypatch.setattr(directory.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=free))
+    monkeypatch.setattr(saving.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=free))
 
 
 def test_a_save_needs_room_for_the_last_checkpoint(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """SIGKILL at random moments (in a step, in a synchronous save, with an asynchronous save in flight),
-restarting each time with the same command: nothing finalized is lost, no partial checkpoint is ever
-loaded, staging leftovers are removed at start, a kill throws the run back no further than
-docs/reliability.md says, and every logged loss equals an uninterrupted run's."""
+restarting each time with the same command, on both engines: nothing finalized is lost, no partial
+checkpoint is ever loaded, staging leftovers are removed at start, a kill throws the run back no further
+than docs/reliability.md says, and every logged loss equals an uninterrupted run's on the same engine."""
 
 import json
 import random
@@ -13,18 +13,25 @@ from fault_harness import metrics, run_harness
 COMMON = ["--model-size", "tiny", "--mock-data", "--seq-length", "32", "--micro-batch-size", "2",
           "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
           "--train-iters", "14", "--eval-interval", "1000"]
-ITERS, GBS, KILLS = 14, 4, 6
-# (extra flags, how many iterations a kill may throw the run back: docs/reliability.md)
-MODES = {"sync": (["--save-interval", "1", "--keep-last-checkpoints", "3"], 1),
-         "async": (["--save-interval", "2", "--async-save"], 2 * 2)}
+ITERS, GBS = 14, 4
+DEEPSPEED = ["--zero-engine", "deepspeed"]
+# (extra flags, how many iterations a kill may throw the run back: docs/reliability.md, how many kills)
+MODES = {"sync": (["--save-interval", "1", "--keep-last-checkpoints", "3"], 1, 6),
+         "async": (["--save-interval", "2", "--async-save"], 2 * 2, 6),
+         "deepspeed": ([*DEEPSPEED, "--save-interval", "1", "--keep-last-checkpoints", "3"], 1, 4)}
+DEEPSPEED_ENV = {"LOCAL_RANK": "0"}  # DeepSpeed asks for it even in a lone process
 
 
-def _kills(rng: random.Random) -> list[dict]:
+def _reference(flags: list[str]) -> str:
+    return "reference_deepspeed" if DEEPSPEED[0] in flags else "reference"
+
+
+def _kills(rng: random.Random, count: int) -> list[dict]:
     """Kill i comes once the run has logged iteration k_i (k_1 < k_2 < ...: each restart gets further),
     at once (in the save that follows the log line) or up to half a second later (in the next step,
     or with an async save in flight)."""
     return [{"after": f" iteration {k:8d}/", "delay": rng.choice([0.0, rng.uniform(0, 0.5)])}
-            for k in sorted(rng.sample(range(1, ITERS), KILLS))]
+            for k in sorted(rng.sample(range(1, ITERS), count))]
 
 
 def _last_logged(output: str) -> int:
@@ -38,10 +45,13 @@ def _resumed_at(output: str) -> int:
 
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     rng = random.Random(12)
-    jobs = [{"name": "reference", "argv": [*COMMON, "--metrics-file", str(tmp_path / "reference.jsonl")]}]
-    for mode, (flags, _) in MODES.items():
+    jobs = [{"name": "reference", "argv": [*COMMON, "--metrics-file", str(tmp_path / "reference.jsonl")]},
+            {"name": "reference_deepspeed", "env": DEEPSPEED_ENV,
+             "argv": [*COMMON, *DEEPSPEED, "--metrics-file", str(tmp_path / "reference_deepspeed.jsonl")]}]
+    for mode, (flags, _, kills) in MODES.items():
         ckpt = str(tmp_path / f"ckpt_{mode}")
-        jobs.append({"name": mode, "kills": _kills(rng),
+        env = DEEPSPEED_ENV if _reference(flags) == "reference_deepspeed" else {}
+        jobs.append({"name": mode, "kills": _kills(rng, kills), "env": env,
                      "argv": [*COMMON, *flags, "--save", ckpt, "--load", ckpt,
                               "--metrics-file", str(tmp_path / f"{mode}.jsonl")]})
     # Then the sync run's last checkpoint is damaged: --load refuses it, --load-fallback takes the one before.
@@ -54,12 +64,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
              {"name": "deadline", "argv": [*COMMON, "--save", str(tmp_path / "ckpt_deadline"),
                                            "--exit-duration-in-mins", "0.0001"]}]
     results = run_harness(jobs, tmp_path)
-    ref = {it: row["lm_loss"] for it, row in metrics(tmp_path / "reference.jsonl").items()}
-    assert sorted(ref) == list(range(1, ITERS + 1))
+    refs = {name: {it: row["lm_loss"] for it, row in metrics(tmp_path / f"{name}.jsonl").items()}
+            for name in ("reference", "reference_deepspeed")}
+    assert all(sorted(ref) == list(range(1, ITERS + 1)) for ref in refs.values())
+    ref = refs["reference"]
 
-    for mode, (_, bound) in MODES.items():
-        attempts = results[mode]
-        assert [a["killed"] for a in attempts] == [True] * KILLS + [False], f"{mode}: a cue never came"
+    for mode, (flags, bound, kills) in MODES.items():
+        attempts, mode_ref = results[mode], refs[_reference(flags)]
+        assert [a["killed"] for a in attempts] == [True] * kills + [False], f"{mode}: a cue never came"
         # --load = --save with nothing saved yet: a restarted job's first start, one line, from scratch.
         assert f"no checkpoint in {tmp_path / f'ckpt_{mode}'} yet: starting from scratch" in attempts[0]["output"]
         assert attempts[-1]["codes"] == [0], attempts[-1]["output"][-3000:]
@@ -78,13 +90,13 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         assert in_save >= 1, f"{mode}: no kill landed in a save"
         # Every loss any attempt logged (killed ones included) is the uninterrupted run's.
         rows = [json.loads(line) for line in open(tmp_path / f"{mode}.jsonl") if line.endswith("}\n")]
-        assert {r["iteration"] for r in rows} == set(ref) and len(rows) > ITERS  # some iterations logged twice
+        assert {r["iteration"] for r in rows} == set(mode_ref) and len(rows) > ITERS  # some iterations logged twice
         for row in rows:
             it = row["iteration"]
-            assert abs(row["lm_loss"] - ref[it]) <= 1e-6 * ref[it], (mode, it, row["lm_loss"], ref[it])
+            assert abs(row["lm_loss"] - mode_ref[it]) <= 1e-6 * mode_ref[it], (mode, it, row["lm_loss"], mode_ref[it])
         got = metrics(tmp_path / f"{mode}.jsonl")
         assert got[ITERS]["consumed_samples"] == ITERS * GBS
-        print(f"{mode}: {KILLS} kills, {in_save} in a save, "
+        print(f"{mode}: {kills} kills, {in_save} in a save, "
               f"{sum(a['seconds'] for a in attempts):.1f} s over {len(attempts)} attempts")
 
     # Integrity: the damaged file is named in one line, exit code 2, before any work.

@@ -16,7 +16,8 @@ BAD_ITERATION, GBS = 4, 8
 def skip_batch_in_checkpoint(ckpt_dir: str) -> None:
     """Make the checkpoint of the run that stopped before BAD_ITERATION resume after it, as if that
     batch had been read and its update never applied: data position advanced, LR schedule not."""
-    from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, write_manifest
+    from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration
+    from megatron_qwen.checkpointing.integrity import write_manifest
 
     path = iteration_dir(ckpt_dir, latest_iteration(ckpt_dir))
     common = torch.load(f"{path}/common.pt", weights_only=False)

@@ -1,7 +1,7 @@
 """The reward model's pieces against hand computations: the pairwise loss and its figures on fixed rewards,
 the public sets' readers on records in their published formats, the sequence a pair becomes (closed by the
 end token, cut from the left), bad input (one line each, nothing written), and starts from a language model's
-weights (the head fresh) or a reward model's (the head loaded)."""
+weights (the head fresh) or a reward model's (the head loaded), which run no code a checkpoint carries."""
 
 import json
 import math
@@ -158,20 +158,23 @@ def test_long_pairs_lose_their_prompt_from_the_left_never_the_end_token(tmp_path
     assert [int(np.asarray(s["tokens"] == IM_END).sum() > 0) for s in samples] == [1, 1, 1, 1]
 
 
+def model(head: str, seed: int):
+    """(run configuration, model) of the tiny preset with a language-model or reward head."""
+    from megatron_qwen.config.model import BuildSettings, model_preset
+    from megatron_qwen.config.run import RunConfig
+    from megatron_qwen.model.builder import build_model
+
+    build = BuildSettings(transformer_impl="local", head=head, seed=seed)
+    cfg = RunConfig(recipe="reward", model_size="tiny", model=model_preset("tiny"), build=build)
+    return cfg, build_model(cfg.model, cfg.parallel, cfg.build)[0]
+
+
 def test_starts_from_a_language_model_with_a_fresh_head_and_from_a_reward_model_with_its_own(tmp_path, single_process):
     """Weights-only loads (checkpointing/weights.py): a language model's checkpoint fills everything but the
     head, which keeps its initial draw; a reward model's checkpoint brings its head."""
     import dataclasses
 
     from megatron_qwen.checkpointing.weights import load_weights, save_weights_only
-    from megatron_qwen.config.model import BuildSettings, model_preset
-    from megatron_qwen.config.run import RunConfig
-    from megatron_qwen.model.builder import build_model
-
-    def model(head: str, seed: int):
-        build = BuildSettings(transformer_impl="local", head=head, seed=seed)
-        cfg = RunConfig(recipe="reward", model_size="tiny", model=model_preset("tiny"), build=build)
-        return cfg, build_model(cfg.model, cfg.parallel, cfg.build)[0]
 
     lm_cfg, lm = model("lm", 1)
     save_weights_only(str(tmp_path / "lm"), 0, lm, lm_cfg, "test", "qwen2")
@@ -189,3 +192,35 @@ def test_starts_from_a_language_model_with_a_fresh_head_and_from_a_reward_model_
     assert not torch.equal(other.reward_head.weight, fresh)
     load_weights(str(tmp_path / "rm" / "iter_0000000"), [other])
     assert torch.equal(other.reward_head.weight, fresh)
+
+
+class RunsCode:
+    """Unpickled, it would run ``touch MARKER``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_fresh_head_start_runs_no_code_from_the_checkpoint(tmp_path, single_process):
+    """The reward model's start from a language model's checkpoint (which reads the checkpoint's index to find
+    the head absent) reads it as every load does (checkpointing/unpickling.py): a .metadata carrying code is
+    refused in one line naming the file and the class, and nothing runs."""
+    import pickle
+
+    from megatron_qwen.checkpointing.weights import load_weights, save_weights_only
+    from megatron_qwen.config.errors import ConfigError
+
+    lm_cfg, lm = model("lm", 1)
+    ckpt = save_weights_only(str(tmp_path / "lm"), 0, lm, lm_cfg, "test", "qwen2")
+    marker = tmp_path / "ran"
+    with open(f"{ckpt}/.metadata", "wb") as f:
+        pickle.dump(RunsCode(marker), f)
+    with pytest.raises(ConfigError) as e:
+        load_weights(ckpt, [model("reward", 2)[1]])
+    assert not marker.exists()
+    assert ".metadata" in str(e.value) and "posix.system" in str(e.value) and "\n" not in str(e.value)

@@ -10,7 +10,7 @@ checkpoint of ours and exported back with tools/convert_checkpoint.py --hf-layou
 loads is the one our converter writes, tokenizer and generation config included. For each prompt (English,
 Chinese, code):
 - vLLM's `LLM` (offline, CPU, fp32) reads the prompt text with the export's tokenizer.json and decodes greedily,
-  stopping where the export's generation_config.json says (megatron_qwen/inference/vllm.py, in vLLM's
+  stopping where the export's generation_config.json says (megatron_qwen/inference/vllm_client.py, in vLLM's
   environment);
 - tools/generate.py --greedy --json on the checkpoint of ours the export was written from (--load; default:
   the export itself), in this environment, so a fault of the export shows as a difference;
@@ -32,7 +32,7 @@ import transformers
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
-from megatron_qwen.inference.vllm import vllm_generate, vllm_python
+from megatron_qwen.inference.vllm_client import vllm_generate, vllm_python
 from megatron_qwen.tokenizer import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,26 +11,27 @@ as weights only; with --hf-layout it becomes a Hugging Face model of that layout
 tensor by tensor (no process group, no model; docs/checkpoints.md). A checkpoint of the deepspeed
 engine (--zero-engine deepspeed, any ZeRO stage and TP x DP layout; docs/zero.md) becomes one of
 ours the same way, from its fp32 master weights.
-Any other directory with latest_checkpointed_iteration.txt is ours (saved at any
-layout): its latest checkpoint becomes a Hugging Face model in --hf-layout qwen (Qwen-1 names,
-as published) or qwen2 (loads in transformers without remote code). Output is written under a
-temporary name and renamed when whole; an existing --save-dir is never overwritten.
+Any other checkpoint is ours or Megatron-LM's (torch_dist, saved at any layout; the kinds and what
+each conversion takes: docs/checkpoints.md): its latest checkpoint becomes a Hugging Face model in
+--hf-layout qwen (Qwen-1 names, as published) or qwen2 (loads in transformers without remote code). A checkpoint is
+checked before it is read (sizes, checksums, no pickled code: docs/reliability.md). Output is written
+under a temporary name and renamed when whole, with the user's file mode; an existing --save-dir is
+never overwritten, and what a killed conversion left is removed.
 """
 
 import argparse
-import os
 import resource
 import sys
 import time
 
 from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
-from megatron_qwen.checkpointing.directory import TRACKER, is_deepspeed_checkpoint
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Kind, Use, resolve
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import parse_size
 from megatron_qwen.hf.layouts import check_layout
 from megatron_qwen.hf.relayout import relayout_hf
-from megatron_qwen.hf.source import is_hf_dir, open_hf
+from megatron_qwen.hf.source import open_hf
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
@@ -61,43 +62,38 @@ def _peak_rss_gib() -> float:
 
 def convert(args) -> str:
     """Run the conversion ``args`` asks for; returns a one-line summary."""
-    src = args.load_dir
     if args.dtype is not None and args.dtype not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"--dtype {args.dtype} is unknown; choose bf16, fp16 or fp32")
-    if is_hf_dir(src) and args.hf_layout is not None:
+    to_hf = args.hf_layout is not None
+    source = resolve(args.load_dir).check_for(Use.EXPORT if to_hf else Use.CONVERT, flag="--load-dir")
+    src = source.path
+    if source.kind in HF_KINDS and to_hf:
         files = relayout_hf(src, args.save_dir, check_layout(args.hf_layout), args.dtype,
                             parse_size(args.max_shard_size), args.tokenizer_model, args.chat)
         return f"Hugging Face -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
-    if is_hf_dir(src):
-        cfg, layout, _ = open_hf(src)  # every name and shape checked before megatron-core is even imported
+    if source.kind in HF_KINDS:
+        cfg, layout, _ = open_hf(src, "--load-dir")  # every name and shape checked before megatron-core is imported
         # deferred: megatron-core takes seconds to import; the input is checked before
         from megatron_qwen.hf.load import import_hf
 
         ckpt = import_hf(src, args.save_dir, args.dtype)
         return (f"Hugging Face ({layout}) -> ours: {ckpt}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
                 f"{cfg.padded_vocab_size} vocabulary rows")
-    if is_deepspeed_checkpoint(src):
-        if args.hf_layout is not None or args.dtype is not None:
-            raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint: convert it to ours first (no "
-                              "--hf-layout or --dtype), then export that")
+    if source.kind is Kind.DEEPSPEED:
+        if args.dtype is not None:
+            raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint, converted into ours from its fp32 "
+                              "master weights: drop --dtype (pass it to the export of the result)")
 
-        ckpt = convert_to_megatron(src, args.save_dir)
+        ckpt = convert_to_megatron(source, args.save_dir)
         return f"DeepSpeed ZeRO -> ours: {ckpt} (fp32 master weights, loadable at any layout as weights only)"
-    if os.path.isfile(os.path.join(src, TRACKER)):
-        if args.hf_layout is None:
-            raise ConfigError("--hf-layout is needed to export: qwen (Qwen-1 names, as published; needs Qwen's remote "
-                              "code) or qwen2 (transformers' Qwen2ForCausalLM)")
-        check_layout(args.hf_layout)
-        max_shard = parse_size(args.max_shard_size)
-        check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
-        # deferred: megatron-core takes seconds to import; the input is checked before
-        from megatron_qwen.hf.export import export_hf
+    check_layout(args.hf_layout)  # ours (a run's, or weights converted into ours) to Hugging Face
+    max_shard = parse_size(args.max_shard_size)
+    check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
+    # deferred: megatron-core takes seconds to import; the input is checked before
+    from megatron_qwen.hf.export import export_hf
 
-        files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)
-        return f"ours -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
-    what = "does not exist" if not os.path.exists(src) else "has neither config.json nor " + TRACKER
-    raise ConfigError(f"--load-dir {src} {what}; expected a Hugging Face model directory (config.json + weights) or "
-                      f"a --save directory of ours ({TRACKER})")
+    files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)
+    return f"ours -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
 
 
 def main(argv: list[str] | None = None) -> int:

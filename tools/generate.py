@@ -21,9 +21,9 @@ long-context techniques (docs/long_context.md).
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
+from megatron_qwen.checkpointing.resolver import Use, resolve
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.model.long_context import (
@@ -34,7 +34,7 @@ from megatron_qwen.model.long_context import (
 )
 from megatron_qwen.platform.notices import silence_megatron_notices
 from megatron_qwen.tokenizer import load_tokenizer
-from megatron_qwen.tokenizer.chatml import encode_turns, validate_messages
+from megatron_qwen.tokenizer.chatml import encode_generation_prompt, validate_messages
 from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
@@ -95,23 +95,20 @@ def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
     if not chat:
         return tokenizer.tokenize(text)
 
-    # Encoded turn by turn as training encodes ChatML, so the user's text is never read as special tokens.
-    ids, _ = encode_turns(validate_messages([{"role": "user", "content": text}], require_assistant=False), tokenizer)
-    return ids + [tokenizer.im_start_id, *tokenizer.tokenize("assistant"), *tokenizer.tokenize("\n")]
+    return encode_generation_prompt(validate_messages([{"role": "user", "content": text}], require_assistant=False),
+                                    tokenizer)
 
 
 def run(args) -> list[dict]:
     # What needs no model comes first: a mistyped flag is reported without waiting for a load.
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
-    if not os.path.isdir(args.load):
-        raise ConfigError(f"--load {args.load} does not exist; pass the --save directory of a training run "
-                          "or a Hugging Face model directory")
     # deferred: megatron-core takes seconds to import; the arguments are checked before
     from megatron_qwen.inference import generate, generation_defaults, load_model_for_inference
 
     defaults = generation_defaults(args.load)
     sampling, penalty = sampling_of(args, defaults)
+    resolve(args.load).check_for(Use.GENERATE)
     if defaults[0] is not None and sampling is not None:
         print(f"sampling as {args.load}/generation_config.json says, flags overriding: {sampling}; --greedy for "
               "greedy decoding", file=sys.stderr, flush=True)

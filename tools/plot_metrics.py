@@ -5,7 +5,9 @@
 Three panels against the iteration: loss (training lm_loss as lines, validation_loss as markers),
 learning rate, and throughput (tokens/s/GPU). Each file is one series, labelled by its file name
 (or --labels). Lines are the JSON objects the training loop writes: step lines carry lm_loss, lr and
-tokens_per_sec_per_gpu, evaluation lines carry validation_loss.
+tokens_per_sec_per_gpu, evaluation lines carry validation_loss. A PPO run's lines (python -m megatron_qwen.ppo)
+add eight panels: reward and normalised reward, KL to the reference, entropy, policy and value losses, their clip
+fractions, response length, rollout tokens/s and the share of each iteration spent in rollouts.
 """
 
 import argparse
@@ -37,6 +39,16 @@ PANELS = (  # (title, y label, metrics drawn as lines, metrics drawn as markers)
     ("learning rate", "lr", ("lr",), ()),
     ("throughput", "tokens/s/GPU", ("tokens_per_sec_per_gpu",), ()),
 )
+PPO_PANELS = (  # drawn when a file holds them (a PPO run's: docs/ppo.md)
+    ("reward", "reward model score", ("reward", "normalized_reward"), ()),
+    ("KL to the reference", "nats per response", ("kl",), ()),
+    ("entropy", "nats per token", ("entropy",), ()),
+    ("PPO losses", "loss", ("policy_loss", "value_loss"), ()),
+    ("clip fractions", "share of tokens", ("policy_clip_fraction", "value_clip_fraction"), ()),
+    ("response length", "tokens", ("response_length",), ()),
+    ("rollout throughput", "generated tokens/s", ("rollout_tokens_per_sec",), ()),
+    ("time split", "share of the iteration in rollouts", ("rollout_share",), ()),
+)
 
 
 def read_metrics(path: str, label: str) -> Series:
@@ -57,7 +69,7 @@ def read_metrics(path: str, label: str) -> Series:
                 raise MetricsFileError(f"{path}:{lineno}: expected a JSON object with an integer "
                                        "\"iteration\" field")
             records += 1
-            for _, _, lines, markers in PANELS:
+            for _, _, lines, markers in PANELS + PPO_PANELS:
                 for metric in lines + markers:
                     series.add(metric, record["iteration"], record.get(metric))
     if records == 0:
@@ -67,19 +79,25 @@ def read_metrics(path: str, label: str) -> Series:
 
 
 def plot(series: list[Series], output: str) -> None:
-    fig = Figure(figsize=(6 * len(PANELS), 4.5))
-    axes = fig.subplots(1, len(PANELS))
-    for ax, (title, ylabel, lines, markers) in zip(axes, PANELS):
+    panels = PANELS + tuple(p for p in PPO_PANELS if any(m in s.steps for s in series for m in p[2]))
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(6 * columns, 4.5 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, ylabel, lines, markers) in zip(axes, panels):
         for i, s in enumerate(series):
-            color = f"C{i}"
-            for metric in lines:
+            for j, metric in enumerate(lines):
                 if metric in s.steps:
                     x, y = zip(*s.steps[metric])
-                    ax.plot(x, y, color=color, label=f"{s.label} {SERIES_SUFFIX[metric]}" if markers else s.label)
+                    several = markers or len(lines) > 1
+                    ax.plot(x, y, color=f"C{i}", linestyle="-" if j == 0 else ":",
+                            label=f"{s.label} {SERIES_SUFFIX.get(metric, metric)}" if several else s.label)
             for metric in markers:
                 if metric in s.steps:
                     x, y = zip(*s.steps[metric])
-                    ax.plot(x, y, "o--", color=color, markersize=4, label=f"{s.label} {SERIES_SUFFIX[metric]}")
+                    ax.plot(x, y, "o--", color=f"C{i}", markersize=4, label=f"{s.label} {SERIES_SUFFIX[metric]}")
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)

@@ -1,5 +1,5 @@
 """The data settings a checkpoint of either engine records, which a resume must not change silently (where the
-run stands, its iteration and samples consumed, is training/train_state.py's TrainState)."""
+run stands, its iteration and samples consumed, is checkpointing/train_state.py's TrainState)."""
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig

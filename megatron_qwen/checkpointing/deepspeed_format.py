@@ -1,4 +1,4 @@
-"""DeepSpeed-engine checkpoints (recognised by directory.written_by_deepspeed): their weights, and conversions.
+"""DeepSpeed-engine checkpoints (recognised by resolver.py): their weights, and conversions.
 
 A deepspeed-engine checkpoint is DeepSpeed's own files (``mp_rank_XX_model_states.pt``,
 ``*zero_pp_rank_D_mp_rank_XX_*_states.pt``) in our directory layout (``ROOT/iter_NNNNNNN/``, the
@@ -19,8 +19,10 @@ import tempfile
 
 import torch
 
-from megatron_qwen.checkpointing.directory import deepspeed_record, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.parallel_layout import same_layout
+from megatron_qwen.checkpointing.resolver import Resolved
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling, torch_load
+from megatron_qwen.checkpointing.writer_lock import waiting_for
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
@@ -45,15 +47,17 @@ def _tp_rank_fp32_weights(ckpt_dir: str, tp_rank: int) -> dict:
         return get_fp32_state_dict_from_zero_checkpoint(tmp, tag="tag")
 
 
-def load_deepspeed_weights(ckpt_dir: str, module) -> None:
-    """Fill this rank's bare model (any TP) with the fp32 master weights of a deepspeed-engine checkpoint
-    (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a ZeRO-3
-    checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
+def load_deepspeed_weights(source: Resolved, module) -> None:
+    """Fill this rank's bare model (any TP) with the fp32 master weights of the deepspeed-engine checkpoint
+    ``source`` (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a
+    ZeRO-3 checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
     # deferred: megatron-core takes seconds to import; preflight imports this module
     from megatron.core import parallel_state
 
-    saved_tp = deepspeed_record(ckpt_dir)["layout"]["tp"]
-    per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
+    ckpt_dir, saved_tp = source.ckpt_dir, source.marker["layout"]["tp"]
+    check_pickles(ckpt_dir, deepspeed=True)
+    with restricted_unpickling(deepspeed=True):
+        per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved_tp)]
     tp_rank, tp = (parallel_state.get_tensor_model_parallel_rank(),
                    parallel_state.get_tensor_model_parallel_world_size())
     for name, p in module.named_parameters():
@@ -64,7 +68,7 @@ def load_deepspeed_weights(ckpt_dir: str, module) -> None:
             p.copy_(shard(unshard([w[name] for w in per_rank], name, dim), name, p, tp_rank, tp))
 
 
-def convert_to_megatron(source: str, destination: str) -> str:
+def convert_to_megatron(source: Resolved, destination: str) -> str:
     """Write the latest deepspeed-engine checkpoint under ``source`` as a checkpoint of ours at
     ``destination``: full (TP1) fp32 master weights, loadable as weights only at any layout
     (``--finetune`` semantics: fresh optimizer and iteration). Returns the iteration directory."""
@@ -73,12 +77,10 @@ def convert_to_megatron(source: str, destination: str) -> str:
     from megatron_qwen.model.builder import build_on_meta
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
-    iteration = latest_iteration(source)
-    ckpt_dir = iteration_dir(source, iteration)
-    saved = deepspeed_record(ckpt_dir)
-    run = RunConfig.from_dict(saved["run_config"])
-    tp = saved["layout"]["tp"]
-    per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(tp)]
+    ckpt_dir, saved = source.checked(), source.marker
+    run = RunConfig.from_dict(source.stored_config[0])
+    with restricted_unpickling(deepspeed=True):
+        per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved["layout"]["tp"])]
     # The run as one process with the reference back end: the model whose full tensors we fill.
     cfg = dataclasses.replace(run, parallel=ParallelSettings(), zero=ZeroSettings(),
                               build=dataclasses.replace(run.build, transformer_impl="local", precision="fp32"))
@@ -93,17 +95,18 @@ def convert_to_megatron(source: str, destination: str) -> str:
             dim = split[0] if split else None
             with torch.no_grad():
                 p.copy_(unshard([w[name] for w in per_rank], name, dim))
-        return save_weights_only(destination, iteration, chunk, cfg, source, f"deepspeed-zero{saved['zero_stage']}")
+        return save_weights_only(destination, source.iteration, chunk, cfg, source.path,
+                                 f"deepspeed-zero{saved['zero_stage']}")
     finally:
         destroy_distributed()
 
 
-def check_resumable(ckpt_dir: str, stage: int, layout: dict) -> None:
-    """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``ckpt_dir`` at ZeRO
+def check_resumable(source: Resolved, stage: int, layout: dict) -> None:
+    """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``source`` at ZeRO
     ``stage`` and ``layout`` (parallel_layout.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
     0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
     TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
-    saved = deepspeed_record(ckpt_dir)
+    ckpt_dir, saved = source.ckpt_dir, source.marker
     was = saved["zero_stage"]
     if (was == 3) != (stage == 3):
         raise ConfigError(f"--load {ckpt_dir} was saved at ZeRO-{was}; DeepSpeed's universal checkpoint does not "
@@ -154,13 +157,17 @@ def to_universal(ckpt_dir: str) -> None:
     ds_to_universal into ``ckpt_dir/universal`` (the tag to load) on the first call (written under a staging
     name, renamed when whole) and reused after. Call on one rank."""
     out = os.path.join(ckpt_dir, UNIVERSAL)
-    if os.path.isdir(out):
-        return
+    with waiting_for(ckpt_dir):  # another job resuming the same checkpoint may be converting it: one at a time
+        if not os.path.isdir(out):
+            _convert_to_universal(ckpt_dir, out)
+
+
+def _convert_to_universal(ckpt_dir: str, out: str) -> None:
     # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     staging, source = out + ".partial", out + ".input"
-    for leftover in (staging, source):
+    for leftover in (staging, source):  # a dead converter's (a live one holds the lock)
         shutil.rmtree(leftover, ignore_errors=True)
     _without_extra_state(ckpt_dir, source)
     ds_to_universal(argparse.Namespace(input_folder=source, output_folder=staging, num_extract_workers=1,
@@ -183,7 +190,7 @@ def _without_extra_state(ckpt_dir: str, source: str) -> None:
             if os.path.isfile(path):
                 os.symlink(os.path.abspath(path), os.path.join(source, f))
             continue
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch_load(path, path, deepspeed=True)
         module = state.get("module") or {}
         if all(torch.is_tensor(v) for v in module.values()):
             os.symlink(os.path.abspath(path), os.path.join(source, f))

@@ -36,8 +36,9 @@ TRAINING = "training"
 LR = "learning rate"
 CHECKPOINTING = "checkpointing"
 LOGGING = "logging"
+PPO = "PPO (docs/ppo.md)"
 GROUPS = (SHAPE, INIT, PRECISION, REGULARIZATION, PARALLEL, ZERO, RECOMPUTE, FUSIONS, DATA, TRAINING, LR,
-          CHECKPOINTING, LOGGING)
+          CHECKPOINTING, LOGGING, PPO)
 
 
 @dataclass(frozen=True)

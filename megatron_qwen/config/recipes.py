@@ -23,7 +23,8 @@ class Recipe:
     micro_batch_size: int = 1
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    # "pretrain" (GPT shards), "chatml" (SFT shards with loss masks) or "pairs" (comparison pairs, data/pairs.py)
+    # "pretrain" (GPT shards), "chatml" (SFT shards with loss masks), "pairs" (comparison pairs, data/pairs.py) or
+    # "prompts" (PPO's ChatML prompts, data/prompts.py; --data-path then holds the pretraining-gradient shards)
     data_format: str = "pretrain"
     head: str = "lm"  # the model's head: "lm" (the output layer) or "reward" (model/reward.py)
     # Continued pretraining / SFT start from a checkpoint's weights with a fresh optimizer.
@@ -115,4 +116,22 @@ REWARD = Recipe(
     finetune=True,
 )
 
-RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH, SFT_CODE, REWARD)}
+# PPO (report section 3.2.2, docs/qwen.md section 12): the policy from an SFT checkpoint (--load), its LR constant
+# 1e-6; the value model's LR, KL coefficient, value clipping, top-p, two responses per prompt and the 50 value-only
+# steps are PPOSettings' defaults (config/ppo.py). Batch sizes count responses; the report gives no batch size nor
+# length, so these are ours (docs/ppo.md).
+PPO = Recipe(
+    name="ppo",
+    description="PPO from an SFT policy and a reward model (report section 3.2.2, docs/qwen.md section 12)",
+    seq_length=2048,
+    lr=1e-6,
+    min_lr_ratio=1.0,
+    lr_decay_style="constant",
+    train_iters=1000,
+    global_batch_size=64,  # 32 prompts, two responses each
+    micro_batch_size=2,
+    data_format="prompts",
+    finetune=True,
+)
+
+RECIPES = {r.name: r for r in (PRETRAIN, PRETRAIN_CODE, SFT, SFT_MATH, SFT_CODE, REWARD, PPO)}

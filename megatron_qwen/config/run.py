@@ -8,6 +8,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import SHAPE, flag
 from megatron_qwen.config.model import MODEL_PRESETS, BuildSettings, QwenModelConfig
 from megatron_qwen.config.parallel import ParallelSettings
+from megatron_qwen.config.ppo import PPOSettings
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroSettings, deepspeed_config
 
@@ -27,6 +28,7 @@ class RunConfig:
     log: LogSettings = field(default_factory=LogSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     zero: ZeroSettings = field(default_factory=ZeroSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)  # the PPO job's (config/ppo.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +101,8 @@ class RunConfig:
                               "pairs render their turns with Qwen's tokenizer: drop the flag")
         if self.data.data_format == "pairs":
             self._validate_pairs()
+        if self.data.data_format == "prompts":
+            self._validate_ppo(dp)
         if self.checkpoint.finetune and not self.checkpoint.load:
             raise ConfigError(f"{self.recipe} starts from a trained model: pass --load CHECKPOINT_DIR "
                               "(or --no-finetune to train from scratch)")
@@ -114,6 +118,30 @@ class RunConfig:
         if self.parallel.context_parallel_size > 1:
             raise ConfigError("--context-parallel-size > 1 is not supported for the reward model (the end token's "
                               "value would sit on one context-parallel rank); drop it")
+
+    def _validate_ppo(self, dp: int) -> None:
+        """What PPO's rollouts and updates run on (docs/ppo.md): the megatron engine, no virtual pipeline, no
+        sequence or context parallelism, and each rank's responses whole groups of one prompt's samples."""
+        o, p = self.ppo, self.parallel
+        for given, what in ((not o.prompt_data_path, "--prompt-data-path: the prompts to sample responses for"),
+                            (not o.reward_model, "--reward-model: the reward model's --save directory")):
+            if given:
+                raise ConfigError(f"PPO needs {what}")
+        unsupported = {"--zero-engine deepspeed": self.zero.deepspeed, "--sequence-parallel": p.sequence_parallel,
+                       "--context-parallel-size > 1": p.context_parallel_size > 1,
+                       "--num-layers-per-virtual-pipeline-stage": p.num_layers_per_virtual_pipeline_stage}
+        for name, on in unsupported.items():
+            if on:
+                raise ConfigError(f"{name} is not supported by PPO (its rollouts decode with a KV cache on the "
+                                  "trained layout: docs/ppo.md); drop it")
+        per_rank = self.train.global_batch_size // dp
+        if per_rank % o.samples_per_prompt:
+            raise ConfigError(f"--global-batch-size {self.train.global_batch_size} gives each of the {dp} "
+                              f"data-parallel ranks {per_rank} responses, not a multiple of --samples-per-prompt "
+                              f"{o.samples_per_prompt}; make it a multiple of {o.samples_per_prompt * dp}")
+        if self.ppo.max_new_tokens >= self.train.seq_length:
+            raise ConfigError(f"--max-new-tokens {o.max_new_tokens} leaves no room for a prompt in --seq-length "
+                              f"{self.train.seq_length}; lower it or raise --seq-length")
 
     def effective_deepspeed_config(self, world_size: int) -> dict:
         """The DeepSpeed config this run gives DeepSpeed (--zero-engine deepspeed): config/zero.py."""

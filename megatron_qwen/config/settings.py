@@ -62,7 +62,7 @@ def _ranks(values) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class DataSettings:
-    data_format: str = "pretrain"  # the recipe's: "pretrain", "chatml" or "pairs"
+    data_format: str = "pretrain"  # the recipe's: "pretrain", "chatml", "pairs" or "prompts" (PPO; no data needed)
     mock_data: bool = flag("--mock-data", group=DATA, default=False, excludes=("--data-path", "--train-data-path"),
                            help="megatron-core's synthetic GPT data, no files needed")
     data_path: tuple[str, ...] = flag("--data-path", group=DATA, default=(), to_field=tuple,
@@ -121,7 +121,7 @@ class DataSettings:
     def check(self) -> None:
         """Refuse data flags that cannot go together (RunConfig.validate); the pairs that contradict or need
         each other are declared on the fields (check_flag_pairs)."""
-        if not self.mock_data and not self.data_path and not self.train_data_path:
+        if self.data_format != "prompts" and not self.mock_data and not self.data_path and not self.train_data_path:
             raise ConfigError("no training data: pass --data-path PREFIX [PREFIX ...] (or --train-data-path) "
                               "or --mock-data")
         if self.multiple_validation_sets:
@@ -212,3 +212,7 @@ class CheckpointSettings:
         help="delete older checkpoints once a new one is complete, keeping this many (default: all)")
     load_fallback: bool = flag("--load-fallback", group=CHECKPOINTING, default=False, needs=("--load",),
                                help="if the latest checkpoint under --load is damaged, load the newest whole older one")
+    no_verify_checksums: bool = flag(
+        "--no-verify-checksums", group=CHECKPOINTING, default=False, needs=("--load",),
+        help="--load: skip verifying the checksums of the checkpoint's tensor files (the job reads them once "
+             "more, shared among its ranks; docs/reliability.md gives the cost)")

@@ -63,6 +63,6 @@ def published_for(family: str, chat: bool) -> dict:
     return PUBLISHED[(family, chat)]
 
 
-def size_of(hf_config: dict) -> str | None:
-    """The published model size with this config.json's shape, if any."""
-    return SHAPES.get((hf_config.get("hidden_size"), hf_config.get("num_hidden_layers")))
+def size_of(model) -> str | None:
+    """The published model size with this model's shape (a config.model.QwenModelConfig), if any."""
+    return SHAPES.get((model.hidden_size, model.num_layers))

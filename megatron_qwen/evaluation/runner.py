@@ -8,7 +8,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 
-from megatron_qwen.checkpointing.directory import TRACKER
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Kind, Use, resolve
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.evaluation.benchmarks import Benchmark, select
 from megatron_qwen.evaluation.fewshot_rows import check_fewshot_rows
@@ -17,9 +17,7 @@ from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
 from megatron_qwen.evaluation.published import MODEL_NAMES, SIZES, published_for, size_of
 from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, SandboxLimits, check_sandbox_available
 from megatron_qwen.evaluation.task_configs import Protocol, protocol, write_task_configs
-from megatron_qwen.hf.layouts import read_hf_config
 from megatron_qwen.hf.relayout import relayout_hf
-from megatron_qwen.hf.source import is_hf_dir
 
 
 @dataclass
@@ -53,13 +51,9 @@ def check_inputs(cfg: EvalConfig) -> tuple[list[Benchmark], Protocol]:
                           "runs in a sandbox: docs/evaluation.md), or leave them out of --tasks")
     if code:
         check_sandbox_available()
-
-    if not (is_hf_dir(cfg.load) or os.path.isfile(os.path.join(cfg.load, TRACKER))):
-        what = "does not exist" if not os.path.exists(cfg.load) else f"has neither config.json nor {TRACKER}"
-        raise ConfigError(f"--load {cfg.load} {what}; give a Hugging Face model directory or a --save directory "
-                          "of ours")
     check_data(benchmarks, cfg.data_dir, proto.gsm8k_exemplar_file)
     check_fewshot_rows(benchmarks, cfg.data_dir, cfg.chat)
+    resolve(cfg.load).check_for(Use.EVALUATE)  # reads config.json's fields: after the cheaper checks above
     return benchmarks, proto
 
 
@@ -69,12 +63,13 @@ def hf_model_dir(load: str, scratch: str) -> str:
     tensor, a checkpoint of ours exported), without an export's decoding settings: lm-eval sets its own (a
     max_new_tokens in generation_config.json would override its max_gen_toks), and Qwen's evaluation
     turns the chat models' repetition penalty off."""
-    if is_hf_dir(load):
-        _, layout = read_hf_config(load)
-        if layout == "qwen2" and os.path.isfile(os.path.join(load, "tokenizer.json")):
+    source = resolve(load).check_for(Use.EVALUATE)
+    if source.kind in HF_KINDS:
+        if source.kind is Kind.HF_QWEN2 and os.path.isfile(os.path.join(load, "tokenizer.json")):
             return load
 
-        print(f"[evaluate] {load}: {layout} layout, converting to a self-contained qwen2 export", flush=True)
+        print(f"[evaluate] {load}: {source.hf_layout} layout, converting to a self-contained qwen2 export",
+              flush=True)
         relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
         return os.path.join(scratch, "hf")
     # deferred: the export builds the model: megatron-core takes seconds to import
@@ -137,8 +132,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     benchmarks, proto = check_inputs(cfg)
     with tempfile.TemporaryDirectory(prefix="megatron_qwen_eval_") as scratch:
         model_dir = hf_model_dir(cfg.load, scratch)
-        with open(os.path.join(model_dir, "config.json")) as f:
-            size = size_of(json.load(f))
+        size = size_of(resolve(model_dir).hf_model)
         include = write_task_configs(benchmarks, cfg.data_dir, os.path.join(scratch, "tasks"), proto)
         out = _lm_eval(cfg, benchmarks, model_dir, include)
     report = {"settings": asdict(cfg), "published_size": size,

@@ -12,7 +12,9 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from tqdm import tqdm
 
-from megatron_qwen.checkpointing.directory import iteration_dir, latest_iteration, staged_directory
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Resolved, Use, resolve
+from megatron_qwen.checkpointing.saving import staged_directory
+from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
@@ -91,35 +93,43 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
     its --seq-length. A reward model's checkpoint goes out as Qwen2ForSequenceClassification (qwen2 only),
     without generation settings."""
     check_layout(layout)
-    iteration = latest_iteration(source)
-    if iteration is None:
-        raise ConfigError(f"--load-dir {source} holds no checkpoint of ours (no latest_checkpointed_iteration.txt)")
-    ckpt_dir = iteration_dir(source, iteration)
+    resolved = resolve(source).check_for(Use.EXPORT, flag="--load-dir")
+    if resolved.kind in HF_KINDS:  # tools/convert_checkpoint.py and evaluation rename those (hf/relayout.py)
+        raise ConfigError(f"{resolved.described('--load-dir')}: rename it with hf/relayout.py's relayout_hf")
+    resolved.checked()  # whole, and its pickles data only
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
     init_distributed(ParallelSettings(), 1, 0)  # dist_checkpointing reads through a process group
     try:
-        run = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
-        cfg, head = run.model, run.build.head
-        if head == "reward" and layout != "qwen2":
-            raise ConfigError(f"--load-dir {source} holds a reward model, which goes out as transformers' "
-                              "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
-        stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
-        _check_stored(ckpt_dir, cfg, stored, head)
-        out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
-        plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
-        names = list(global_weight_shapes(cfg, head))
-        with staged_directory(destination) as staging:
-            writer = SafetensorsWriter(staging, plan, max_shard_size)
-            with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
-                for group in _groups(names):
-                    full = _load(ckpt_dir, group, stored, cfg.num_layers)
-                    for hf_name, tensor in to_hf_state_dict(full, cfg, layout).items():
-                        writer.write(hf_name, tensor.to(out_dtype))
-                    bar.update(len(group))
-            files = writer.close()
-            chat = run.data.data_format == "chatml" if chat is None else chat
-            files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
-                                      decoding, head)
-        return sorted(files)
+        with restricted_unpickling():
+            return _export(resolved, destination, layout, dtype, max_shard_size, tokenizer_model, chat,
+                           decoding)
     finally:
         destroy_distributed()
+
+
+def _export(source: Resolved, destination: str, layout: str, dtype: str | None, max_shard_size: int,
+            tokenizer_model: str | None, chat: bool | None, decoding: bool) -> list[str]:
+    """export_hf's work, on the checkpoint ``source`` already checked, inside the restricted unpickling."""
+    ckpt_dir, run = source.ckpt_dir, RunConfig.from_dict(source.stored_config[0])
+    cfg, head = run.model, run.build.head
+    if head == "reward" and layout != "qwen2":
+        raise ConfigError(f"--load-dir {source.path} holds a reward model, which goes out as transformers' "
+                          "Qwen2ForSequenceClassification: pass --hf-layout qwen2")
+    stored = dist_checkpointing.load_tensors_metadata(ckpt_dir)
+    _check_stored(ckpt_dir, cfg, stored, head)
+    out_dtype = DTYPES[dtype] if dtype else stored["embedding.word_embeddings.weight"].dtype
+    plan = [(name, shape, out_dtype) for name, shape in hf_shapes(cfg, layout, head).items()]  # in write order
+    names = list(global_weight_shapes(cfg, head))
+    with staged_directory(destination) as staging:
+        writer = SafetensorsWriter(staging, plan, max_shard_size)
+        with tqdm(total=len(names), desc="exporting to Hugging Face", unit="tensor") as bar:
+            for group in _groups(names):
+                full = _load(ckpt_dir, group, stored, cfg.num_layers)
+                for hf_name, tensor in to_hf_state_dict(full, cfg, layout).items():
+                    writer.write(hf_name, tensor.to(out_dtype))
+                bar.update(len(group))
+        files = writer.close()
+        chat = run.data.data_format == "chatml" if chat is None else chat
+        files += write_side_files(staging, cfg, layout, out_dtype, run.train.seq_length, chat, tokenizer_model,
+                                  decoding, head)
+    return sorted(files)

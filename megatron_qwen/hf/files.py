@@ -18,6 +18,8 @@ import struct
 
 import torch
 
+from megatron_qwen.checkpointing.paths import contained
+from megatron_qwen.checkpointing.unpickling import torch_load
 from megatron_qwen.config.errors import ConfigError
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -91,7 +93,9 @@ class HFWeights:
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     raise ConfigError(f"{index_path}: not a weight index json with a weight_map ({e}); "
                                       "restore the file from the original model") from None
-                for file in set(weight_map.values()):
+                for file in weight_map.values():
+                    contained(self.directory, file, index_path)  # a name inside: no "..", no absolute path
+                for file in sorted(set(weight_map.values())):
                     if not os.path.isfile(os.path.join(self.directory, file)):
                         raise ConfigError(f"{index_path} names {file}, which is missing from {self.directory}; "
                                           "download every shard of the model")
@@ -108,12 +112,12 @@ class HFWeights:
             for name, (dtype, shape, _) in handle.entries.items():
                 self._add(name, file, shape, _ST_DTYPES.get(dtype))
         else:
-            try:
-                handle = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as e:  # pickle, zip and mmap errors alike: the file cannot be used as is
-                raise ConfigError(f"{path}: cannot be memory-mapped by torch.load ({e}); re-save it with "
-                                  "torch.save or convert it to safetensors") from None
+            handle = torch_load(path, path, mmap=True)  # weights only: a class outside the list is refused
+            if not isinstance(handle, dict):
+                raise ConfigError(f"{path}: holds a {type(handle).__name__}, not a state dict of tensors")
             for name, tensor in handle.items():
+                if not torch.is_tensor(tensor):
+                    raise ConfigError(f"{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
                 self._add(name, file, tuple(tensor.shape), tensor.dtype)
         self._handles[file] = handle
 

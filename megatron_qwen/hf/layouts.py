@@ -1,4 +1,4 @@
-"""Hugging Face's two layouts of the Qwen-1 network: tensor names, config.json keys, conversions.
+"""Hugging Face's two layouts of the Qwen-1 network: tensor names, config.json as written, conversions.
 
 ``qwen``: the remote-code ``QWenLMHeadModel`` of Qwen's published checkpoints (docs/qwen.md
 section 1): fused ``attn.c_attn`` (q|k|v row blocks, with bias), ``mlp.w2`` the gate and
@@ -13,18 +13,16 @@ Our side is the full (TP=1) megatron-core tensor of each layout-independent glob
 heads ([q_h; k_h; v_h] per head) and fc1 stacks [gate; up].
 """
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
 
+from megatron_qwen.checkpointing.resolver import LAYOUTS
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.model import QWEN_VOCAB_SIZE, QwenModelConfig
+from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
 from megatron_qwen.tokenizer.qwen import ENDOFTEXT, SPECIAL_TOKENS
 
-LAYOUTS = {"qwen": "QWenLMHeadModel", "qwen2": "Qwen2ForCausalLM"}
 REWARD_ARCHITECTURE = "Qwen2ForSequenceClassification"
 
 
@@ -165,101 +163,6 @@ def to_hf_state_dict(full: dict[str, torch.Tensor], cfg: QwenModelConfig, layout
         for piece, part in zip(pieces(gname, layout), to_hf(gname, tensor, cfg.head_dim)):
             blocks.setdefault(piece.name, []).append(part)
     return {name: parts[0] if len(parts) == 1 else torch.cat(parts, dim=0) for name, parts in blocks.items()}
-
-
-# ---------------------------------------------------------------- config.json
-
-
-def _number(value) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
-
-
-class _Keys:
-    """config.json read with one-line errors naming the file and the key."""
-
-    def __init__(self, config: dict, path: str):
-        self.config, self.path = config, path
-
-    def need(self, key: str):
-        if key not in self.config:
-            raise ConfigError(f"{self.path}: key {key!r} is missing; it is needed to know the model's shape")
-        return self.config[key]
-
-    def expect(self, key: str, allowed: tuple, what: str) -> None:
-        if key in self.config and self.config[key] not in allowed:
-            raise ConfigError(f"{self.path}: {key} = {self.config[key]!r} is not Qwen-1's architecture ({what}); "
-                              "this model cannot be converted")
-
-
-def hf_layout_of(config: dict, path: str) -> str:
-    """The layout a config.json describes, from its architectures (else its model_type)."""
-    archs = config.get("architectures") or []
-    by_arch = {arch: layout for layout, arch in LAYOUTS.items()}
-    known = [by_arch[a] for a in archs if a in by_arch]
-    if known:
-        return known[0]
-    if not archs and config.get("model_type") in LAYOUTS:
-        return config["model_type"]
-    found = archs or config.get("model_type")
-    raise ConfigError(f"{path}: architecture {found!r} is unknown; expected QWenLMHeadModel (Qwen-1, model_type "
-                      "qwen) or Qwen2ForCausalLM (model_type qwen2) with Qwen-1's shape")
-
-
-def qwen1_lengths(config: dict) -> tuple[int, int]:
-    """(seq_length, max_position_embeddings) of a Qwen-1 config.json, absent keys as QWenConfig's defaults
-    (8192 both; the first releases spelled the limit n_positions). The limit is never below the training
-    length: the model has been run at that many positions."""
-    seq_length = config.get("seq_length", 8192)
-    positions = config.get("max_position_embeddings") or config.get("n_positions") or 8192
-    return seq_length, max(positions, seq_length)
-
-
-def read_hf_config(directory: str) -> tuple[QwenModelConfig, str]:
-    """(our model config, layout) of the Hugging Face model in ``directory``. Missing optional
-    keys take the defaults of the layout's own config class."""
-    path = os.path.join(directory, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read it as JSON ({e}); pass a Hugging Face model directory") from None
-    layout = hf_layout_of(config, path)
-    k = _Keys(config, path)
-    hidden, heads = k.need("hidden_size"), k.need("num_attention_heads")
-    k.expect("tie_word_embeddings", (False,), "untied embedding and output layer")
-    if layout == "qwen":
-        intermediate = k.need("intermediate_size")
-        if intermediate % 2:
-            raise ConfigError(f"{path}: intermediate_size {intermediate} is odd; Qwen-1's is twice the FFN width")
-        k.expect("rotary_pct", (1.0, 1), "RoPE over the whole head")
-        k.expect("no_bias", (True,), "no bias except on QKV")
-        ffn, head_dim = intermediate // 2, config.get("kv_channels", 128)
-        eps, base = config.get("layer_norm_epsilon", 1e-6), config.get("rotary_emb_base", 10000)
-        seq_length, positions = qwen1_lengths(config)
-    else:
-        kv_heads = config.get("num_key_value_heads") or heads
-        if kv_heads != heads:
-            raise ConfigError(f"{path}: num_key_value_heads {kv_heads} differs from num_attention_heads {heads}; "
-                              "grouped-query attention is not Qwen-1's architecture and cannot be converted")
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise ConfigError(f"{path}: RoPE scaling {rope!r} cannot be converted; Qwen-1 uses plain RoPE")
-        k.expect("use_sliding_window", (False,), "full attention in every layer")
-        k.expect("hidden_act", ("silu",), "SwiGLU")
-        ffn = k.need("intermediate_size")
-        head_dim = config.get("head_dim") or hidden // heads
-        eps = config.get("rms_norm_eps", 1e-6)
-        base = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-        positions = config.get("max_position_embeddings", 32768)
-        seq_length = positions  # Qwen2Config has no training length of its own
-    rows = k.need("vocab_size")
-    cfg = QwenModelConfig(
-        hidden_size=hidden, num_layers=k.need("num_hidden_layers"), num_attention_heads=heads,
-        ffn_hidden_size=ffn, vocab_size=min(QWEN_VOCAB_SIZE, rows), padded_vocab_size=rows,
-        kv_channels=None if head_dim * heads == hidden else head_dim, max_position_embeddings=positions,
-        seq_length=seq_length, rotary_base=_number(base), norm_epsilon=float(eps),
-    )
-    return cfg, layout
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # --dtype's names

@@ -14,7 +14,7 @@ import os
 import torch
 from tqdm import tqdm
 
-from megatron_qwen.checkpointing.directory import staged_directory
+from megatron_qwen.checkpointing.saving import staged_directory
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import HFWeights, SafetensorsWriter
 from megatron_qwen.hf.layouts import DTYPES, Piece, check_layout, global_weight_shapes, hf_shapes, pieces

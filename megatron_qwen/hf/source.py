@@ -1,41 +1,25 @@
-"""What a --load directory holds when it is not a checkpoint a run of ours saved: a Hugging Face
-model, or a checkpoint converted from one (tools/convert_checkpoint.py). Both hold weights only
-and fix the model's shape; neither needs megatron-core to be recognized.
+"""A Hugging Face model directory opened for reading (its kind and config.json come from
+checkpointing/resolver.py), and the model of a run whose --load fixes the shape (a Hugging Face model, or a
+checkpoint converted from one: tools/convert_checkpoint.py).
 """
 
-import os
 import sys
 
-from megatron_qwen.checkpointing.directory import import_marker
+from megatron_qwen.checkpointing.resolver import HF_KINDS, LAYOUTS, resolve
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QwenModelConfig, model_preset
 from megatron_qwen.hf.files import HFWeights
-from megatron_qwen.hf.layouts import IGNORED_SUFFIXES, LAYOUTS, hf_shapes, read_hf_config
+from megatron_qwen.hf.layouts import IGNORED_SUFFIXES, hf_shapes
 
 
-def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def imported_model(load: str) -> QwenModelConfig | None:
-    """The model shape a Hugging Face --load (or a checkpoint converted from one) fixes; None for
-    any other directory."""
-    if is_hf_dir(load):
-        return read_hf_config(load)[0]
-    marker = import_marker(load)
-    return QwenModelConfig(**marker["model"]) if marker else None
-
-
-def holds_weights_only(load: str) -> bool:
-    """True for a Hugging Face directory or a checkpoint converted from one: a run starts from
-    their weights with a fresh optimizer and iteration, as with --finetune."""
-    return is_hf_dir(load) or import_marker(load) is not None
-
-
-def open_hf(directory: str) -> tuple[QwenModelConfig, str, HFWeights]:
-    """(model config, layout, weights) of a Hugging Face model directory, every tensor's name
-    and shape checked against config.json before anything is read."""
-    cfg, layout = read_hf_config(directory)
+def open_hf(directory: str, flag: str = "--load") -> tuple[QwenModelConfig, str, HFWeights]:
+    """(model config, layout, weights) of a Hugging Face model directory (its config.json read once, by
+    checkpointing/resolver.py), every tensor's name and shape checked against config.json before anything
+    is read. ConfigError naming ``flag`` for a directory of another kind."""
+    source = resolve(directory)
+    if source.kind not in HF_KINDS:
+        raise ConfigError(f"{source.described(flag)}, not a Hugging Face model directory (config.json and weights)")
+    cfg, layout = source.hf_model, source.hf_layout
     weights = HFWeights(directory)
     expected = hf_shapes(cfg, layout)
     for name in weights.shapes:

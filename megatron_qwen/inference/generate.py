@@ -26,17 +26,19 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from megatron.core import dist_checkpointing
+import torch.distributed as dist
+from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest_iteration
+from megatron_qwen.checkpointing.resolver import HF_KINDS, Use, resolve
+from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import BuildSettings
 from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.load import load_hf_weights
-from megatron_qwen.hf.source import imported_model, is_hf_dir, lift_position_limit
+from megatron_qwen.hf.source import lift_position_limit
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import init_distributed, on_gpu
 
@@ -51,19 +53,15 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
     --seq-length; Hugging Face: Qwen-1's ``seq_length``, Qwen2's ``max_position_embeddings``), the
     length long-context inference extends; ``model.max_sequence_length`` the position limit (the
     checkpoint's max_position_embeddings, or ``max_positions``, with a warning when that lifts it)."""
-    if not os.path.isdir(checkpoint_root):
-        raise ConfigError(f"{checkpoint_root} does not exist; pass the --save directory of a training run "
-                          "or a Hugging Face model directory")
-    if is_hf_dir(checkpoint_root):  # the shape comes from its config.json (megatron_qwen/hf)
-        model_cfg, build = imported_model(checkpoint_root), BuildSettings()
+    source = resolve(checkpoint_root).check_for(Use.GENERATE)
+    if source.kind in HF_KINDS:  # the shape comes from its config.json
+        model_cfg, build = source.hf_model, BuildSettings()
         load = partial(load_hf_weights, checkpoint_root)
         train_length = model_cfg.seq_length or model_cfg.max_position_embeddings
     else:
-        iteration = latest_iteration(checkpoint_root)
-        if iteration is None:
-            raise ConfigError(f"{checkpoint_root}: no {TRACKER}; pass a --save directory or a Hugging Face model")
-        ckpt_dir = iteration_dir(checkpoint_root, iteration)
-        trained = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt_dir)["run_config"])
+        ckpt_dir = source.checked()  # whole; its pickles data only
+        with restricted_unpickling():
+            trained = RunConfig.from_dict(source.stored_config[0])
         model_cfg, build = trained.model, trained.build
         load = partial(load_weights, ckpt_dir)
         train_length = trained.train.seq_length
@@ -172,13 +170,39 @@ class KVCacheDecoder:
         self.context.enable_decode_mode()
         return self._forward(ids.unsqueeze(1), self.masked_keys[:, None, None, :self.filled + 1])
 
-    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``mask``: [batch, 1, queries, keys], True = not attended (megatron-core's convention)."""
+    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """``mask``: [batch, 1, queries, keys], True = not attended (megatron-core's convention). A pipeline stage
+        after the first takes the previous stage's hidden states; one before the last sends its own on and
+        returns None (the last stage returns the logits)."""
+        model = self.model
         positions = self.positions[:, self.filled:self.filled + tokens.shape[1]]
-        logits = self.model(tokens, positions, mask, inference_context=self.context, runtime_gather_output=True)
+        if not model.pre_process:
+            hidden = torch.empty(tokens.shape[1], tokens.shape[0], model.config.hidden_size,
+                                 dtype=model.config.pipeline_dtype, device=tokens.device)
+            dist.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+            model.set_input_tensor(hidden)
+        output = model(tokens, positions, mask, inference_context=self.context, runtime_gather_output=True)
         self.context.increment_sequence_len_offset(tokens.shape[1])
         self.filled += tokens.shape[1]
-        return logits[:, -1].float()
+        if not model.post_process:
+            dist.send(output.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+            return None
+        return output[:, -1].float()
+
+
+def _same_ids_everywhere(ids: torch.Tensor | None, rows: int, device) -> torch.Tensor:
+    """The ids the last pipeline stage chose, on every stage and every tensor-parallel rank (from its first):
+    every rank of the model feeds the same tokens. Alone in its model-parallel group, ``ids`` as they are."""
+    if not parallel_state.model_parallel_is_initialized():
+        return ids
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        ids = ids if ids is not None else torch.empty(rows, dtype=torch.long, device=device)
+        dist.broadcast(ids, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                       group=parallel_state.get_pipeline_model_parallel_group())
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        dist.broadcast(ids, src=parallel_state.get_tensor_model_parallel_src_rank(),
+                       group=parallel_state.get_tensor_model_parallel_group())
+    return ids
 
 
 def _check(prompts: list[list[int]], max_new_tokens: int, vocab: int, max_positions: int) -> None:
@@ -217,13 +241,15 @@ def sample_next(logits: torch.Tensor, sampling: Sampling | None, generator: torc
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: Iterable[int],
              sampling: Sampling | None = None, vocab_size: int | None = None,
-             repetition_penalty: float = 1.0) -> list[list[int]]:
+             repetition_penalty: float = 1.0, keep_stop: bool = False) -> list[list[int]]:
     """Continue each prompt (token ids) until one of ``stop_ids`` or ``max_new_tokens``; the stop id
-    itself is not returned. Greedy unless ``sampling``; ``repetition_penalty`` as transformers applies
-    it, before sampling. All prompts run as one batch; each gets the ids it would get alone (greedy;
-    sampled ids depend on the batch through the shared generator). Ids from ``vocab_size`` on (default
+    itself is not returned unless ``keep_stop``. Greedy unless ``sampling``; ``repetition_penalty`` as
+    transformers applies it, before sampling. All prompts run as one batch; each gets the ids it would get
+    alone (greedy; sampled ids depend on the batch through the shared generator). Ids from ``vocab_size`` on (default
     ``model.vocab_size_unpadded``: the embedding's padding rows) are never produced. ``model``: a
-    GPTModel in eval mode, e.g. from load_model_for_inference."""
+    GPTModel in eval mode, e.g. from load_model_for_inference, or this rank's stage of a model laid out over
+    tensor- and pipeline-parallel ranks (PPO's rollouts), which all call this with the same prompts and get the
+    same ids."""
     vocab = vocab_size if vocab_size is not None else getattr(model, "vocab_size_unpadded", None)
     if vocab is None:
         raise ConfigError("the model does not say how many ids its tokenizer has: pass vocab_size")
@@ -252,11 +278,13 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: Ite
         seen[row, prompt] = True
     logits = decoder.prefill()
     for step in range(max_new_tokens):
-        ids = sample_next(penalize_repeats(logits[:, :vocab], seen, repetition_penalty), sampling, generator)
+        ids = None if logits is None else sample_next(penalize_repeats(logits[:, :vocab], seen, repetition_penalty),
+                                                      sampling, generator)
+        ids = _same_ids_everywhere(ids, len(prompts), device)
         seen[torch.arange(len(prompts), device=device), ids] = True
         steps.append(ids)
         stopped = running & torch.isin(ids, stops)
-        kept[stopped] = step
+        kept[stopped] = step + int(keep_stop)
         running &= ~stopped
         if step + 1 == max_new_tokens or not running.any():
             break

@@ -1,4 +1,4 @@
-"""Greedy generation with vLLM's offline `LLM` (CPU build): the worker that megatron_qwen/inference/vllm.py
+"""Greedy generation with vLLM's offline `LLM` (CPU build): the worker that megatron_qwen/inference/vllm_client.py
 starts for tools/check_vllm.py and bench/bench_generate_engines.py.
 
 Runs as a script with the python of the vLLM environment (tools/vllm_env.sh), not the project's: vLLM pins

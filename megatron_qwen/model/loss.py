@@ -97,3 +97,19 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     """Per-token cross entropy (fp32, ``target``'s shape) of ``logits`` [..., V/TP], this rank's rows of
     the vocabulary in TP-rank order, against ``target`` [...]; ``compiled``: each chunk one compiled kernel (GPU)."""
     return _VocabParallelCrossEntropy.apply(logits, target, group, compiled)
+
+
+@torch.no_grad()
+def vocab_parallel_entropy(logits: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Per-token entropy (fp32) of the softmax of ``logits`` [..., V/TP] split across ``group`` like
+    vocab_parallel_cross_entropy's: H = lse - sum(p x logit), from three sums over the ranks. No gradient."""
+    logits = logits.float()
+    top = logits.amax(-1, keepdim=True)
+    split = group is not None and dist.get_world_size(group) > 1
+    if split:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    weights = torch.exp(logits - top)
+    sums = torch.stack([weights.sum(-1), (weights * logits).sum(-1)])
+    if split:
+        dist.all_reduce(sums, group=group)
+    return top.squeeze(-1) + torch.log(sums[0]) - sums[1] / sums[0]

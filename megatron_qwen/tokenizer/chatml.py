@@ -88,6 +88,14 @@ def encode_turns(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
     return ids, mask
 
 
+def encode_generation_prompt(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
+                             default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """The ids a chat model continues: ``turns`` (checked by validate_messages) in ChatML, encoded turn by turn as
+    training encodes them (so text is never read as special tokens), then the assistant's turn opened."""
+    ids, _ = encode_turns(turns, tokenizer, default_system)
+    return ids + [tokenizer.im_start_id, *tokenizer.tokenize("assistant"), *tokenizer.tokenize("\n")]
+
+
 def encode_reward_sequence(turns: list[tuple[str, str]], tokenizer: "QwenTokenizer",
                            default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
     """The ids a reward model scores: ``turns`` (checked by validate_messages, the last one the assistant's

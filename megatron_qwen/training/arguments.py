@@ -7,6 +7,7 @@ layers because a --load that holds a Hugging Face model fixes the model's shape 
 
 import argparse
 
+from megatron_qwen.checkpointing.resolver import resolve
 from megatron_qwen.config.budget import TokenBudgetSettings, budget_given, resolve_budget
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
@@ -22,12 +23,13 @@ from megatron_qwen.config.model import (
 )
 from megatron_qwen.config.optimizer import OptimizerSettings, WarmupFractionSettings, optimizer_settings
 from megatron_qwen.config.parallel import ParallelSettings
+from megatron_qwen.config.ppo import PPOSettings
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroAliasSettings, ZeroSettings, zero_settings
 from megatron_qwen.data.blend import naming
-from megatron_qwen.hf.source import check_flags_against, imported_model
+from megatron_qwen.hf.source import check_flags_against
 
 # The dataclasses whose fields declare the flags, in --help's order within each group. VocabPaddingSettings,
 # ZeroAliasSettings, TokenBudgetSettings and WarmupFractionSettings hold flags read only to resolve other
@@ -37,13 +39,18 @@ FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPaddingSettings, BuildSettings,
                 DataSettings, CheckpointSettings, LogSettings)
 
 
+def flag_classes(recipe: Recipe) -> tuple:
+    """FLAG_CLASSES, and PPO's settings for the PPO job (its flags mean nothing to the others)."""
+    return FLAG_CLASSES + ((PPOSettings,) if recipe.data_format == "prompts" else ())
+
+
 def build_parser(recipe: Recipe) -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog=f"python -m megatron_qwen.{recipe.name}",
         description=f"{recipe.description}. Flags follow Megatron-LM's names; defaults are the recipe's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_flags(p, FLAG_CLASSES, recipe)
+    add_flags(p, flag_classes(recipe), recipe)
     return p
 
 
@@ -52,7 +59,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
     entry points print them)."""
     parser = build_parser(recipe)
     args = parser.parse_args(argv)
-    check_flag_pairs(parser, args, FLAG_CLASSES)
+    check_flag_pairs(parser, args, flag_classes(recipe))
     model, model_size = _model(args, named=args.model_size != parser.get_default("model_size"))
     size_defaults = recipe.per_size.get(model_size.lower().removeprefix("qwen-"), {})
     if args.deepspeed_config:  # Megatron-DeepSpeed's JSON stands in for the flags left unset
@@ -73,7 +80,8 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
                      parallel=from_flags(ParallelSettings, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
-                     zero=zero_settings(args))
+                     zero=zero_settings(args),
+                     ppo=from_flags(PPOSettings, args) if recipe.data_format == "prompts" else PPOSettings())
 
 
 def _one_epoch(args, global_batch_size: int) -> int:
@@ -101,7 +109,7 @@ def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
     --model-size that contradicts it is refused (docs/checkpoints.md)."""
     shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
     if args.load:
-        imported = imported_model(args.load)
+        imported = resolve(args.load).imported_model
         if imported is not None:
             model = check_flags_against(imported, args.load, shape, args.model_size if named else None)
             return model, args.model_size if named else "hf"

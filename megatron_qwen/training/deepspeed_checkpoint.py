@@ -1,83 +1,78 @@
 """The deepspeed engine's checkpoints: DeepSpeed's own files under our directory layout (iter_NNNNNNN/,
-the tracker file), written under a staging name and published whole, with checkpointing's deepspeed.json
-beside them. A resume at the same TP x DP layout and ZeRO stage loads them as they are; at any other,
-through DeepSpeed's universal checkpoint (checkpointing/deepspeed_format.py), optimizer state included.
-Weights-only starts are loaded before DeepSpeed partitions the model (training/deepspeed_engine.py).
+the tracker file), with checkpointing's deepspeed.json beside them, saved through the staged-save protocol
+both engines share (checkpointing/saving.py's StagedSaves). A resume at the same TP x DP layout and ZeRO
+stage loads them as they are; at any other, through DeepSpeed's universal checkpoint
+(checkpointing/deepspeed_format.py), optimizer state included. Weights-only starts are loaded before
+DeepSpeed partitions the model (training/deepspeed_engine.py).
 """
 
 import dataclasses
+import functools
 import json
 import os
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.checksums import HashingSaves
 from megatron_qwen.checkpointing.data_state import check_data_state, data_state
 from megatron_qwen.checkpointing.deepspeed_format import UNIVERSAL, to_universal
-from megatron_qwen.checkpointing.directory import (
-    DEEPSPEED_MARKER,
-    deepspeed_record,
-    iteration_dir,
-    publish,
-    room_to_save,
-    staging_dir,
-    written_by_deepspeed,
-)
+from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
+from megatron_qwen.checkpointing.resolver import DEEPSPEED_MARKER, Start, Use
 from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
-from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.checkpointing.saving import StagedSaves
+from megatron_qwen.checkpointing.train_state import TrainState
+from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.config.settings import CheckpointSettings
 from megatron_qwen.training.starting_point import resume_iteration
-from megatron_qwen.training.train_state import TrainState
 
 
 class DeepSpeedCheckpointer:
     """Saves and restores a DeepSpeed engine (``engine``: what deepspeed.initialize returned for the client
-    ``optimizer``), the LR schedule and the run state. ``ds_config`` is recorded with each checkpoint;
-    ``load`` is the effective --load (training/starting_point.py)."""
+    ``optimizer``), the LR schedule and the run state, through checkpointing's staged saves. ``ds_config`` is
+    recorded with each checkpoint; ``start`` is where the run starts (checkpointing/resolver.py)."""
 
-    def __init__(self, cfg: RunConfig, engine, optimizer, scheduler, ds_config: dict, load: CheckpointSettings):
+    def __init__(self, cfg: RunConfig, engine, optimizer, scheduler, ds_config: dict, start: Start):
         self.cfg, self.engine, self.optimizer, self.scheduler = cfg, engine, optimizer, scheduler
-        self.ds_config, self.load_settings = ds_config, load
+        self.ds_config, self.start = ds_config, start
+        self.saves = StagedSaves(cfg.checkpoint.save, cfg.checkpoint.keep_last_checkpoints) if cfg.checkpoint.save \
+            else None
 
     def save(self, state: TrainState) -> None:
+        self.saves.save(state.iteration, functools.partial(self._write, state))
+
+    def _write(self, state: TrainState, staging: str) -> None:
+        """DeepSpeed's files of every rank into ``staging`` (each hashed as written), then deepspeed.json."""
         cfg = self.cfg
-        root, iteration = cfg.checkpoint.save, state.iteration
-        if not room_to_save(root, iteration):
-            return
-        staging = staging_dir(root, iteration)
-        if dist.get_rank() == 0:
-            os.makedirs(root, exist_ok=True)
-        dist.barrier()
         client_state = {"train_state": dataclasses.asdict(state), "scheduler": self.scheduler.state_dict(),
                         "rng_state": rng_states(), "data_state": data_state(cfg)}
-        self.engine.save_checkpoint(root, tag=os.path.basename(staging), client_state=client_state,
-                                    save_latest=False)
-        dist.barrier()
+        if not isinstance(self.engine.checkpoint_engine, HashingSaves):
+            self.engine.checkpoint_engine = HashingSaves(self.engine.checkpoint_engine)
+        root, tag = os.path.split(staging)
+        self.engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
         if dist.get_rank() == 0:
             with open(os.path.join(staging, DEEPSPEED_MARKER), "w") as f:
-                json.dump({"zero_stage": cfg.zero.stage, "layout": current_layout(), "universal_checkpoint_info": True,
-                           "deepspeed_config": self.ds_config, "run_config": cfg.to_dict()}, f, indent=1)
-            publish(root, iteration, staging, cfg.checkpoint.keep_last_checkpoints)
-        dist.barrier()
+                json.dump({"zero_stage": cfg.zero.stage, "layout": current_layout(),
+                           "universal_checkpoint_info": True, "deepspeed_config": self.ds_config,
+                           "run_config": cfg.to_dict()}, f, indent=1)
 
     def finish_pending(self, blocking: bool) -> None:
-        """Saves are synchronous (--async-save is refused for this engine)."""
+        """Saves are synchronous (--async-save is refused for this engine: DeepSpeed 0.19.8's checkpoint engine
+        writes in the training process)."""
 
     def load(self) -> TrainState:
-        s = self.load_settings
+        s, source = self.start.settings, self.start.source
         iteration = None if s.finetune else resume_iteration(s)  # finetune: weights loaded before sharding
         if iteration is None:
             return TrainState()
         ckpt_dir = iteration_dir(s.load, iteration)
-        if not written_by_deepspeed(ckpt_dir):
-            raise ConfigError(f"--load {ckpt_dir} is a megatron-engine checkpoint; resume it with --zero-engine "
-                              "megatron, or start from its weights with --finetune")
-        saved = deepspeed_record(ckpt_dir)
+        saved = source.at(iteration).check_for(Use.RESUME_DEEPSPEED).marker  # preflight checked the tracker's
         changed = not same_layout(saved["layout"], current_layout()) or saved["zero_stage"] != self.cfg.zero.stage
-        client = self._load_universal(ckpt_dir) if changed else self.engine.load_checkpoint(
-            s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
-            load_lr_scheduler_states=False)[1]
+        check_pickles(ckpt_dir, deepspeed=True)
+        with restricted_unpickling(deepspeed=True):
+            client = self._load_universal(ckpt_dir) if changed else self.engine.load_checkpoint(
+                s.load, tag=os.path.basename(ckpt_dir), load_optimizer_states=not s.no_load_optim,
+                load_lr_scheduler_states=False)[1]
         check_data_state(ckpt_dir, client["data_state"], self.cfg)
         self.scheduler.load_state_dict(client["scheduler"])
         if not s.no_load_rng and not changed:  # each rank's saved RNG belongs to its place in the saved layout
@@ -112,7 +107,7 @@ class DeepSpeedCheckpointer:
         engine._config.load_universal_checkpoint = True  # read by load_checkpoint only; set at load, not start
         try:
             _, client = engine.load_checkpoint(ckpt_dir, tag=UNIVERSAL, load_lr_scheduler_states=False,
-                                               load_optimizer_states=not self.load_settings.no_load_optim)
+                                               load_optimizer_states=not self.start.settings.no_load_optim)
         finally:
             engine._config.load_universal_checkpoint = False
         for group, own in zip(groups, hyper):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_qwen.checkpointing.deepspeed_format import universal_checkpoint_info
+from megatron_qwen.checkpointing.resolver import Start
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import on_gpu
@@ -24,7 +25,7 @@ from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_checkpoint import DeepSpeedCheckpointer
 from megatron_qwen.training.deepspeed_optimizer import build_optimizer
 from megatron_qwen.training.optimizer import build_scheduler
-from megatron_qwen.training.starting_point import effective_load, load_weights_only
+from megatron_qwen.training.starting_point import load_weights_only
 from megatron_qwen.training.step import forward_step, objective_of, reduce_report
 
 
@@ -81,16 +82,15 @@ def sum_sequence_parallel_grads(module) -> list:
 class DeepSpeedEngine:
     """The engine train() steps (training/engine.py's Engine) on DeepSpeed ZeRO."""
 
-    def __init__(self, cfg: RunConfig, world_size: int, device):
+    def __init__(self, cfg: RunConfig, world_size: int, device, start: Start):
         deepspeed = _import_deepspeed()
         self.cfg, self.device = cfg, device
         t = cfg.train
-        load = effective_load(cfg.checkpoint)
         module = build_model(cfg.model, cfg.parallel, cfg.build, megatron_ddp=False)[0]
         if on_gpu():
             module = module.cuda(torch.cuda.current_device())
-        if load.load and load.finetune:  # weights only: into the bare model, before DeepSpeed partitions it
-            what = load_weights_only(load, [module])
+        if start.settings.load and start.settings.finetune:  # weights only: into the bare model, before sharding
+            what = load_weights_only(start, [module])
             if dist.get_rank() == 0:
                 print(f" loaded weights only from {what}; continuing at iteration 0", flush=True)
         self._sp_hooks = sum_sequence_parallel_grads(module) if cfg.parallel.sequence_parallel else []
@@ -107,7 +107,7 @@ class DeepSpeedEngine:
         self.scheduler = build_scheduler(self.optimizer, t.optim, t.train_iters, t.global_batch_size)
         self.model = [self.engine.module]  # for evaluation: stage 3 gathers through hooks on the module
         self.figures: dict[str, float] = {}
-        self.checkpointer = DeepSpeedCheckpointer(cfg, self.engine, self.optimizer, self.scheduler, ds_config, load)
+        self.checkpointer = DeepSpeedCheckpointer(cfg, self.engine, self.optimizer, self.scheduler, ds_config, start)
         if dist.get_rank() == 0:
             print(f" DeepSpeed config: {json.dumps(ds_config, sort_keys=True)}; optimizer: {optimizer_name}",
                   flush=True)

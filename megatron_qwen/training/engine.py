@@ -6,11 +6,12 @@ and DeepSpeed ZeRO stages 1-3 (training/deepspeed_engine.py). train() asks for n
 
 from typing import Protocol
 
+from megatron_qwen.checkpointing.resolver import starting_point
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
 from megatron_qwen.training.megatron_engine import MegatronEngine
-from megatron_qwen.training.train_state import TrainState
 
 
 class Checkpointer(Protocol):
@@ -42,7 +43,8 @@ class Engine(Protocol):
 
 
 def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:
+    """The engine --zero-engine names, started where --load says (checkpointing/resolver.py's starting point)."""
+    start = starting_point(cfg.checkpoint)
     if cfg.zero.deepspeed:
-        return DeepSpeedEngine(cfg, world_size, device)
-
-    return MegatronEngine(cfg, device)
+        return DeepSpeedEngine(cfg, world_size, device, start)
+    return MegatronEngine(cfg, device, start)

@@ -11,6 +11,7 @@ import sys
 import torch.distributed as dist
 
 from megatron_qwen.checkpointing.directory import latest_iteration
+from megatron_qwen.checkpointing.writer_lock import release
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.data import DataPathError
@@ -39,9 +40,11 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.anomalies import TrainingHalted
     from megatron_qwen.training.loop import train
+    from megatron_qwen.training.ppo_loop import train_ppo
 
+    run = train_ppo if cfg.data.data_format == "prompts" else train  # PPO iterates its own way (ppo_loop.py)
     try:
-        return train(cfg, world_size)
+        return run(cfg, world_size)
     except user_errors as e:  # found only once a checkpoint is opened
         _exit_with(e)
     except TrainingHalted as e:  # every rank raises it at the same iteration
@@ -52,6 +55,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
         _exit_with(_peer_failure_message(e, cfg), code=1)
     finally:
         destroy_distributed()
+        release(cfg.checkpoint.save)  # held since preflight (the kernel frees it anyway when the process ends)
 
 
 # What gloo and NCCL raise on the surviving ranks when another process of the job died or hangs.

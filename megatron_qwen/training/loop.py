@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, TrainSettings
 from megatron_qwen.model.flops import training_flops_per_token
@@ -18,13 +19,12 @@ from megatron_qwen.training.metrics import MetricsSink
 from megatron_qwen.training.profiling import StepProfiler
 from megatron_qwen.training.signals import ExitSignal
 from megatron_qwen.training.step import run_microbatches
-from megatron_qwen.training.train_state import TrainState
 
 
 def train(cfg: RunConfig, world_size: int) -> dict:
     """Run the job ``cfg`` describes; returns the last logged figures (for tests and the demo)."""
     t, p = cfg.train, cfg.parallel
-    banner = _banner(cfg, world_size)
+    banner = run_banner(cfg, world_size)
     init_distributed(p, cfg.model.num_layers, cfg.build.seed)
     device = compute_device()
     if dist.get_rank() == 0:
@@ -61,7 +61,7 @@ def train(cfg: RunConfig, world_size: int) -> dict:
             for name, dataset in valid_sets.items():  # each validation set under its own name
                 sink.log_eval(state.iteration, *evaluate(model, dataset, t, cfg.log.eval_iters, num_mb, device),
                               split=name)
-        if _save_or_exit(cfg.checkpoint, t.train_iters, checkpointer, state, exit_signal):
+        if save_or_exit(cfg.checkpoint, t.train_iters, checkpointer, state, exit_signal):
             break
         sink.meter.restart()  # evaluation and checkpoint time stay out of the next step's figures
     profiler.stop()
@@ -72,9 +72,9 @@ def train(cfg: RunConfig, world_size: int) -> dict:
     return sink.last
 
 
-def _save_or_exit(ckpt: CheckpointSettings, train_iters: int, checkpointer: Checkpointer, state: TrainState,
-                  exit_signal: ExitSignal) -> bool:
-    """Save when due, or before stopping on SIGTERM or --exit-interval; True when the run stops now."""
+def save_or_exit(ckpt: CheckpointSettings, train_iters: int, checkpointer: Checkpointer, state: TrainState,
+                 exit_signal: ExitSignal) -> bool:
+    """Save when due, or before stopping on SIGTERM or --exit-interval; True when the run stops now (also PPO's)."""
     checkpointer.finish_pending(blocking=False)
     exit_interval = ckpt.exit_interval
     signalled = exit_signal.received()
@@ -118,8 +118,8 @@ def _data_parallel_rank_and_size() -> tuple[int, int]:
     return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
 
 
-def _banner(cfg: RunConfig, world_size: int) -> str:
-    """The run's layout and back end, then every resolved setting: what rank 0 prints first."""
+def run_banner(cfg: RunConfig, world_size: int) -> str:
+    """The run's layout and back end, then every resolved setting: what rank 0 prints first (also PPO's)."""
     p = cfg.parallel
     return (f"megatron-qwen {cfg.recipe}: {world_size} processes, TP{p.tensor_model_parallel_size} "
             f"PP{p.pipeline_model_parallel_size} DP{p.data_parallel_size(world_size)}, "

@@ -1,5 +1,6 @@
 """The megatron engine: megatron-core DDP, with its distributed optimizer for ZeRO-1, at any TP/PP/VP layout."""
 
+from megatron_qwen.checkpointing.resolver import Start
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import build_model, wrap_for_training
 from megatron_qwen.training.anomalies import StepHealth, Verdict
@@ -24,10 +25,10 @@ def build_model_and_optimizer(cfg: RunConfig, initialize: bool = True):
 class MegatronEngine:
     """The engine train() steps (training/engine.py's Engine) on megatron-core's own data parallelism."""
 
-    def __init__(self, cfg: RunConfig, device):
+    def __init__(self, cfg: RunConfig, device, start: Start):
         self.cfg, self.device = cfg, device
         self.model, self.optimizer, self.scheduler = build_model_and_optimizer(cfg)
-        self.checkpointer = MegatronCheckpointer(cfg, self.model, self.optimizer, self.scheduler)
+        self.checkpointer = MegatronCheckpointer(cfg, self.model, self.optimizer, self.scheduler, start)
         self.figures: dict[str, float] = {}
 
     @property

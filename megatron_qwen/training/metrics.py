@@ -74,12 +74,13 @@ class MetricsSink:
     """Console, JSONL file, tensorboard and wandb. Only the last pipeline stage's first rank
     reports (it alone knows the loss without communication); on every other rank this is a no-op."""
 
-    def __init__(self, cfg: RunConfig, world_size: int, flops_per_token: float):
-        """``flops_per_token``: the model's training FLOPs per token (model/flops.py), behind TFLOP/s and MFU."""
+    def __init__(self, cfg: RunConfig, world_size: int, flops_per_token: float, loss_name: str | None = None):
+        """``flops_per_token``: the model's training FLOPs per token (model/flops.py), behind TFLOP/s and MFU;
+        ``loss_name``: the loss logged, where not the model head's objective's (PPO's policy loss)."""
         self.settings = cfg.log
         self.train_iters, self.seq_length = cfg.train.train_iters, cfg.train.seq_length
         self.tokens_per_iteration = cfg.train.global_batch_size * cfg.train.seq_length
-        self.loss_name = OBJECTIVES[cfg.build.head].loss_name
+        self.loss_name = loss_name or OBJECTIVES[cfg.build.head].loss_name
         self.is_reporter = (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
                             and parallel_state.get_tensor_model_parallel_rank() == 0
                             and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)

@@ -5,6 +5,7 @@ import math
 import torch
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_qwen.config.optimizer import OptimizerSettings
@@ -92,6 +93,51 @@ def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
         for param, state in o.state.items():
             if "step" in state:
                 state["step"] = state["step"].to(param.device if fused else "cpu", torch.float32)
+
+
+def _torch_adam_distributed(optimizer) -> list:
+    """The distributed optimizers of the chain that step with torch's Adam/AdamW (no apex, no transformer-engine)."""
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+            if isinstance(o, DistributedOptimizer) and type(o.optimizer) in (torch.optim.Adam, torch.optim.AdamW)]
+
+
+def allocate_state_for_load(optimizer) -> None:
+    """Give every parameter its AdamW state before a checkpoint's is loaded over it. megatron-core builds a
+    distributed optimizer's sharded state dict for a load from its state_dict(), which on torch's AdamW reads
+    each parameter's step counter: absent before the first step (megatron-core 0.16.1 stops on an assertion).
+    The moments come from megatron-core's own init_state_fn, the step is torch's; the load replaces both."""
+    for opt in _torch_adam_distributed(optimizer):
+        opt.init_state_fn(opt.optimizer, opt.config)
+        for state in opt.optimizer.state.values():
+            state.setdefault("step", torch.zeros((), dtype=torch.float32))
+
+
+@torch.no_grad()  # fp32 main parameters are views of the model's: megatron-core's dp_reshardable copy needs it
+def load_optimizer_state(optimizer, loaded: dict) -> None:
+    """``optimizer.load_state_dict(loaded)``, around the handling of torch's AdamW step counter by megatron-core
+    0.16.1's distributed optimizer: its fully_reshardable and model-space formats store the step once per group
+    and then look for it per parameter (the parameter state is loaded here with the counters set aside); its
+    dp_reshardable load copies the counters of the state the load was built from (zeros) over the saved one;
+    and it gives all parameters one step tensor, which torch's AdamW then advances once per parameter. Each
+    parameter gets its own counter at the saved step."""
+    chain = getattr(optimizer, "chained_optimizers", [optimizer])
+    parts = [loaded] if len(chain) == 1 else [v for _, v in sorted(loaded.items())]
+    torch_adam = _torch_adam_distributed(optimizer)
+    for opt, part in zip(chain, parts):
+        if opt not in torch_adam:
+            opt.load_state_dict(part)
+            continue
+        kind = part.get("param_state_sharding_type")
+        stored_once = kind in ("fully_reshardable", "fully_sharded_model_space")
+        opt.load_state_dict({k: v for k, v in part.items()
+                             if not stored_once or k not in ("param_state", "param_state_sharding_type")})
+        for state in opt.optimizer.state.values():
+            state.pop("step", None)
+        if stored_once:
+            getattr(opt, f"load_parameter_state_from_{kind}")(part["param_state"])
+        (step,) = {group["step"] for group in part["optimizer"]["param_groups"]}
+        for state in opt.optimizer.state.values():
+            state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
 
 def adam_kernel(optimizer) -> str:

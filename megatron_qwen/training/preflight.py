@@ -8,36 +8,40 @@ import os
 import tempfile
 
 from megatron_qwen.checkpointing.deepspeed_format import check_resumable
-from megatron_qwen.checkpointing.directory import (
-    TRACKER,
-    is_deepspeed_checkpoint,
-    iteration_dir,
-    loadable_iteration,
-    written_by_deepspeed,
-)
+from megatron_qwen.checkpointing.integrity import loadable_iteration
 from megatron_qwen.checkpointing.parallel_layout import layout
-from megatron_qwen.checkpointing.stored_config import check_same_model, saved_run_config
+from megatron_qwen.checkpointing.reading import check_reshardable, common_state
+from megatron_qwen.checkpointing.resolver import HF_KINDS, NOT_A_DIRECTORY, Kind, Resolved, Start, starting_point
+from megatron_qwen.checkpointing.stored_config import check_same_model
+from megatron_qwen.checkpointing.unpickling import check_pickles
+from megatron_qwen.checkpointing.writer_lock import lock_directory
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.data import check_data_path, check_split, parse_data_path
 from megatron_qwen.data.blend import naming, token_id_outside
 from megatron_qwen.data.shards import find_token_id_outside
-from megatron_qwen.hf.source import is_hf_dir, open_hf
+from megatron_qwen.hf.source import open_hf
 from megatron_qwen.platform.backends import FLASH_PRECISIONS
 from megatron_qwen.tokenizer import load_tokenizer
 from megatron_qwen.tokenizer.files import check_published
+from megatron_qwen.training.ppo_preflight import check_ppo
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
-    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found."""
+    """Raise ConfigError, DataPathError or TokenizerFileError for the first problem found; then make this
+    job (its rank 0) the one writer of --save (checkpointing/writer_lock.py), held until it ends."""
     cfg.validate(world_size)
     for name, path, kind in declared_outputs(cfg):
         check_writable(name, path, kind)
     check_backend(cfg)
     _check_data(cfg)
-    _check_checkpoint_dirs(cfg)
+    _check_checkpoint_dirs(cfg, world_size)
     _check_zero(cfg, world_size)
+    if cfg.data.data_format == "prompts":
+        check_ppo(cfg, world_size)
+    if cfg.checkpoint.save and int(os.environ.get("RANK", "0")) == 0:
+        lock_directory(cfg.checkpoint.save)
 
 
 def check_writable(name: str, path: str, kind: str) -> None:
@@ -78,27 +82,28 @@ def check_backend(cfg: RunConfig) -> None:
 
 
 def _check_zero(cfg: RunConfig, world_size: int) -> None:
-    """The effective DeepSpeed config (a --deepspeed-config contradicting the flags is refused), and a
-    deepspeed-engine checkpoint given to the megatron engine."""
+    """The effective DeepSpeed config: a --deepspeed-config contradicting the flags is refused."""
     if cfg.zero.deepspeed:
-        cfg.effective_deepspeed_config(world_size)  # refuses a --deepspeed-config contradicting the flags
-        _check_deepspeed_resume(cfg, world_size)
-    elif cfg.checkpoint.load and is_deepspeed_checkpoint(cfg.checkpoint.load):
-        raise ConfigError(f"--load {cfg.checkpoint.load} holds a DeepSpeed-engine checkpoint: resume it with "
-                          "--zero-engine deepspeed, or convert it with tools/convert_checkpoint.py --load-dir "
-                          f"{cfg.checkpoint.load} --save-dir NEW_DIR and --load that")
+        cfg.effective_deepspeed_config(world_size)
 
 
-def _check_deepspeed_resume(cfg: RunConfig, world_size: int) -> None:
-    """A deepspeed-engine checkpoint resumed at a ZeRO stage or layout its universal checkpoint cannot reach."""
-    # deferred: starting_point imports the model (megatron-core: seconds)
-    from megatron_qwen.training.starting_point import effective_load
+def _check_resumable(source: Resolved, cfg: RunConfig, start: Start, world_size: int) -> None:
+    """The checkpoint a run loads (``source``, at the iteration it loads) holds data only, the model this run
+    builds (its head too), and (resumed) optimizer state this run's layout and ZeRO stage can take."""
 
-    s = effective_load(cfg.checkpoint)
-    it, _ = loadable_iteration(s.load, s.load_fallback) if s.load and os.path.isdir(s.load) else (None, None)
-    if it is not None and not s.finetune and written_by_deepspeed(iteration_dir(s.load, it)):
-        planned = layout(cfg.parallel.tensor_model_parallel_size, 1, cfg.parallel.data_parallel_size(world_size))
-        check_resumable(iteration_dir(s.load, it), cfg.zero.stage, planned)
+    deepspeed = source.kind is Kind.DEEPSPEED
+    check_pickles(source.ckpt_dir, deepspeed=deepspeed)
+    check_same_model(source.ckpt_dir, source.stored_config, cfg)
+    _check_head(source, cfg, weights_only=start.settings.finetune)
+    if not start.resume:
+        return
+    p = cfg.parallel
+    planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
+    if deepspeed:
+        check_resumable(source, cfg.zero.stage, planned)
+    else:
+        check_reshardable(source.ckpt_dir, common_state(source.ckpt_dir), planned,
+                          load_optim=not cfg.checkpoint.no_load_optim)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -139,10 +144,10 @@ def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
             raise token_id_outside(prefix, *found, cfg.model.vocab_size, f" (--model-size {cfg.model_size})")
 
 
-def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
+def _check_head(source: Resolved, cfg: RunConfig, weights_only: bool) -> None:
     """A reward model starts from a language model's weights (its head then starts fresh), never the other way
     round, and a resume continues the model that was saved."""
-    saved = saved_run_config(ckpt_dir)[0]["build"].get("head", "lm")
+    ckpt_dir, saved = source.ckpt_dir, source.stored_config[0]["build"].get("head", "lm")
     if saved == cfg.build.head or (weights_only and saved == "lm"):
         return
     if saved == "reward":
@@ -152,34 +157,26 @@ def _check_head(ckpt_dir: str, cfg: RunConfig, weights_only: bool) -> None:
                       "(--finetune), it cannot resume it")
 
 
-def _check_checkpoint_dirs(cfg: RunConfig) -> None:
+def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
+    """What --load holds (checkpointing/resolver.py) can start this run on its engine: a Hugging Face model whose
+    weight files match its config.json (every name and shape, from the file headers), or the tracker's
+    checkpoint (or --load-fallback's choice) with its files the sizes they were saved with and its records
+    their checksums, holding no pickled code, of the model this run builds: refused here, before any process
+    group, rather than after. The tensor files' checksums are verified at the load, shared out."""
     s = cfg.checkpoint
     if not s.load:
         return
-    if os.path.isfile(s.load):
-        raise ConfigError(f"--load {s.load} is a file; pass the directory given to --save")
-    # deferred: starting_point imports the model (megatron-core: seconds)
-    from megatron_qwen.training.starting_point import effective_load
-
-    start = effective_load(s)
-    target = start.load  # a fine-tuning job that already saved resumes its own --save
-    # A Hugging Face model directory is a valid --load once its weight files
-    # match its config.json (every name and shape, from the file headers).
-    if is_hf_dir(target):
-        open_hf(target)
+    start = starting_point(s)  # a fine-tuning job that already saved resumes its own --save
+    source = start.source
+    if source.kind is Kind.NONE and source.why != NOT_A_DIRECTORY:
+        # A job restarted with the same command (--load = --save) starts from scratch the first time;
+        # anything else is a typo that would silently train from scratch.
+        if s.save and os.path.abspath(s.save) == os.path.abspath(s.load) and not s.finetune:
+            print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
+            return
+    source.check_for(start.use(cfg.zero.deepspeed))
+    if source.kind in HF_KINDS:
+        open_hf(source.path)
         return
-    # The tracker's checkpoint, its files the sizes they were saved with (or --load-fallback's choice),
-    # of the model this run builds: refused here, before any process group, rather than after.
-    it, _ = loadable_iteration(target, s.load_fallback) if os.path.isdir(target) else (None, None)
-    if it is not None:
-        check_same_model(iteration_dir(target, it), cfg)
-        _check_head(iteration_dir(target, it), cfg, weights_only=start.finetune)
-        return
-    # No checkpoint under --load. A job restarted with the same command (--load = --save) starts
-    # from scratch the first time; anything else is a typo that would silently train from scratch.
-    if s.save and os.path.abspath(s.save) == os.path.abspath(s.load) and not s.finetune:
-        print(f" no checkpoint in {s.load} yet: starting from scratch", flush=True)
-        return
-    what = "does not exist" if not os.path.exists(s.load) else f"holds no checkpoint ({TRACKER} is missing)"
-    raise ConfigError(f"--load {s.load} {what}; pass a directory written by --save, or drop --load "
-                      "to train from scratch")
+    iteration, _ = loadable_iteration(source.path, s.load_fallback)
+    _check_resumable(source.at(iteration), cfg, start, world_size)

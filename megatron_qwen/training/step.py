@@ -28,7 +28,7 @@ from megatron_qwen.training.reward_loss import pairwise_ranking_loss
 _BATCH_KEYS_FIRST_STAGE = ("tokens", "position_ids")
 
 
-def _stage_batch(batch: dict, first: bool, last: bool, device, last_stage_keys: tuple[str, ...]) -> dict:
+def stage_batch(batch: dict, first: bool, last: bool, device, last_stage_keys: tuple[str, ...]) -> dict:
     """Only the tensors this pipeline stage reads, on its device, and with context parallelism
     only this rank's two chunks of the sequence (megatron-core's load-balanced split). The last stage
     reads its objective's ``last_stage_keys``. Every stage reads a packed sample's boundaries
@@ -49,7 +49,7 @@ def _runs_as_one_row(batch: dict, chunk) -> bool:
 
 
 def model_inputs(batch: dict, chunk) -> dict:
-    """The keyword arguments of ``chunk``'s forward for a staged micro-batch (``_stage_batch``): the tokens
+    """The keyword arguments of ``chunk``'s forward for a staged micro-batch (``stage_batch``): the tokens
     and, for a packed one, its boundaries in the form the chunk's attention takes (model/packing.py)."""
     boundaries = batch.get("cu_seqlens")
     tensors = {k: batch.get(k) for k in (*_BATCH_KEYS_FIRST_STAGE, "labels")}
@@ -104,11 +104,12 @@ def objective_of(model) -> Objective:
     return OBJECTIVES[unwrap(model).head]
 
 
-def forward_step(data_iterator: Iterator[dict], model, device):
+def forward_step(data_iterator: Iterator[dict], model, device, objective: Objective | None = None):
+    """One micro-batch through ``model``, its loss ``objective``'s (default: its head's)."""
     chunk = unwrap(model)
-    objective = OBJECTIVES[chunk.head]
-    batch = _stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device,
-                         objective.last_stage_keys)
+    objective = objective or OBJECTIVES[chunk.head]
+    batch = stage_batch(next(data_iterator), chunk.pre_process, chunk.post_process, device,
+                        objective.last_stage_keys)
     output = model(**model_inputs(batch, chunk))
     return output, partial(objective.loss, batch)
 
@@ -131,13 +132,14 @@ def reduce_report(local: torch.Tensor | None) -> list[float] | None:
     return (total[[0, *range(2, len(total))]] / total[1].clamp(min=1)).tolist()
 
 
-def _loss_and_figures(local: torch.Tensor | None, model_chunks, figures: dict | None) -> float | None:
+def _loss_and_figures(local: torch.Tensor | None, model_chunks, figures: dict | None,
+                      objective: Objective | None = None) -> float | None:
     """The loss of ``local``; ``figures`` (when given) gets the objective's other figures by name."""
     report = reduce_report(local)
     if report is None:
         return None
     if figures is not None:
-        figures.update(zip(objective_of(model_chunks[0]).figures, report[1:]))
+        figures.update(zip((objective or objective_of(model_chunks[0])).figures, report[1:]))
     return report[0]
 
 
@@ -152,7 +154,7 @@ def run_microbatches(model_chunks, data_iterators, num_microbatches: int, seq_le
 
 
 def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_length: int,
-                      micro_batch_size: int, device, forward_only: bool):
+                      micro_batch_size: int, device, forward_only: bool, objective: Objective | None = None):
     """This rank's [loss sum, count, *figure sums] over one global batch (last pipeline stage, else None)."""
     # The shape of the activations pipeline stages exchange: a micro-batch that runs as one row changes it.
     first = next(data_iterators[0])
@@ -161,7 +163,7 @@ def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_l
         seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     forward_backward = get_forward_backward_func()
     losses = forward_backward(
-        forward_step_func=partial(forward_step, device=device),
+        forward_step_func=partial(forward_step, device=device, objective=objective),
         data_iterator=data_iterators if len(model_chunks) > 1 else data_iterators[0],
         model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
         num_microbatches=num_microbatches,
@@ -173,18 +175,19 @@ def _forward_backward(model_chunks, data_iterators, num_microbatches: int, seq_l
 
 
 def forward_backward(model_chunks, optimizer, data_iterators, num_microbatches: int, seq_length: int,
-                     micro_batch_size: int, device,
-                     figures: dict | None = None) -> tuple[torch.Tensor | None, float | None]:
+                     micro_batch_size: int, device, figures: dict | None = None,
+                     objective: Objective | None = None) -> tuple[torch.Tensor | None, float | None]:
     """The gradients of one step's micro-batches, from zero: (this rank's [loss sum, count, *figure sums] on
     the last pipeline stage, the loss over the global batch there), None elsewhere. ``figures``, when given,
     receives the objective's figures besides the loss by name (the reward model's pair accuracy and mean
-    margin; none for language modelling), on the last pipeline stage."""
+    margin; none for language modelling), on the last pipeline stage. ``objective``: the loss, where not the
+    model head's (PPO's policy and value losses)."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     local = _forward_backward(model_chunks, data_iterators, num_microbatches, seq_length, micro_batch_size,
-                              device, forward_only=False)
-    return local, _loss_and_figures(local, model_chunks, figures)
+                              device, forward_only=False, objective=objective)
+    return local, _loss_and_figures(local, model_chunks, figures, objective)
 
 
 def apply_update(optimizer, scheduler, global_batch_size: int) -> tuple[float, bool]:

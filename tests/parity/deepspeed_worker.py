@@ -28,13 +28,13 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from parity_worker import GLOBAL_BATCH, MICRO_BATCH, SEED, SEQ, STEPS, sample
 
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.recipes import PRETRAIN, SFT, SFT_MATH
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.anomalies import StepHealth
 from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.training.batches import collate, microbatch_indices
 from megatron_qwen.training.engine import build_engine
-from megatron_qwen.training.train_state import TrainState
 
 PARITY_FLAGS = ["--mock-data", "--model-size", "tiny", "--seed", str(SEED), "--seq-length", str(SEQ),
                 "--micro-batch-size", str(MICRO_BATCH), "--global-batch-size", str(GLOBAL_BATCH),

@@ -71,7 +71,9 @@ def gather_reduce_scattered_grads(model) -> None:
                 dist.all_gather_into_tensor(bucket.grad_data, mine, group=pg)
 
 
-def main():
+def run_each_layout(run) -> None:
+    """A worker's command line: ``--layouts '{"name": [flags...]}' --out ROOT``; ``run(flags, ROOT/name)`` for each
+    layout in turn, in the same processes."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--layouts", required=True,
                     help="JSON object: layout name -> its training flags (the entry points' own, e.g. "
@@ -81,8 +83,12 @@ def main():
     for name, flags in json.loads(a.layouts).items():
         if dist.is_initialized() and dist.get_rank() == 0:
             print(f"parity layout {name}", flush=True)
-        run_layout(flags, os.path.join(a.out, name))
+        run(flags, os.path.join(a.out, name))
     destroy_distributed()
+
+
+def main():
+    run_each_layout(run_layout)
 
 
 def run_layout(layout_flags: list[str], out: str) -> None:

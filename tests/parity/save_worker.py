@@ -29,6 +29,7 @@ from parity_worker import sample
 
 from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.parallel_layout import current_layout
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model import spec
@@ -39,7 +40,6 @@ from megatron_qwen.training.batches import collate, microbatch_indices
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
 from megatron_qwen.training.megatron_engine import build_model_and_optimizer
 from megatron_qwen.training.step import train_step
-from megatron_qwen.training.train_state import TrainState
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 from varlen_stand_in import SegmentedSDPAAttention  # noqa: E402

@@ -1,6 +1,8 @@
 """vLLM's offline engine on a Hugging Face directory, run in vLLM's own environment (its CPU build pins
 another transformers; tools/vllm_env.sh builds the environment): vllm_worker.py started with that
-environment's python, its JSON read back. For tools/check_vllm.py and bench/bench_generate_engines.py."""
+environment's python, its JSON read back. For tools/check_vllm.py and bench/bench_generate_engines.py.
+
+Not named vllm.py: vllm_worker.py runs as a script from this folder, where such a module would shadow vLLM."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""Where a run stands: what a checkpoint of either engine restores besides the model, optimizer and schedule."""
+"""Where a run stands: the record a checkpoint of either engine (ours or Megatron-LM's, megatron_lm.py)
+restores besides the model, optimizer and schedule."""
 
 from dataclasses import dataclass
 

@@ -1,0 +1,67 @@
+"""PPO's checkpoints: the megatron engine's (training/megatron_checkpoint.py: staged writes, the tracker, async
+saves, RNG per rank, any layout at resume) holding everything PPO trains: the policy and the value model, each
+with its optimizer and LR schedule, under the key prefixes "policy." and "value.", and the reward normaliser's
+running mean. The frozen models are not saved: the reference is --load's SFT checkpoint and the reward model
+--reward-model's, read again at a resume (docs/ppo.md)."""
+
+import dataclasses
+
+import torch.distributed as dist
+
+from megatron_qwen.checkpointing.directory import iteration_dir
+from megatron_qwen.checkpointing.train_state import TrainState
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.training.megatron_checkpoint import (
+    MegatronCheckpointer,
+    model_and_optimizer_state,
+    restore_model_and_optimizer,
+)
+from megatron_qwen.training.ppo_objective import RunningMean
+from megatron_qwen.training.ppo_update import Trained
+from megatron_qwen.training.starting_point import resume_iteration
+
+PARTS = ("policy", "value")
+
+
+class PPOCheckpointer(MegatronCheckpointer):
+    def __init__(self, cfg: RunConfig, policy: Trained, value: Trained, normaliser: RunningMean):
+        super().__init__(cfg, policy.model, policy.optimizer, policy.scheduler)
+        self.trained = {"policy": policy, "value": value}
+        self.normaliser = normaliser
+
+    def load(self) -> TrainState | None:
+        """Resume the run saved under --save (a PPO job's --load is its SFT policy); None for a first start."""
+        s = self.start.settings
+        if not s.load or s.finetune:
+            return None
+        iteration = resume_iteration(s)
+        if iteration is None:
+            return None
+        return self._resume(iteration_dir(s.load, iteration), load_optim=not s.no_load_optim,
+                            load_rng=not s.no_load_rng)
+
+    def _sync_params(self) -> None:
+        if self.cfg.parallel.overlap_param_gather and self.cfg.zero.distributed_optimizer:
+            for part in self.trained.values():
+                for chunk in part.model:
+                    chunk.start_param_sync(force_sync=True)
+
+    def trained_state(self, is_loading: bool, with_optimizer: bool, metadata: dict) -> dict:
+        return {name: model_and_optimizer_state(t.model, t.optimizer if with_optimizer else None, is_loading,
+                                                metadata, prefix=f"{name}.") for name, t in self.trained.items()}
+
+    def trained_common_state(self) -> dict:
+        return {"schedulers": {name: t.scheduler.state_dict() for name, t in self.trained.items()},
+                "reward_normaliser": dataclasses.asdict(self.normaliser)}
+
+    def restore_trained_state(self, loaded: dict, common: dict, with_optimizer: bool) -> str:
+        what = []
+        for name, t in self.trained.items():
+            restored = restore_model_and_optimizer(self.cfg, loaded[name], common["schedulers"][name], t.model,
+                                                   t.optimizer, t.scheduler, with_optimizer, f"{name}.")
+            what.append(f"{name} {restored}")
+        saved = common["reward_normaliser"]
+        self.normaliser.count, self.normaliser.mean = saved["count"], saved["mean"]
+        if dist.get_rank() == 0:
+            print(f" reward running mean {self.normaliser.mean:.6g} over {self.normaliser.count} scores", flush=True)
+        return ", ".join(what)
