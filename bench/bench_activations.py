@@ -34,7 +34,8 @@ def saved_bytes_per_token(flags: list[str], compiled: bool) -> tuple[float, RunC
     configuration."""
     cfg = parse_run_config(PRETRAIN, ["--mock-data", *flags])
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = wrap_for_training(build_model(cfg), cfg.parallel, False, compiled_layers=compiled)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.build)
+    (model,) = wrap_for_training(chunks, cfg.parallel, False, compiled_layers=compiled)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 

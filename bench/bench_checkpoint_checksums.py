@@ -24,6 +24,13 @@ import tempfile
 import time
 
 import torch
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+from megatron_qwen.checkpointing.integrity import damage, write_manifest
+from megatron_qwen.checkpointing.saving import save_sharded
+from megatron_qwen.config.parallel import ParallelSettings
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 GIB = 2**30
 
@@ -36,22 +43,15 @@ def tensors(size_gib: float) -> dict[str, torch.Tensor]:
 
 def sharded(state: dict[str, torch.Tensor]) -> dict:
     """The tensors as megatron-core's sharded state, in fresh objects for each save (a save annotates them)."""
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
     return {name: ShardedTensor.from_rank_offsets(name, t) for name, t in state.items()}
 
 
 def save_with_checksums(state: dict, directory: str) -> None:
-    from megatron_qwen.checkpointing.integrity import write_manifest
-    from megatron_qwen.checkpointing.saving import save_sharded
-
     save_sharded(state, directory, {}, asynchronous=False)
     write_manifest(directory)
 
 
 def save_plain(state: dict, directory: str) -> None:
-    from megatron.core import dist_checkpointing
-
     dist_checkpointing.save(state, directory)
     sizes = {name: os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory)}
     with open(os.path.join(directory, "manifest.json"), "w") as f:
@@ -82,12 +82,8 @@ def main() -> dict:
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args()
 
-    from megatron_qwen.checkpointing.integrity import damage
-    from megatron_qwen.config.parallel import ParallelConfig
-    from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-
     work = tempfile.mkdtemp(prefix="bench_checksums_", dir=args.workdir)
-    init_distributed(ParallelConfig(), 1, 0)
+    init_distributed(ParallelSettings(), 1, 0)
     try:
         state = tensors(args.size_gib)
         size = sum(t.numel() * 4 for t in state.values())

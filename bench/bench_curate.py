@@ -25,13 +25,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
 from bench_preprocess import Corpus  # noqa: E402
 
-from megatron_qwen.curate.fuzzy import FuzzyConfig, MinhashSignature  # noqa: E402
+from megatron_qwen.curate.fuzzy import FuzzySettings, MinhashSignature  # noqa: E402
 from megatron_qwen.curate.pipeline import (  # noqa: E402
     STEPS,
     CurateConfig,
-    ExecutorOptions,
+    ExecutorSettings,
     build_stages,
     make_executors,
     run,
@@ -82,7 +83,7 @@ def bench_steps(folder: str, evals: str, workers: int, tasks: int) -> None:
     for step in STEPS:
         stages = build_stages(cfg, (step,))
         start = time.perf_counter()
-        run(make_executors(stages, cfg.output, ExecutorOptions(workers=workers)))
+        run(make_executors(stages, cfg.output, ExecutorSettings(workers=workers)))
         seconds = time.perf_counter() - start
         rows = summary(cfg.output, [s.name for s in stages])
         if rows:
@@ -96,13 +97,13 @@ def bench_steps(folder: str, evals: str, workers: int, tasks: int) -> None:
 
 def bench_minhash(texts: list[str], seed: int = 3) -> None:
     try:
+        # optional: datasketch is not in requirements.txt
         from datasketch import MinHash
     except ImportError:
         print("minhash vs datasketch: skipped, datasketch is not installed (pip install 'megatron-qwen[curate]')")
         return
-    import numpy as np
 
-    cfg = FuzzyConfig()
+    cfg = FuzzySettings()
     ours = MinhashSignature(tempfile.mkdtemp(), cfg)
     n = cfg.ngram
     start = time.perf_counter()

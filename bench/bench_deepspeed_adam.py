@@ -55,6 +55,7 @@ def time_steps(make, n: int, steps: int, device: str) -> tuple[float, torch.Tens
 
 def _build(device: str) -> tuple[str, float | None, str | None]:
     """DeepSpeed's optimizer for the device, built now: (its name, seconds, None) or (name, None, why not)."""
+    # after TORCH_EXTENSIONS_DIR is set: the build is what is measured
     from deepspeed.ops.op_builder import CPUAdamBuilder, FusedAdamBuilder
 
     name, builder = ("DeepSpeedCPUAdam", CPUAdamBuilder()) if device == "cpu" else ("DeepSpeed FusedAdam",
@@ -79,6 +80,7 @@ def measure(params: int, steps: int, device: str, build: bool = True) -> dict:
         if build:
             name, build_s, build_error = _build(device)
         if build_s is not None:
+            # after TORCH_EXTENSIONS_DIR is set: the build is what is measured
             from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
 
             candidates[name] = ((lambda p: DeepSpeedCPUAdam(p, adamw_mode=True, **hyper)) if device == "cpu"

@@ -62,7 +62,7 @@ def main() -> None:
 
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", args.model_size])
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     model = (model.cuda() if on_gpu() else model).eval()
     vocab = cfg.model.vocab_size
     prompt = torch.randint(0, vocab, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -24,10 +24,14 @@ import tempfile
 import time
 
 import torch
+import transformers
 
 from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
 from megatron_qwen.hf.relayout import relayout_hf
+from megatron_qwen.inference import generate, load_model_for_inference
 from megatron_qwen.inference.vllm_client import vllm_generate, vllm_python
+from megatron_qwen.platform.notices import silence_megatron_notices
+from megatron_qwen.tokenizer import load_tokenizer
 
 PROMPTS = ["The capital of France is", "def fib(n):"]
 
@@ -43,8 +47,6 @@ def best_seconds(decode, rounds: int) -> tuple[float, list[list[int]]]:
 
 
 def ours(export: str, prompts: list[list[int]], new_tokens: int, rounds: int) -> tuple[float, list[list[int]]]:
-    from megatron_qwen.inference import generate, load_model_for_inference
-
     model = load_model_for_inference(export)
     return best_seconds(lambda: generate(model, prompts, new_tokens, ()), rounds)
 
@@ -52,8 +54,6 @@ def ours(export: str, prompts: list[list[int]], new_tokens: int, rounds: int) ->
 def transformers_generate(export: str, prompts: list[list[int]], new_tokens: int,
                           rounds: int) -> tuple[float, list[list[int]]]:
     """A left-padded batch (transformers' way for decoder-only models); min_new_tokens keeps it from stopping."""
-    import transformers
-
     model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     width = max(map(len, prompts))
     pad = 151_643
@@ -87,9 +87,6 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args()
     texts = args.prompt or PROMPTS
-
-    from megatron_qwen.platform.notices import silence_megatron_notices
-    from megatron_qwen.tokenizer import load_tokenizer
 
     silence_megatron_notices()
     prompts = [load_tokenizer().tokenize(t) for t in texts]

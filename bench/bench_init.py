@@ -41,7 +41,7 @@ def timed_draw(name: str, shape: list[int], cfg, seed: int, device: torch.device
 def measure(model_size: str, device: torch.device, seed: int = 1234) -> dict:
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", model_size])
     init_distributed(cfg.parallel, cfg.model.num_layers, seed)
-    (chunk,) = build_on_meta(cfg)
+    (chunk,) = build_on_meta(cfg.model, cfg.parallel, cfg.build)
     names = global_param_names(chunk)
     params = [(names[n], list(p.shape)) for n, p in chunk.named_parameters()]
     destroy_distributed()

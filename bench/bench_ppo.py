@@ -23,11 +23,20 @@ import tempfile
 import timeit
 
 import torch
+import transformers
 
+from megatron_qwen.checkpointing.weights import save_weights_only
 from megatron_qwen.config.recipes import PPO, REWARD
+from megatron_qwen.data.prompts import read_prompts
 from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
 from megatron_qwen.inference.generate import Sampling
+from megatron_qwen.model.builder import build_model
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.training.entry import main as run_job
+from megatron_qwen.training.ppo_models import build_ppo_models, load_frozen, start_weights
+from megatron_qwen.training.ppo_rollout import sample_responses
 
 PROMPTS = ["Write a short poem about the sea.", "Explain what a KV cache is.", "List three prime numbers.",
            "Say hello in French.", "What is the capital of Japan?", "Give me a recipe for tea.",
@@ -36,15 +45,11 @@ PROMPTS = ["Write a short poem about the sea.", "Explain what a KV cache is.", "
 
 def write_models(root: str) -> tuple[str, str]:
     """(the policy's export, the reward model's --save directory), random weights of one shape."""
-    from megatron_qwen.checkpointing.weights import save_weights_only
-    from megatron_qwen.model.builder import build_model
-    from megatron_qwen.training.arguments import parse_run_config
-
     policy = os.path.join(root, "policy")
     write_random_hf(policy, TINY_EXPORT_MODEL, "qwen2")
     cfg = parse_run_config(REWARD, ["--load", policy, "--mock-data", "--train-iters", "1"])
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     save_weights_only(os.path.join(root, "reward"), 0, model, cfg, "random", "random")
     destroy_distributed()
     return policy, os.path.join(root, "reward")
@@ -58,12 +63,6 @@ def best_seconds(decode, rounds: int) -> float:
 
 def rollout_seconds(argv: list[str], rounds: int, new_tokens: int):
     """(best seconds, prompts) of the PPO job's rollout decoding of one batch."""
-    from megatron_qwen.data.prompts import read_prompts
-    from megatron_qwen.tokenizer import load_tokenizer
-    from megatron_qwen.training.arguments import parse_run_config
-    from megatron_qwen.training.ppo_models import build_ppo_models, load_frozen, start_weights
-    from megatron_qwen.training.ppo_rollout import sample_responses
-
     cfg = parse_run_config(PPO, argv)
     prompts = read_prompts(cfg.ppo.prompt_data_path, load_tokenizer(), cfg.train.seq_length, new_tokens)
     batch = [p for p in prompts[:cfg.train.global_batch_size // 2] for _ in range(2)]
@@ -79,8 +78,6 @@ def rollout_seconds(argv: list[str], rounds: int, new_tokens: int):
 
 
 def transformers_seconds(export: str, batch: list[list[int]], new_tokens: int, rounds: int) -> float:
-    import transformers
-
     model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     pad = 151_643  # <|endoftext|>; the mask keeps it out of attention
     rows = [torch.tensor(p) for p in batch]
@@ -113,8 +110,6 @@ def main() -> None:
             "--max-new-tokens", str(a.new_tokens), "--global-batch-size", str(a.responses), "--micro-batch-size", "2"]
     ours, batch = rollout_seconds(argv, a.rounds, a.new_tokens)
     theirs = transformers_seconds(policy, batch, a.new_tokens, a.rounds)
-    from megatron_qwen.training.entry import main as run_job
-
     last = run_job(PPO, [*argv, "--train-iters", str(a.iterations), "--value-warmup-iters", "1"])
     tokens = len(batch) * a.new_tokens
     figures = {"responses": len(batch), "new_tokens": a.new_tokens, "rollout_tokens_per_s": tokens / ours,

@@ -32,7 +32,7 @@ import tempfile
 import time
 import unicodedata
 
-from megatron_qwen.data.preprocess import BlockEncoder, Options
+from megatron_qwen.data.preprocess import BlockEncoder, PreprocessSettings
 from megatron_qwen.data.shards import IndexedShardWriter, read_index_counts
 from megatron_qwen.data.sources import parse_block, read_blocks
 from megatron_qwen.tokenizer import load_tokenizer
@@ -151,7 +151,7 @@ def steady_rate(tokens: dict[str, int], seconds: dict[str, list[float]]) -> floa
 
 def profile_stages(tokenizer, corpus: str, rounds: int) -> None:
     """CPU seconds of each stage of the tool's pipeline alone, one thread, best of `rounds`."""
-    opts = Options(keys=("text",), append_eod=True, threads=1)
+    opts = PreprocessSettings(keys=("text",), append_eod=True, threads=1)
     encoder = BlockEncoder(tokenizer, opts)
     blocks = list(read_blocks(corpus, ["text"]))
     texts = [r[0] for b in blocks for r in parse_block(b, encoder.check).records]

@@ -13,6 +13,7 @@ there, so sharding shows up directly). Never fails on a timing.
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -60,8 +61,6 @@ def run_one(flags: list[str], args, workdir: str) -> dict:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

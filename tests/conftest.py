@@ -42,10 +42,10 @@ def pytest_collection_modifyitems(items):
 
 def _join_alone():
     """This process as a world of one, model parallel groups included (what building a model needs)."""
-    from megatron_qwen.config.parallel import ParallelConfig
+    from megatron_qwen.config.parallel import ParallelSettings
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
-    init_distributed(ParallelConfig(), 1, seed=0)
+    init_distributed(ParallelSettings(), 1, seed=0)
     yield
     destroy_distributed()
 

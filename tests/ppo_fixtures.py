@@ -40,7 +40,7 @@ for seed, (name, (recipe, flags, extra)) in enumerate(runs.items()):
     cfg = parse_run_config(recipe, [*flags, *extra, "--mock-data", "--no-finetune", "--train-iters", "1",
                                     "--seed", str(seed + 3)])
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     g = torch.Generator().manual_seed(5 + seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -23,13 +23,14 @@ def flash_attn_on_cpu(monkeypatch):
     monkeypatch.setattr(attention, "flash_attn_func", flash_attn_stub)
 
 
-def tiny(backend: str, *extra: str):
-    return parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--seed", "5",
-                                       "--transformer-impl", backend, *extra])
+def tiny_model(backend: str, *extra: str):
+    cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--seed", "5",
+                                      "--transformer-impl", backend, *extra])
+    return build_model(cfg.model, cfg.parallel, cfg.build)
 
 
 def logits(backend: str, tokens: torch.Tensor, *extra: str) -> torch.Tensor:
-    (model,) = build_model(tiny(backend, *extra))
+    (model,) = tiny_model(backend, *extra)
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
         return model(tokens, positions, None).float()
@@ -58,7 +59,7 @@ def test_sdpa_backend_matches_local(single_process):
 def test_packed_samples_do_not_attend_across_boundaries(single_process, backend):
     """A packed SFT sample (block-diagonal causal mask, positions restarting per conversation)
     gives each conversation the logits it has alone."""
-    (model,) = build_model(tiny(backend))
+    (model,) = tiny_model(backend)
     g = torch.Generator().manual_seed(1)
     a, b = torch.randint(0, 1000, (1, 10), generator=g), torch.randint(0, 1000, (1, 14), generator=g)
     packed = torch.cat([a, b], dim=1)

@@ -15,7 +15,7 @@ from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
 from megatron_qwen.training.megatron_engine import build_model_and_optimizer
@@ -43,7 +43,7 @@ ckpt = iteration_dir(root, 2)
 stored = RunConfig.from_dict(dist_checkpointing.load_common_state_dict(ckpt)["run_config"])
 assert stored == cfg, "the stored configuration is not the run's"
 init_distributed(stored.parallel, stored.model.num_layers, stored.build.seed)
-(rebuilt,) = build_model(stored)
+(rebuilt,) = build_model(stored.model, stored.parallel, stored.build)
 fresh = {k: v.detach().clone() for k, v in rebuilt.named_parameters()}
 load_weights(ckpt, [rebuilt])
 params = dict(rebuilt.named_parameters())

@@ -82,8 +82,8 @@ def older_state(cfg, model, optimizer, scheduler, state) -> tuple[dict, None]:
 
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    from megatron_qwen.checkpointing.job_state import rng_states
-    from megatron_qwen.checkpointing.run_state import data_state
+    from megatron_qwen.checkpointing.data_state import data_state
+    from megatron_qwen.checkpointing.rng_state import rng_states
     from megatron_qwen.checkpointing.weights import model_state, sharded_metadata
 
     saved = model_state(model)

@@ -82,7 +82,8 @@ def test_te_and_local_specs_write_and_read_the_same_keys(single_process, monkeyp
 
     def build(backend, seed):
         flags = ["--mock-data", "--model-size", "tiny", "--transformer-impl", backend, "--seed", str(seed)]
-        return build_model(parse_run_config(PRETRAIN, flags))
+        cfg = parse_run_config(PRETRAIN, flags)
+        return build_model(cfg.model, cfg.parallel, cfg.build)
 
     te, local = build("transformer_engine", 1), build("local", 2)
     keys = {name: {v.key for v in model_state(chunks)["model"].values()} for name, chunks in

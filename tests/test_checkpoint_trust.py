@@ -41,7 +41,7 @@ class RunsCode:
 def ours(tmp_path_factory):
     """A --save directory of ours holding one checkpoint (model, optimizer, RNG object), written by the
     megatron engine's own checkpointer in this process."""
-    from megatron_qwen.checkpointing.run_state import TrainState
+    from megatron_qwen.checkpointing.train_state import TrainState
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
     from megatron_qwen.training.arguments import parse_run_config
     from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer

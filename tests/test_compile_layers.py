@@ -25,7 +25,8 @@ def fresh_dynamo():
 def test_each_layer_is_one_graph(single_process, fresh_dynamo):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--transformer-impl", "sdpa",
                                       "--compile-layers"])
-    (model,) = wrap_for_training(build_model(cfg), cfg.parallel, False, compiled_layers=True)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.build)
+    (model,) = wrap_for_training(chunks, cfg.parallel, False, compiled_layers=True)
     tokens = torch.randint(0, 1000, (2, 33), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(32).expand(2, 32)
     loss = model(tokens[:, :-1], positions, None, labels=tokens[:, 1:])

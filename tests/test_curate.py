@@ -15,11 +15,11 @@ from slurm_fakes import write_exe
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.curate import extract, quality, upsample
-from megatron_qwen.curate.fuzzy import FuzzyConfig, MinhashSignature
+from megatron_qwen.curate.fuzzy import FuzzySettings, MinhashSignature
 from megatron_qwen.curate.pipeline import (
     FOLDERS,
     CurateConfig,
-    ExecutorOptions,
+    ExecutorSettings,
     build_stages,
     make_executors,
     run,
@@ -60,7 +60,7 @@ def read_folder(folder):
 
 def run_steps(cfg, steps):
     stages = build_stages(cfg, steps)
-    run(make_executors(stages, cfg.output, ExecutorOptions(workers=1)))
+    run(make_executors(stages, cfg.output, ExecutorSettings(workers=1)))
     return stages
 
 
@@ -120,7 +120,7 @@ def near_duplicate(rng, words, target, joiner, alphabet, n=5):
 
 
 def test_shingle_hashes_one_per_distinct_ngram(tmp_path):
-    step = MinhashSignature(str(tmp_path), FuzzyConfig())
+    step = MinhashSignature(str(tmp_path), FuzzySettings())
     for text in (" ".join(english(random.Random(0), 300) * 2), "".join(random.Random(1).choices(HAN[:50], k=400))):
         assert step.get_shingles(text).shape == (len(shingles_of(text)), 1)
     assert step.get_shingles("four words only here").size == 0
@@ -142,7 +142,7 @@ def test_fuzzy_dedup_recall_and_false_positives(tmp_path):
     half = len(records) // 2  # two tasks: pairs also cross task files
     write_jsonl_gz(str(tmp_path / "out" / FOLDERS["exact"] / "00000.jsonl.gz"), records[:half])
     write_jsonl_gz(str(tmp_path / "out" / FOLDERS["exact"] / "00001.jsonl.gz"), records[half:])
-    cfg = CurateConfig(inputs=[], output=str(tmp_path / "out"), fuzzy=FuzzyConfig(threshold=0.8), tasks=2)
+    cfg = CurateConfig(inputs=[], output=str(tmp_path / "out"), fuzzy=FuzzySettings(threshold=0.8), tasks=2)
     run_steps(cfg, ("fuzzy",))
     kept = {d["id"] for d in read_folder(cfg.folder(FOLDERS["fuzzy"]))}
     assert len(kept) >= len(records) - len(pairs)  # at most one document of a pair goes
@@ -349,9 +349,9 @@ def test_slurm_job_scripts_without_slurm(tmp_path, monkeypatch):
     raw = tmp_path / "raw"
     write_jsonl_gz(str(raw / "a.jsonl.gz"), [{"text": "hello world " * 30, "id": "a"}])
     write_jsonl_gz(str(raw / "b.jsonl.gz"), [{"text": "another text " * 30, "id": "b"}])
-    cfg = CurateConfig(inputs=[str(raw)], output=str(tmp_path / "out"), fuzzy=FuzzyConfig(bands=4, rows=2))
+    cfg = CurateConfig(inputs=[str(raw)], output=str(tmp_path / "out"), fuzzy=FuzzySettings(bands=4, rows=2))
     stages = build_stages(cfg)
-    run(make_executors(stages, cfg.output, ExecutorOptions(kind="slurm", partition="cpu", workers=8,
+    run(make_executors(stages, cfg.output, ExecutorSettings(kind="slurm", partition="cpu", workers=8,
                                                            env_command="source venv/bin/activate")))
     lines = log.read_text().splitlines()  # each stage: its array job, then datatrove's stats-merging job
     job_ids = {100 + n: args for n, args in enumerate(lines) if "RUN_OFFSET" in args}

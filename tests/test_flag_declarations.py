@@ -155,12 +155,13 @@ def failures(recipe, rows, base: list[str] = BASE) -> list[str]:
 @pytest.fixture
 def accepted_is_an_outcome(monkeypatch, tmp_path):
     """Training replaced by Accepted; WORLD_SIZE 1; the files the rows name."""
-    from megatron_qwen.training import loop
+    from megatron_qwen.training import loop, ppo_loop
 
     def train(cfg, world_size):
         raise Accepted
 
     monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(ppo_loop, "train_ppo", train)  # the entry point's choice for the PPO job
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     (tmp_path / "a_file").write_text("x")

@@ -39,7 +39,7 @@ from megatron_qwen.training.arguments import parse_run_config
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.inference import KVCacheDecoder, Sampling, generate, load_model_for_inference
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.model.builder import build_model, unwrap
 from megatron_qwen.platform.distributed import init_distributed
 from megatron_qwen.training.megatron_checkpoint import MegatronCheckpointer
@@ -88,7 +88,7 @@ def cache_vs_full(m):
     return {"err": err, "scale": scale}
 
 # PyTorch's sdpa attention (what load_model_for_inference builds on a GPU) on the same weights.
-(sdpa,) = build_model(dataclasses.replace(cfg, build=dataclasses.replace(cfg.build, transformer_impl="sdpa")),
+(sdpa,) = build_model(cfg.model, cfg.parallel, dataclasses.replace(cfg.build, transformer_impl="sdpa"),
                       initialize=False)
 sdpa.load_state_dict(model.state_dict())
 sdpa.eval()

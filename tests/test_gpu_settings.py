@@ -91,7 +91,8 @@ def test_deepspeed_engine_never_fuses_weight_gradients(single_process, monkeypat
                   "--no-rmsnorm-fusion", "--no-cross-entropy-fusion"]  # compiled or CUDA kernels: not here
 
     def linears(*flags):
-        (chunk,) = build_model(parse_run_config(PRETRAIN, [*TINY, *others_off, *flags]))
+        cfg = parse_run_config(PRETRAIN, [*TINY, *others_off, *flags])
+        (chunk,) = build_model(cfg.model, cfg.parallel, cfg.build, megatron_ddp=not cfg.zero.deepspeed)
         found = [m for m in chunk.modules() if hasattr(m, "gradient_accumulation_fusion")]
         assert found
         return chunk, [m.gradient_accumulation_fusion for m in found]

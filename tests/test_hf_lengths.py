@@ -64,29 +64,26 @@ def ntk_theta(length: int, trained: int, head_dim: int) -> float:
 
 
 # One process (megatron-core's parallel state stays out of pytest's): the library path of tools/generate.py
-# and tools/eval_long_context.py on the directory; prints one JSON object.
+# and tools/eval_long_context.py (evaluation/long_context.py) on the directory; prints one JSON object.
 WORKER = r"""
-import json, sys, types, runpy, torch
+import json, sys, types, torch
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.evaluation.long_context import long_context_table
 from megatron_qwen.inference import generate, load_model_for_inference
-from megatron_qwen.model.long_context import LongContext, set_long_context
+from megatron_qwen.model.long_context import LongContextSettings, set_long_context
 
 directory, data, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 new, lengths = int(sys.argv[4]), json.loads(sys.argv[5])
 model = load_model_for_inference(directory)
 out = {"train_length": model.train_length, "limit": model.max_sequence_length}
-set_long_context(model, LongContext(model.train_length, dynamic_ntk=True))
+set_long_context(model, LongContextSettings(model.train_length, dynamic_ntk=True))
 out["ntk_ids"] = generate(model, [prompt], new, stop_ids=(), vocab_size=1024)[0]
 set_long_context(model, None)
 try:
     generate(model, [prompt], model.max_sequence_length, stop_ids=(), vocab_size=1024)
 except ConfigError as e:
     out["refused"] = str(e)
-tool = runpy.run_path("tools/eval_long_context.py")
-args = tool["build_parser"]().parse_args(["--load", directory, "--data-path", data, "--lengths", *map(str, lengths),
-                                          "--eval-tokens", str(2 * max(lengths)), "--chunk", "48"])
-model.vocab_size_unpadded = 1024
-out["table"] = tool["run"](args)["perplexity"]
+out["table"] = long_context_table(directory, data, lengths, eval_tokens=2 * max(lengths), chunk=48)["perplexity"]
 print("RESULT " + json.dumps(out))
 """
 

@@ -24,7 +24,7 @@ RECORDED = {
 
 def tiny_model(seed: int):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--seed", str(seed)])
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     return cfg, model
 
 

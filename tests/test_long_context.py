@@ -1,21 +1,21 @@
 """Long context at inference (model/long_context.py): the formulas against hand computations, and the
 techniques in a tiny random model against independent references: megatron-core's own RoPE at the
 rescaled base, a window equal to running the model on the window's tokens alone, the full forward
-for the KV cache and for tools/eval_long_context.py's chunked perplexity."""
+for the KV cache and for evaluation/long_context.py's chunked perplexity."""
 
 import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import load_tool
 
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.evaluation.long_context import sequence_nll
 from megatron_qwen.inference import KVCacheDecoder
 from megatron_qwen.model.builder import build_model
 from megatron_qwen.model.long_context import (
-    LongContext,
+    LongContextSettings,
     logn_factors,
     ntk_alpha,
     ntk_base,
@@ -65,7 +65,7 @@ def tiny(flags=(), rotary_base=None):
     cfg = parse_run_config(PRETRAIN, [*FLAGS, *flags])
     if rotary_base is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rotary_base=rotary_base))
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     # At the initialization's scale (std 0.02) attention is nearly uniform and position barely matters;
     # unit-variance activations give a random model whose attention depends on RoPE.
     g = torch.Generator().manual_seed(5)
@@ -94,9 +94,9 @@ def ids():
 def test_off_or_within_training_length_is_the_plain_model(model, ids):
     """Switched off, or on at lengths the techniques leave alone, the logits are bit-identical."""
     plain = logits(model, ids)
-    every = LongContext(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(TRAIN,) * 4)
+    every = LongContextSettings(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(TRAIN,) * 4)
     try:
-        set_long_context(model, LongContext(TRAIN))
+        set_long_context(model, LongContextSettings(TRAIN))
         assert torch.equal(logits(model, ids), plain)
         set_long_context(model, every)
         assert torch.equal(logits(model, ids[:TRAIN]), plain[:TRAIN])
@@ -113,7 +113,7 @@ def test_dynamic_ntk_is_rope_at_the_rescaled_base(model, ids):
     reference = tiny(rotary_base=ntk_base(10000, alpha, head_dim))
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), model.parameters()))
     try:
-        set_long_context(model, LongContext(TRAIN, dynamic_ntk=True))
+        set_long_context(model, LongContextSettings(TRAIN, dynamic_ntk=True))
         ours = logits(model, ids)
     finally:
         set_long_context(model, None)
@@ -128,7 +128,7 @@ def test_logn_scales_the_queries_past_the_training_length(model, ids):
     hook = attention.inner.register_forward_pre_hook(lambda m, args: seen.append((args[0], args[1])))
     try:
         logits(model, ids)
-        set_long_context(model, LongContext(TRAIN, logn_attn=True))
+        set_long_context(model, LongContextSettings(TRAIN, logn_attn=True))
         logits(model, ids)
     finally:
         hook.remove()
@@ -146,7 +146,7 @@ def test_window_is_the_model_on_the_window_alone(single_process_per_module, ids)
     one = tiny(["--num-layers", "1"])
     w = 5
     try:
-        set_long_context(one, LongContext(TRAIN, windows=(w,)))
+        set_long_context(one, LongContextSettings(TRAIN, windows=(w,)))
         windowed = logits(one, ids)
     finally:
         set_long_context(one, None)
@@ -163,10 +163,10 @@ def test_kv_cache_keeps_the_prefill_alpha_as_qwen(model, ids):
     assert (ntk_alpha(len(prompt), TRAIN), ntk_alpha(ids.numel(), TRAIN)) == (3, 7)
     every = dict(dynamic_ntk=True, logn_attn=True, windows=(6, 9, 12, 20))
     try:
-        set_long_context(model, LongContext(TRAIN, **every))
+        set_long_context(model, LongContextSettings(TRAIN, **every))
         decoder = KVCacheDecoder(model, [prompt], len(given) + 1)
         steps = [decoder.prefill()] + [decoder.step(torch.tensor([t])) for t in given]
-        set_long_context(model, LongContext(TRAIN, **every, ntk_length=len(prompt)))
+        set_long_context(model, LongContextSettings(TRAIN, **every, ntk_length=len(prompt)))
         full = logits(model, ids)[len(prompt) - 1:]
     finally:
         set_long_context(model, None)
@@ -176,23 +176,22 @@ def test_kv_cache_keeps_the_prefill_alpha_as_qwen(model, ids):
 
 def test_training_mode_and_window_count_are_refused(model):
     with pytest.raises(ConfigError, match="inference only"):
-        set_long_context(model.train(), LongContext(TRAIN, dynamic_ntk=True))
+        set_long_context(model.train(), LongContextSettings(TRAIN, dynamic_ntk=True))
     model.eval()
     with pytest.raises(ConfigError, match="3 window sizes for a model of 4 layers"):
-        set_long_context(model, LongContext(TRAIN, windows=(4, 8, 16)))
+        set_long_context(model, LongContextSettings(TRAIN, windows=(4, 8, 16)))
 
 
 def test_chunked_perplexity_is_the_full_forward(model, ids):
-    """tools/eval_long_context.py's bounded-memory pass (KV cache, a chunk of queries at a time, NTK
+    """evaluation/long_context.py's bounded-memory pass (KV cache, a chunk of queries at a time, NTK
     alpha of the whole length) gives the full forward's negative log-likelihood."""
-    tool = load_tool("eval_long_context")
     model.vocab_size_unpadded = 1024
-    settings = LongContext(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(6, 9, 12, 20))
+    settings = LongContextSettings(TRAIN, dynamic_ntk=True, logn_attn=True, windows=(6, 9, 12, 20))
     try:
         set_long_context(model, settings)
         full = logits(model, ids)
         set_long_context(model, dataclasses.replace(settings, ntk_length=ids.numel()))
-        nll, count = tool.sequence_nll(model, ids, chunk=24)
+        nll, count = sequence_nll(model, ids, chunk=24)
     finally:
         set_long_context(model, None)
     expected = torch.nn.functional.cross_entropy(full[:-1].double(), ids[1:], reduction="sum").item()

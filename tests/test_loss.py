@@ -53,7 +53,7 @@ for flags in ([], ["--no-cross-entropy-fusion"], ["--bf16"]):
                                       "--tensor-model-parallel-size", "2", *flags])
     if not parallel_state.model_parallel_is_initialized():
         init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = wrap_for_training(build_model(cfg), cfg.parallel, False)
+    (model,) = wrap_for_training(build_model(cfg.model, cfg.parallel, cfg.build), cfg.parallel, False)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, cfg.model.vocab_size, (2, 17), generator=g)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]

@@ -227,7 +227,7 @@ def test_estimate_matches_memory_measured_at_tp2_pp2_interleaved(tmp_path):
 @pytest.mark.parametrize("size", ["1.8b", "7b", "14b", "72b"])
 def test_parameter_count_is_the_built_models(single_process_per_module, size):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size])
-    (model,) = build_on_meta(cfg)
+    (model,) = build_on_meta(cfg.model, cfg.parallel, cfg.build)
     assert stage_parameters(cfg.model, Layout(), "only") == sum(p.numel() for p in model.parameters())
 
 

@@ -69,7 +69,8 @@ def alone(ds: SFTDataset, doc: int) -> dict:
 def model(backend: str, bf16: bool = False):
     flags = ["--mock-data", "--model-size", "tiny", "--seed", "5", "--transformer-impl", backend,
              "--hidden-dropout", "0", "--attention-dropout", "0", *(["--bf16"] if bf16 else [])]
-    (chunk,) = build_model(parse_run_config(PRETRAIN, flags))
+    cfg = parse_run_config(PRETRAIN, flags)
+    (chunk,) = build_model(cfg.model, cfg.parallel, cfg.build)
     return chunk
 
 

@@ -30,13 +30,13 @@ import json, sys, torch
 from megatron.core.dist_checkpointing.serialization import load_plain_tensors
 from megatron_qwen.config.recipes import PPO
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.training.entry import main
 
 root, checkpoints, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 for argv in runs:
     main(PPO, argv)
-init_distributed(ParallelConfig(), 2, 0)
+init_distributed(ParallelSettings(), 2, 0)
 saved = {"sft": f"{checkpoints}/sft/iter_0000000", **{name: f"{root}/{name}/iter_{it:07d}" for name, it in
                                                      (("warmup", 2), ("straight", 3), ("resumed", 3))}}
 tensors = {name: {k: v for k, v in load_plain_tensors(path).items() if isinstance(v, torch.Tensor)}
@@ -135,12 +135,13 @@ def test_pretraining_term_adds_its_coefficient_times_its_loss(root, runs):
 
 def one_line_error(argv: list[str], monkeypatch) -> str:
     """The entry point's stderr for ``argv``: it must exit 2 in one line, before any process group."""
-    from megatron_qwen.training import loop
+    from megatron_qwen.training import loop, ppo_loop
 
     def train(cfg, world_size):
         raise AssertionError("a model was about to be built")
 
     monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(ppo_loop, "train_ppo", train)  # the entry point's choice for the PPO job
     monkeypatch.setenv("WORLD_SIZE", "1")
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as e:

@@ -18,11 +18,16 @@ def run_config(size: str, *flags: str):
     return parse_run_config(PRETRAIN, ["--mock-data", "--model-size", size, *flags])
 
 
+def meta_model(size: str, *flags: str):
+    cfg = run_config(size, *flags)
+    return build_on_meta(cfg.model, cfg.parallel, cfg.build)
+
+
 @pytest.mark.parametrize("size", list(PUBLISHED))
 def test_parameter_count_matches_report(single_process_per_module, size):
     cfg = run_config(size)
     assert cfg.model.padded_vocab_size == PUBLISHED_VOCAB_ROWS[size]
-    (model,) = build_on_meta(cfg)
+    (model,) = build_on_meta(cfg.model, cfg.parallel, cfg.build)
     assert all(p.is_meta for p in model.parameters())
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - PUBLISHED[size]) / PUBLISHED[size] < 0.005, (size, count)
@@ -30,7 +35,7 @@ def test_parameter_count_matches_report(single_process_per_module, size):
 
 def test_qwen_architecture_choices(single_process_per_module):
     """Untied embeddings, bias on QKV only, RMSNorm weights, SwiGLU fc1 of 2 x FFN rows."""
-    (model,) = build_on_meta(run_config("7b"))
+    (model,) = meta_model("7b")
     params = dict(model.named_parameters())
     assert params["embedding.word_embeddings.weight"] is not params["output_layer.weight"]
     biases = [n for n in params if n.endswith(".bias")]
@@ -42,11 +47,11 @@ def test_qwen_architecture_choices(single_process_per_module):
 
 def test_72b_rotary_base_and_context_follow_its_published_config(single_process_per_module):
     """Qwen-72B's config.json: rotary_emb_base 1,000,000, seq_length 32768; --rotary-base overrides."""
-    (model,) = build_on_meta(run_config("72b"))
+    (model,) = meta_model("72b")
     head_dim = 128
     expected = 1.0 / 1_000_000 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     assert torch.allclose(model.rotary_pos_emb.inv_freq.double(), expected, rtol=1e-6)
     assert run_config("72b").model.max_position_embeddings == 32768
-    (small,) = build_on_meta(run_config("tiny", "--rotary-base", "500"))
+    (small,) = meta_model("tiny", "--rotary-base", "500")
     assert torch.allclose(small.rotary_pos_emb.inv_freq.double(),
                           1.0 / 500 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16), rtol=1e-6)

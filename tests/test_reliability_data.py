@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from megatron_qwen.config.recipes import PRETRAIN, REWARD
 from megatron_qwen.data.shards import ShardError, check_index, find_token_id_outside, read_index_counts
 from megatron_qwen.data.sources import parse_block, read_blocks, text_record_checker
+from megatron_qwen.evaluation.long_context import check_token_ids
 from megatron_qwen.training.entry import main
 
 QWEN_VOCAB = 151851  # tiny-qwen-vocab's vocabulary: the tokenizer's
@@ -254,7 +255,7 @@ def test_tools_refuse_corrupt_shards_in_one_line(tmp_path, capsys):
         assert not (tmp_path / "merged.idx").exists()
     stream = np.array([1, 2, 3, 4, 5] * 3 + [1, -2, 3], dtype=np.int32)
     with pytest.raises(ValueError, match="document 3 holds token id -2"):
-        long_context.check_token_ids(stream, write_shard(str(tmp_path / "ids"), [[1, 2, 3, 4, 5]] * 3 + [[1, -2, 3]]),
+        check_token_ids(stream, write_shard(str(tmp_path / "ids"), [[1, 2, 3, 4, 5]] * 3 + [[1, -2, 3]]),
                                      1024)
 
 

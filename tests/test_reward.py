@@ -166,7 +166,7 @@ def model(head: str, seed: int):
 
     build = BuildSettings(transformer_impl="local", head=head, seed=seed)
     cfg = RunConfig(recipe="reward", model_size="tiny", model=model_preset("tiny"), build=build)
-    return cfg, build_model(cfg)[0]
+    return cfg, build_model(cfg.model, cfg.parallel, cfg.build)[0]
 
 
 def test_starts_from_a_language_model_with_a_fresh_head_and_from_a_reward_model_with_its_own(tmp_path, single_process):

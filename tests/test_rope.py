@@ -14,7 +14,7 @@ from megatron_qwen.training.arguments import parse_run_config
 
 def test_rotary_frequencies_stay_fp32_in_bf16(single_process):
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--bf16"])
-    (model,) = build_on_meta(cfg)
+    (model,) = build_on_meta(cfg.model, cfg.parallel, cfg.build)
     model.bfloat16()
     assert model.rotary_pos_emb.inv_freq.dtype == torch.float32
     head_dim = cfg.model.head_dim
@@ -31,7 +31,7 @@ def _rotate_half(x):
 def test_bf16_rope_rotates_in_fp32_as_qwen(single_process, backend):
     """In the bf16 model the attention gets Qwen's rotation: q and k rotated in fp32, rounded once."""
     cfg = parse_run_config(PRETRAIN, ["--mock-data", "--model-size", "tiny", "--bf16", "--transformer-impl", backend])
-    (model,) = build_model(cfg)
+    (model,) = build_model(cfg.model, cfg.parallel, cfg.build)
     attention = model.decoder.layers[0].self_attention
     assert isinstance(attention.q_layernorm, UpcastForRope) and isinstance(attention.k_layernorm, UpcastForRope)
     seen = {}

@@ -27,9 +27,13 @@ import subprocess
 import sys
 import tempfile
 
+import torch
+import transformers
+
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.random_model import TINY_EXPORT_MODEL, write_random_hf
 from megatron_qwen.inference.vllm_client import vllm_generate, vllm_python
+from megatron_qwen.tokenizer import load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["The capital of France is", "你好，世界！今天我们", "def fib(n):\n    if n < 2:\n        return n\n"]
@@ -65,9 +69,6 @@ def ours_generate(load: str, prompts: list[str], new_tokens: int) -> list[list[i
 
 def transformers_greedy(export: str, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
     """transformers' greedy continuation of each prompt, cut before the first stop id."""
-    import torch
-    import transformers
-
     model = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     result = []
     for ids in prompt_ids:
@@ -87,8 +88,6 @@ def main() -> int:
                    help="the python of vLLM's environment (default: $VLLM_PYTHON, else .venv-vllm/bin/python)")
     p.add_argument("--new-tokens", type=int, default=16)
     args = p.parse_args()
-
-    from megatron_qwen.tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="check_vllm_") as root:
         load, export = (args.load or args.export, args.export) if args.export else build_tiny_export(root)

@@ -24,6 +24,7 @@ import resource
 import sys
 import time
 
+from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
 from megatron_qwen.checkpointing.resolver import HF_KINDS, Kind, Use, resolve
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
@@ -72,6 +73,7 @@ def convert(args) -> str:
         return f"Hugging Face -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
     if source.kind in HF_KINDS:
         cfg, layout, _ = open_hf(src, "--load-dir")  # every name and shape checked before megatron-core is imported
+        # deferred: megatron-core takes seconds to import; the input is checked before
         from megatron_qwen.hf.load import import_hf
 
         ckpt = import_hf(src, args.save_dir, args.dtype)
@@ -81,13 +83,13 @@ def convert(args) -> str:
         if args.dtype is not None:
             raise ConfigError(f"--load-dir {src} is a DeepSpeed-engine checkpoint, converted into ours from its fp32 "
                               "master weights: drop --dtype (pass it to the export of the result)")
-        from megatron_qwen.checkpointing.deepspeed_format import convert_to_megatron
 
         ckpt = convert_to_megatron(source, args.save_dir)
         return f"DeepSpeed ZeRO -> ours: {ckpt} (fp32 master weights, loadable at any layout as weights only)"
     check_layout(args.hf_layout)  # ours (a run's, or weights converted into ours) to Hugging Face
     max_shard = parse_size(args.max_shard_size)
     check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
+    # deferred: megatron-core takes seconds to import; the input is checked before
     from megatron_qwen.hf.export import export_hf
 
     files = export_hf(src, args.save_dir, args.hf_layout, args.dtype, max_shard, args.tokenizer_model, args.chat)

@@ -13,12 +13,12 @@ import sys
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.curate.fuzzy import FuzzyConfig
+from megatron_qwen.curate.fuzzy import FuzzySettings
 from megatron_qwen.curate.pipeline import (
     FOLDERS,
     STEPS,
     CurateConfig,
-    ExecutorOptions,
+    ExecutorSettings,
     StageFailed,
     build_stages,
     data_path,
@@ -88,7 +88,7 @@ def config_from(args) -> CurateConfig:
         raise ConfigError(f"{args.command}: --input is required (the raw jsonl)")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError(f"--output {args.output} is a file; pass a folder (the curation's steps, logs and shards)")
-    fuzzy = FuzzyConfig(ngram=args.minhash_ngram, num_perm=args.minhash_permutations,
+    fuzzy = FuzzySettings(ngram=args.minhash_ngram, num_perm=args.minhash_permutations,
                         threshold=args.minhash_threshold, bands=args.minhash_bands, rows=args.minhash_rows)
     check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
     if (fuzzy.bands is None) != (fuzzy.rows is None):
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             previous = STEPS[STEPS.index(args.command) - 1]
             raise ConfigError(f"{args.command}: {cfg.folder(FOLDERS[previous])} holds no documents (*.jsonl.gz); "
                               f"run the {previous} step first")
-        opts = ExecutorOptions(kind=args.executor, workers=args.workers, partition=args.partition, time=args.time,
+        opts = ExecutorSettings(kind=args.executor, workers=args.workers, partition=args.partition, time=args.time,
                                cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                                env_command=args.env_command)
         run(make_executors(stages, cfg.output, opts), cfg, stages)

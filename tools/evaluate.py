@@ -26,6 +26,7 @@ from megatron_qwen.config.errors import ConfigError  # noqa: E402
 from megatron_qwen.config.flags import POSITIVE, bounded  # noqa: E402
 from megatron_qwen.evaluation.benchmarks import BENCHMARKS  # noqa: E402
 from megatron_qwen.evaluation.published import FAMILIES  # noqa: E402
+from megatron_qwen.evaluation.runner import EvalConfig, evaluate, format_table
 from megatron_qwen.evaluation.task_configs import PROTOCOLS  # noqa: E402
 from megatron_qwen.platform.notices import silence_megatron_notices  # noqa: E402
 from megatron_qwen.tokenizer.files import TokenizerFileError  # noqa: E402
@@ -66,7 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     silence_megatron_notices()
     args = build_parser().parse_args(argv)
-    from megatron_qwen.evaluation.runner import EvalConfig, evaluate, format_table
 
     cfg = EvalConfig(**{k: v for k, v in vars(args).items()})
     try:

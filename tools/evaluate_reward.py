@@ -21,8 +21,9 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import POSITIVE, bounded
 from megatron_qwen.data.sources import InputError
 from megatron_qwen.platform.notices import silence_megatron_notices
-from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT
+from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, load_tokenizer
 from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
+from megatron_qwen.training.preflight import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is None and not args.pairs:
         print("error: pass --data-dir (Table 4's sets) or --pairs NAME=FILE", file=sys.stderr)
         return 2
+    # deferred: megatron-core takes seconds to import; the arguments are checked before
     from megatron_qwen.evaluation.reward import evaluate_reward, format_table
     from megatron_qwen.platform.distributed import destroy_distributed
-    from megatron_qwen.tokenizer import load_tokenizer
-    from megatron_qwen.training.preflight import check_writable
 
     try:
         if args.output:

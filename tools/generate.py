@@ -26,8 +26,15 @@ import sys
 from megatron_qwen.checkpointing.resolver import Use, resolve
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.model.long_context import LongContext, add_long_context_arguments, window_schedule
+from megatron_qwen.model.long_context import (
+    LongContextSettings,
+    add_long_context_arguments,
+    set_long_context,
+    window_schedule,
+)
 from megatron_qwen.platform.notices import silence_megatron_notices
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.tokenizer.chatml import encode_generation_prompt, validate_messages
 from megatron_qwen.tokenizer.files import TokenizerFileError, add_unpublished_flag, check_published
 
 
@@ -54,16 +61,17 @@ def build_parser() -> OneLineErrorParser:
     return p
 
 
-def long_context_of(args, num_layers: int, train_length: int) -> LongContext:
+def long_context_of(args, num_layers: int, train_length: int) -> LongContextSettings:
     """The techniques the flags switch on (all off: the plain model)."""
     windows = None if args.window_attn is None else window_schedule(num_layers, args.window_attn)
-    return LongContext(train_length=args.train_length or train_length, dynamic_ntk=args.dynamic_ntk,
+    return LongContextSettings(train_length=args.train_length or train_length, dynamic_ntk=args.dynamic_ntk,
                        logn_attn=args.logn_attn, windows=windows)
 
 
 def sampling_of(args, defaults=(None, 1.0)):
     """(Sampling or None for greedy decoding, repetition penalty): the checkpoint's ``defaults`` (from its
     generation_config.json, inference.generation_defaults), each overridden by the flags given."""
+    # deferred: megatron-core takes seconds to import; the arguments are checked before
     from megatron_qwen.inference import Sampling
 
     flags = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
@@ -86,7 +94,6 @@ def stop_ids(tokenizer, chat: bool) -> set[int]:
 def prompt_ids(text: str, chat: bool, tokenizer) -> list[int]:
     if not chat:
         return tokenizer.tokenize(text)
-    from megatron_qwen.tokenizer.chatml import encode_generation_prompt, validate_messages
 
     return encode_generation_prompt(validate_messages([{"role": "user", "content": text}], require_assistant=False),
                                     tokenizer)
@@ -96,6 +103,7 @@ def run(args) -> list[dict]:
     # What needs no model comes first: a mistyped flag is reported without waiting for a load.
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    # deferred: megatron-core takes seconds to import; the arguments are checked before
     from megatron_qwen.inference import generate, generation_defaults, load_model_for_inference
 
     defaults = generation_defaults(args.load)
@@ -104,8 +112,6 @@ def run(args) -> list[dict]:
     if defaults[0] is not None and sampling is not None:
         print(f"sampling as {args.load}/generation_config.json says, flags overriding: {sampling}; --greedy for "
               "greedy decoding", file=sys.stderr, flush=True)
-    from megatron_qwen.model.long_context import set_long_context
-    from megatron_qwen.tokenizer import load_tokenizer
 
     check_published(args.tokenizer_model, args.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(args.tokenizer_model)

@@ -16,7 +16,14 @@ import time
 
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.data.preference import PAIR_FORMATS
-from megatron_qwen.data.preprocess import Options, nothing_kept, plan_shards, remove_shards, run_shards, shard_outputs
+from megatron_qwen.data.preprocess import (
+    PreprocessSettings,
+    nothing_kept,
+    plan_shards,
+    remove_shards,
+    run_shards,
+    shard_outputs,
+)
 from megatron_qwen.data.shards import MESSAGES_KEY, PAIRS_KEY, TEXT_KEY, output_prefix_problem
 from megatron_qwen.data.sources import BadRecordError, InputError, expand_inputs
 from megatron_qwen.tokenizer import DEFAULT_SYSTEM_PROMPT, TokenizerFileError, load_tokenizer
@@ -90,16 +97,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(output_prefix_problem(args.output_prefix))
 
 
-def print_summary(result, elapsed: float, tasks, opts: Options) -> None:
-    s = result.stats
+def print_summary(result, elapsed: float, tasks, opts: PreprocessSettings) -> None:
+    stats = result.stats
     print(f"shards: {result.done} written, {result.skipped} already complete (skipped), {len(result.failed)} failed")
-    print(f"documents {s.documents:,} | tokens {s.tokens:,} | input {s.input_bytes / 1e6:,.1f} MB | "
-          f"{elapsed:.1f} s: {s.documents / elapsed:,.0f} docs/s, {s.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
-          f"{s.tokens / elapsed / 1e6:,.2f}M tokens/s")
-    if s.bad:
-        reasons = ", ".join(f"{reason} {n:,}" for reason, n in s.bad.most_common())
-        print(f"skipped records: {sum(s.bad.values()):,} ({reasons})")
-        for example in s.examples[:20]:
+    print(f"documents {stats.documents:,} | tokens {stats.tokens:,} | input {stats.input_bytes / 1e6:,.1f} MB | "
+          f"{elapsed:.1f} s: {stats.documents / elapsed:,.0f} docs/s, {stats.input_bytes / 1e6 / elapsed:,.1f} MB/s, "
+          f"{stats.tokens / elapsed / 1e6:,.2f}M tokens/s")
+    if stats.bad:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.bad.most_common())
+        print(f"skipped records: {sum(stats.bad.values()):,} ({reasons})")
+        for example in stats.examples[:20]:
             print(f"  {example}")
     for failure in result.failed:
         print(f"failed: {failure}")
@@ -119,7 +126,7 @@ def main(argv=None) -> int:
         # Processes before threads: threads of one process hand the GIL to each other at every
         # document, which a busy machine makes slow; separate processes never wait on each other.
         workers = args.workers or cpus
-        opts = Options(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict,
+        opts = PreprocessSettings(keys=keys, chatml=args.chatml, append_eod=args.append_eod, strict=args.strict,
                        threads=args.encode_threads or max(1, cpus // workers),
                        default_system_prompt=None if args.no_default_system_prompt else DEFAULT_SYSTEM_PROMPT,
                        pair_format=(args.pair_format or "pairs") if args.pairs else None)

@@ -23,7 +23,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy as megatron_loss
 from timing import median_ms
 
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.model.loss import vocab_parallel_cross_entropy
 from megatron_qwen.platform.distributed import init_distributed
 
@@ -52,7 +52,7 @@ def errors(loss_fn, logits, target) -> dict:
 def main() -> int:
     out_path, quick, cpu = sys.argv[1], "--quick" in sys.argv, "--cpu" in sys.argv
     cuda = torch.cuda.is_available() and not cpu
-    init_distributed(ParallelConfig(), num_layers=1, seed=0)  # megatron-core's loss reads its TP group
+    init_distributed(ParallelSettings(), num_layers=1, seed=0)  # megatron-core's loss reads its TP group
     device = torch.device("cuda") if cuda else torch.device("cpu")
     shapes = [(128, 2)] if quick else [(256, 2)] if cpu else [(2048, 4), (2048, 8)]
     reps, warmup = (1, 1) if quick else (3, 1) if cpu else (10, 3)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from check_correctness import backends, check, print_checks
 
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.data import SFTDataset
 from megatron_qwen.data.shards import IndexedShardWriter, loss_mask_prefix
@@ -55,7 +55,8 @@ def run(backend: str, batch: dict) -> tuple[torch.Tensor, dict]:
     initial weights."""
     flags = ["--mock-data", "--model-size", "tiny", "--seed", "5", "--bf16", "--use-cpu-initialization",
              "--hidden-dropout", "0", "--attention-dropout", "0", "--transformer-impl", backend]
-    (chunk,) = build_model(parse_run_config(PRETRAIN, flags))
+    cfg = parse_run_config(PRETRAIN, flags)
+    (chunk,) = build_model(cfg.model, cfg.parallel, cfg.build)
     chunk = chunk.to(compute_device())
     staged = {k: None if v is None else v.to(compute_device()) for k, v in batch.items()}
     losses = chunk(**model_inputs(staged, chunk)).float().reshape(batch["tokens"].shape)
@@ -97,7 +98,7 @@ def compare(backend: str, packed: dict, padded: dict, segments: list) -> list[di
 
 def main() -> int:
     out_path, quick = sys.argv[1], "--quick" in sys.argv
-    init_distributed(ParallelConfig(), 4, seed=0)
+    init_distributed(ParallelSettings(), 4, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         count = 12 if quick else 40
         write_conversations(f"{tmp}/sft", count)

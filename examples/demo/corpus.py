@@ -22,6 +22,7 @@ import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 
 CHUNK_CHARS = 4000
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -71,8 +72,6 @@ def code_documents(max_chars: int, seed: int) -> list[Document]:
 
 
 def english_documents() -> list[Document]:
-    from pydoc_data.topics import topics
-
     docs = [Document(piece, f"python-docs:pydoc_data.topics[{name!r}]")
             for name, text in sorted(topics.items()) for piece in split_paragraphs(text)]
     license_file = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"

@@ -19,12 +19,26 @@ small, trained from scratch for seconds, moves nowhere at those.
 """
 
 import argparse
+import importlib.util
 import json
 import random
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from megatron_qwen.config import recipes
+from megatron_qwen.config.recipes import PPO
+from megatron_qwen.data.prompts import read_prompts
+from megatron_qwen.inference.generate import Sampling
+from megatron_qwen.platform.distributed import compute_device, destroy_distributed, init_distributed
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.training.entry import main as run_entry_point
+from megatron_qwen.training.ppo_checkpoint import PPOCheckpointer
+from megatron_qwen.training.ppo_loop import PPOJob
+from megatron_qwen.training.ppo_models import build_ppo_models, load_frozen, start_weights
+from megatron_qwen.training.ppo_objective import RunningMean, kl_to_reference
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -82,8 +96,6 @@ def announce(module: str, argv: list[str]) -> None:
 
 def load_tool(name: str):
     """tools/<name>.py as a module (tools/ is no package)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -101,11 +113,8 @@ def preprocess(work: Path) -> None:
 
 
 def run_job(recipe_name: str, argv: list[str]) -> dict:
-    from megatron_qwen.config import recipes
-    from megatron_qwen.training.entry import main
-
     announce(f"-m megatron_qwen.{recipe_name.lower()}", argv)
-    return main(getattr(recipes, recipe_name), argv)
+    return run_entry_point(getattr(recipes, recipe_name), argv)
 
 
 def ppo_flags(work: Path, size: Size, kl_coef: float) -> list[str]:
@@ -141,17 +150,6 @@ def has_marker(text: str) -> bool:
 def heldout_figures(work: Path, size: Size, flags: list[str], save: str | None) -> dict:
     """The policy that ``flags`` start (or, with ``save``, resume: the run's end) sampling replies to the held-out
     prompts: the marker's frequency and the mean KL to the reference (nats per reply)."""
-    from megatron_qwen.config.recipes import PPO
-    from megatron_qwen.data.prompts import read_prompts
-    from megatron_qwen.inference.generate import Sampling
-    from megatron_qwen.platform.distributed import compute_device, destroy_distributed, init_distributed
-    from megatron_qwen.tokenizer import load_tokenizer
-    from megatron_qwen.training.arguments import parse_run_config
-    from megatron_qwen.training.ppo_checkpoint import PPOCheckpointer
-    from megatron_qwen.training.ppo_loop import PPOJob
-    from megatron_qwen.training.ppo_models import build_ppo_models, load_frozen, start_weights
-    from megatron_qwen.training.ppo_objective import RunningMean, kl_to_reference
-
     each, replies = str(size.heldout_samples), size.heldout_samples * len(HELDOUT_TOPICS)
     resume = ["--save", save, "--override-data-state"] if save else []  # the batch here is the held-out set
     cfg = parse_run_config(PPO, [*flags, *resume, "--prompt-data-path", str(work / "heldout.jsonl"),

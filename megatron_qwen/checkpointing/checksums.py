@@ -113,6 +113,7 @@ class checksummed_writes:  # noqa: N801  (used like a function: checksummed_writ
         self.fn = fn
 
     def __call__(self, *args, **kwargs):
+        # deferred: megatron-core takes seconds to import; saving.py imports this module, hf/relayout.py it
         from megatron.core.dist_checkpointing.strategies import filesystem_async
 
         filesystem_async.open = hashing_open

@@ -17,11 +17,17 @@ import re
 import shutil
 import tempfile
 
+import torch
+
+from megatron_qwen.checkpointing.parallel_layout import same_layout
 from megatron_qwen.checkpointing.resolver import Resolved
-from megatron_qwen.checkpointing.run_state import same_layout
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling, torch_load
 from megatron_qwen.checkpointing.writer_lock import waiting_for
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.parallel import ParallelSettings
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.zero import ZeroSettings
+from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1, shard, unshard
 
 UNIVERSAL = "universal"  # ds_to_universal's output, inside the iteration directory
 
@@ -30,6 +36,7 @@ def _tp_rank_fp32_weights(ckpt_dir: str, tp_rank: int) -> dict:
     """The fp32 master weights of one tensor-parallel rank, gathered from its data-parallel partitions by
     DeepSpeed's own zero_to_fp32 (which reads one model-parallel rank per directory: we give it a
     directory of links to this rank's files)."""
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     mine = [f for f in os.listdir(ckpt_dir) if f"mp_rank_{tp_rank:02d}_" in f]
@@ -44,10 +51,8 @@ def load_deepspeed_weights(source: Resolved, module) -> None:
     """Fill this rank's bare model (any TP) with the fp32 master weights of the deepspeed-engine checkpoint
     ``source`` (any stage and layout): weights-only starts (--finetune). DeepSpeed's own module-only load of a
     ZeRO-3 checkpoint looks for a 'latest' file we do not write and mixes model-parallel ranks."""
-    import torch
+    # deferred: megatron-core takes seconds to import; preflight imports this module
     from megatron.core import parallel_state
-
-    from megatron_qwen.model.layout import shard, unshard
 
     ckpt_dir, saved_tp = source.ckpt_dir, source.marker["layout"]["tp"]
     check_pickles(ckpt_dir, deepspeed=True)
@@ -67,14 +72,9 @@ def convert_to_megatron(source: Resolved, destination: str) -> str:
     """Write the latest deepspeed-engine checkpoint under ``source`` as a checkpoint of ours at
     ``destination``: full (TP1) fp32 master weights, loadable as weights only at any layout
     (``--finetune`` semantics: fresh optimizer and iteration). Returns the iteration directory."""
-    import torch
-
+    # deferred: the model and megatron-core take seconds to import; preflight imports this module
     from megatron_qwen.checkpointing.weights import save_weights_only
-    from megatron_qwen.config.parallel import ParallelConfig
-    from megatron_qwen.config.run import RunConfig
-    from megatron_qwen.config.zero import ZeroSettings
     from megatron_qwen.model.builder import build_on_meta
-    from megatron_qwen.model.layout import unshard
     from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
     ckpt_dir, saved = source.checked(), source.marker
@@ -82,11 +82,11 @@ def convert_to_megatron(source: Resolved, destination: str) -> str:
     with restricted_unpickling(deepspeed=True):
         per_rank = [_tp_rank_fp32_weights(ckpt_dir, r) for r in range(saved["layout"]["tp"])]
     # The run as one process with the reference back end: the model whose full tensors we fill.
-    cfg = dataclasses.replace(run, parallel=ParallelConfig(), zero=ZeroSettings(),
+    cfg = dataclasses.replace(run, parallel=ParallelSettings(), zero=ZeroSettings(),
                               build=dataclasses.replace(run.build, transformer_impl="local", precision="fp32"))
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     try:
-        chunk = build_on_meta(cfg)[0].to_empty(device="cpu")
+        chunk = build_on_meta(cfg.model, cfg.parallel, cfg.build)[0].to_empty(device="cpu")
         for name, p in chunk.named_parameters():  # PP=1: the saved names are the full model's
             if name not in per_rank[0]:
                 raise ConfigError(f"{ckpt_dir}: the DeepSpeed checkpoint has no weight {name}")
@@ -103,7 +103,7 @@ def convert_to_megatron(source: Resolved, destination: str) -> str:
 
 def check_resumable(source: Resolved, stage: int, layout: dict) -> None:
     """Refuse, before any process group, a resume of the deepspeed-engine checkpoint ``source`` at ZeRO
-    ``stage`` and ``layout`` (run_state.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
+    ``stage`` and ``layout`` (parallel_layout.layout) that DeepSpeed's universal checkpoint cannot carry (deepspeed
     0.19.8): across the ZeRO-3 boundary (its model-states files are named and loaded differently), or from a
     TP>1 checkpoint saved without the tensor-parallel slicing information (by an earlier version)."""
     ckpt_dir, saved = source.ckpt_dir, source.marker
@@ -125,6 +125,7 @@ def universal_checkpoint_info(module) -> dict:
     the module carries it): replicated (the norms), split along dim 1 (row-parallel), SwiGLU's stacked
     [gate; up] fc1 (two sub-parameters along dim 0), or along dim 0 (everything else: DeepSpeed's default).
     One pattern per parameter name, the layer index generalized."""
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.checkpoint.constants import (
         PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0,
         PARAMETER_WITH_ROW_PARALLELISM_PATTERNS,
@@ -132,8 +133,6 @@ def universal_checkpoint_info(module) -> dict:
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
         UNIVERSAL_CHECKPOINT_VERSION_VALUE,
     )
-
-    from megatron_qwen.model.layout import LAYER_NAME, is_gated_fc1
 
     kinds: dict[str, set] = {TP_REPLICATED_PARAMETER_PATTERNS: set(), PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: set(),
                              PARAMETER_WITH_2_SUB_PARAMS_CAT_DIM_0: set()}
@@ -164,6 +163,7 @@ def to_universal(ckpt_dir: str) -> None:
 
 
 def _convert_to_universal(ckpt_dir: str, out: str) -> None:
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     staging, source = out + ".partial", out + ".input"
@@ -183,8 +183,6 @@ def _without_extra_state(ckpt_dir: str, source: str) -> None:
     """``ckpt_dir`` as ds_to_universal can read it, in ``source``: links to its files, but the model-states
     files rewritten without megatron-core's ``_extra_state`` entries (None in its linear layers), which
     ds_to_universal would try to save as fp32 weights (stages 1 and 2)."""
-    import torch
-
     os.makedirs(source)
     for f in os.listdir(ckpt_dir):
         path = os.path.join(ckpt_dir, f)

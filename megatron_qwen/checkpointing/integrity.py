@@ -13,6 +13,8 @@ import os
 import shutil
 from collections.abc import Callable
 
+import torch.distributed as dist
+
 from megatron_qwen.checkpointing.checksums import ALGORITHM, DIGESTS, file_digest, recorded_digest
 from megatron_qwen.checkpointing.directory import TRACKER, complete_iterations, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.paths import outside
@@ -109,8 +111,6 @@ def records_damage(ckpt_dir: str) -> str | None:
 def shared_damage(ckpt_dir: str, verify: bool) -> str | None:
     """damage() with every checksum verified (``verify``), the reading shared out among the ranks of the job
     (a collective): each reads 1/N of the shards. The first problem any rank found, on every rank."""
-    import torch.distributed as dist
-
     try:
         names = sorted(read_manifest(ckpt_dir) or {})
     except ValueError as e:

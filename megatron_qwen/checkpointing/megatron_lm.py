@@ -4,22 +4,24 @@ check_checkpoint_args, load_args_from_checkpoint); docs/checkpoints.md restates 
 
 Both stacks save through megatron-core's dist_checkpointing under the same tensor keys, so the model and
 optimizer tensors read either way as they are. What differs is beside them. Ours: run_config, train_state,
-data_state, layout (run_state.py). Megatron-LM's: ``args`` (an argparse.Namespace), ``checkpoint_version``,
-``iteration``, ``opt_param_scheduler``, the ``content_metadata`` dist_checkpointing records (how the
-distributed optimizer's state is sharded), and the RNG object: a list of dicts, sharded over (pipeline,
-tensor) ranks with the data- x context-parallel rank as replica id (Megatron-LM's list holds one dict, or
-one per data-parallel rank under --data-parallel-random-init; ours one per data- x context-parallel rank,
-so that each rank's states come back to it). A checkpoint of ours carries both; one of Megatron-LM's is
-read by deriving ours from its ``args``.
+data_state, layout (train_state.py, data_state.py, parallel_layout.py). Megatron-LM's: ``args`` (an
+argparse.Namespace), ``checkpoint_version``, ``iteration``, ``opt_param_scheduler``, the ``content_metadata``
+dist_checkpointing records (how the distributed optimizer's state is sharded), and the RNG object: a list of
+dicts, sharded over (pipeline, tensor) ranks with the data- x context-parallel rank as replica id
+(Megatron-LM's list holds one dict, or one per data-parallel rank under --data-parallel-random-init; ours one
+per data- x context-parallel rank, so that each rank's states come back to it). A checkpoint of ours carries
+both; one of Megatron-LM's is read by deriving ours from its ``args``.
 """
 
 import argparse
 import dataclasses
 
-from megatron_qwen.checkpointing.run_state import TrainState, data_state, layout
+from megatron_qwen.checkpointing.data_state import data_state
+from megatron_qwen.checkpointing.parallel_layout import layout
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QWEN_VOCAB_SIZE, QwenModelConfig
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import DataSettings, TrainSettings
 
@@ -80,7 +82,7 @@ def megatron_lm_records(cfg: RunConfig, lay: dict, state: TrainState, scheduler_
 
 
 def rng_to_megatron_lm(states: list[dict]) -> list[dict]:
-    """Our RNG records (job_state.rng_states) of one place's ranks as Megatron-LM's object: a list of dicts under
+    """Our RNG records (rng_state.rng_states) of one place's ranks as Megatron-LM's object: a list of dicts under
     its key names. Without CUDA, the CUDA state is the CPU generator's (what Megatron-LM on the CPU shim
     records)."""
     return [{_RNG_KEYS[k]: state["torch"] if k == "cuda" and v is None else v for k, v in state.items()}
@@ -88,7 +90,7 @@ def rng_to_megatron_lm(states: list[dict]) -> list[dict]:
 
 
 def rng_from_megatron_lm(entry: dict, cuda: bool) -> dict:
-    """One entry of Megatron-LM's RNG object as our record (job_state.set_rng_states); its CUDA state only where
+    """One entry of Megatron-LM's RNG object as our record (rng_state.set_rng_states); its CUDA state only where
     there is CUDA."""
     ours = {k: entry[name] for k, name in _RNG_KEYS.items()}
     return {**ours, "cuda": ours["cuda"] if cuda else None}
@@ -146,7 +148,7 @@ def _run_config(args, source: str) -> RunConfig:
                           seq_length=_arg(args, "seq_length", source))
     data = DataSettings(data_path=tuple(getattr(args, "data_path", None) or ()),
                         mock_data=bool(getattr(args, "mock_data", False)))
-    parallel = ParallelConfig(tensor_model_parallel_size=_arg(args, "tensor_model_parallel_size", source),
+    parallel = ParallelSettings(tensor_model_parallel_size=_arg(args, "tensor_model_parallel_size", source),
                               pipeline_model_parallel_size=_arg(args, "pipeline_model_parallel_size", source))
     return RunConfig(recipe="pretrain", model_size="megatron-lm", model=model, train=train, data=data,
                      parallel=parallel)

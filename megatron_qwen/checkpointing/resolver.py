@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 from megatron_qwen.checkpointing.directory import TRACKER, iteration_dir, latest_iteration
 from megatron_qwen.checkpointing.hf_config import ConfigKeys, model_of
+from megatron_qwen.checkpointing.integrity import checked_checkpoint
+from megatron_qwen.checkpointing.reading import COMMON, common_state
+from megatron_qwen.checkpointing.unpickling import check_pickles
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QwenModelConfig
 from megatron_qwen.config.settings import CheckpointSettings
@@ -120,8 +123,6 @@ class Resolved:
             return self.marker["run_config"], os.path.join(self.ckpt_dir, DEEPSPEED_MARKER)
         if self.kind not in (Kind.MEGATRON, Kind.WEIGHTS_ONLY):
             raise ConfigError(f"{self.path} holds {self.kind.value}, which stores no run configuration")
-        from megatron_qwen.checkpointing.reading import COMMON, common_state  # torch: only for a checkpoint's
-
         return common_state(self.ckpt_dir)["run_config"], os.path.join(self.ckpt_dir, COMMON)
 
     def at(self, iteration: int) -> "Resolved":
@@ -158,9 +159,6 @@ class Resolved:
         """The tracker's iteration directory once it is whole (its manifest's sizes, and checksums unless
         ``verify`` is False) and its pickles hold nothing but data (unpickling.py): for the readers of one
         checkpoint (conversion, export, generation); a training run checks in preflight and at the load."""
-        from megatron_qwen.checkpointing.integrity import checked_checkpoint
-        from megatron_qwen.checkpointing.unpickling import check_pickles  # torch: only for a checkpoint's
-
         checked_checkpoint(self.ckpt_dir, verify)
         check_pickles(self.ckpt_dir, deepspeed=self.kind is Kind.DEEPSPEED)
         return self.ckpt_dir
@@ -259,14 +257,14 @@ class Start:
         return Use.RESUME_MEGATRON if self.resume else Use.START_MEGATRON
 
 
-def starting_point(s: CheckpointSettings) -> Start:
+def starting_point(checkpoint: CheckpointSettings) -> Start:
     """What --load means for a run, whichever engine reads it: weights only (fresh optimizer and iteration,
     as --finetune) from a Hugging Face model or weights converted into ours; and a fine-tuning run that
     already saved resumes its own --save rather than restart from the base model."""
-    source = resolve(s.load) if s.load else None
+    source = resolve(checkpoint.load) if checkpoint.load else None
     if source is not None and source.weights_only:
-        s = dataclasses.replace(s, finetune=True)
-    if s.finetune and s.save and resolve(s.save).iteration is not None:
-        s = dataclasses.replace(s, load=s.save, finetune=False)
-        source = resolve(s.save)
-    return Start(s, source)
+        checkpoint = dataclasses.replace(checkpoint, finetune=True)
+    if checkpoint.finetune and checkpoint.save and resolve(checkpoint.save).iteration is not None:
+        checkpoint = dataclasses.replace(checkpoint, load=checkpoint.save, finetune=False)
+        source = resolve(checkpoint.save)
+    return Start(checkpoint, source)

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 
+import torch.distributed as dist
+
 from megatron_qwen.checkpointing.checksums import checksummed_writes
 from megatron_qwen.checkpointing.directory import complete_iterations, iteration_dir, latest_iteration, write_tracker
 from megatron_qwen.checkpointing.integrity import checkpoint_bytes, write_manifest
@@ -72,8 +74,6 @@ def too_little_disk(root: str) -> str | None:
 
 def room_to_save(root: str, iteration: int) -> bool:
     """Rank 0 checks the free disk space for every rank (a collective); a refused save is one line."""
-    import torch.distributed as dist
-
     problem = [too_little_disk(root) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(problem, src=0)
     if problem[0] and dist.get_rank() == 0:
@@ -85,6 +85,7 @@ def save_sharded(sharded_state: dict, ckpt_dir: str, content_metadata: dict, asy
     """megatron-core's dist_checkpointing.save of ``sharded_state`` into ``ckpt_dir``, each shard file hashed
     as it is written (checksums.py), ``content_metadata`` recorded as Megatron-LM records it. Returns the
     request still to schedule when ``asynchronous``, else None once written (a collective)."""
+    # deferred: megatron-core takes seconds to import; hf/relayout.py stages its output here without it
     from megatron.core import dist_checkpointing
 
     request = dist_checkpointing.save(sharded_state, ckpt_dir, async_sharded_save=True,
@@ -128,8 +129,6 @@ class StagedSaves:
     checkpoints (None: all). Every rank makes the same calls (they are collectives)."""
 
     def __init__(self, root: str, keep_last: int | None):
-        import torch.distributed as dist
-
         self.root, self.keep_last = root, keep_last
         self._async_queue, self._in_flight = None, 0
         if dist.get_rank() == 0:  # no save runs yet, and preflight holds root's lock: what is staged is a dead run's
@@ -141,8 +140,6 @@ class StagedSaves:
         returns None once written, or megatron-core's request still to run (an asynchronous save, published by
         finish_pending once every rank has written). One asynchronous save in flight at most: a kill then
         loses at most two save intervals (docs/reliability.md)."""
-        import torch.distributed as dist
-
         self.finish_pending(blocking=True)
         if not room_to_save(self.root, iteration):
             return
@@ -160,6 +157,7 @@ class StagedSaves:
         with self._disk_full_is_one_line(iteration):
             request = write(staging)
         if request is not None:
+            # deferred: megatron-core takes seconds to import; hf/relayout.py stages its output here without it
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             request.add_finalize_fn(finalize)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
+from megatron_qwen.checkpointing.paths import contained
 from megatron_qwen.config.errors import ConfigError
 
 _FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
@@ -38,6 +39,7 @@ class UnsafeCheckpointError(ConfigError):
 def _dcp_globals() -> list:
     """What torch's distributed-checkpoint ``.metadata`` holds (megatron-core 0.16.1 and torch 2.13; the two
     empty classes megatron-core keeps for loading older checkpoints' metadata)."""
+    # deferred: megatron-core takes seconds to import; preflight reads a checkpoint's pickles with this module
     from megatron.core.dist_checkpointing.strategies.torch import MCoreMetadata, MCoreSavePlan
     from torch.distributed.checkpoint import filesystem, metadata, planner
 
@@ -50,6 +52,7 @@ def _dcp_globals() -> list:
 
 def _deepspeed_globals() -> list:
     """What DeepSpeed 0.19.8's checkpoint files and its universal checkpoint hold besides tensors."""
+    # deferred: DeepSpeed takes a second to import; only its engine's checkpoints need it
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -62,6 +65,7 @@ def allowed_globals(deepspeed: bool = False) -> list:
     and our common.pt hold: argparse.Namespace, numpy arrays, megatron-core's enums and configs), torch's
     distributed-checkpoint metadata, and DeepSpeed's where its files are read. torch allows tensors,
     storages, dtypes and containers by itself."""
+    # deferred: megatron-core takes seconds to import; preflight reads a checkpoint's pickles with this module
     from megatron.core.safe_globals import SAFE_GLOBALS
 
     return [*SAFE_GLOBALS, *_dcp_globals(), *(_deepspeed_globals() if deepspeed else [])]
@@ -134,6 +138,7 @@ def _restricted_dcp_pickle(deepspeed: bool):
 def restricted_unpickling(deepspeed: bool = False):
     """Within the block, every torch.load in any library is weights_only with ``allowed_globals``, and torch's
     distributed-checkpoint reader unpickles ``.metadata`` with RestrictedUnpickler."""
+    # deferred: torch's distributed checkpointing takes seconds to import; only a checkpoint's reading needs it
     from torch.distributed.checkpoint import filesystem
 
     _allow_in_torch_load(deepspeed)
@@ -152,6 +157,7 @@ def restricted_unpickling(deepspeed: bool = False):
 
 def _dcp_objects(ckpt_dir: str, metadata) -> list[tuple[str, bytes]]:
     """(file, bytes) of every pickled object inside the .distcp shards (their tensors are not read)."""
+    # deferred: torch's distributed checkpointing takes seconds to import; only a checkpoint's reading needs it
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     objects = []
@@ -168,8 +174,6 @@ def check_pickles(ckpt_dir: str, deepspeed: bool = False) -> None:
     """Read every pickled file of the iteration directory ``ckpt_dir`` the restricted way, before a library
     does: UnsafeCheckpointError in one line naming the first file that names a class outside the list.
     Tensor data is not read (torch files are memory-mapped; a shard's tensors are skipped)."""
-    from megatron_qwen.checkpointing.paths import contained
-
     for folder, _, names in sorted(os.walk(ckpt_dir)):
         for name in sorted(names):
             path = os.path.join(folder, name)

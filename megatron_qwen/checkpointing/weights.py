@@ -10,12 +10,15 @@ import json
 import os
 from dataclasses import asdict
 
+from megatron.core import dist_checkpointing
+
 from megatron_qwen.checkpointing.directory import iteration_dir, write_tracker
 from megatron_qwen.checkpointing.integrity import write_manifest
 from megatron_qwen.checkpointing.megatron_lm import content_metadata, megatron_lm_records
+from megatron_qwen.checkpointing.parallel_layout import layout
 from megatron_qwen.checkpointing.resolver import IMPORT_MARKER
-from megatron_qwen.checkpointing.run_state import TrainState, layout
 from megatron_qwen.checkpointing.saving import save_sharded, staged_directory
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.model.builder import unwrap
@@ -52,8 +55,6 @@ def load_weights(ckpt_dir: str, chunks) -> None:
     into this rank's chunks; its pickles are checked first and read restricted (unpickling.py). The
     parameters a model has beyond a language model's (``new_parameters``: the reward head) keep their values
     where the checkpoint has none (a language model's)."""
-    from megatron.core import dist_checkpointing
-
     check_pickles(ckpt_dir)
     state = model_state(chunks)
     with restricted_unpickling():
@@ -67,8 +68,6 @@ def load_weights(ckpt_dir: str, chunks) -> None:
 def _pop_absent_new_parameters(ckpt_dir: str, chunks, state: dict) -> dict[str, dict]:
     """Takes out of ``state`` the new parameters the checkpoint does not hold; their current values, by model
     key and name."""
-    from megatron.core import dist_checkpointing
-
     wanted = {key: unwrap(chunk).new_parameters for key, chunk in zip(model_keys(chunks), chunks)}
     if not any(wanted.values()):
         return {}

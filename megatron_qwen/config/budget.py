@@ -30,7 +30,7 @@ count.__name__ = "count"  # argparse names the type in its error: "invalid count
 
 
 @dataclass(frozen=True)
-class TokenFlags:
+class TokenBudgetSettings:
     """Read to resolve the budget and the schedule into samples, not stored."""
 
     train_tokens: int | None = flag("--train-tokens", group=TRAINING, default=None, kind=count, bounds=POSITIVE,

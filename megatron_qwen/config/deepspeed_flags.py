@@ -9,10 +9,10 @@ numbers. What has no counterpart here is refused, naming the key.
 
 import math
 
-from megatron_qwen.config.deepspeed_json import said
+from megatron_qwen.config.deepspeed_json import none_if_auto
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import flag_fields, spec_of, value_problem
-from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags
+from megatron_qwen.config.optimizer import OptimizerSettings, WarmupFractionSettings
 from megatron_qwen.config.settings import TrainSettings
 from megatron_qwen.config.zero import ZeroSettings
 
@@ -40,7 +40,7 @@ def fill_unset_flags(args, user: dict, path: str, default_lr: float) -> None:
     changed in place); a flag given otherwise is an error naming both. ``default_lr``: the recipe's."""
     found: dict[str, tuple[str, object]] = {}  # dest -> (JSON key, value)
     for key, dest in TOP_LEVEL_KEYS.items():
-        _put(found, path, dest, key, said(user.get(key)))
+        _put(found, path, dest, key, none_if_auto(user.get(key)))
     if isinstance(user.get("bf16"), dict) and user["bf16"].get("enabled") is True:
         args.bf16 = True  # no flag turns bf16 off, so nothing to contradict
     if "optimizer" in user:
@@ -77,7 +77,7 @@ def _put(found: dict, path: str, dest: str, key: str, value, overrides: bool = F
 
 def _spec(dest: str):
     """The declaration of the flag parsed into ``dest`` (config/flags.py)."""
-    for cls in (TrainSettings, OptimizerSettings, ScheduleFlags, ZeroSettings):
+    for cls in (TrainSettings, OptimizerSettings, WarmupFractionSettings, ZeroSettings):
         for f in flag_fields(cls):
             if (spec_of(f).dest or f.name) == dest:
                 return spec_of(f)
@@ -102,7 +102,7 @@ def _params(path: str, section: str, body, allowed: tuple) -> dict:
         if key not in allowed:
             raise ConfigError(f"--deepspeed_config {path}: {section}.params.{key} has no counterpart in this "
                               f"project's {'AdamW' if section == 'optimizer' else 'LR schedule'}; remove it")
-    return {k: said(v) for k, v in params.items()}
+    return {k: none_if_auto(v) for k, v in params.items()}
 
 
 def _optimizer(found: dict, path: str, body) -> None:

@@ -35,6 +35,7 @@ def passed_to_deepspeed(user: dict) -> dict:
     return {k: v for k, v in user.items() if k not in ("optimizer", "scheduler")}
 
 
-def said(value):
-    """A JSON value that says something: Hugging Face-style configs write "auto" for "fill in for me"."""
+def none_if_auto(value):
+    """``value``, or None where it is "auto": Hugging Face-style configs write "auto" for "fill in for me", which
+    leaves the value to our flags and defaults."""
     return None if value == "auto" else value

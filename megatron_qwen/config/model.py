@@ -61,7 +61,7 @@ class QwenModelConfig:
 
 
 @dataclass(frozen=True)
-class VocabPadding:
+class VocabPaddingSettings:
     """Read to pad an explicit --vocab-size (padded_rows); not stored: the padded row count is."""
 
     make_vocab_size_divisible_by: int = flag(

@@ -77,7 +77,7 @@ class OptimizerSettings:
 
 
 @dataclass(frozen=True)
-class ScheduleFlags:
+class WarmupFractionSettings:
     """Read to resolve OptimizerSettings, not stored."""
 
     lr_warmup_fraction: float | None = flag("--lr-warmup-fraction", group=LR, default=None,

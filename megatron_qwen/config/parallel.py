@@ -7,7 +7,7 @@ from megatron_qwen.config.flags import PARALLEL, POSITIVE, flag
 
 
 @dataclass(frozen=True)
-class ParallelConfig:
+class ParallelSettings:
     tensor_model_parallel_size: int = flag("--tensor-model-parallel-size", group=PARALLEL, default=1, bounds=POSITIVE)
     pipeline_model_parallel_size: int = flag("--pipeline-model-parallel-size", group=PARALLEL, default=1,
                                              bounds=POSITIVE)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import SHAPE, flag
 from megatron_qwen.config.model import MODEL_PRESETS, BuildSettings, QwenModelConfig
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.ppo import PPOSettings
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
 from megatron_qwen.config.zero import ZeroSettings, deepspeed_config
@@ -22,7 +22,7 @@ class RunConfig:
     model_size: str = flag("--model-size", group=SHAPE, unset="tiny", help=f"preset: {', '.join(MODEL_PRESETS)}")
     model: QwenModelConfig
     build: BuildSettings = field(default_factory=BuildSettings)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     data: DataSettings = field(default_factory=DataSettings)
     log: LogSettings = field(default_factory=LogSettings)

@@ -8,10 +8,10 @@ offload, at TP x DP with PP=1.
 
 from dataclasses import dataclass
 
-from megatron_qwen.config.deepspeed_json import passed_to_deepspeed, read_json, said
+from megatron_qwen.config.deepspeed_json import none_if_auto, passed_to_deepspeed, read_json
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import PARALLEL, POSITIVE, ZERO, flag
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 
 ENGINES = ("megatron", "deepspeed")
 OFFLOAD_DEVICES = ("none", "cpu")
@@ -60,7 +60,7 @@ class ZeroSettings:
         """megatron-core's distributed optimizer: ZeRO-1 on the megatron engine."""
         return not self.deepspeed and self.stage == 1
 
-    def validate(self, parallel: ParallelConfig, async_save: bool) -> None:
+    def validate(self, parallel: ParallelSettings, async_save: bool) -> None:
         if not self.deepspeed:
             for flag, value in (("--zero-offload-optimizer", self.offload_optimizer),
                                 ("--zero-offload-param", self.offload_param)):
@@ -101,7 +101,7 @@ class ZeroSettings:
 
 
 @dataclass(frozen=True)
-class ZeroSwitches:
+class ZeroAliasSettings:
     """Megatron-LM's and Megatron-DeepSpeed's names for ZeroSettings' values, read to resolve them; not stored."""
 
     deepspeed: bool = flag("--deepspeed", group=ZERO, default=False,
@@ -140,14 +140,15 @@ def zero_settings(args) -> ZeroSettings:
     stage_default = 1 if args.use_distributed_optimizer or engine == "deepspeed" else 0
     return ZeroSettings(
         engine=engine,
-        stage=pick("--zero-stage", args.zero_stage, "zero_optimization.stage", said(z.get("stage")), stage_default),
+        stage=pick("--zero-stage", args.zero_stage, "zero_optimization.stage", none_if_auto(z.get("stage")),
+                   stage_default),
         offload_optimizer=pick("--zero-offload-optimizer", args.zero_offload_optimizer,
                                "zero_optimization.offload_optimizer.device",
-                               said(z.get("offload_optimizer", {}).get("device")), "none"),
+                               none_if_auto(z.get("offload_optimizer", {}).get("device")), "none"),
         offload_param=pick("--zero-offload-param", args.zero_offload_param, "zero_optimization.offload_param.device",
-                           said(z.get("offload_param", {}).get("device")), "none"),
+                           none_if_auto(z.get("offload_param", {}).get("device")), "none"),
         bucket_size=pick("--zero-bucket-size", args.zero_bucket_size, "zero_optimization.reduce_bucket_size",
-                         said(z.get("reduce_bucket_size")), DEFAULT_BUCKET_ELEMENTS),
+                         none_if_auto(z.get("reduce_bucket_size")), DEFAULT_BUCKET_ELEMENTS),
         deepspeed_config=args.deepspeed_config,
         torch_adamw=args.torch_adamw,
     )
@@ -211,7 +212,7 @@ def _lay_over(user: dict, ours: dict, path: str | None, prefix: str) -> dict:
     merged = dict(user)
     for key, value in ours.items():
         name = prefix + key
-        theirs = said(user.get(key))
+        theirs = none_if_auto(user.get(key))
         if name in USER_MAY_SET and theirs is not None:
             continue
         if isinstance(value, dict):

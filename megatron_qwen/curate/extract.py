@@ -11,6 +11,8 @@ from __future__ import annotations
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.extractors.base import BaseExtractor
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from resiliparse.extract.html2text import extract_plain_text
 
 EXTRA_HINT = "pip install 'megatron-qwen[curate]' (or pip install trafilatura==2.3.1 lxml_html_clean==0.4.6)"
 
@@ -24,8 +26,6 @@ class ResiliparseExtractor(BaseExtractor):
         super().__init__(timeout)
 
     def extract(self, text: str) -> str:
-        from resiliparse.extract.html2text import extract_plain_text
-
         return extract_plain_text(text, main_content=True)
 
 
@@ -37,6 +37,7 @@ def make_extractor(name: str, timeout: float = 1.0) -> BaseExtractor:
             import trafilatura  # noqa: F401
         except ImportError as e:  # not installed, or lxml without its html-clean part
             raise ImportError(f"--extractor trafilatura needs trafilatura ({e}): {EXTRA_HINT}") from None
+        # optional: trafilatura, checked just above
         from datatrove.pipeline.extractors import Trafilatura
 
         return Trafilatura(favour_precision=True, timeout=timeout)
@@ -84,8 +85,6 @@ class LanguageTagger(PipelineStep):
 
     def identify(self, text: str) -> tuple[str, float]:
         if self._identifier is None:  # built in the worker process, not pickled with the step
-            from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
             self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         lang, score = self._identifier.classify(text[:self.PREFIX_CHARS])
         return lang, float(score)

@@ -62,7 +62,7 @@ def lsh_bands(threshold: float, num_perm: int, min_recall: float = 0.99) -> tupl
 
 
 @dataclass(frozen=True)
-class FuzzyConfig:
+class FuzzySettings:
     ngram: int = 5  # tokens per shingle (characters for Chinese), at most len(SHINGLE_MULTIPLIERS)
     num_perm: int = 256  # MinHash permutations
     threshold: float = 0.8  # Jaccard similarity from which two documents are duplicates
@@ -86,7 +86,7 @@ class MinhashSignature(_DatatroveSignature):
     (`full/RANK.sig`, one row of bands*rows hashes per document index; zeros for a document without a
     shingle) for the verification in `VerifiedMinhashCluster`."""
 
-    def __init__(self, output_folder: DataFolderLike, config: FuzzyConfig):
+    def __init__(self, output_folder: DataFolderLike, config: FuzzySettings):
         super().__init__(output_folder, config.minhash_config(), language=CurationTokenizer())
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
@@ -118,7 +118,7 @@ class MinhashSignature(_DatatroveSignature):
         return super().get_signature(shingles)
 
 
-def minhash_buckets(signature_folder: str, buckets_folder: str, config: FuzzyConfig) -> MinhashDedupBuckets:
+def minhash_buckets(signature_folder: str, buckets_folder: str, config: FuzzySettings) -> MinhashDedupBuckets:
     return MinhashDedupBuckets(signature_folder, buckets_folder, config=config.minhash_config())
 
 
@@ -131,7 +131,7 @@ class VerifiedMinhashCluster(PipelineStep):
     type = "🫂 - DEDUP"
 
     def __init__(self, signature_folder: DataFolderLike, buckets_folder: DataFolderLike,
-                 output_folder: DataFolderLike, config: FuzzyConfig):
+                 output_folder: DataFolderLike, config: FuzzySettings):
         super().__init__()
         self.signature_folder = get_datafolder(signature_folder)
         self.buckets_folder = get_datafolder(buckets_folder)

@@ -20,6 +20,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.stats import PipelineStats
@@ -29,6 +30,8 @@ from megatron_qwen.curate import decont, exact, fuzzy, quality, upsample
 from megatron_qwen.curate.extract import HtmlExtraction, LanguageTagger, make_extractor
 from megatron_qwen.curate.raw_reader import RawJsonlReader, bad_records
 from megatron_qwen.curate.to_shards import TokenizeShards
+from megatron_qwen.data.preprocess import PreprocessSettings, plan_shards
+from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
 from megatron_qwen.data.sources import expand_inputs, shard_names
 
 STEPS = ("extract", "exact", "fuzzy", "quality", "decont", "upsample", "tokenize")
@@ -43,7 +46,7 @@ class CurateConfig:
     html_key: str = "html"  # a record without `text_key` but with this key is HTML: its main text is extracted
     extractor: str = "resiliparse"
     languages: list[str] | None = None  # keep only these (ISO 639-1); None: keep all, tagged
-    fuzzy: fuzzy.FuzzyConfig = field(default_factory=fuzzy.FuzzyConfig)
+    fuzzy: fuzzy.FuzzySettings = field(default_factory=fuzzy.FuzzySettings)
     quality_config: str = quality.DEFAULT_RULES_FILE
     quality_scorer: str | None = None  # 'module:function', text -> score
     eval_data: list[str] = field(default_factory=list)
@@ -187,7 +190,7 @@ def fuzzy_stages(cfg: CurateConfig, tasks: int) -> list[Stage]:
 
 
 @dataclass
-class ExecutorOptions:
+class ExecutorSettings:
     kind: str = "local"  # local, slurm or ray
     workers: int = -1  # local: concurrent tasks (-1: all); slurm: max concurrent array tasks
     partition: str | None = None
@@ -198,20 +201,16 @@ class ExecutorOptions:
     sbatch_args: dict = field(default_factory=dict)
 
 
-def make_executors(stages: list[Stage], output: str, opts: ExecutorOptions) -> list:
+def make_executors(stages: list[Stage], output: str, opts: ExecutorSettings) -> list:
     """One datatrove executor per stage, each depending on the one before it."""
     executors = []
     for stage in stages:
         common = dict(pipeline=stage.pipeline, tasks=stage.tasks, logging_dir=os.path.join(output, "logs", stage.name),
                       depends=executors[-1] if executors else None)
         if opts.kind == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
             workers = min(opts.workers if opts.workers > 0 else os.cpu_count() or 1, stage.tasks)
             executors.append(LocalPipelineExecutor(workers=workers, start_method="fork", **common))
         elif opts.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
             if not opts.partition:
                 raise ConfigError("--executor slurm needs --partition")
             executors.append(SlurmPipelineExecutor(
@@ -223,7 +222,6 @@ def make_executors(stages: list[Stage], output: str, opts: ExecutorOptions) -> l
                 import ray  # noqa: F401
             except ImportError:
                 raise ConfigError("--executor ray needs ray: pip install 'ray[default]'") from None
-            from datatrove.executor import RayPipelineExecutor
 
             executors.append(RayPipelineExecutor(workers=opts.workers, cpus_per_task=opts.cpus_per_task,
                                                  mem_per_cpu_gb=opts.mem_per_cpu_gb, **common))
@@ -241,8 +239,6 @@ def run(executors: list, cfg: CurateConfig | None = None, stages: list[Stage] | 
     own chaining would wait for it forever) or, with `cfg` and `stages` given, at a step that kept no
     document (the next step would only fail to find its input); elsewhere the last executor submits the
     whole chain."""
-    from datatrove.executor import LocalPipelineExecutor
-
     if executors and not isinstance(executors[-1], LocalPipelineExecutor):
         executors[-1].run()
         return
@@ -326,10 +322,7 @@ def format_summary(rows) -> str:
 def data_path(cfg: CurateConfig) -> list[tuple[float, str]]:
     """(weight, prefix) of every curated shard for `--data-path`: with --upsample-mode blend, a source's
     weight times its shard's tokens (weight 1: the natural share); with repeat (already upsampled), tokens."""
-    from megatron_qwen.data.preprocess import Options, plan_shards
-    from megatron_qwen.data.shards import TEXT_KEY, read_index_counts
-
-    opts = Options(keys=(TEXT_KEY,))
+    opts = PreprocessSettings(keys=(TEXT_KEY,))
     files = expand_inputs([cfg.folder(FOLDERS["upsample"])])
     pairs = []
     for task in plan_shards(files, cfg.folder("shards", "curated"), opts):

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from megatron_qwen.data.preprocess import Options, plan_shards, run_shards
+from megatron_qwen.data.preprocess import PreprocessSettings, plan_shards, run_shards
 from megatron_qwen.data.shards import TEXT_KEY
 from megatron_qwen.data.sources import expand_inputs
+from megatron_qwen.tokenizer import load_tokenizer
 
 
 class TokenizeShards(PipelineStep):
@@ -22,9 +23,7 @@ class TokenizeShards(PipelineStep):
         self.tokenizer_model = tokenizer_model
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
-        from megatron_qwen.tokenizer import load_tokenizer
-
-        opts = Options(keys=(TEXT_KEY,), append_eod=True, threads=1)
+        opts = PreprocessSettings(keys=(TEXT_KEY,), append_eod=True, threads=1)
         tasks = plan_shards(expand_inputs([self.input_folder]), self.output_prefix, opts, rank, world_size)
         result = run_shards(tasks, opts, load_tokenizer(self.tokenizer_model), workers=1, log_interval=0)
         self.stat_update("documents", value=result.stats.documents)

@@ -4,6 +4,8 @@ The dataset builders load lazily (they import megatron-core and torch): `check_d
 `parse_data_path` stay cheap to import for the checks that run before any work.
 """
 
+import importlib
+
 from megatron_qwen.data.blend import DataPathError, check_data_path, check_split, parse_data_path
 
 _LAZY = {
@@ -19,7 +21,5 @@ __all__ = ["build_pretrain_datasets", "build_sft_datasets", "SFTDataset", "build
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,10 @@ seq_length tokens: the prompt is cut from the left, and the end token is never c
 from __future__ import annotations
 
 import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_qwen.data.blend import DataPathError, check_data_path, parse_data_path, token_id_outside
+from megatron_qwen.data.sft import BlendedSFTDataset
 from megatron_qwen.data.shards import read_index_counts, sequence_lengths, token_dtype
 from megatron_qwen.data.splits import split_parts, train_items
 
@@ -73,8 +75,6 @@ class PairDataset:
 
     def __init__(self, prefix: str, begin: int, end: int, seq_length: int, num_pairs: int, seed: int, pad_id: int,
                  vocab_size: int):
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
-
         self.sequences = IndexedDataset(prefix)
         self.prefix, self.seq_length, self.pad_id, self.vocab_size = prefix, seq_length, pad_id, vocab_size
         rng = np.random.default_rng(seed)
@@ -97,8 +97,6 @@ def build_pair_datasets(data_path: list[str], split: str, seq_length: int, seed:
                         num_samples: tuple[int, int, int], tokenizer, report=print):
     """(train, valid, test) over pair shards (sizes in sequences, two per pair); a split with weight 0, no
     samples or no pairs is None. ``report`` gets the one-line truncation notes."""
-    from megatron_qwen.data.sft import BlendedSFTDataset
-
     check_data_path(data_path)
     prefixes, weights = parse_data_path(data_path, check_files=False)
     counts = [check_pair_shard(p, tokenizer.im_end_id) for p in prefixes]

@@ -56,7 +56,7 @@ class ShardTask:
 
 
 @dataclass(frozen=True)
-class Options:
+class PreprocessSettings:
     keys: tuple[str, ...]
     chatml: bool = False
     append_eod: bool = False
@@ -87,8 +87,8 @@ class ShardStats:
         self.examples += other.examples
 
 
-def plan_shards(files: list[str], output_prefix: str, opts: Options, shard_index: int = 0, num_shards: int = 1,
-                max_shard_bytes: int | None = None) -> list[ShardTask]:
+def plan_shards(files: list[str], output_prefix: str, opts: PreprocessSettings, shard_index: int = 0,
+                num_shards: int = 1, max_shard_bytes: int | None = None) -> list[ShardTask]:
     """The shards of this task's slice (shards[shard_index::num_shards]) of the sorted file list's shards.
 
     A file is one shard, except that a plain .jsonl over `max_shard_bytes` becomes ceil(size / max)
@@ -108,16 +108,16 @@ def plan_shards(files: list[str], output_prefix: str, opts: Options, shard_index
     return tasks[shard_index::num_shards]
 
 
-def shard_outputs(task: ShardTask, opts: Options) -> list[str]:
+def shard_outputs(task: ShardTask, opts: PreprocessSettings) -> list[str]:
     """Every dataset prefix the shard writes (chat mode adds the loss-mask dataset)."""
     return list(task.prefixes) + ([loss_mask_prefix(task.prefixes[0])] if opts.chatml else [])
 
 
-def shard_is_done(task: ShardTask, opts: Options) -> bool:
+def shard_is_done(task: ShardTask, opts: PreprocessSettings) -> bool:
     return all(is_complete(p) for p in shard_outputs(task, opts))
 
 
-def remove_shards(tasks: list[ShardTask], opts: Options) -> None:
+def remove_shards(tasks: list[ShardTask], opts: PreprocessSettings) -> None:
     """Deletes the tasks' datasets (.bin/.idx), so that a rerun redoes them instead of skipping them as complete."""
     for task in tasks:
         for prefix in shard_outputs(task, opts):
@@ -125,7 +125,7 @@ def remove_shards(tasks: list[ShardTask], opts: Options) -> None:
                 Path(prefix + suffix).unlink(missing_ok=True)
 
 
-def nothing_kept(stats: ShardStats, opts: Options) -> str:
+def nothing_kept(stats: ShardStats, opts: PreprocessSettings) -> str:
     """Why a run kept no document: its skipped records by reason with the first one located, or none at all."""
     expected = f"records with a {opts.keys[0]!r} {'conversation' if opts.chatml else 'string'}" if len(
         opts.keys) == 1 else f"records with the keys {', '.join(opts.keys)}"
@@ -162,7 +162,7 @@ def _encode_texts(tokenizer: QwenTokenizer, texts: list[str], append_eod: bool) 
 class BlockEncoder:
     """Block of input -> EncodedBlock: parse, check, encode."""
 
-    def __init__(self, tokenizer: QwenTokenizer, opts: Options):
+    def __init__(self, tokenizer: QwenTokenizer, opts: PreprocessSettings):
         self.tokenizer, self.opts = tokenizer, opts
         self.check = (pair_record_checker(opts.pair_format) if opts.pair_format else
                       chat_record_checker(opts.keys[0]) if opts.chatml else text_record_checker(list(opts.keys)))
@@ -281,7 +281,7 @@ class WorkerEncoding:
 # --- one shard ---------------------------------------------------------------------------------
 def preprocess_shard(
     task: ShardTask,
-    opts: Options,
+    opts: PreprocessSettings,
     encoding: LocalEncoding | WorkerEncoding,
     report: Callable[[int, int, int, int], None] = lambda *_: None,
 ) -> ShardStats:
@@ -338,7 +338,7 @@ class RunResult:
     failed: list[str]  # one line per shard whose input could not be read
 
 
-def run_shards(tasks: list[ShardTask], opts: Options, tokenizer: QwenTokenizer, workers: int,
+def run_shards(tasks: list[ShardTask], opts: PreprocessSettings, tokenizer: QwenTokenizer, workers: int,
                log_interval: float) -> RunResult:
     """Preprocess every task not already complete, with `workers` processes of `opts.threads` threads.
 

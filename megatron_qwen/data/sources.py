@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import orjson
+import zstandard
 
 from megatron_qwen.tokenizer.chatml import ChatFormatError, validate_messages
 
@@ -180,8 +181,6 @@ def _open_stream(path: str, raw: io.BufferedReader) -> io.RawIOBase:
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if path.endswith(".zst"):
-        import zstandard
-
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     return raw
 
@@ -230,6 +229,7 @@ def _jsonl_blocks(path: str, start: int = 0, end: int | None = None) -> Iterator
 
 
 def _parquet_blocks(path: str, keys: list[str]) -> Iterator[Block]:
+    # deferred: pyarrow takes half a second to import; only parquet inputs need it
     import pyarrow.parquet as pq
 
     try:

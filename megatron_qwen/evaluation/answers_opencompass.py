@@ -52,6 +52,7 @@ def bbh_letter_target(doc: dict) -> str:
 def _minerva_lists() -> tuple[list, list]:
     """Minerva's normalization lists (Lewkowycz et al. 2022, appendix D) as lm-eval ships them, with the entries
     OpenCompass's math_postprocess adds."""
+    # deferred: lm-eval's tasks take seconds to import; only MATH's answers need them
     from lm_eval.tasks.minerva_math.utils import REMOVED_EXPRESSIONS, SUBSTITUTIONS
 
     return [*SUBSTITUTIONS, ("\\le", "<")], [*REMOVED_EXPRESSIONS, "\n", "\r", "\f"]
@@ -94,6 +95,7 @@ def math_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
 
 def math_chat_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     """--chat (our choice, no Qwen script): the reply's last \\boxed{} if it has one, else the rule above."""
+    # deferred: lm-eval's tasks take seconds to import; only MATH's answers need them
     from lm_eval.tasks.hendrycks_math.utils import last_boxed_only_string, remove_boxed
 
     def one(reply: str) -> str:
@@ -105,6 +107,7 @@ def math_chat_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str
 
 def math_reference(doc: dict) -> str:
     """The solution's last \\boxed{} content."""
+    # deferred: lm-eval's tasks take seconds to import; only MATH's answers need them
     from lm_eval.tasks.hendrycks_math.utils import last_boxed_only_string, remove_boxed
 
     return remove_boxed(last_boxed_only_string(doc["solution"]))
@@ -112,6 +115,7 @@ def math_reference(doc: dict) -> str:
 
 def math_equivalent(references: list[str], predictions: list[str]) -> float:
     """Hendrycks' equivalence (strip_string on both sides), as OpenCompass's MATHEvaluator."""
+    # deferred: lm-eval's tasks take seconds to import; only MATH's answers need them
     from lm_eval.tasks.hendrycks_math.utils import is_equiv
 
     return float(is_equiv(predictions[0], references[0]))

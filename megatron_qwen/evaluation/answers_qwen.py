@@ -11,6 +11,8 @@ import math
 import re
 import textwrap
 
+from thefuzz import process
+
 INVALID = "[invalid]"
 LETTERS = ("A", "B", "C", "D")
 GSM8K_GOLD = re.compile(r"#### (-?[0-9.,]+)")
@@ -74,8 +76,6 @@ def numbers_equal(references: list[str], predictions: list[str]) -> float:
 # --- MMLU and C-Eval, chat model (evaluate_chat_mmlu.py, evaluate_chat_ceval.py) -----------------------------
 def _fuzzy_letter(reply: str, options: list[str]) -> str:
     """The option whose text is closest to the reply (thefuzz's default scorer, as the scripts' last resort)."""
-    from thefuzz import process
-
     best = process.extractOne(reply, options)[0]
     return LETTERS[options.index(best)]
 

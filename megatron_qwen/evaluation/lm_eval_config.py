@@ -38,6 +38,7 @@ def dump(config: dict, path: str) -> None:
 
 
 def lm_eval_tasks_dir() -> Path:
+    # deferred: lm-eval's tasks take seconds to import; the inputs are checked before
     import lm_eval.tasks
 
     return Path(lm_eval.tasks.__file__).parent
@@ -45,6 +46,7 @@ def lm_eval_tasks_dir() -> Path:
 
 def lm_eval_task(relative: str) -> dict:
     """One of lm-eval's task files as data, its !function entries left unresolved (we replace them)."""
+    # deferred: lm-eval's tasks take seconds to import; the inputs are checked before
     from lm_eval.tasks._yaml_loader import load_yaml
 
     return load_yaml(lm_eval_tasks_dir() / relative, resolve_func=False)

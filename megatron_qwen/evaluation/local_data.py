@@ -133,6 +133,7 @@ def check_data(benchmarks: list[Benchmark], root: str, gsm8k_exemplar_file: bool
 
 def load_folder(folder: str, **_) -> dict:
     """lm-eval's custom_dataset for a MATH subject folder (lm-eval passes its metadata too)."""
+    # deferred: datasets takes seconds to import; only the sets read through it need it
     import datasets
 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(list(_json_records(folder)))})
@@ -141,6 +142,7 @@ def load_folder(folder: str, **_) -> dict:
 def _pandas_records(path: str, header: bool) -> list[dict]:
     """The rows as Qwen's scripts see them: pandas.read_csv's typed values printed by str() ("1.50" in a column
     of numbers is "1.5", "None" is "nan")."""
+    # deferred: pandas takes a second to import; only the CSV sets need it
     import pandas
 
     frame = pandas.read_csv(path, **({} if header else {"names": MMLU_COLUMNS}))
@@ -150,6 +152,7 @@ def _pandas_records(path: str, header: bool) -> list[dict]:
 def load_csv(files: dict[str, str], header: bool, as_pandas_reads: bool = False, **_) -> dict:
     """lm-eval's custom_dataset for MMLU's and C-Eval's CSV files: every field kept as the text written (a choice
     such as "None" or "1.50" stays as it is), or ``as_pandas_reads`` (_pandas_records)."""
+    # deferred: datasets takes seconds to import; only the sets read through it need it
     import datasets
 
     read = _pandas_records if as_pandas_reads else (lambda path, h: list(_csv_records(path, h)))
@@ -159,6 +162,7 @@ def load_csv(files: dict[str, str], header: bool, as_pandas_reads: bool = False,
 
 def load_mbpp(path: str, **_) -> dict:
     """lm-eval's custom_dataset for mbpp.jsonl: the test split and the 3-shot prompt split, by task id."""
+    # deferred: datasets takes seconds to import; only the sets read through it need it
     import datasets
 
     rows = list(_json_records(path))

@@ -19,6 +19,7 @@ from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.data.pairs import reward_sample
 from megatron_qwen.data.preference import PAIR_FIELDS, pair_record_checker
 from megatron_qwen.data.sources import parse_block, read_blocks
+from megatron_qwen.inference.generate import load_model_for_inference
 from megatron_qwen.model.reward import end_token_values
 from megatron_qwen.tokenizer.chatml import DEFAULT_SYSTEM_PROMPT, encode_reward_sequence
 
@@ -136,8 +137,6 @@ def evaluate_reward(load: str, data_dir: str | None, extra: list[str], seq_lengt
                     tokenizer, default_system: str | None = DEFAULT_SYSTEM_PROMPT, report=print) -> dict:
     """Accuracy per set of the reward model under ``load``; ``report`` gets the one-line notes (malformed
     records, truncation)."""
-    from megatron_qwen.inference.generate import load_model_for_inference
-
     plan = plan_sets(data_dir, extra)
     model = load_model_for_inference(load)
     if getattr(model, "head", "lm") != "reward":

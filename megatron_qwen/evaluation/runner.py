@@ -17,6 +17,7 @@ from megatron_qwen.evaluation.output_mode import input_files, open_no_looser
 from megatron_qwen.evaluation.published import MODEL_NAMES, SIZES, published_for, size_of
 from megatron_qwen.evaluation.sandbox import MEMORY_ENV, TIMEOUT_ENV, SandboxLimits, check_sandbox_available
 from megatron_qwen.evaluation.task_configs import Protocol, protocol, write_task_configs
+from megatron_qwen.hf.relayout import relayout_hf
 
 
 @dataclass
@@ -66,12 +67,12 @@ def hf_model_dir(load: str, scratch: str) -> str:
     if source.kind in HF_KINDS:
         if source.kind is Kind.HF_QWEN2 and os.path.isfile(os.path.join(load, "tokenizer.json")):
             return load
-        from megatron_qwen.hf.relayout import relayout_hf
 
         print(f"[evaluate] {load}: {source.hf_layout} layout, converting to a self-contained qwen2 export",
               flush=True)
         relayout_hf(load, os.path.join(scratch, "hf"), "qwen2", decoding=False)
         return os.path.join(scratch, "hf")
+    # deferred: the export builds the model: megatron-core takes seconds to import
     from megatron_qwen.hf.export import export_hf
 
     print(f"[evaluate] exporting {load} to a temporary Hugging Face directory", flush=True)
@@ -80,6 +81,7 @@ def hf_model_dir(load: str, scratch: str) -> str:
 
 
 def _lm_eval(cfg: EvalConfig, benchmarks: list[Benchmark], model_dir: str, include: str) -> dict:
+    # deferred: lm-eval's tasks take seconds to import; the inputs are checked before
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -139,6 +141,7 @@ def evaluate(cfg: EvalConfig) -> dict:
               "lm_eval": {k: out.get(k) for k in ("results", "groups", "n-shot", "versions", "higher_is_better")},
               "samples": out.get("samples", {})}
     if cfg.output:
+        # deferred: lm-eval takes a second to import; the inputs are checked before
         from lm_eval.utils import handle_non_serializable
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)

@@ -16,7 +16,7 @@ from megatron_qwen.checkpointing.resolver import HF_KINDS, Resolved, Use, resolv
 from megatron_qwen.checkpointing.saving import staged_directory
 from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.files import SafetensorsWriter
 from megatron_qwen.hf.layouts import DTYPES, check_layout, global_weight_shapes, hf_shapes, to_hf_state_dict
@@ -98,7 +98,7 @@ def export_hf(source: str, destination: str, layout: str, dtype: str | None = No
         raise ConfigError(f"{resolved.described('--load-dir')}: rename it with hf/relayout.py's relayout_hf")
     resolved.checked()  # whole, and its pickles data only
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
-    init_distributed(ParallelConfig(), 1, 0)  # dist_checkpointing reads through a process group
+    init_distributed(ParallelSettings(), 1, 0)  # dist_checkpointing reads through a process group
     try:
         with restricted_unpickling():
             return _export(resolved, destination, layout, dtype, max_shard_size, tokenizer_model, chat,

@@ -12,11 +12,16 @@ from tqdm import tqdm
 
 from megatron_qwen.checkpointing.weights import save_weights_only
 from megatron_qwen.config.errors import ConfigError
+from megatron_qwen.config.model import BuildSettings
+from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.settings import CheckpointSettings, DataSettings, TrainSettings
 from megatron_qwen.hf.files import HFWeights
 from megatron_qwen.hf.layouts import Piece, pieces, to_ours
 from megatron_qwen.hf.source import open_hf
-from megatron_qwen.model.builder import unwrap
+from megatron_qwen.model.builder import build_on_meta, unwrap
 from megatron_qwen.model.layout import global_param_names
+from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 
 
 def _piece_index(piece: Piece, shape: tuple[int, ...], dim: int | None, tp_rank: int, tp_size: int):
@@ -68,13 +73,6 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
     (a --save directory holding iteration 0) that any job --loads at any layout as weights only.
     ``dtype`` "bf16" or "fp32" (default: bf16 if the weights are all bf16, else fp32, so fp16
     weights widen losslessly). Returns the iteration directory."""
-    from megatron_qwen.config.model import BuildSettings
-    from megatron_qwen.config.recipes import PRETRAIN
-    from megatron_qwen.config.run import RunConfig
-    from megatron_qwen.config.settings import CheckpointSettings, DataSettings, TrainSettings
-    from megatron_qwen.model.builder import build_on_meta
-    from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
-
     model, layout, weights = open_hf(source)
     if dtype is None:
         dtype = "bf16" if set(weights.dtypes.values()) == {torch.bfloat16} else "fp32"
@@ -87,11 +85,11 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
                     build=BuildSettings(transformer_impl="local", precision=dtype),
                     train=TrainSettings(seq_length=model.seq_length), data=DataSettings(mock_data=True),
                     checkpoint=CheckpointSettings(load=source))
-    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
+    init_distributed(cfg.parallel, model.num_layers, cfg.build.seed)
     try:
         # Shapes without initial values: every parameter is overwritten from the files.
-        chunks = [chunk.to_empty(device="cpu") for chunk in build_on_meta(cfg)]
-        fill_chunks(weights, layout, cfg.model.head_dim, chunks, progress=True)
+        chunks = [chunk.to_empty(device="cpu") for chunk in build_on_meta(model, cfg.parallel, cfg.build)]
+        fill_chunks(weights, layout, model.head_dim, chunks, progress=True)
         return save_weights_only(destination, 0, chunks[0], cfg, source, layout)
     finally:
         destroy_distributed()

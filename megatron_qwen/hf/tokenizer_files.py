@@ -40,6 +40,7 @@ CHAT_TEMPLATE = (
 
 def tokenizer_json(tiktoken_path: str):
     """A ``tokenizers.Tokenizer`` of qwen.tiktoken made by transformers' TikTokenConverter."""
+    # deferred: transformers takes a second to import; only writing tokenizer.json needs it
     from tokenizers import normalizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 

@@ -34,8 +34,8 @@ from megatron_qwen.checkpointing.resolver import HF_KINDS, Use, resolve
 from megatron_qwen.checkpointing.unpickling import restricted_unpickling
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.config.recipes import PRETRAIN
+from megatron_qwen.config.model import BuildSettings
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.hf.load import load_hf_weights
 from megatron_qwen.hf.source import lift_position_limit
@@ -55,29 +55,29 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
     checkpoint's max_position_embeddings, or ``max_positions``, with a warning when that lifts it)."""
     source = resolve(checkpoint_root).check_for(Use.GENERATE)
     if source.kind in HF_KINDS:  # the shape comes from its config.json
-        trained = RunConfig(recipe=PRETRAIN.name, model_size="hf", model=source.hf_model)
+        model_cfg, build = source.hf_model, BuildSettings()
         load = partial(load_hf_weights, checkpoint_root)
-        train_length = trained.model.seq_length or trained.model.max_position_embeddings
+        train_length = model_cfg.seq_length or model_cfg.max_position_embeddings
     else:
         ckpt_dir = source.checked()  # whole; its pickles data only
         with restricted_unpickling():
             trained = RunConfig.from_dict(source.stored_config[0])
+        model_cfg, build = trained.model, trained.build
         load = partial(load_weights, ckpt_dir)
         train_length = trained.train.seq_length
     # The same model in one process. Attention must honour an explicit mask (left-padded batches)
     # and a single query against the cached keys, which megatron-core's local attention (CPU) and
     # PyTorch's sdpa (GPU) do; checkpoint keys are the same for every back end.
-    build = dataclasses.replace(trained.build, transformer_impl="sdpa" if on_gpu() else "local")
-    model_cfg = trained.model
+    build = dataclasses.replace(build, transformer_impl="sdpa" if on_gpu() else "local")
     if max_positions is not None:
         limit = lift_position_limit(model_cfg.max_position_embeddings, max_positions, checkpoint_root)
         model_cfg = dataclasses.replace(model_cfg, max_position_embeddings=limit)
-    cfg = dataclasses.replace(trained, model=model_cfg, parallel=ParallelConfig(), build=build)
-    init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
-    (model,) = build_model(cfg, initialize=False)
+    parallel = ParallelSettings()
+    init_distributed(parallel, model_cfg.num_layers, build.seed)
+    (model,) = build_model(model_cfg, parallel, build, initialize=False)
     load([model])
     model.eval()
-    model.vocab_size_unpadded = cfg.model.vocab_size
+    model.vocab_size_unpadded = model_cfg.vocab_size
     model.train_length = train_length
     return model.cuda() if on_gpu() else model
 

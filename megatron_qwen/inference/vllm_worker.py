@@ -29,6 +29,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", args.kv_cache_gib)
 
+    # after VLLM_CPU_KVCACHE_SPACE is set, which vLLM reads
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=args.model, dtype=args.dtype, seed=0, max_model_len=512, enforce_eager=True)

@@ -14,17 +14,16 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_qwen.config.model import BuildSettings, QwenModelConfig
-from megatron_qwen.config.parallel import ParallelConfig
-from megatron_qwen.config.run import RunConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.model.compile import compile_layers
+from megatron_qwen.model.gpt import QwenGPTModel
 from megatron_qwen.model.init import initialize_weights
-from megatron_qwen.model.loss import vocab_parallel_cross_entropy
+from megatron_qwen.model.reward import QwenRewardModel
 from megatron_qwen.model.spec import qwen_block_spec
 from megatron_qwen.platform.backends import PACKED_SEQUENCE_FORM
 from megatron_qwen.platform.distributed import on_gpu
@@ -35,48 +34,27 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-class QwenGPTModel(GPTModel):
-    """megatron-core's GPT model, with the loss of model/loss.py where ``chunked_loss``: the loss is the one
-    component megatron-core's specs do not reach. ``head`` names what its last stage ends in (the training
-    objective follows it: training/step.py); ``new_parameters``: those a language model's checkpoint lacks.
-    ``packed_form``: how its attention takes a packed sample's boundaries, "thd" or "mask" (model/packing.py;
-    the training step reads it)."""
-
-    head = "lm"
-    new_parameters: tuple[str, ...] = ()
-
-    def __init__(self, *args, chunked_loss: bool = True, compiled_loss: bool = False, packed_form: str = "mask",
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.chunked_loss, self.compiled_loss, self.packed_form = chunked_loss, compiled_loss, packed_form
-
-    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if not self.chunked_loss:
-            return super().compute_language_model_loss(labels, logits)
-        # logits [s, b, V/TP], labels [b, s]
-        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.pg_collection.tp, self.compiled_loss)
-        return loss.t().contiguous()  # [b, s]
-
-
-def build_model(cfg: RunConfig, initialize: bool = True) -> list[QwenGPTModel]:
-    """This rank's chunks of the model ``cfg`` describes (one per virtual pipeline stage), with
-    layout-independent initial weights. Training, inference and checkpoint conversion all build
-    through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
+def build_model(model: QwenModelConfig, parallel: ParallelSettings, build: BuildSettings, *, initialize: bool = True,
+                megatron_ddp: bool = True) -> list[QwenGPTModel]:
+    """This rank's chunks (one per virtual pipeline stage) of ``model`` at the ``parallel`` layout, built as
+    ``build`` says, with layout-independent initial weights. Training, inference and checkpoint conversion all
+    build through here, so a model rebuilt from a checkpoint's stored configuration is the trained one.
+    ``megatron_ddp``: the chunks will be wrapped in megatron-core's DDP (False: the DeepSpeed engine's).
     Needs the process groups (platform/distributed.py)."""
-    tcfg = transformer_config(cfg.model, cfg.parallel, cfg.build, megatron_ddp=not cfg.zero.deepspeed)
-    return _build_chunks(cfg.model, tcfg, cfg.build, initialize)
+    tcfg = transformer_config(model, parallel, build, megatron_ddp)
+    return _build_chunks(model, tcfg, build, initialize)
 
 
-def build_on_meta(cfg: RunConfig) -> list[QwenGPTModel]:
+def build_on_meta(model: QwenModelConfig, parallel: ParallelSettings, build: BuildSettings) -> list[QwenGPTModel]:
     """This rank's chunks with shapes but no storage: parameter counts and memory plans of
-    models far larger than the machine."""
-    tcfg = dataclasses.replace(transformer_config(cfg.model, cfg.parallel, cfg.build, not cfg.zero.deepspeed),
+    models far larger than the machine, and models about to be filled from files."""
+    tcfg = dataclasses.replace(transformer_config(model, parallel, build),
                                use_cpu_initialization=True, perform_initialization=False)
     with torch.device("meta"):
-        return _build_chunks(cfg.model, tcfg, cfg.build, initialize=False)
+        return _build_chunks(model, tcfg, build, initialize=False)
 
 
-def transformer_config(model: QwenModelConfig, parallel: ParallelConfig, opts: BuildSettings,
+def transformer_config(model: QwenModelConfig, parallel: ParallelSettings, opts: BuildSettings,
                        megatron_ddp: bool = True) -> TransformerConfig:
     """``megatron_ddp``: the model will be wrapped in megatron-core's DDP (not the DeepSpeed engine's)."""
     bf16 = opts.precision == "bf16"
@@ -170,14 +148,10 @@ def _build_chunks(model: QwenModelConfig, tcfg: TransformerConfig, opts: BuildSe
 
 def _model_class(head: str) -> type[QwenGPTModel]:
     """The model with ``head`` (config/model.py's BuildSettings.head) on its last stage."""
-    if head == "reward":
-        from megatron_qwen.model.reward import QwenRewardModel  # a subclass of QwenGPTModel
-
-        return QwenRewardModel
-    return QwenGPTModel
+    return QwenRewardModel if head == "reward" else QwenGPTModel
 
 
-def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelConfig, distributed_optimizer: bool,
+def wrap_for_training(chunks: list[QwenGPTModel], parallel: ParallelSettings, distributed_optimizer: bool,
                       compiled_layers: bool = False) -> list[DistributedDataParallel]:
     """Move to the device, compile the layers if asked (model/compile.py), cast to bf16 if asked, and wrap
     each chunk in megatron-core DDP (with its buffers laid out for the distributed optimizer, ZeRO-1, if

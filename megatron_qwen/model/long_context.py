@@ -31,7 +31,7 @@ from megatron_qwen.config.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class LongContext:
+class LongContextSettings:
     """Which techniques run, for a model trained at ``train_length`` tokens (Qwen's ``seq_length``).
     ``windows``: per layer, how many of the latest tokens each query sees (itself included); None:
     full attention. ``ntk_length``: the length alpha is computed from (None: Qwen's rule above)."""
@@ -109,7 +109,7 @@ class LongContextStage(torch.nn.Module):
     def __init__(self, layer_number: int):
         super().__init__()
         self.layer_index = layer_number - 1  # megatron-core numbers layers globally from 1
-        self.settings: LongContext | None = None
+        self.settings: LongContextSettings | None = None
         self.inv_freq: torch.Tensor | None = None  # the model's RoPE inverse frequencies (fp32)
         self.alpha = 1
 
@@ -142,7 +142,7 @@ class LongContextStage(torch.nn.Module):
         return query, key, attention_mask
 
 
-def set_long_context(model: torch.nn.Module, settings: LongContext | None) -> None:
+def set_long_context(model: torch.nn.Module, settings: LongContextSettings | None) -> None:
     """Switch the techniques of ``settings`` on in every layer of ``model`` (an eval-mode GPTModel built
     with the local, sdpa or flash spec); None switches them off."""
     stages = [m for m in model.modules() if isinstance(m, LongContextStage)]

@@ -20,7 +20,7 @@ import torch
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_qwen.model.builder import QwenGPTModel
+from megatron_qwen.model.gpt import QwenGPTModel
 
 HEAD_WEIGHT = "reward_head.weight"
 

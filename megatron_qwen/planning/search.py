@@ -5,7 +5,7 @@ import dataclasses
 import itertools
 
 from megatron_qwen.config.errors import ConfigError
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.planning.hardware import Cluster
 from megatron_qwen.planning.memory import RECOMPUTE, Layout, StageMemory, Workload, peak_stage
@@ -41,7 +41,7 @@ def candidate_layouts(cfg: RunConfig, num_gpus: int, engines: str = "both") -> l
         for vp, (stage, off_opt, off_param), recompute in itertools.product(chunk_counts, zeros, RECOMPUTE):
             if stage and dp * cp == 1:
                 continue
-            parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+            parallel = ParallelSettings(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                       num_layers_per_virtual_pipeline_stage=L // (pp * vp) if vp > 1 else None,
                                       context_parallel_size=cp, sequence_parallel=tp > 1)
             build = dataclasses.replace(cfg.build, recompute_granularity=recompute)

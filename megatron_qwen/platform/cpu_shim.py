@@ -13,6 +13,7 @@ nothing. Nothing else in the package knows about it.
 import logging
 
 import torch
+from megatron.core.tensor_parallel import random as mcore_random
 from torch.overrides import TorchFunctionMode
 
 _CPU = torch.device("cpu")
@@ -68,7 +69,6 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from megatron.core.tensor_parallel import random as mcore_random
 
     # Scratch tensors use torch.cuda.current_device() as a device; "cpu" is a valid one.
     torch.cuda.current_device = lambda: _CPU

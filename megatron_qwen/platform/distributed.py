@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -23,7 +26,7 @@ def compute_device() -> torch.device:
 
 def init_distributed(parallel, num_layers: int, seed: int) -> None:
     """Join the job launched by torchrun (or run as a single process) and build the groups. ``parallel`` is
-    the run's ParallelConfig (config/parallel.py), read for its sizes only: this layer sits below config."""
+    the run's ParallelSettings (config/parallel.py), read for its sizes only: this layer sits below config."""
     cpu_shim.install_if_needed()
     if not dist.is_initialized():
         if on_gpu():
@@ -49,10 +52,6 @@ def init_distributed(parallel, num_layers: int, seed: int) -> None:
 def seed_everything(seed: int) -> None:
     """Seed python-side RNGs and megatron-core's tracker (dropout inside TP regions differs per
     TP rank, outside it is shared), offset by pipeline stage as Megatron-LM does."""
-    import random
-
-    import numpy as np
-
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(stage_seed)
     np.random.seed(stage_seed)
@@ -67,8 +66,6 @@ def destroy_distributed() -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -7,26 +7,36 @@ layers because a --load that holds a Hugging Face model fixes the model's shape 
 
 import argparse
 
-from megatron_qwen.config.budget import TokenFlags, budget_given, resolve_budget
+from megatron_qwen.checkpointing.resolver import resolve
+from megatron_qwen.config.budget import TokenBudgetSettings, budget_given, resolve_budget
 from megatron_qwen.config.cli import OneLineErrorParser
 from megatron_qwen.config.deepspeed_flags import fill_unset_flags
 from megatron_qwen.config.deepspeed_json import read_json
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import add_flags, check_flag_pairs, flag_fields, from_flags
-from megatron_qwen.config.model import BuildSettings, QwenModelConfig, VocabPadding, model_preset, resolve_backend
-from megatron_qwen.config.optimizer import OptimizerSettings, ScheduleFlags, optimizer_settings
-from megatron_qwen.config.parallel import ParallelConfig
+from megatron_qwen.config.model import (
+    BuildSettings,
+    QwenModelConfig,
+    VocabPaddingSettings,
+    model_preset,
+    resolve_backend,
+)
+from megatron_qwen.config.optimizer import OptimizerSettings, WarmupFractionSettings, optimizer_settings
+from megatron_qwen.config.parallel import ParallelSettings
 from megatron_qwen.config.ppo import PPOSettings
 from megatron_qwen.config.recipes import Recipe
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import CheckpointSettings, DataSettings, LogSettings, TrainSettings
-from megatron_qwen.config.zero import ZeroSettings, ZeroSwitches, zero_settings
+from megatron_qwen.config.zero import ZeroAliasSettings, ZeroSettings, zero_settings
+from megatron_qwen.data.blend import naming
+from megatron_qwen.hf.source import check_flags_against
 
-# The dataclasses whose fields declare the flags, in --help's order within each group. ZeroSwitches,
-# ScheduleFlags, TokenFlags and VocabPadding hold flags read only to resolve other settings.
-FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPadding, BuildSettings, ParallelConfig, ZeroSettings, ZeroSwitches,
-                TrainSettings, TokenFlags, OptimizerSettings, ScheduleFlags, DataSettings, CheckpointSettings,
-                LogSettings)
+# The dataclasses whose fields declare the flags, in --help's order within each group. VocabPaddingSettings,
+# ZeroAliasSettings, TokenBudgetSettings and WarmupFractionSettings hold flags read only to resolve other
+# settings; they are not stored.
+FLAG_CLASSES = (RunConfig, QwenModelConfig, VocabPaddingSettings, BuildSettings, ParallelSettings, ZeroSettings,
+                ZeroAliasSettings, TrainSettings, TokenBudgetSettings, OptimizerSettings, WarmupFractionSettings,
+                DataSettings, CheckpointSettings, LogSettings)
 
 
 def flag_classes(recipe: Recipe) -> tuple:
@@ -68,7 +78,7 @@ def parse_run_config(recipe: Recipe, argv: list[str] | None = None, notes: list[
                                  notes))
     data = from_flags(DataSettings, args, data_format=recipe.data_format, pack_sft=not args.no_pack_sft)
     return RunConfig(recipe=recipe.name, model_size=model_size, model=model, build=build,
-                     parallel=from_flags(ParallelConfig, args), train=train, data=data,
+                     parallel=from_flags(ParallelSettings, args), train=train, data=data,
                      log=from_flags(LogSettings, args), checkpoint=from_flags(CheckpointSettings, args),
                      zero=zero_settings(args),
                      ppo=from_flags(PPOSettings, args) if recipe.data_format == "prompts" else PPOSettings())
@@ -82,7 +92,7 @@ def _one_epoch(args, global_batch_size: int) -> int:
     if not paths:
         raise ConfigError("the recipe trains for one epoch of its training data: pass --data-path (or "
                           "--train-data-path), or --train-iters")
-    from megatron_qwen.data.blend import naming
+    # deferred: data.pairs imports megatron-core (seconds); only a reward run's epoch needs it
     from megatron_qwen.data.pairs import training_pairs  # reads the shards' indexes only
 
     with naming(flag):
@@ -99,9 +109,6 @@ def _model(args, named: bool) -> tuple[QwenModelConfig, str]:
     --model-size that contradicts it is refused (docs/checkpoints.md)."""
     shape = {f.name: getattr(args, f.name) for f in flag_fields(QwenModelConfig)}
     if args.load:
-        from megatron_qwen.checkpointing.resolver import resolve
-        from megatron_qwen.hf.source import check_flags_against  # torch: only when needed
-
         imported = resolve(args.load).imported_model
         if imported is not None:
             model = check_flags_against(imported, args.load, shape, args.model_size if named else None)

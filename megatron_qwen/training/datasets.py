@@ -2,7 +2,11 @@
 
 from dataclasses import dataclass
 
+import torch.distributed as dist
+
+from megatron_qwen import data
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,12 @@ def build_datasets(cfg: RunConfig):
 
 def _build(cfg: RunConfig, data_path: list[str], split: str, sizes: tuple[int, int, int]):
     """(train, valid, test) of ``data_path`` cut by ``split``, ``sizes`` samples each (the data layer builds them)."""
-    from megatron_qwen import data
-
     d, t = cfg.data, cfg.train
     if d.mock_data or d.tokenizer_type == "NullTokenizer":  # ids only, no text
         vocab = IdsOnlyVocab(vocab_size=cfg.model.vocab_size, eod=cfg.model.vocab_size - 1)
         return data.build_pretrain_datasets(None if d.mock_data else data_path, split, t.seq_length,
                                             cfg.build.seed, sizes, vocab, mock=d.mock_data,
                                             cache_path=d.data_cache_path)
-    from megatron_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(d.tokenizer_model)  # its vocabulary was checked in training/preflight.py
     if d.data_format == "pairs":
@@ -68,7 +69,5 @@ def _build(cfg: RunConfig, data_path: list[str], split: str, sizes: tuple[int, i
 
 
 def _on_rank_zero(line: str) -> None:
-    import torch.distributed as dist
-
     if dist.get_rank() == 0:
         print(f" {line}", flush=True)

@@ -14,12 +14,14 @@ import os
 import torch.distributed as dist
 
 from megatron_qwen.checkpointing.checksums import HashingSaves
+from megatron_qwen.checkpointing.data_state import check_data_state, data_state
 from megatron_qwen.checkpointing.deepspeed_format import UNIVERSAL, to_universal
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
+from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
 from megatron_qwen.checkpointing.resolver import DEEPSPEED_MARKER, Start, Use
-from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
+from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
 from megatron_qwen.checkpointing.saving import StagedSaves
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.starting_point import resume_iteration

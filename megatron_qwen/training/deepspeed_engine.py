@@ -51,6 +51,7 @@ class MegatronParallelUnit:
 def _import_deepspeed():
     """Import DeepSpeed so that nothing compiles: its communication wrapper builds the shared-memory
     C++ op even over gloo unless that op is marked unavailable first."""
+    # deferred: DeepSpeed takes a second to import; only --zero-engine deepspeed needs it
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -85,7 +86,7 @@ class DeepSpeedEngine:
         deepspeed = _import_deepspeed()
         self.cfg, self.device = cfg, device
         t = cfg.train
-        module = build_model(cfg)[0]
+        module = build_model(cfg.model, cfg.parallel, cfg.build, megatron_ddp=False)[0]
         if on_gpu():
             module = module.cuda(torch.cuda.current_device())
         if start.settings.load and start.settings.finetune:  # weights only: into the bare model, before sharding
@@ -93,9 +94,10 @@ class DeepSpeedEngine:
             if dist.get_rank() == 0:
                 print(f" loaded weights only from {what}; continuing at iteration 0", flush=True)
         self._sp_hooks = sum_sequence_parallel_grads(module) if cfg.parallel.sequence_parallel else []
-        # DeepSpeed saves it with the model states: what ds_to_universal needs to merge the TP slices
+        # deferred: DeepSpeed is imported for this engine only (_import_deepspeed)
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
 
+        # DeepSpeed saves it with the model states: what ds_to_universal needs to merge the TP slices
         setattr(module, UNIVERSAL_CHECKPOINT_INFO, universal_checkpoint_info(module))
         ds_config = cfg.effective_deepspeed_config(world_size)
         self.optimizer, optimizer_name = build_optimizer(module, cfg, device)

@@ -59,6 +59,7 @@ def build_optimizer(module, cfg: RunConfig, device: torch.device) -> tuple[torch
 
 def _build_failure(kind: str) -> str | None:
     """None when DeepSpeed's extension for ``kind`` loads (compiling it on first use), else why not, in one line."""
+    # deferred: DeepSpeed takes a second to import; only its engine needs it
     from deepspeed.ops.op_builder import CPUAdamBuilder, FusedAdamBuilder
 
     builder = CPUAdamBuilder() if kind == CPU_ADAM else FusedAdamBuilder()
@@ -80,6 +81,7 @@ def _all_ranks_built(built_here: bool, device: torch.device) -> bool:
 
 
 def _deepspeed_adam(kind: str, groups: list[dict], hyper: dict) -> torch.optim.Optimizer:
+    # deferred: DeepSpeed takes a second to import; only its engine needs it
     from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
 
     if kind == CPU_ADAM:

@@ -7,9 +7,11 @@ and DeepSpeed ZeRO stages 1-3 (training/deepspeed_engine.py). train() asks for n
 from typing import Protocol
 
 from megatron_qwen.checkpointing.resolver import starting_point
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.anomalies import StepHealth, Verdict
+from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
+from megatron_qwen.training.megatron_engine import MegatronEngine
 
 
 class Checkpointer(Protocol):
@@ -44,9 +46,5 @@ def build_engine(cfg: RunConfig, world_size: int, device) -> Engine:
     """The engine --zero-engine names, started where --load says (checkpointing/resolver.py's starting point)."""
     start = starting_point(cfg.checkpoint)
     if cfg.zero.deepspeed:
-        from megatron_qwen.training.deepspeed_engine import DeepSpeedEngine
-
         return DeepSpeedEngine(cfg, world_size, device, start)
-    from megatron_qwen.training.megatron_engine import MegatronEngine
-
     return MegatronEngine(cfg, device, start)

@@ -8,18 +8,22 @@ import os
 import re
 import sys
 
+import torch.distributed as dist
+
+from megatron_qwen.checkpointing.directory import latest_iteration
+from megatron_qwen.checkpointing.writer_lock import release
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.recipes import Recipe
+from megatron_qwen.data import DataPathError
 from megatron_qwen.platform.notices import notice, silence_megatron_notices
+from megatron_qwen.tokenizer import TokenizerFileError
 from megatron_qwen.training.arguments import parse_run_config
+from megatron_qwen.training.preflight import check_run
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     """Run a job; returns the last logged figures (for tests and the demo)."""
     silence_megatron_notices()
-    from megatron_qwen.data import DataPathError
-    from megatron_qwen.tokenizer import TokenizerFileError
-    from megatron_qwen.training.preflight import check_run
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     user_errors = (ConfigError, DataPathError, TokenizerFileError)
@@ -32,13 +36,15 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> dict:
     for line in notes:
         notice(line)
 
-    from megatron_qwen.checkpointing.writer_lock import release
+    # deferred: megatron-core takes seconds to import; a wrong flag is refused before (check_run)
     from megatron_qwen.platform.distributed import destroy_distributed
     from megatron_qwen.training.anomalies import TrainingHalted
     from megatron_qwen.training.loop import train
+    from megatron_qwen.training.ppo_loop import train_ppo
 
+    run = train_ppo if cfg.data.data_format == "prompts" else train  # PPO iterates its own way (ppo_loop.py)
     try:
-        return train(cfg, world_size)
+        return run(cfg, world_size)
     except user_errors as e:  # found only once a checkpoint is opened
         _exit_with(e)
     except TrainingHalted as e:  # every rank raises it at the same iteration
@@ -57,17 +63,11 @@ _PEER_FAILURE = re.compile(r"Connection (reset|closed) by peer|timed out|Timeout
 
 
 def _is_peer_failure(error: RuntimeError) -> bool:
-    import torch.distributed as dist
-
     return isinstance(error, dist.DistError) or bool(_PEER_FAILURE.search(str(error)))
 
 
 def _peer_failure_message(error: RuntimeError, cfg) -> str:
     """One line instead of a traceback per rank: what happened, and where the run resumes from."""
-    import torch.distributed as dist
-
-    from megatron_qwen.checkpointing.directory import latest_iteration
-
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     save = cfg.checkpoint.save

@@ -14,18 +14,20 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_qwen.checkpointing.data_state import check_data_state, data_state
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.job_state import current_layout, rng_states, set_rng_states
 from megatron_qwen.checkpointing.megatron_lm import (
     content_metadata,
     megatron_lm_records,
     rng_from_megatron_lm,
     rng_to_megatron_lm,
 )
+from megatron_qwen.checkpointing.parallel_layout import current_layout, same_layout
 from megatron_qwen.checkpointing.reading import common_state, megatron_lm_rng, sharding
 from megatron_qwen.checkpointing.resolver import Start, starting_point
-from megatron_qwen.checkpointing.run_state import TrainState, check_data_state, data_state, same_layout
+from megatron_qwen.checkpointing.rng_state import rng_states, set_rng_states
 from megatron_qwen.checkpointing.saving import StagedSaves, save_sharded
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.checkpointing.weights import model_state, set_model_state, sharded_metadata
 from megatron_qwen.config.run import RunConfig

@@ -13,7 +13,8 @@ def build_model_and_optimizer(cfg: RunConfig, initialize: bool = True):
     """(model chunks wrapped for training, optimizer, LR schedule) of the megatron engine for ``cfg``.
     ``initialize=False`` leaves the weights uninitialized, for a model about to be loaded."""
     zero1 = cfg.zero.distributed_optimizer
-    model = wrap_for_training(build_model(cfg, initialize=initialize), cfg.parallel, distributed_optimizer=zero1,
+    chunks = build_model(cfg.model, cfg.parallel, cfg.build, initialize=initialize)
+    model = wrap_for_training(chunks, cfg.parallel, distributed_optimizer=zero1,
                               compiled_layers=cfg.build.compile_layers)
     optimizer = build_optimizer(model, cfg.train.optim, bf16=cfg.build.precision == "bf16",
                                 use_distributed_optimizer=zero1)

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state
+from torch.utils.tensorboard import SummaryWriter
 
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.config.settings import LogSettings
 from megatron_qwen.data.progress import format_duration
-from megatron_qwen.model.flops import peak_tflops, training_flops_per_token
+from megatron_qwen.model.flops import peak_tflops
 from megatron_qwen.training.step import OBJECTIVES
 
 
@@ -73,8 +74,9 @@ class MetricsSink:
     """Console, JSONL file, tensorboard and wandb. Only the last pipeline stage's first rank
     reports (it alone knows the loss without communication); on every other rank this is a no-op."""
 
-    def __init__(self, cfg: RunConfig, world_size: int, loss_name: str | None = None):
-        """``loss_name``: the loss logged, where not the model head's objective's (PPO's policy loss)."""
+    def __init__(self, cfg: RunConfig, world_size: int, flops_per_token: float, loss_name: str | None = None):
+        """``flops_per_token``: the model's training FLOPs per token (model/flops.py), behind TFLOP/s and MFU;
+        ``loss_name``: the loss logged, where not the model head's objective's (PPO's policy loss)."""
         self.settings = cfg.log
         self.train_iters, self.seq_length = cfg.train.train_iters, cfg.train.seq_length
         self.tokens_per_iteration = cfg.train.global_batch_size * cfg.train.seq_length
@@ -83,8 +85,7 @@ class MetricsSink:
                             and parallel_state.get_tensor_model_parallel_rank() == 0
                             and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        self.meter = ThroughputMeter(training_flops_per_token(cfg.model, cfg.train.seq_length, cfg.build.head),
-                                     world_size, peak_tflops(device))
+        self.meter = ThroughputMeter(flops_per_token, world_size, peak_tflops(device))
         self.last: dict = {}  # the last logged figures, returned by train()
         self.metrics_file = None
         self.tb = None
@@ -96,8 +97,6 @@ class MetricsSink:
             os.makedirs(os.path.dirname(os.path.abspath(settings.metrics_file)), exist_ok=True)
             self.metrics_file = open(settings.metrics_file, "a", buffering=1)
         if settings.tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.tb = SummaryWriter(log_dir=settings.tensorboard_dir)
             self.tb.add_text("config", "```\n" + json.dumps(run_config, indent=1, default=str) + "\n```")
         if settings.wandb_project:
@@ -175,6 +174,7 @@ def _key(name: str) -> str:
 
 def _start_wandb(settings: LogSettings, run_config: dict):
     """wandb offline unless the user configured an API key; never a hang for lack of network."""
+    # deferred: wandb takes half a second to import; only --wandb-project needs it
     import wandb
 
     has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))

@@ -5,6 +5,7 @@ import math
 import torch
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_qwen.config.optimizer import OptimizerSettings
@@ -96,8 +97,6 @@ def set_adam_kernel(optimizer, settings: OptimizerSettings) -> None:
 
 def _torch_adam_distributed(optimizer) -> list:
     """The distributed optimizers of the chain that step with torch's Adam/AdamW (no apex, no transformer-engine)."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
     return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
             if isinstance(o, DistributedOptimizer) and type(o.optimizer) in (torch.optim.Adam, torch.optim.AdamW)]
 

@@ -8,7 +8,7 @@ import dataclasses
 
 import torch.distributed as dist
 
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.training.megatron_checkpoint import (
     MegatronCheckpointer,

@@ -3,6 +3,7 @@ of prompts with the policy's KV-cache decoding, score them (training/ppo_rollout
 and, after --value-warmup-iters of value-only warm-up, the policy (training/ppo_update.py). Checkpoints, SIGTERM and
 --exit-* stops, non-finite steps and the metrics sinks are the other jobs' (training/loop.py)."""
 
+import dataclasses
 import signal
 import time
 
@@ -10,14 +11,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.run import RunConfig
 from megatron_qwen.data.prompts import iteration_prompts, read_prompts
 from megatron_qwen.inference.generate import Sampling
+from megatron_qwen.model.flops import training_flops_per_token
 from megatron_qwen.platform.distributed import compute_device, init_distributed
 from megatron_qwen.tokenizer import load_tokenizer
 from megatron_qwen.training.anomalies import StepHealth
-from megatron_qwen.training.loop import print_banner, save_or_exit
+from megatron_qwen.training.batches import microbatch_loader
+from megatron_qwen.training.datasets import build_datasets
+from megatron_qwen.training.loop import run_banner, save_or_exit
 from megatron_qwen.training.metrics import MetricsSink
 from megatron_qwen.training.ppo_checkpoint import PPOCheckpointer
 from megatron_qwen.training.ppo_models import PPOModels, build_ppo_models, load_frozen, start_weights
@@ -121,11 +125,6 @@ def _ptx_loader(cfg: RunConfig, consumed_samples: int):
     """The pretraining micro-batches of --data-path from ``consumed_samples`` on (None without --ptx-coef)."""
     if not cfg.ppo.ptx_coef:
         return None
-    import dataclasses
-
-    from megatron_qwen.training.batches import microbatch_loader
-    from megatron_qwen.training.datasets import build_datasets
-
     pretraining = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_format="pretrain"))
     train_ds = build_datasets(pretraining)[0]
     return microbatch_loader(train_ds, consumed_samples, cfg.train.global_batch_size, cfg.train.micro_batch_size,
@@ -137,9 +136,11 @@ def train_ppo(cfg: RunConfig, world_size: int) -> dict:
     t = cfg.train
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     prompts = read_prompts(cfg.ppo.prompt_data_path, tokenizer, t.seq_length, cfg.ppo.max_new_tokens)
+    banner = run_banner(cfg, world_size)
     init_distributed(cfg.parallel, cfg.model.num_layers, cfg.build.seed)
     device = compute_device()
-    print_banner(cfg, world_size)
+    if dist.get_rank() == 0:
+        print(banner, flush=True)
     job = PPOJob(cfg, build_ppo_models(cfg), prompts, tokenizer, device)
     checkpointer = PPOCheckpointer(cfg, job.models.policy, job.models.value, job.normaliser)
     load_frozen(cfg, job.models)
@@ -150,7 +151,8 @@ def train_ppo(cfg: RunConfig, world_size: int) -> dict:
         if dist.get_rank() == 0:
             print(f" {read}; reference and reward models frozen", flush=True)
     job.ptx_loader = _ptx_loader(cfg, state.consumed_samples)
-    sink = MetricsSink(cfg, world_size, loss_name="value loss")
+    flops_per_token = training_flops_per_token(cfg.model, t.seq_length, cfg.build.head)  # the policy's
+    sink = MetricsSink(cfg, world_size, flops_per_token, loss_name="value loss")
     exit_signal = ExitSignal(cfg.checkpoint.exit_signal_handler, signal.Signals[cfg.checkpoint.exit_signal],
                              duration_mins=cfg.checkpoint.exit_duration_in_mins)
     while state.iteration < t.train_iters:
@@ -158,7 +160,7 @@ def train_ppo(cfg: RunConfig, world_size: int) -> dict:
         state.advance(t.global_batch_size, applied)
         sink.log_step(state.iteration, state.consumed_samples, state.skipped_iterations, loss,
                       job.models.policy.optimizer.param_groups[0]["lr"], grad_norm, figures)
-        if save_or_exit(cfg, checkpointer, state, exit_signal):
+        if save_or_exit(cfg.checkpoint, t.train_iters, checkpointer, state, exit_signal):
             break
         sink.meter.restart()
     checkpointer.finish_pending(blocking=True)

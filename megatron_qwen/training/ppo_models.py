@@ -45,7 +45,7 @@ def value_config(cfg: RunConfig, shape: QwenModelConfig) -> RunConfig:
 
 
 def _frozen(cfg: RunConfig, initialize: bool) -> list:
-    chunks = build_model(cfg, initialize=initialize)
+    chunks = build_model(cfg.model, cfg.parallel, cfg.build, initialize=initialize)
     for chunk in chunks:
         chunk.requires_grad_(False)
         chunk.eval()

@@ -9,12 +9,12 @@ from megatron_qwen.checkpointing.integrity import loadable_iteration
 from megatron_qwen.checkpointing.resolver import resolve
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.data.prompts import read_prompts
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.tokenizer.files import read_tokenizer_file, sha256_hex
 
 
 def check_ppo(cfg: RunConfig, world_size: int) -> None:
-    from megatron_qwen.data.prompts import read_prompts
-    from megatron_qwen.tokenizer import load_tokenizer
-
     check_reward_model(cfg, world_size)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if tokenizer.vocab_size > cfg.model.vocab_size:
@@ -38,8 +38,6 @@ def reward_model_config(path: str) -> RunConfig:
 
 
 def check_reward_model(cfg: RunConfig, world_size: int) -> None:
-    from megatron_qwen.tokenizer.files import read_tokenizer_file, sha256_hex
-
     path = cfg.ppo.reward_model
     reward = reward_model_config(path)
     if (reward.model.vocab_size, reward.model.padded_vocab_size) != (cfg.model.vocab_size,

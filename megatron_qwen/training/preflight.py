@@ -7,13 +7,25 @@ allocation: each problem is one line naming the flag or file and what to do (exi
 import os
 import tempfile
 
+from megatron_qwen.checkpointing.deepspeed_format import check_resumable
 from megatron_qwen.checkpointing.integrity import loadable_iteration
+from megatron_qwen.checkpointing.parallel_layout import layout
+from megatron_qwen.checkpointing.reading import check_reshardable, common_state
 from megatron_qwen.checkpointing.resolver import HF_KINDS, NOT_A_DIRECTORY, Kind, Resolved, Start, starting_point
-from megatron_qwen.checkpointing.run_state import layout
+from megatron_qwen.checkpointing.stored_config import check_same_model
+from megatron_qwen.checkpointing.unpickling import check_pickles
+from megatron_qwen.checkpointing.writer_lock import lock_directory
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.flags import declared_outputs
 from megatron_qwen.config.run import RunConfig
+from megatron_qwen.data import check_data_path, check_split, parse_data_path
+from megatron_qwen.data.blend import naming, token_id_outside
+from megatron_qwen.data.shards import find_token_id_outside
+from megatron_qwen.hf.source import open_hf
 from megatron_qwen.platform.backends import FLASH_PRECISIONS
+from megatron_qwen.tokenizer import load_tokenizer
+from megatron_qwen.tokenizer.files import check_published
+from megatron_qwen.training.ppo_preflight import check_ppo
 
 
 def check_run(cfg: RunConfig, world_size: int) -> None:
@@ -27,12 +39,8 @@ def check_run(cfg: RunConfig, world_size: int) -> None:
     _check_checkpoint_dirs(cfg, world_size)
     _check_zero(cfg, world_size)
     if cfg.data.data_format == "prompts":
-        from megatron_qwen.training.ppo_preflight import check_ppo
-
         check_ppo(cfg, world_size)
     if cfg.checkpoint.save and int(os.environ.get("RANK", "0")) == 0:
-        from megatron_qwen.checkpointing.writer_lock import lock_directory
-
         lock_directory(cfg.checkpoint.save)
 
 
@@ -82,9 +90,6 @@ def _check_zero(cfg: RunConfig, world_size: int) -> None:
 def _check_resumable(source: Resolved, cfg: RunConfig, start: Start, world_size: int) -> None:
     """The checkpoint a run loads (``source``, at the iteration it loads) holds data only, the model this run
     builds (its head too), and (resumed) optimizer state this run's layout and ZeRO stage can take."""
-    from megatron_qwen.checkpointing.reading import check_reshardable, common_state
-    from megatron_qwen.checkpointing.run_state import check_same_model
-    from megatron_qwen.checkpointing.unpickling import check_pickles
 
     deepspeed = source.kind is Kind.DEEPSPEED
     check_pickles(source.ckpt_dir, deepspeed=deepspeed)
@@ -95,8 +100,6 @@ def _check_resumable(source: Resolved, cfg: RunConfig, start: Start, world_size:
     p = cfg.parallel
     planned = layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.data_parallel_size(world_size))
     if deepspeed:
-        from megatron_qwen.checkpointing.deepspeed_format import check_resumable
-
         check_resumable(source, cfg.zero.stage, planned)
     else:
         check_reshardable(source.ckpt_dir, common_state(source.ckpt_dir), planned,
@@ -106,10 +109,6 @@ def _check_resumable(source: Resolved, cfg: RunConfig, start: Start, world_size:
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.mock_data:
         return
-    from megatron_qwen.data import check_data_path, check_split, parse_data_path
-    from megatron_qwen.data.blend import naming
-    from megatron_qwen.tokenizer import load_tokenizer
-    from megatron_qwen.tokenizer.files import check_published
 
     given = cfg.data.data_flags()  # --data-path, or --train/valid/test-data-path
     for name, paths in given.items():
@@ -122,6 +121,7 @@ def _check_data(cfg: RunConfig) -> None:
     check_published(cfg.data.tokenizer_model, cfg.data.allow_unpublished_tokenizer)
     tokenizer = load_tokenizer(cfg.data.tokenizer_model)
     if cfg.data.data_format == "pairs":
+        # deferred: data.pairs imports megatron-core (seconds); only reward runs need it
         from megatron_qwen.data.pairs import check_pair_shard
 
         for name, paths in given.items():
@@ -137,10 +137,6 @@ def _check_data(cfg: RunConfig) -> None:
 def _check_token_ids(cfg: RunConfig, data_path: list[str]) -> None:
     """A shard tokenized for a larger vocabulary (or damaged) would index outside the embedding in the middle
     of training."""
-    from megatron_qwen.data import parse_data_path
-    from megatron_qwen.data.blend import token_id_outside
-    from megatron_qwen.data.shards import find_token_id_outside
-
     prefixes, _ = parse_data_path(data_path, check_files=False)
     for prefix in prefixes:
         found = find_token_id_outside(prefix, cfg.model.vocab_size)
@@ -180,8 +176,6 @@ def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
             return
     source.check_for(start.use(cfg.zero.deepspeed))
     if source.kind in HF_KINDS:
-        from megatron_qwen.hf.source import open_hf
-
         open_hf(source.path)
         return
     iteration, _ = loadable_iteration(source.path, s.load_fallback)

@@ -5,19 +5,23 @@ import functools
 
 import torch.distributed as dist
 
+from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
 from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.integrity import loadable_iteration, shared_damage
 from megatron_qwen.checkpointing.resolver import HF_KINDS, Kind, Start
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.settings import CheckpointSettings
+from megatron_qwen.hf.load import load_hf_weights
 
 
-def resume_iteration(s: CheckpointSettings) -> int | None:
-    """The iteration to load from ``s.load``: the tracker's, or with --load-fallback the newest whole one
+def resume_iteration(checkpoint: CheckpointSettings) -> int | None:
+    """The iteration to load from ``checkpoint.load``: the tracker's, or with --load-fallback the newest whole one
     before a damaged one (said on rank 0); None when there is nothing to load. Whole: every file of the
     size and (unless --no-verify-checksums) the checksum it was saved with, read once among the ranks."""
-    check = functools.partial(shared_damage, verify=not s.no_verify_checksums)
-    iteration, fallback_reason = loadable_iteration(s.load, s.load_fallback, check) if s.load else (None, None)
+    if not checkpoint.load:
+        return None
+    check = functools.partial(shared_damage, verify=not checkpoint.no_verify_checksums)
+    iteration, fallback_reason = loadable_iteration(checkpoint.load, checkpoint.load_fallback, check)
     if fallback_reason and dist.get_rank() == 0:
         print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     return iteration
@@ -28,17 +32,13 @@ def load_weights_only(start: Start, chunks) -> str:
     for a run that starts from them at iteration 0: a Hugging Face model (each rank reads its own slices),
     a DeepSpeed-engine checkpoint (PP=1) or a checkpoint of ours, at any layout. Returns what was read,
     for the log."""
-    s, kind = start.settings, start.source.kind
+    checkpoint, kind = start.settings, start.source.kind
     if kind in HF_KINDS:
-        from megatron_qwen.hf.load import load_hf_weights
-
-        load_hf_weights(s.load, chunks, progress=dist.get_rank() == 0)
-        return f"Hugging Face model {s.load}"
-    iteration = resume_iteration(s)
-    ckpt_dir = iteration_dir(s.load, iteration)
+        load_hf_weights(checkpoint.load, chunks, progress=dist.get_rank() == 0)
+        return f"Hugging Face model {checkpoint.load}"
+    iteration = resume_iteration(checkpoint)
+    ckpt_dir = iteration_dir(checkpoint.load, iteration)
     if kind is Kind.DEEPSPEED:
-        from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
-
         (module,) = chunks
         load_deepspeed_weights(start.source.at(iteration), module)
         return f"DeepSpeed checkpoint {ckpt_dir}"

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from parity_worker import GLOBAL_BATCH, MICRO_BATCH, SEED, SEQ, STEPS, sample
 
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.config.recipes import PRETRAIN, SFT, SFT_MATH
 from megatron_qwen.platform.distributed import destroy_distributed, init_distributed
 from megatron_qwen.training.anomalies import StepHealth
@@ -197,7 +197,7 @@ def run_convert(sources: dict, root: str) -> None:
         # The converted checkpoint read back by a job's own loader, at TP1.
         cfg = parse_run_config(PRETRAIN, PARITY_FLAGS + ["--load", ours])
         init_distributed(cfg.parallel, cfg.model.num_layers, SEED)
-        chunks = build_model(cfg)
+        chunks = build_model(cfg.model, cfg.parallel, cfg.build)
         load_weights(iteration_dir(ours, latest_iteration(ours)), chunks)
         weights = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
         weights["hf:lm_head.weight"] = load_file(os.path.join(hf, "model.safetensors"))["lm_head.weight"]

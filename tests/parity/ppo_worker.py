@@ -55,7 +55,7 @@ def run_layout(flags: list[str], out: str) -> None:
     device = torch.device("cpu")
     vcfg = value_config(cfg, cfg.model)
     policy, value = Trained(*build_model_and_optimizer(cfg)), Trained(*build_model_and_optimizer(vcfg))
-    reference, reward = build_model(cfg), build_model(vcfg)
+    reference, reward = (build_model(c.model, c.parallel, c.build) for c in (cfg, vcfg))
     dp_rank, dp = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     per_rank = ROWS // dp
     mine = range(dp_rank * per_rank, (dp_rank + 1) * per_rank)

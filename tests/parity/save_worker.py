@@ -28,8 +28,8 @@ from megatron.core import parallel_state
 from parity_worker import sample
 
 from megatron_qwen.checkpointing.directory import iteration_dir
-from megatron_qwen.checkpointing.job_state import current_layout
-from megatron_qwen.checkpointing.run_state import TrainState
+from megatron_qwen.checkpointing.parallel_layout import current_layout
+from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.recipes import PRETRAIN
 from megatron_qwen.model import spec
@@ -101,7 +101,7 @@ def run_step_and_save(root: str, name: str, flags: list[str]) -> None:
                GLOBAL_BATCH, torch.device("cpu"))
     checkpointer.save(TrainState(iteration=1, consumed_samples=GLOBAL_BATCH))
     torch.save(weights(model), os.path.join(out, f"params_rank{dist.get_rank()}.pt"))
-    fresh = build_model(cfg, initialize=False)
+    fresh = build_model(cfg.model, cfg.parallel, cfg.build, initialize=False)
     load_weights(iteration_dir(os.path.join(out, "ckpt"), 1), fresh)
     if dist.get_rank() == 0:
         torch.save(weights(fresh), os.path.join(out, "loaded.pt"))

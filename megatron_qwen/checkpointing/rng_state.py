@@ -1,20 +1,11 @@
-"""What a checkpoint takes from the running job: the layout of its process groups, and each rank's RNG
-states (run_state.py holds the records that need neither torch nor process groups)."""
+"""Each rank's random number generators, as a checkpoint keeps them: python, numpy, torch (and CUDA), and
+megatron-core's tensor-parallel tracker, so a resume draws what the uninterrupted run would have."""
 
 import random
 
 import numpy as np
 import torch
-from megatron.core import parallel_state, tensor_parallel
-
-from megatron_qwen.checkpointing.run_state import layout
-
-
-def current_layout() -> dict:
-    """This job's layout record (run_state.layout; process groups built)."""
-    return layout(parallel_state.get_tensor_model_parallel_world_size(),
-                  parallel_state.get_pipeline_model_parallel_world_size(),
-                  parallel_state.get_data_parallel_world_size(), parallel_state.get_context_parallel_world_size())
+from megatron.core import tensor_parallel
 
 
 def rng_states() -> dict:
