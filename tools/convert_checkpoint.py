@@ -72,7 +72,7 @@ def convert(args) -> str:
                             parse_size(args.max_shard_size), args.tokenizer_model, args.chat)
         return f"Hugging Face -> Hugging Face ({args.hf_layout}): {args.save_dir}: {', '.join(files)}"
     if source.kind in HF_KINDS:
-        cfg, layout, _ = open_hf(src, "--load-dir")  # every name and shape checked before megatron-core is imported
+        cfg, layout, _ = open_hf(source, "--load-dir")  # every name and shape checked before megatron-core is imported
         # deferred: megatron-core takes seconds to import; the input is checked before
         from megatron_qwen.hf.load import import_hf
 

@@ -10,6 +10,7 @@ import torch
 from megatron.core import parallel_state
 from tqdm import tqdm
 
+from megatron_qwen.checkpointing.resolver import Resolved, resolve
 from megatron_qwen.checkpointing.weights import save_weights_only
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import BuildSettings
@@ -62,9 +63,9 @@ def fill_chunks(weights: HFWeights, layout: str, head_dim: int, chunks, progress
         param.copy_(value)
 
 
-def load_hf_weights(directory: str, chunks, progress: bool = False) -> None:
-    """Fill this rank's model chunks (any TP/PP/VP layout) from the Hugging Face model in ``directory``."""
-    cfg, layout, weights = open_hf(directory)
+def load_hf_weights(source: Resolved, chunks, progress: bool = False) -> None:
+    """Fill this rank's model chunks (any TP/PP/VP layout) from the Hugging Face model ``source``."""
+    cfg, layout, weights = open_hf(source)
     fill_chunks(weights, layout, cfg.head_dim, chunks, progress)
 
 
@@ -73,7 +74,7 @@ def import_hf(source: str, destination: str, dtype: str | None = None) -> str:
     (a --save directory holding iteration 0) that any job --loads at any layout as weights only.
     ``dtype`` "bf16" or "fp32" (default: bf16 if the weights are all bf16, else fp32, so fp16
     weights widen losslessly). Returns the iteration directory."""
-    model, layout, weights = open_hf(source)
+    model, layout, weights = open_hf(resolve(source))
     if dtype is None:
         dtype = "bf16" if set(weights.dtypes.values()) == {torch.bfloat16} else "fp32"
     if dtype not in ("bf16", "fp32"):

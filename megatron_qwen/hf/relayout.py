@@ -14,6 +14,7 @@ import os
 import torch
 from tqdm import tqdm
 
+from megatron_qwen.checkpointing.resolver import resolve
 from megatron_qwen.checkpointing.saving import staged_directory
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.hf.files import HFWeights, SafetensorsWriter
@@ -72,7 +73,7 @@ def relayout_hf(source: str, destination: str, layout: str, dtype: str | None = 
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is unknown; choose bf16, fp16 or fp32")
     read_tokenizer_file(tokenizer_model)  # before any work: a missing file fails fast
-    cfg, source_layout, weights = open_hf(source)  # every name and shape checked before a byte is written
+    cfg, source_layout, weights = open_hf(resolve(source))  # every name and shape checked before a byte is written
     out_dtype = DTYPES[dtype] if dtype else stored_dtype(weights)
     parts = source_pieces(cfg, source_layout, layout)
     shapes = hf_shapes(cfg, layout)

@@ -5,18 +5,18 @@ checkpoint converted from one: tools/convert_checkpoint.py).
 
 import sys
 
-from megatron_qwen.checkpointing.resolver import HF_KINDS, LAYOUTS, resolve
+from megatron_qwen.checkpointing.resolver import HF_KINDS, LAYOUTS, Resolved
 from megatron_qwen.config.errors import ConfigError
 from megatron_qwen.config.model import QwenModelConfig, model_preset
 from megatron_qwen.hf.files import HFWeights
 from megatron_qwen.hf.layouts import IGNORED_SUFFIXES, hf_shapes
 
 
-def open_hf(directory: str, flag: str = "--load") -> tuple[QwenModelConfig, str, HFWeights]:
-    """(model config, layout, weights) of a Hugging Face model directory (its config.json read once, by
-    checkpointing/resolver.py), every tensor's name and shape checked against config.json before anything
-    is read. ConfigError naming ``flag`` for a directory of another kind."""
-    source = resolve(directory)
+def open_hf(source: Resolved, flag: str = "--load") -> tuple[QwenModelConfig, str, HFWeights]:
+    """(model config, layout, weights) of a Hugging Face model directory as checkpointing/resolver.py resolved
+    it (its config.json read there, once), every tensor's name and shape checked against config.json before
+    anything is read. ConfigError naming ``flag`` for a directory of another kind."""
+    directory = source.path
     if source.kind not in HF_KINDS:
         raise ConfigError(f"{source.described(flag)}, not a Hugging Face model directory (config.json and weights)")
     cfg, layout = source.hf_model, source.hf_layout

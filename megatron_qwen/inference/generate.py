@@ -56,7 +56,7 @@ def load_model_for_inference(checkpoint_root: str, max_positions: int | None = N
     source = resolve(checkpoint_root).check_for(Use.GENERATE)
     if source.kind in HF_KINDS:  # the shape comes from its config.json
         model_cfg, build = source.hf_model, BuildSettings()
-        load = partial(load_hf_weights, checkpoint_root)
+        load = partial(load_hf_weights, source)
         train_length = model_cfg.seq_length or model_cfg.max_position_embeddings
     else:
         ckpt_dir = source.checked()  # whole; its pickles data only

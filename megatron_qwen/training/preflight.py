@@ -176,7 +176,7 @@ def _check_checkpoint_dirs(cfg: RunConfig, world_size: int) -> None:
             return
     source.check_for(start.use(cfg.zero.deepspeed))
     if source.kind in HF_KINDS:
-        open_hf(source.path)
+        open_hf(source)
         return
     iteration, _ = loadable_iteration(source.path, s.load_fallback)
     _check_resumable(source.at(iteration), cfg, start, world_size)

@@ -34,7 +34,7 @@ def load_weights_only(start: Start, chunks) -> str:
     for the log."""
     checkpoint, kind = start.settings, start.source.kind
     if kind in HF_KINDS:
-        load_hf_weights(checkpoint.load, chunks, progress=dist.get_rank() == 0)
+        load_hf_weights(start.source, chunks, progress=dist.get_rank() == 0)
         return f"Hugging Face model {checkpoint.load}"
     iteration = resume_iteration(checkpoint)
     ckpt_dir = iteration_dir(checkpoint.load, iteration)
