@@ -29,9 +29,9 @@ def load_tool(name: str):
 # a free worker takes the next file in collection order: the longest files first keep both busy to the end.
 LONGEST_FIRST = ("test_training_jobs.py", "test_ppo_align.py", "test_ppo_jobs.py", "test_ppo_parity.py",
                  "test_demo.py", "test_hf_convert.py", "test_deepspeed.py", "test_code_qwen.py", "test_parity.py",
-                 "test_reliability_kill.py", "test_sft_jobs.py", "test_reward_jobs.py", "test_ppo_rollout.py",
-                 "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py", "test_memory.py",
-                 "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
+                 "test_reliability_kill.py", "test_checkpoint_kinds.py", "test_sft_jobs.py", "test_reward_jobs.py",
+                 "test_ppo_rollout.py", "test_evaluate.py", "test_generate.py", "test_reliability_dead_rank.py",
+                 "test_memory.py", "test_hf_lengths.py", "test_hf_export_clients.py", "test_deepspeed_config.py",
                  "test_reward_parity.py")
 
 

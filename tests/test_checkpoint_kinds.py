@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import traceback
 
 import pytest
@@ -26,6 +27,10 @@ DEEPSPEED_ENV = {"LOCAL_RANK": "0"}  # DeepSpeed asks for it even in a lone proc
 ENGINES = {"megatron resume": [], "megatron start": ["--finetune"],
            "deepspeed resume": DEEPSPEED, "deepspeed start": [*DEEPSPEED, "--finetune"]}
 TOOLS = ["generate", "evaluate", "convert", "export"]
+# Two iterations from the megatron checkpoint's weights (--finetune) in each engine: the first loss is the loaded
+# weights', the second the update's from them (from DeepSpeed's fp32 master copies: stale ones would show).
+WEIGHTS_ONLY_STARTS = {"weights megatron": [], **{f"weights zero{stage}": [*DEEPSPEED, "--zero-stage", str(stage)]
+                                                  for stage in (1, 2, 3)}}
 
 # What each refused cell's line says, besides the directory: the kind, and what to do instead. Every cell not
 # listed works. (The Hugging Face kinds and weights-only checkpoints are always weights-only starts.)
@@ -130,11 +135,15 @@ def matrix(tmp_path_factory):
             {"name": "deepspeed", "argv": [*base, *DEEPSPEED, "--save", _path(root, "deepspeed")],
              "env": DEEPSPEED_ENV}]
     jobs += [_engine_job(str(root), consumer, kind) for consumer in ENGINES for kind in KINDS]
+    jobs += [{"name": name, "argv": [*TRAIN, *SHAPED, *flags, "--finetune", "--load", _path(root, "megatron"),
+                                     "--train-iters", "2"], "env": DEEPSPEED_ENV if flags else {}}
+             for name, flags in WEIGHTS_ONLY_STARTS.items()]
     jobs.append({"name": "tools", "call": "test_checkpoint_kinds:run_tool_cells",
                  "args": [str(root), str(root / "tools.json")], "fork": True})
     results = run_harness(jobs, root)
     assert all(results[name][0]["codes"] == [0] for name in ("hf kinds", "megatron", "deepspeed", "tools")), results
-    cells = {name: {"code": r[0]["codes"][0], "stderr": r[0]["output"]} for name, r in results.items() if "|" in name}
+    cells = {name: {"code": r[0]["codes"][0], "stderr": r[0]["output"]} for name, r in results.items()
+             if "|" in name or name in WEIGHTS_ONLY_STARTS}
     cells.update(json.loads((root / "tools.json").read_text()))
     return root, cells
 
@@ -157,6 +166,22 @@ def test_each_kind_works_or_is_one_line(matrix, consumer, kind):
     assert cell["code"] == 2 and len(errors) <= 1 and "Traceback" not in cell["stderr"], cell["stderr"][-3000:]
     flag = "--load-dir" if consumer in ("convert", "export") else "--load"
     assert line.startswith(f"error: {flag} {path} ") and what in line and instead.format(path=path) in line, line
+
+
+def _losses(stderr: str) -> list[float]:
+    return [float(x) for x in re.findall(r"lm loss: ([0-9.E+-]+)", stderr)]
+
+
+@pytest.mark.parametrize("stage", (1, 2, 3))
+def test_deepspeed_weights_only_start_equals_the_megatron_engines(matrix, stage):
+    """A DeepSpeed start from a checkpoint's weights (read into the module DeepSpeed holds, gathered under
+    ZeRO-3, then its fp32 master copies refreshed) trains as the megatron engine's start from the same weights."""
+    _, cells = matrix
+    reference, got = cells["weights megatron"], cells[f"weights zero{stage}"]
+    assert reference["code"] == 0 and got["code"] == 0, got["stderr"][-3000:]
+    want, losses = _losses(reference["stderr"]), _losses(got["stderr"])
+    assert len(want) == len(losses) == 2, (want, losses)
+    assert losses == pytest.approx(want, rel=1e-5), (want, losses)
 
 
 def _code_without_docstrings(path: str) -> str:

@@ -2,8 +2,9 @@
 the tracker file), with checkpointing's deepspeed.json beside them, saved through the staged-save protocol
 both engines share (checkpointing/saving.py's StagedSaves). A resume at the same TP x DP layout and ZeRO
 stage loads them as they are; at any other, through DeepSpeed's universal checkpoint
-(checkpointing/deepspeed_format.py), optimizer state included. Weights-only starts are loaded before
-DeepSpeed partitions the model (training/deepspeed_engine.py).
+(checkpointing/deepspeed_format.py), optimizer state included. A weights-only start (--finetune, or a
+Hugging Face source) reads the weights into the module DeepSpeed holds, as the megatron engine's checkpointer
+does into its model, and DeepSpeed then copies them into its fp32 master partitions.
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from megatron_qwen.checkpointing.saving import StagedSaves
 from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.training.starting_point import resume_iteration
+from megatron_qwen.training.starting_point import load_weights_only, resume_iteration
 
 
 class DeepSpeedCheckpointer:
@@ -62,7 +63,13 @@ class DeepSpeedCheckpointer:
 
     def load(self) -> TrainState:
         s, source = self.start.settings, self.start.source
-        iteration = None if s.finetune else resume_iteration(s)  # finetune: weights loaded before sharding
+        if s.load and s.finetune:
+            what = self._load_weights_only()
+            if dist.get_rank() == 0:
+                print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0",
+                      flush=True)
+            return TrainState()
+        iteration = resume_iteration(s) if s.load else None
         if iteration is None:
             return TrainState()
         ckpt_dir = iteration_dir(s.load, iteration)
@@ -84,6 +91,19 @@ class DeepSpeedCheckpointer:
             print(f" loaded DeepSpeed ZeRO-{saved['zero_stage']} checkpoint {ckpt_dir}{how}; continuing at iteration "
                   f"{state.iteration}", flush=True)
         return state
+
+    def _load_weights_only(self) -> str:
+        """--load's weights into the module DeepSpeed holds; what was read, for the log. Under ZeRO-3 each
+        parameter is gathered whole while it is written, every data-parallel rank writing the same values (the
+        first one's are kept); then the fp32 master copies are taken from the module's weights."""
+        # deferred: DeepSpeed is imported for this engine only
+        from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+        module = self.engine.module
+        with GatheredParameters(list(module.parameters()), modifier_rank=0, enabled=self.cfg.zero.stage == 3):
+            what = load_weights_only(self.start, [module])
+        self.engine.optimizer.refresh_fp32_params()
+        return what
 
     def _load_universal(self, ckpt_dir: str) -> dict:
         """Resume at another TP x DP layout or ZeRO stage: DeepSpeed's universal checkpoint of ``ckpt_dir``

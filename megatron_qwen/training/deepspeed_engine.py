@@ -25,7 +25,6 @@ from megatron_qwen.training.anomalies import StepHealth, Verdict
 from megatron_qwen.training.deepspeed_checkpoint import DeepSpeedCheckpointer
 from megatron_qwen.training.deepspeed_optimizer import build_optimizer
 from megatron_qwen.training.optimizer import build_scheduler
-from megatron_qwen.training.starting_point import load_weights_only
 from megatron_qwen.training.step import forward_step, objective_of, reduce_report
 
 
@@ -89,10 +88,6 @@ class DeepSpeedEngine:
         module = build_model(cfg.model, cfg.parallel, cfg.build, megatron_ddp=False)[0]
         if on_gpu():
             module = module.cuda(torch.cuda.current_device())
-        if start.settings.load and start.settings.finetune:  # weights only: into the bare model, before sharding
-            what = load_weights_only(start, [module])
-            if dist.get_rank() == 0:
-                print(f" loaded weights only from {what}; continuing at iteration 0", flush=True)
         self._sp_hooks = sum_sequence_parallel_grads(module) if cfg.parallel.sequence_parallel else []
         # deferred: DeepSpeed is imported for this engine only (_import_deepspeed)
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO

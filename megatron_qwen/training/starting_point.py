@@ -28,7 +28,7 @@ def resume_iteration(checkpoint: CheckpointSettings) -> int | None:
 
 
 def load_weights_only(start: Start, chunks) -> str:
-    """Fill this rank's model chunks (bare: before DeepSpeed partitions them) with the weights of --load
+    """Fill this rank's model chunks (under ZeRO-3, gathered whole by the caller) with the weights of --load
     for a run that starts from them at iteration 0: a Hugging Face model (each rank reads its own slices),
     a DeepSpeed-engine checkpoint (PP=1) or a checkpoint of ours, at any layout. Returns what was read,
     for the log."""
