@@ -25,7 +25,7 @@ from megatron_qwen.checkpointing.saving import StagedSaves
 from megatron_qwen.checkpointing.train_state import TrainState
 from megatron_qwen.checkpointing.unpickling import check_pickles, restricted_unpickling
 from megatron_qwen.config.run import RunConfig
-from megatron_qwen.training.starting_point import load_weights_only, resume_iteration
+from megatron_qwen.training.starting_point import load_weights_only, resume_iteration, say_weights_only_start
 
 
 class DeepSpeedCheckpointer:
@@ -64,12 +64,9 @@ class DeepSpeedCheckpointer:
     def load(self) -> TrainState:
         s, source = self.start.settings, self.start.source
         if s.load and s.finetune:
-            what = self._load_weights_only()
-            if dist.get_rank() == 0:
-                print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0",
-                      flush=True)
+            say_weights_only_start(self._load_weights_only())
             return TrainState()
-        iteration = resume_iteration(s) if s.load else None
+        iteration = resume_iteration(s)
         if iteration is None:
             return TrainState()
         ckpt_dir = iteration_dir(s.load, iteration)

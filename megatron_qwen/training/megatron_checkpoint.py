@@ -37,7 +37,7 @@ from megatron_qwen.training.optimizer import (
     load_optimizer_state,
     set_adam_kernel,
 )
-from megatron_qwen.training.starting_point import load_weights_only, resume_iteration
+from megatron_qwen.training.starting_point import load_weights_only, resume_iteration, say_weights_only_start
 
 
 class MegatronCheckpointer:
@@ -73,9 +73,7 @@ class MegatronCheckpointer:
         if s.load and s.finetune:
             what = load_weights_only(self.start, self.model)
             self.optimizer.reload_model_params()  # fp32 main copies (bf16 runs) were taken from the initial weights
-            if dist.get_rank() == 0:
-                print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0",
-                      flush=True)
+            say_weights_only_start(what)
             return TrainState()
         return self.resume() or TrainState()
 
@@ -84,7 +82,7 @@ class MegatronCheckpointer:
         continue: no --load, a start from weights only, or no checkpoint (training/preflight.py has said why,
         and refused what is not a first start)."""
         s = self.start.settings
-        iteration = resume_iteration(s) if s.load and not s.finetune else None
+        iteration = None if s.finetune else resume_iteration(s)
         if iteration is None:
             return None
         return self._resume(iteration_dir(s.load, iteration), load_optim=not s.no_load_optim,

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from megatron_qwen.checkpointing.deepspeed_format import load_deepspeed_weights
 from megatron_qwen.checkpointing.directory import iteration_dir
 from megatron_qwen.checkpointing.integrity import loadable_iteration, shared_damage
+from megatron_qwen.checkpointing.parallel_layout import current_layout
 from megatron_qwen.checkpointing.resolver import HF_KINDS, Kind, Start
 from megatron_qwen.checkpointing.weights import load_weights
 from megatron_qwen.config.settings import CheckpointSettings
@@ -25,6 +26,12 @@ def resume_iteration(checkpoint: CheckpointSettings) -> int | None:
     if fallback_reason and dist.get_rank() == 0:
         print(f" --load-fallback: {fallback_reason}; loading iteration {iteration} instead", flush=True)
     return iteration
+
+
+def say_weights_only_start(what: str) -> None:
+    """Rank 0's line for a run that starts at iteration 0 from the weights ``what`` (load_weights_only's)."""
+    if dist.get_rank() == 0:
+        print(f" loaded weights only from {what} (now {current_layout()}); continuing at iteration 0", flush=True)
 
 
 def load_weights_only(start: Start, chunks) -> str:
